@@ -1,0 +1,1 @@
+"""Backends: one small interface (see ``base``), one module per framework, imported lazily."""

@@ -1,0 +1,8 @@
+"""Per-model scheduling: queue, batching decision, instance dispatch.
+
+Public surface: ``InferenceRequest``, ``Scheduler`` and ``create_scheduler``.
+"""
+
+from shipyard.serving_runtime.scheduling.api import InferenceRequest, Scheduler, create_scheduler
+
+__all__ = ["InferenceRequest", "Scheduler", "create_scheduler"]

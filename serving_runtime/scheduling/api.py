@@ -1,0 +1,76 @@
+"""The contract between the protocol layer and a model's scheduler.
+
+The protocol layer validates a request (names, datatypes, shapes, ``max_batch_size``) and turns
+it into an ``InferenceRequest`` of numpy arrays; the scheduler queues it, runs it on one of the
+model's instances (alone or merged into a batch) off the event loop, and returns that request's
+own outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from shipyard.serving_runtime.backends.base import BackendInstance
+from shipyard.serving_runtime.stats import ModelStats
+
+
+@dataclass
+class InferenceRequest:
+    """A validated request for one model version.
+
+    ``inputs`` carry the batch as their first dimension when the model batches
+    (``max_batch_size > 0``); ``batch_size`` is then that dimension (1 for a single item).
+    ``outputs`` names the requested outputs; empty means all. ``priority`` 0 means the model's
+    default level; ``timeout_us`` 0 means the queue policy's default.
+    """
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] = ()
+    batch_size: int = 1
+    priority: int = 0
+    timeout_us: int = 0
+    request_id: str = ""
+    parameters: dict[str, object] = field(default_factory=dict)
+
+
+class Scheduler(Protocol):
+    """Runs requests for one model version on its instances."""
+
+    stats: ModelStats
+
+    async def submit(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        """Queue ``request`` and return its outputs.
+
+        Raises: QueueFull (queue at max_queue_size), RequestTimeout (waited past its timeout),
+        RequestCancelled (the awaiting task was cancelled), BackendError (the batch failed),
+        ModelNotReady (the scheduler is draining or closed).
+        """
+        ...
+
+    def pending_count(self) -> int:
+        """Requests accepted but not yet finished (queued or executing)."""
+        ...
+
+    async def drain(self) -> None:
+        """Stop accepting new requests and wait until every accepted one has finished."""
+        ...
+
+    def close(self) -> None:
+        """Stop the worker threads and close the instances. Call after ``drain``."""
+        ...
+
+
+def create_scheduler(
+    config: object, instances: Sequence[BackendInstance], model_name: str, version: int
+) -> Scheduler:
+    """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
+
+    With ``dynamic_batching`` set: the dynamic batcher. Without: requests run one by one on the
+    instances, as Triton does.
+    """
+    from shipyard.serving_runtime.scheduling.sequential import SequentialScheduler
+
+    return SequentialScheduler(instances, model_name=model_name, version=version)
