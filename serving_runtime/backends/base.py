@@ -10,9 +10,10 @@ as their first dimension (the formed batch); otherwise they are exactly the requ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
