@@ -40,7 +40,7 @@ def build_app() -> typer.Typer:
 
     @app.command()
     def demo(
-        workdir: str = typer.Option(".shipyard/demo", help="Where the demo keeps MLflow, artifacts and the repository."),
+        workdir: str = typer.Option(".shipyard/demo", help="Where the demo keeps its MLflow store and repository."),
         serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Keep serving the model until Ctrl-C."),
     ) -> None:
         """Run the main job end to end on the embedded default (local KFP, sqlite MLflow, local repository)."""
