@@ -1,0 +1,183 @@
+"""Command line of the serving runtime: ``python -m shipyard.serving_runtime`` and ``shipyard serve``.
+
+Flags follow Triton's spelling (``--model-repository``, ``--model-control-mode``...), and KServe's
+(``--http_port``, ``--grpc_port``, ``--model_dir``, ``--model_name``) are accepted too, so the same
+image runs under a KServe ServingRuntime unchanged. Exit codes: 0 after a clean shutdown, 1 when
+startup fails, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from shipyard.serving_runtime.server import ServerOptions
+
+EXIT_USAGE = 2
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (nothing is parsed here)."""
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m shipyard.serving_runtime",
+        description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
+        allow_abbrev=False,
+    )
+    repo = parser.add_argument_group("model repository")
+    repo.add_argument(
+        "--model-repository",
+        "--model_repository",
+        dest="repositories",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a model repository (repeatable); a model name found in two repositories fails for that model",
+    )
+    repo.add_argument(
+        "--model_dir",
+        "--model-dir",
+        dest="repositories",
+        action="append",
+        metavar="DIR",
+        help="KServe's spelling: treated as a model repository (KServe mounts storageUri at /mnt/models)",
+    )
+    repo.add_argument("--model_name", "--model-name", help="accepted for KServe compatibility and ignored")
+    repo.add_argument(
+        "--model-control-mode",
+        "--model_control_mode",
+        choices=("none", "poll", "explicit"),
+        default="none",
+        help="none: load everything at start; poll: also rescan every --repository-poll-secs; "
+        "explicit: load/unload through the repository API (default: none)",
+    )
+    repo.add_argument(
+        "--repository-poll-secs",
+        "--repository_poll_secs",
+        type=_positive_float,
+        default=15.0,
+        metavar="N",
+        help="seconds between repository scans in poll mode (default: 15)",
+    )
+    repo.add_argument(
+        "--load-model",
+        "--load_model",
+        dest="load_models",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable; '*' loads all)",
+    )
+    net = parser.add_argument_group("endpoints")
+    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    net.add_argument("--http-port", "--http_port", type=_port, default=8080, help="REST port (default: 8080)")
+    net.add_argument("--grpc-port", "--grpc_port", type=_port, default=8081, help="gRPC port (default: 8081)")
+    behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument(
+        "--strict-readiness",
+        "--strict_readiness",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="/v2/health/ready only when every model is available (default: true, as Triton)",
+    )
+    behaviour.add_argument(
+        "--exit-on-error",
+        "--exit_on_error",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="exit when a model fails to load at start instead of serving the others (default: false)",
+    )
+    behaviour.add_argument(
+        "--graceful-shutdown-secs",
+        type=_positive_float,
+        default=30.0,
+        metavar="N",
+        help="on SIGTERM, how long accepted requests may take to finish (default: 30)",
+    )
+    behaviour.add_argument(
+        "--log-level", "--log_level", type=str.lower, choices=_LOG_LEVELS, default="info", help="(default: info)"
+    )
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) -> ServerOptions:
+    """Parse and check the command line.
+
+    Raises: SystemExit(2) with the usage for unknown flags, bad values, no repository, or a
+    repository that is not a directory.
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if not args.repositories:
+        parser.error("give at least one --model-repository DIR")
+    repositories = [Path(p) for p in args.repositories]
+    for path in repositories:
+        if not path.is_dir():
+            parser.error(f"model repository {str(path)!r} is not a directory")
+    if args.load_models and args.model_control_mode != "explicit":
+        parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
+    return ServerOptions(
+        repositories=repositories,
+        control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=list(args.load_models),
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        graceful_shutdown_secs=args.graceful_shutdown_secs,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the server; returns the exit code (2 for a usage error)."""
+    try:
+        options = parse_options(argv, prog)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from shipyard.serving_runtime.server import run
+
+    return run(options)

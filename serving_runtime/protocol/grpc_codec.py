@@ -1,0 +1,151 @@
+"""gRPC (``inference.GRPCInferenceService``, tritonclient's schema) <-> numpy.
+
+Inputs come as ``raw_input_contents`` (one entry per input, in input order; decoded with
+``numpy.frombuffer``) or as typed ``contents`` (``fp32_contents``...). Outputs always go back as
+``raw_output_contents``, as Triton sends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from shipyard.serving_runtime.errors import InvalidArgument
+from shipyard.serving_runtime.protocol.rest_codec import decode_json_tensor, decode_raw_tensor, raw_bytes
+from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
+
+# Which typed ``InferTensorContents`` field carries each datatype (FP16/BF16 have none: raw only).
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_to_dict(parameters: Mapping[str, Any]) -> dict[str, object]:
+    """A protobuf ``map<string, InferParameter>`` as a plain dict of Python values."""
+    result: dict[str, object] = {}
+    for key, param in parameters.items():
+        which = param.WhichOneof("parameter_choice")
+        result[key] = getattr(param, which) if which else None
+    return result
+
+
+def _set_parameter(target: Any, key: str, value: object) -> None:
+    param = target[key]
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)
+
+
+def _typed_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgument(f"input {name!r}: datatype {datatype} must be sent in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if datatype == "BYTES":
+        count = int(np.prod(shape)) if shape else 1
+        if len(values) != count:
+            raise InvalidArgument(
+                f"input {name!r}: bytes_contents holds {len(values)} elements, shape {list(shape)} needs {count}"
+            )
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return decode_json_tensor(name, datatype, shape, list(values))
+
+
+def decode_infer_request(request: Any) -> DecodedRequest:
+    """Decode a ``ModelInferRequest``.
+
+    Raises: InvalidArgument when raw contents do not match the inputs one to one, a size does
+    not fit shape and datatype, an input has no data, or shared memory is requested.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one entry per input, in input order"
+        )
+    inputs: list[DecodedInput] = []
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if any(d < 0 for d in tensor.shape):
+            raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} has a negative dimension")
+        shape = tuple(tensor.shape)
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
+        if raw:
+            array = decode_raw_tensor(name, tensor.datatype, shape, raw[index])
+        elif tensor.HasField("contents"):
+            array = _typed_contents(tensor, shape)
+        else:
+            raise InvalidArgument(f"input {name!r} has no data: use raw_input_contents or contents")
+        inputs.append(DecodedInput(name, tensor.datatype, shape, array))
+    outputs: list[RequestedOutput] = []
+    for out in request.outputs:
+        if "shared_memory_region" in out.parameters:
+            raise InvalidArgument(f"output {out.name!r}: shared memory is not supported by this server")
+        if "classification" in out.parameters:
+            raise InvalidArgument(f"output {out.name!r}: the classification extension is not supported")
+        outputs.append(RequestedOutput(out.name))
+    return DecodedRequest(
+        inputs=inputs,
+        outputs=outputs,
+        id=request.id or None,
+        parameters=parameters_to_dict(request.parameters),
+    )
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: Sequence[EncodedOutput]
+) -> Any:
+    """A ``ModelInferResponse`` with every output in ``raw_output_contents``."""
+    response = service_pb2.ModelInferResponse(model_name=model_name, model_version=model_version)
+    if request_id:
+        response.id = request_id
+    for out in outputs:
+        response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        response.raw_output_contents.append(bytes(raw_bytes(out.data, out.datatype)))
+    return response
+
+
+def encode_infer_request(
+    model_name: str,
+    inputs: Mapping[str, np.ndarray],
+    model_version: str = "",
+    request_id: str = "",
+    outputs: Sequence[str] = (),
+    parameters: Mapping[str, object] | None = None,
+) -> Any:
+    """A ``ModelInferRequest`` with raw contents (for tests and benchmark clients)."""
+    from shipyard.serving_runtime.datatypes import numpy_to_triton
+
+    request = service_pb2.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
+    for name, array in inputs.items():
+        datatype = numpy_to_triton(array.dtype)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(bytes(raw_bytes(array, datatype)))
+    for name in outputs:
+        request.outputs.add(name=name)
+    for key, value in (parameters or {}).items():
+        _set_parameter(request.parameters, key, value)
+    return request

@@ -1,0 +1,165 @@
+"""The gRPC frontend: tritonclient's ``inference.GRPCInferenceService`` on grpc.aio.
+
+Each ``ServingError`` becomes its gRPC status (``grpc_code``) with the message. Shared memory,
+tracing and log settings are not implemented (UNIMPLEMENTED from the generated base class).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ServingError
+from shipyard.serving_runtime.protocol import grpc_codec
+from shipyard.serving_runtime.protocol.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Generous limits: a batch of images is easily above gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+async def _call(context: Any, work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await work()
+    except ServingError as exc:
+        await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+        raise  # unreachable: abort raises
+    except Exception as exc:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise
+        log.exception("unexpected error in a gRPC call")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _parameter_value(param: Any) -> object:
+    which = param.WhichOneof("parameter_choice")
+    return getattr(param, which) if which else None
+
+
+class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Adapts ``InferenceService`` to the generated servicer interface."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=self.service.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.service.ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.service.server_metadata()
+        return service_pb2.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            try:
+                ready = self.service.model_ready(request.name, request.version)
+            except ModelNotFound:
+                ready = False
+            return service_pb2.ModelReadyResponse(ready=ready)
+
+        return await _call(context, work)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            meta = self.service.model_metadata(request.name, request.version)
+            response = service_pb2.ModelMetadataResponse(
+                name=meta["name"],
+                versions=[str(v) for v in meta.get("versions", ())],
+                platform=meta.get("platform", ""),
+            )
+            for tensor in meta.get("inputs", ()):
+                response.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+            for tensor in meta.get("outputs", ()):
+                response.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+            return response
+
+        return await _call(context, work)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            response = service_pb2.ModelConfigResponse()
+            response.config.CopyFrom(self.service.model_config(request.name, request.version))
+            return response
+
+        return await _call(context, work)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            entries = self.service.statistics(request.name or None, request.version or None)
+            return json_format.ParseDict(
+                {"model_stats": entries}, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True
+            )
+
+        return await _call(context, work)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await _call(context, lambda: self._infer(request))
+
+    async def _infer(self, request: Any) -> Any:
+        self.service.model(request.model_name, request.model_version)  # 404 before decoding
+        decoded = grpc_codec.decode_infer_request(request)
+        result = await self.service.infer(request.model_name, request.model_version, decoded)
+        return grpc_codec.encode_infer_response(result.model_name, result.model_version, decoded.id, result.outputs)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        """Each streamed request gets one response, or an ``error_message`` (the stream stays open)."""
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request)
+                yield service_pb2.ModelStreamInferResponse(infer_response=response)
+            except ServingError as exc:
+                yield service_pb2.ModelStreamInferResponse(error_message=exc.message)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            response = service_pb2.RepositoryIndexResponse()
+            for entry in self.service.repository_index(request.ready):
+                response.models.add(**{k: v for k, v in entry.items() if k in ("name", "version", "state", "reason")})
+            return response
+
+        return await _call(context, work)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            params: dict[str, Any] = {}
+            for key, param in request.parameters.items():
+                if key.startswith("file:"):
+                    raise InvalidArgument(f"loading model files through the API ({key}) is not supported")
+                params[key] = _parameter_value(param)
+            await self.service.load(request.model_name, params)
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await _call(context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            await self.service.unload(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await _call(context, work)
+
+
+def add_to_server(server: Any, service: InferenceService) -> GrpcInferenceServicer:
+    """Register the servicer on a ``grpc.aio`` server."""
+    servicer = GrpcInferenceServicer(service)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return servicer

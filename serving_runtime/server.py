@@ -1,0 +1,253 @@
+"""One process, one event loop: the REST app (uvicorn, httptools), the gRPC servicer (grpc.aio),
+the model manager and its poll timer.
+
+Startup: both endpoints listen first (liveness answers while models load), then the manager
+loads the repository; readiness turns on when it is done (and, with strict readiness, when every
+model is available). SIGTERM or SIGINT: readiness turns off, both endpoints stop accepting, the
+requests already accepted finish, the models drain and close, and ``serve`` returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvicorn
+
+from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.protocol import grpc_service, rest
+from shipyard.serving_runtime.protocol.service import InferenceService
+
+log = logging.getLogger("shipyard.serving_runtime")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+
+
+@dataclass
+class ServerOptions:
+    """Everything the command line configures (see ``cli.py`` for the flags)."""
+
+    repositories: Sequence[Path] = field(default_factory=list)
+    control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    load_models: Sequence[str] = field(default_factory=list)
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    strict_readiness: bool = True
+    exit_on_error: bool = False
+    graceful_shutdown_secs: float = 30.0
+    log_level: str = "info"
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: ``RuntimeServer`` owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn. Raises: OSError naming the address when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _metrics_source(manager: Any) -> Callable[[], tuple[bytes, str]] | None:
+    try:
+        from shipyard.serving_runtime import metrics
+    except ImportError:
+        return None
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = metrics.build_registry(manager.all_stats)
+    return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+
+
+def create_manager(options: ServerOptions) -> Any:
+    """The model manager for ``options`` (serving_runtime/manager.py)."""
+    from shipyard.serving_runtime.manager import ModelManager
+
+    return ModelManager(
+        [str(p) for p in options.repositories],
+        control_mode=options.control_mode,
+        startup_models=list(options.load_models),
+        exit_on_error=options.exit_on_error,
+    )
+
+
+class RuntimeServer:
+    """REST + gRPC + model manager on the running event loop."""
+
+    def __init__(self, options: ServerOptions, manager: Any | None = None) -> None:
+        self.options = options
+        self.manager = manager if manager is not None else create_manager(options)
+        self.service = InferenceService(self.manager, strict_readiness=options.strict_readiness)
+        self._stop = asyncio.Event()
+        self._http: _HttpServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: Any = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self.http_port = options.http_port
+        self.grpc_port = options.grpc_port
+
+    async def start_endpoints(self) -> None:
+        """Listen on both ports. Raises: OSError when a port cannot be bound."""
+        opts = self.options
+        sock = _bind(opts.host, opts.http_port)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            rest.build_app(self.service, _metrics_source(self.manager)),
+            loop="none",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            log_level=opts.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(opts.graceful_shutdown_secs),
+        )
+        self._http = _HttpServer(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http-server")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError(f"the HTTP server on port {self.http_port} stopped during startup")
+            await asyncio.sleep(0.01)
+
+        self._grpc = grpc.aio.server(options=grpc_service.SERVER_OPTIONS)
+        grpc_service.add_to_server(self._grpc, self.service)
+        address = f"[{opts.host}]:{opts.grpc_port}" if ":" in opts.host else f"{opts.host}:{opts.grpc_port}"
+        try:
+            port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        self.grpc_port = port
+        await self._grpc.start()
+        log.info("listening: HTTP on %s:%d, gRPC on %s:%d", opts.host, self.http_port, opts.host, port)
+
+    async def start_models(self) -> None:
+        """Load the repository and turn readiness on. Raises: ServingError with --exit-on-error."""
+        await self.manager.start()
+        self.service.started = True
+        if self.options.control_mode == "poll":
+            self._poll_task = asyncio.create_task(self._poll_loop(), name="repository-poll")
+        log.info("models loaded; server ready=%s", self.service.ready())
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.repository_poll_secs)
+            try:
+                await self.manager.poll()
+            except Exception:
+                log.exception("repository poll failed; the models already loaded keep serving")
+
+    def request_stop(self) -> None:
+        """Begin graceful shutdown (signal handler). A second request forces it."""
+        if self._stop.is_set():
+            log.warning("second stop request: dropping requests still in flight")
+            if self._http is not None:
+                self._http.force_exit = True
+            return
+        log.info("stopping: no new requests; finishing the ones accepted")
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let accepted requests finish, drain and close the models."""
+        self.service.shutting_down = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        waits: list[Any] = []
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            waits.append(self._http_task)
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(self.options.graceful_shutdown_secs))
+        for outcome in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.error("error while stopping an endpoint: %s", outcome)
+        try:
+            await self.manager.shutdown()
+        except Exception:
+            log.exception("error while unloading models")
+        log.info("stopped")
+
+
+async def serve(options: ServerOptions, manager: Any | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    server = RuntimeServer(options, manager)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        try:
+            await server.start_endpoints()
+        except OSError as exc:
+            log.error("%s", exc)
+            await server.shutdown()
+            return EXIT_STARTUP_FAILED
+        starting = asyncio.create_task(server.start_models())
+        stopping = asyncio.create_task(server.wait_stopped())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            error = starting.exception()
+            reason = error.message if isinstance(error, ServingError) else f"{type(error).__name__}: {error}"
+            log.error("startup failed: %s", reason)
+            stopping.cancel()
+            await server.shutdown()
+            return EXIT_STARTUP_FAILED
+        await stopping
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+        await server.shutdown()
+        return EXIT_OK
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(options: ServerOptions) -> int:
+    """``serve`` on a fresh event loop (uvloop when installed). Returns the exit code."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is in the serve extra
+        loop_factory = None
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(options))
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()  # pragma: no cover
+    try:  # pragma: no cover - Python 3.10
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(serve(options))
+    finally:  # pragma: no cover
+        loop.close()
