@@ -166,7 +166,7 @@ def test_api_server_rejection_is_reported_with_its_message(cluster: tuple[Replay
 @pytest.mark.parametrize("cluster", ["never_ready"], indirect=True)
 def test_wait_times_out_with_the_last_reason(cluster: tuple[ReplayServer, str]) -> None:
     server, kubeconfig = cluster
-    with pytest.raises(DeployTimeout, match="not ready after 0.3 s.*Insufficient nvidia.com/gpu"):
+    with pytest.raises(DeployTimeout, match=r"not ready after 0.3 s.*Insufficient nvidia.com/gpu"):
         deploy_kserve(ISVC, kubeconfig=kubeconfig, timeout_s=0.3, poll_s=0.05)
     assert not server.mismatches, server.mismatches
     assert 2 <= sum(r["method"] == "GET" for r in server.requests) <= 10  # bounded polling
@@ -175,7 +175,7 @@ def test_wait_times_out_with_the_last_reason(cluster: tuple[ReplayServer, str]) 
 @pytest.mark.parametrize("cluster", ["failed_load"], indirect=True)
 def test_failed_model_load_stops_the_wait_at_once(cluster: tuple[ReplayServer, str]) -> None:
     server, kubeconfig = cluster
-    with pytest.raises(DeployError, match="BlockedByFailedLoad.*ModelLoadFailed.*config.pbtxt:3:1"):
+    with pytest.raises(DeployError, match=r"BlockedByFailedLoad.*ModelLoadFailed.*config.pbtxt:3:1"):
         deploy_kserve(ISVC, kubeconfig=kubeconfig, timeout_s=60, poll_s=0.01)
     assert server.done and not server.mismatches
 
