@@ -19,7 +19,7 @@ import numpy as np
 from shipyard.serving_runtime.backends.base import BackendInstance, Device, InstanceSettings
 from shipyard.serving_runtime.config import check_against_model, config_to_dict, model_side_specs, tensor_specs
 from shipyard.serving_runtime.datatypes import config_to_triton, deserialize_bytes_tensor, triton_to_numpy
-from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError
+from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError, ModelNotReady
 from shipyard.serving_runtime.scheduling import InferenceRequest, Scheduler, create_scheduler
 
 if TYPE_CHECKING:
@@ -242,6 +242,9 @@ class ServedModel:
         self.instances = tuple(instances)
         # Set by the manager: every ready version of this model (for metadata's "versions").
         self.versions_source: Callable[[], Sequence[int]] | None = None
+        # Set by the manager when a reload replaces this version: requests that reach a
+        # draining scheduler go there instead of failing.
+        self.successor: ServedModel | None = None
         try:
             self.scheduler: Scheduler = create_scheduler(config, self.instances, name, self.version)
         except Exception as exc:
@@ -257,7 +260,12 @@ class ServedModel:
         Raises: what ``Scheduler.submit`` raises (QueueFull, RequestTimeout, RequestCancelled,
         BackendError, ModelNotReady).
         """
-        return await self.scheduler.submit(request)
+        try:
+            return await self.scheduler.submit(request)
+        except ModelNotReady:
+            if self.successor is None:
+                raise
+            return await self.successor.infer(request)
 
     def metadata(self, versions: Sequence[int] | None = None) -> dict[str, object]:
         """Open Inference Protocol model metadata; shapes start with -1 when the model batches."""

@@ -253,9 +253,7 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
             f"{model_dir}: no version directories; put the model file in a numeric directory, e.g. {model_dir}/1/"
         )
     if not selected:
-        raise ModelConfigError(
-            f"{source}: version_policy selects no version; versions on disk: {sorted(available)}"
-        )
+        raise ModelConfigError(f"{source}: version_policy selects no version; versions on disk: {sorted(available)}")
     newest = selected[-1]
     backend_name = resolve_backend_name(
         config.platform,

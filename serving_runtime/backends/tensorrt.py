@@ -45,8 +45,7 @@ def _import_cudart(model_path: Path) -> Any:
             from cuda import cudart
         except ImportError as exc:
             raise ModelLoadError(
-                f"{model_path}: a TensorRT engine {_NEEDS}; cuda-python is not installed ({exc}). "
-                "Install shipyard[gpu]"
+                f"{model_path}: a TensorRT engine {_NEEDS}; cuda-python is not installed ({exc}). Install shipyard[gpu]"
             ) from None
     return cudart
 
