@@ -7,8 +7,43 @@ worker thread), so plain integers suffice.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# Request latency buckets (upper bounds, ns): 0.5 ms .. 10 s.
+LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(
+    int(s * 1e9) for s in (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+)
+# Batch size buckets (upper bounds, items).
+BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Histogram:
+    """Cumulative-at-read histogram with fixed upper bounds (``+Inf`` implied)."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[int]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.total = 0
+
+    def observe(self, value: int) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[int | None, int]]:
+        """(upper bound or None for +Inf, observations <= bound) pairs, Prometheus style."""
+        out: list[tuple[int | None, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, None), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
 
 @dataclass
@@ -40,11 +75,17 @@ class ModelStats:
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     # batch size -> (executions, compute ns)
     batch_stats: dict[int, _Duration] = field(default_factory=dict)
+    # Requests accepted and not yet answered (queued or executing); the scheduler keeps it.
+    pending: int = 0
+    # Successful requests' end-to-end time in the server (ns), and executed batch sizes.
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_NS))
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
 
     def record_success(self, batch_size: int, total_ns: int, queue_ns: int, compute_ns: int) -> None:
         self.inference_count += batch_size
         self.last_inference_ms = int(time.time() * 1000)
         self.success.add(total_ns)
+        self.latency.observe(total_ns)
         self.queue.add(queue_ns)
         self.compute_infer.add(compute_ns)
 
@@ -54,6 +95,7 @@ class ModelStats:
 
     def record_execution(self, batch_size: int, compute_ns: int) -> None:
         self.execution_count += 1
+        self.batch_size.observe(batch_size)
         self.batch_stats.setdefault(batch_size, _Duration()).add(compute_ns)
 
     def as_triton_dict(self) -> dict[str, object]:

@@ -69,9 +69,16 @@ def create_scheduler(
 ) -> Scheduler:
     """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
 
-    With ``dynamic_batching`` set: the dynamic batcher. Without: requests run one by one on the
-    instances, as Triton does.
-    """
-    from shipyard.serving_runtime.scheduling.sequential import SequentialScheduler
+    With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
+    queue delay, priority levels and queue policies). Without: requests run one by one on the
+    instances, as Triton does. One worker thread per instance in ``instances``; threads start
+    with the first request.
 
-    return SequentialScheduler(instances, model_name=model_name, version=version)
+    Raises: ModelConfigError naming the model and the bad ``dynamic_batching`` field;
+    ValueError when ``instances`` is empty.
+    """
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher, settings_from_config
+
+    where = f"model {model_name!r} version {version}"
+    batching, queueing = settings_from_config(config, where)
+    return DynamicBatcher(instances, model_name, version, batching, queueing)

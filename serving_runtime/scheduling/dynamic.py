@@ -1,0 +1,308 @@
+"""The dynamic batcher: queue on the event loop, decide, run batches on instance threads.
+
+Everything about the queue happens on the event loop thread, so it needs no lock: ``submit``
+queues an envelope and runs the decision; a finished batch (posted back from its worker thread)
+frees its instance and runs the decision again; a timer runs it when a queue delay or a request
+timeout comes due. Nothing polls. An idle instance takes what is queued at once (unless
+``max_queue_delay_microseconds`` asks to wait for more); while every instance is busy, arrivals
+gather into the next batch.
+
+With ``merge=False`` the same machinery runs requests one by one (the scheduler for models
+without ``dynamic_batching``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shipyard.serving_runtime.backends.base import BackendInstance
+from shipyard.serving_runtime.errors import (
+    InvalidArgument,
+    ModelConfigError,
+    ModelNotReady,
+    QueueFull,
+    RequestCancelled,
+    RequestTimeout,
+    ServingError,
+)
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
+from shipyard.serving_runtime.scheduling.batch import shape_key
+from shipyard.serving_runtime.scheduling.decision import decide
+from shipyard.serving_runtime.scheduling.instances import Batch, InstanceWorker, make_workers
+from shipyard.serving_runtime.scheduling.queue import (
+    Envelope,
+    QueueSettings,
+    RequestQueue,
+    queue_settings_from_proto,
+    set_exception,
+    set_result,
+)
+from shipyard.serving_runtime.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+_UNLIMITED = 1 << 62
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How requests merge. ``max_batch_size`` 0 with ``merge=False``: each request runs alone."""
+
+    max_batch_size: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    merge: bool = True
+
+    def validate(self, where: str) -> None:
+        """Raises: ModelConfigError naming ``where`` and the bad value."""
+        if self.merge and self.max_batch_size < 1:
+            raise ModelConfigError(
+                f"{where}: batching needs max_batch_size >= 1, got {self.max_batch_size}; "
+                "set max_batch_size or remove dynamic_batching"
+            )
+        for size in self.preferred_batch_sizes:
+            if size < 1 or size > max(self.max_batch_size, 0):
+                raise ModelConfigError(
+                    f"{where}: dynamic_batching.preferred_batch_size {size} must be in 1..{self.max_batch_size} "
+                    "(max_batch_size); lower it or raise max_batch_size"
+                )
+        if self.max_queue_delay_us < 0:
+            raise ModelConfigError(f"{where}: max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}")
+
+
+def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, QueueSettings]:
+    """Read ``max_batch_size`` and ``dynamic_batching`` from a ``ModelConfig`` proto.
+
+    Raises: ModelConfigError naming ``where`` and the bad field.
+    """
+    max_batch_size = int(config.max_batch_size)
+    if not config.HasField("dynamic_batching"):
+        return BatchingSettings(max_batch_size=max_batch_size, merge=False), QueueSettings()
+    db = config.dynamic_batching
+    batching = BatchingSettings(
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=tuple(sorted(set(int(s) for s in db.preferred_batch_size))),
+        max_queue_delay_us=int(db.max_queue_delay_microseconds),
+        merge=max_batch_size > 0,
+    )
+    batching.validate(where)
+    return batching, queue_settings_from_proto(db, where)
+
+
+class DynamicBatcher:
+    """A ``Scheduler`` for one model version (see ``scheduling.api.Scheduler``)."""
+
+    def __init__(
+        self,
+        instances: Sequence[BackendInstance],
+        model_name: str,
+        version: int,
+        batching: BatchingSettings | None = None,
+        queueing: QueueSettings | None = None,
+    ) -> None:
+        """Raises: ModelConfigError for invalid settings; ValueError when ``instances`` is empty."""
+        where = f"model {model_name!r} version {version}"
+        if not instances:
+            raise ValueError(f"{where} has no instances; instance_group count must be >= 1")
+        self._batching = batching or BatchingSettings(merge=False)
+        self._batching.validate(where)
+        self._merge = self._batching.merge
+        self._max_batch = self._batching.max_batch_size if self._merge else _UNLIMITED
+        self._preferred = self._batching.preferred_batch_sizes if self._merge else ()
+        self._delay_ns = self._batching.max_queue_delay_us * 1000 if self._merge else 0
+        self._queue = RequestQueue(queueing or QueueSettings())
+        self._workers = make_workers(instances, model_name, version)
+        self._idle: list[InstanceWorker] = list(reversed(self._workers))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ns = 0
+        self._pending = 0
+        self._accepting = True
+        self._closed = False
+        self._drained: asyncio.Future[None] | None = None
+        self.stats = ModelStats(model_name, version)
+        self._where = where
+
+    # -- the caller's side ---------------------------------------------------------------------
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            for worker in self._workers:
+                worker.start(loop.call_soon_threadsafe, self._on_batch_done)
+        elif self._loop is not loop:
+            raise RuntimeError(f"{self._where}: the scheduler is bound to another event loop")
+        return loop
+
+    async def submit(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        """Queue ``request`` and return its outputs.
+
+        Raises: QueueFull, RequestTimeout, RequestCancelled, BackendError, ModelNotReady, and
+        InvalidArgument when the request's batch exceeds ``max_batch_size``.
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"{self._where} is unloading; retry against the new version")
+        loop = self._loop if self._loop is not None else self._bind()
+        size = request.batch_size
+        if self._merge:
+            if size > self._max_batch:
+                raise InvalidArgument(
+                    f"request batch size {size} exceeds max_batch_size {self._max_batch} of {self._where}"
+                )
+            key: object = shape_key(request.inputs)
+        else:
+            key = object()  # never merges
+        now = time.monotonic_ns()
+        envelope = Envelope(request, loop.create_future(), now, size, key)
+        try:
+            self._queue.push(envelope)
+        except QueueFull as exc:
+            self.stats.record_failure(exc.reason, 0)
+            raise
+        self._pending += 1
+        self.stats.pending = self._pending
+        self._kick()
+        try:
+            return await envelope.future
+        except asyncio.CancelledError:
+            if self._queue.discard(envelope):
+                self._release(1)
+            self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
+            raise RequestCancelled("request cancelled by the client before it finished") from None
+
+    def pending_count(self) -> int:
+        """Requests accepted and not yet finished (queued or executing)."""
+        return self._pending
+
+    async def drain(self) -> None:
+        """Stop accepting; return when every accepted request has finished."""
+        self._accepting = False
+        if self._pending == 0:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def close(self) -> None:
+        """Fail what is still queued (ModelNotReady), stop the worker threads, close the instances."""
+        if self._closed:
+            return
+        self._accepting = False
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        dropped = self._queue.drop_all()
+        if dropped:
+            error = ModelNotReady(f"{self._where} was unloaded before the request ran; retry")
+            self._fail(dropped, error)
+        for worker in self._workers:
+            worker.stop(timeout_s=60)
+            if worker.started:
+                log.warning("instance thread %s did not stop within 60 s", worker.name)
+
+    # -- the event loop's side -----------------------------------------------------------------
+
+    def _fail(self, envelopes: list[Envelope], error: ServingError) -> None:
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._fail, envelopes, error)
+                return
+            self._release(len(envelopes))  # nobody can be awaiting a closed loop's futures
+            return
+        now = time.monotonic_ns()
+        for envelope in envelopes:
+            if not envelope.future.done():
+                set_exception(envelope.future, error)
+                self.stats.record_failure(error.reason, now - envelope.enqueue_ns)
+        self._release(len(envelopes))
+
+    def _release(self, count: int) -> None:
+        self._pending -= count
+        self.stats.pending = self._pending
+        if self._pending == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _kick(self) -> None:
+        """Run the decision until it says wait; dispatch batches to idle instances."""
+        queue = self._queue
+        now = time.monotonic_ns()
+        rejected = queue.expire(now)
+        while len(queue):
+            decision = decide(
+                queue,
+                now,
+                max_batch_size=self._max_batch,
+                preferred_batch_sizes=self._preferred,
+                max_queue_delay_ns=self._delay_ns,
+                instance_idle=bool(self._idle),
+                next_deadline_ns=queue.next_deadline(),
+            )
+            if decision.send:
+                envelopes = queue.pop(decision.send)
+                for envelope in envelopes:
+                    envelope.dispatch_ns = now
+                worker = self._idle.pop()
+                worker.submit(Batch(envelopes, decision.batch_size, self._merge))
+                continue
+            if decision.wait_ns is not None:
+                self._arm_timer(now + decision.wait_ns)
+            break
+        if rejected:  # answered after the queue work, outside the decision loop
+            timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
+            self._fail(rejected, timeout)
+
+    def _arm_timer(self, when_ns: int) -> None:
+        if self._timer is not None:
+            if self._timer_ns <= when_ns:
+                return
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_ns = when_ns
+        self._timer = self._loop.call_later(max(when_ns - time.monotonic_ns(), 0) / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self._kick()
+
+    def _on_batch_done(self, batch: Batch) -> None:
+        assert batch.worker is not None
+        self._idle.append(batch.worker)
+        if not self._closed:
+            self._kick()  # the instance starts its next batch while we answer this one
+        end = time.monotonic_ns()
+        compute_ns = batch.compute_end_ns - batch.compute_start_ns
+        stats = self.stats
+        if batch.error is None:
+            stats.record_execution(batch.size, compute_ns)
+            for envelope, outputs in zip(batch.envelopes, batch.results, strict=True):
+                future = envelope.future
+                if not future.done():
+                    set_result(future, outputs)
+                    stats.record_success(
+                        envelope.batch_size,
+                        end - envelope.enqueue_ns,
+                        envelope.dispatch_ns - envelope.enqueue_ns,
+                        compute_ns,
+                    )
+        else:
+            error = batch.error
+            for envelope in batch.envelopes:
+                if not envelope.future.done():
+                    set_exception(envelope.future, error)
+                    stats.record_failure(error.reason, end - envelope.enqueue_ns)
+        self._release(len(batch.envelopes))

@@ -1,0 +1,134 @@
+"""Instance workers: one thread per model instance, executing formed batches off the event loop.
+
+A worker takes one batch at a time from its own inbox, merges the inputs, runs the backend,
+splits the outputs per request and hands the result back to the event loop with one
+``call_soon_threadsafe`` per batch. Each instance is used by its own thread only, and closed by
+it after the last batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shipyard.serving_runtime.backends.base import BackendInstance
+from shipyard.serving_runtime.errors import BackendError, ServingError
+from shipyard.serving_runtime.scheduling.batch import batch_outputs, merge_inputs, split_outputs
+from shipyard.serving_runtime.scheduling.queue import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Batch:
+    """Requests dispatched together to one instance; filled in by the worker."""
+
+    envelopes: list[Envelope]
+    size: int  # items (sum of the requests' batch sizes)
+    merge: bool  # False: the model does not batch, run the single request's tensors as they are
+    worker: InstanceWorker | None = None
+    results: list[dict[str, np.ndarray]] = field(default_factory=list)
+    error: ServingError | None = None
+    compute_start_ns: int = 0
+    compute_end_ns: int = 0
+
+
+_STOP = object()
+
+
+class InstanceWorker:
+    """A thread that owns one ``BackendInstance``.
+
+    ``on_done(batch)`` runs on the event loop (through ``post``, e.g. ``loop.call_soon_threadsafe``)
+    after every batch, with ``batch.results`` or ``batch.error`` set.
+    """
+
+    def __init__(self, instance: BackendInstance, name: str) -> None:
+        self.instance = instance
+        self.name = name
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._post: Callable[[Callable[[Batch], None], Batch], object] | None = None
+        self._on_done: Callable[[Batch], None] | None = None
+
+    def start(self, post: Callable[[Callable[[Batch], None], Batch], object], on_done: Callable[[Batch], None]) -> None:
+        """Start the thread; results are delivered with ``post(on_done, batch)``."""
+        self._post = post
+        self._on_done = on_done
+        self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, batch: Batch) -> None:
+        """Hand ``batch`` to this worker (it must be idle). Never blocks."""
+        batch.worker = self
+        self._inbox.put(batch)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Finish the current batch, close the instance, end the thread."""
+        if self._thread.is_alive():
+            self._inbox.put(_STOP)
+            self._thread.join(timeout_s)
+        elif not self._thread.ident:  # never started: close here
+            self._close_instance()
+
+    def _close_instance(self) -> None:
+        try:
+            self.instance.close()
+        except Exception:  # closing must not stop the others
+            log.exception("closing instance %s failed", self.name)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._inbox.get()
+                if item is _STOP:
+                    return
+                assert isinstance(item, Batch)
+                self.run_batch(item)
+                try:
+                    assert self._post is not None and self._on_done is not None
+                    self._post(self._on_done, item)
+                except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                    log.debug("event loop closed; dropping results of a batch on %s", self.name)
+        finally:
+            self._close_instance()
+
+    def run_batch(self, batch: Batch) -> None:
+        """Merge, execute, split; store results or the error on ``batch``. Never raises."""
+        requests = [envelope.request for envelope in batch.envelopes]
+        try:
+            if batch.merge:
+                inputs = merge_inputs(requests)
+                outputs = batch_outputs(requests)
+            else:
+                inputs = requests[0].inputs
+                outputs = requests[0].outputs
+            batch.compute_start_ns = time.monotonic_ns()
+            try:
+                produced = self.instance.execute(inputs, outputs)
+            finally:
+                batch.compute_end_ns = time.monotonic_ns()
+            if batch.merge:
+                batch.results = split_outputs(produced, requests, batch.size)
+            else:
+                batch.results = [produced]
+        except ServingError as exc:
+            batch.error = exc
+        except Exception as exc:  # the backend's own error: fails this batch only
+            batch.error = BackendError(f"backend failed on a batch of {batch.size}: {type(exc).__name__}: {exc}")
+            if not batch.compute_end_ns:
+                batch.compute_start_ns = batch.compute_end_ns = time.monotonic_ns()
+
+
+def make_workers(instances: Sequence[BackendInstance], model_name: str, version: int) -> list[InstanceWorker]:
+    """One worker per instance, named after the model for thread dumps."""
+    return [InstanceWorker(instance, f"{model_name}-v{version}-i{i}") for i, instance in enumerate(instances)]
