@@ -88,6 +88,11 @@ class OnnxRuntimeInstance:
         self._output_names = tuple(o.name for o in session.get_outputs())
 
     @property
+    def session(self) -> Any:
+        """The ``onnxruntime.InferenceSession`` (for inspection: options, providers)."""
+        return self._session
+
+    @property
     def providers(self) -> list[str]:
         """The execution providers the session actually uses, most preferred first."""
         return list(self._session.get_providers())
