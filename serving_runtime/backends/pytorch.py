@@ -17,6 +17,7 @@ Model ``parameters`` (Triton's keys): ``INFERENCE_MODE`` (default true),
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from threading import Lock
@@ -39,6 +40,13 @@ def _import_torch() -> Any:
             f"the pytorch backend needs torch, which is not installed ({exc}); pip install torch"
         ) from None
     return torch
+
+
+def _jit_load(torch: Any, path: Path, map_location: Any) -> Any:
+    """``torch.jit.load`` without its deprecation warning (TorchScript is Triton's format)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=map_location)
 
 
 def _flag(parameters: Mapping[str, str], key: str, default: bool) -> bool:
@@ -136,7 +144,7 @@ class PyTorchBackend:
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path}: model file not found")
         try:
-            torch.jit.load(str(model_path), map_location="cpu")
+            _jit_load(torch, model_path, "cpu")
         except Exception as exc:
             raise ModelLoadError(f"{model_path}: not a TorchScript file (save with torch.jit.save): {exc}") from None
         return ModelSignature((), ())
@@ -176,7 +184,7 @@ class PyTorchBackend:
                     except RuntimeError:
                         pass  # interop threads can be set only once per process
         try:
-            module = torch.jit.load(str(model_path), map_location=device)
+            module = _jit_load(torch, model_path, device)
         except Exception as exc:
             raise ModelLoadError(f"{model_path}: cannot load TorchScript model: {exc}") from None
         module.eval()
