@@ -1,0 +1,29 @@
+"""Fixtures for serving runtime tests: the hand-written Triton repository and a real server
+subprocess over it (helpers in server_harness.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from server_harness import ServerProcess, build_repository, start_server
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-written repository (read-only: tests that change files make their own)."""
+    return build_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, triton_repository: Path) -> Iterator[ServerProcess]:
+    """One server over ``triton_repository`` (control mode none; broken model -> not strictly ready)."""
+    server = start_server(
+        tmp_path_factory.mktemp("served"),
+        [triton_repository],
+        "--strict-readiness=false",
+        wait_models=("simple", "double", "typed"),
+    )
+    yield server
+    server.stop()

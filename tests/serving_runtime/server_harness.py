@@ -1,0 +1,307 @@
+"""Test harness for the serving runtime: tiny ONNX models built with onnx.helper, a hand-written
+Triton repository, and a real server subprocess (``python -m shipyard.serving_runtime``) on free
+loopback ports. Fixtures using it live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# -- models ------------------------------------------------------------------------------------
+
+SIMPLE_CONFIG = """
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy: { all { } }
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+# Identity per datatype; no batching, one dynamic dimension.
+TYPED_DATATYPES: dict[str, str] = {
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "UINT8": "TYPE_UINT8",
+    "BOOL": "TYPE_BOOL",
+    "BYTES": "TYPE_STRING",
+}
+
+
+def _finish(graph: Any) -> bytes:
+    from onnx import checker, helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="shipyard-tests")
+    model.ir_version = 8
+    checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def simple_onnx(offset: float = 0.0, width: int = 16) -> bytes:
+    """OUTPUT0 = INPUT0 + INPUT1 + offset, OUTPUT1 = INPUT0 - INPUT1; FP32 [batch, width]."""
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum"]),
+            helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "simple",
+        [tensor("INPUT0"), tensor("INPUT1")],
+        [tensor("OUTPUT0"), tensor("OUTPUT1")],
+        initializer=[helper.make_tensor("offset", TensorProto.FLOAT, [], [offset])],
+    )
+    return _finish(graph)
+
+
+def double_onnx(width: int = 4) -> bytes:
+    """y = 2 * x, FP32 [batch, width] (dynamic batch: a config can be completed from it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+    )
+    return _finish(graph)
+
+
+def typed_identity_onnx() -> bytes:
+    """IN_<T> -> OUT_<T> identity for every datatype in ``TYPED_DATATYPES``, shape [n]."""
+    from onnx import TensorProto, helper
+
+    onnx_types = {
+        "FP16": TensorProto.FLOAT16,
+        "FP32": TensorProto.FLOAT,
+        "FP64": TensorProto.DOUBLE,
+        "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16,
+        "INT32": TensorProto.INT32,
+        "INT64": TensorProto.INT64,
+        "UINT8": TensorProto.UINT8,
+        "BOOL": TensorProto.BOOL,
+        "BYTES": TensorProto.STRING,
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in onnx_types],
+        "typed",
+        [helper.make_tensor_value_info(f"IN_{t}", k, ["n"]) for t, k in onnx_types.items()],
+        [helper.make_tensor_value_info(f"OUT_{t}", k, ["n"]) for t, k in onnx_types.items()],
+    )
+    return _finish(graph)
+
+
+def typed_config() -> str:
+    inputs = ",\n".join(f'  {{ name: "IN_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED_DATATYPES.items())
+    outputs = ",\n".join(f'  {{ name: "OUT_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED_DATATYPES.items())
+    header = 'name: "typed"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+    return f"{header}input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+
+
+def slow_onnx(width: int = 512, depth: int = 1000) -> bytes:
+    """``depth`` chained MatMuls with one shared [width, width] weight: slow enough to watch a
+    request in flight (tens to hundreds of ms at batch 64 on a small CPU), small on disk."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = (np.eye(width, dtype=np.float32) * 0.5 + 0.5 / width).astype(np.float32)
+    nodes = []
+    previous = "x"
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    return _finish(graph)
+
+
+SLOW_CONFIG = """
+name: "slow"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 512 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 512 ] } ]
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+"""
+
+
+def write_model(repo: Path, name: str, versions: dict[int, bytes], config: str | None) -> Path:
+    """Write ``<repo>/<name>/[config.pbtxt]`` and ``<version>/model.onnx`` for each version."""
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (model_dir / "config.pbtxt").write_text(config)
+    for version, data in versions.items():
+        (model_dir / str(version)).mkdir(exist_ok=True)
+        (model_dir / str(version) / "model.onnx").write_bytes(data)
+    return model_dir
+
+
+def build_repository(repo: Path) -> Path:
+    """The hand-written Triton repository of the acceptance tests.
+
+    - ``simple``: config.pbtxt, versions 1 and 2 (version 2 adds 100 to OUTPUT0), max_batch_size 8
+    - ``double``: no config.pbtxt (completed from the ONNX file)
+    - ``broken``: config.pbtxt and a model.onnx that is not ONNX
+    - ``typed``: identity for FP16, FP32, FP64, INT8..INT64, UINT8, BOOL, BYTES
+    """
+    write_model(repo, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)
+    write_model(repo, "double", {1: double_onnx()}, None)
+    write_model(
+        repo,
+        "broken",
+        {1: b"this is not an onnx file"},
+        'name: "broken"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n',
+    )
+    write_model(repo, "typed", {1: typed_identity_onnx()}, typed_config())
+    return repo
+
+
+# -- server process ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_post(url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m shipyard.serving_runtime``; ``log()`` returns what it printed."""
+
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_host(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_host(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited ({self.process.returncode}) waiting for {what}:\n{self.log()}")
+            try:
+                if check():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log()[-4000:]}")
+
+    def model_ready(self, name: str, version: int | None = None) -> bool:
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+        return http_get(self.http_url + path, timeout=2)[0] == 200
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+
+def start_server(
+    tmp_path: Path,
+    repositories: Sequence[Path],
+    *extra: str,
+    wait_ready: bool = True,
+    wait_models: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> ServerProcess:
+    """Start a server on free ports and wait until it is live (and ready, and ``wait_models`` are)."""
+    http_port, grpc_port = free_port(), free_port()
+    args = [sys.executable, "-m", "shipyard.serving_runtime"]
+    for repo in repositories:
+        args += ["--model-repository", str(repo)]
+    args += ["--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra]
+    log_path = tmp_path / f"server-{http_port}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(process, http_port, grpc_port, log_path, args)
+    try:
+        server.wait_until(lambda: http_get(server.http_url + "/v2/health/live", 1)[0] == 200, timeout, "live")
+        if wait_ready:
+            server.wait_until(lambda: http_get(server.http_url + "/v2/health/ready", 1)[0] == 200, timeout, "ready")
+        for name in wait_models:
+            server.wait_until(lambda name=name: server.model_ready(name), timeout, f"model {name} ready")
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
