@@ -1,0 +1,374 @@
+"""Load generator: closed-loop (and, for overload, open-loop) clients in their own processes.
+
+Clients are cheap on purpose: gRPC sends pre-serialized ``ModelInferRequest`` bytes through a raw
+``unary_unary`` call with identity serializers; REST posts a pre-built body over keep-alive
+connections (aiohttp). Worker processes are started with ``spawn`` (never ``fork``: gRPC state does
+not survive a fork) and synchronised on one start time, then each runs a warm-up and a fixed window.
+Only requests that complete inside the window count, for throughput and latency alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one client sends: ``protocol`` "grpc" or "rest", to ``port`` on 127.0.0.1.
+
+    For gRPC ``payload`` is a serialized ModelInferRequest; for REST it is the body posted to ``path``
+    with ``headers``.
+    """
+
+    protocol: str
+    port: int
+    payload: bytes
+    path: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("grpc", "rest"):
+            raise ValueError(f"protocol must be 'grpc' or 'rest', got {self.protocol!r}")
+
+
+@dataclass
+class CellResult:
+    """One measurement: throughput (completed requests/s in the window), latency percentiles, errors."""
+
+    concurrency: int
+    window_s: float
+    completed: int
+    errors: int
+    throughput: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return dict(self.__dict__)
+
+
+class _Client:
+    """One process's connection (gRPC channel or aiohttp session) and its ``send`` coroutine."""
+
+    def __init__(self, spec: LoadSpec, connections: int) -> None:
+        self.spec = spec
+        self.connections = connections
+        self._channel: Any = None
+        self._call: Any = None
+        self._session: Any = None
+        self._url = f"http://{LOOPBACK}:{spec.port}{spec.path}"
+
+    async def open(self) -> None:
+        if self.spec.protocol == "grpc":
+            import grpc
+
+            self._channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{self.spec.port}", options=GRPC_OPTIONS)
+            # No serializers: the payload bytes go out as they are and the reply comes back as bytes.
+            self._call = self._channel.unary_unary(GRPC_INFER_METHOD)
+        else:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.connections, force_close=False, ttl_dns_cache=None)
+            timeout = aiohttp.ClientTimeout(total=self.spec.timeout_s)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self) -> str | None:
+        """Send one request; return None on success, else a short error kind (e.g. ``UNAVAILABLE``, ``503``)."""
+        if self.spec.protocol == "grpc":
+            import grpc
+
+            try:
+                await self._call(self.spec.payload, timeout=self.spec.timeout_s)
+                return None
+            except grpc.aio.AioRpcError as exc:
+                return f"{exc.code().name}: {(exc.details() or '')[:160]}"
+        try:
+            async with self._session.post(self._url, data=self.spec.payload, headers=dict(self.spec.headers)) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    return None
+                return f"{resp.status}: {body[:160].decode(errors='replace')}"
+        except asyncio.TimeoutError:
+            return "TIMEOUT: no response"
+        except Exception as exc:  # connection errors count as errors, not crashes
+            return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+# ------------------------------------------------------------------------------------------ closed loop
+
+
+async def _closed_loop(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> dict[str, Any]:
+    client = _Client(spec, concurrency)
+    await client.open()
+    try:
+        first_error = await client.send()  # opens the connection before the clock starts
+        conn.send(("ready", first_error))
+        t0 = conn.recv()
+        window_start = t0 + warmup_s
+        window_end = window_start + window_s
+        latencies: list[float] = []
+        errors: list[str] = []
+        now = time.monotonic()
+        if t0 > now:
+            await asyncio.sleep(t0 - now)
+
+        async def loop() -> None:
+            while True:
+                start = time.monotonic()
+                if start >= window_end:
+                    return
+                error = await client.send()
+                end = time.monotonic()
+                if window_start <= end <= window_end:
+                    if error is None:
+                        latencies.append(end - start)
+                    else:
+                        errors.append(error)
+                if error is not None:
+                    await asyncio.sleep(0.005)  # no hot spin against a failing server
+
+        tasks = [asyncio.create_task(loop()) for _ in range(concurrency)]
+        # Bounded: each loop stops issuing at window_end; stragglers get the request timeout.
+        _done, pending = await asyncio.wait(tasks, timeout=warmup_s + window_s + spec.timeout_s + 5)
+        for task in pending:
+            task.cancel()
+        return {"latencies": np.asarray(latencies, dtype=np.float64), "errors": errors}
+    finally:
+        await client.close()
+
+
+def _closed_loop_worker(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> None:
+    try:
+        result = asyncio.run(_closed_loop(spec, concurrency, conn, warmup_s, window_s))
+        conn.send(("result", result))
+    except BaseException as exc:  # report to the parent rather than dying silently
+        with contextlib.suppress(Exception):
+            conn.send(("crash", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def run_closed_loop(
+    spec: LoadSpec, concurrency: int, warmup_s: float, window_s: float, processes: int = 2
+) -> CellResult:
+    """Run ``concurrency`` closed-loop clients (spread over up to ``processes`` processes).
+
+    Raises: RuntimeError if a client process crashes or does not report in time.
+    """
+    if concurrency < 1 or warmup_s < 0 or window_s <= 0:
+        raise ValueError(f"need concurrency >= 1, warmup_s >= 0, window_s > 0; got {concurrency}, {warmup_s}, {window_s}")
+    ctx = mp.get_context("spawn")
+    workers = []
+    try:
+        for share in _split(concurrency, processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_closed_loop_worker, args=(spec, share, child, warmup_s, window_s), daemon=True)
+            proc.start()
+            child.close()
+            workers.append((proc, parent))
+        for proc, parent in workers:
+            _expect(parent, "ready", timeout_s=60)
+        t0 = time.monotonic() + 0.2
+        for _, parent in workers:
+            parent.send(t0)
+        results = [_expect(parent, "result", timeout_s=warmup_s + window_s + spec.timeout_s + 30)
+                   for _, parent in workers]
+    finally:
+        _reap(workers)
+    latencies = np.concatenate([r["latencies"] for r in results]) * 1000.0
+    errors = [e for r in results for e in r["errors"]]
+    return summarize(concurrency, window_s, latencies, errors)
+
+
+def summarize(concurrency: int, window_s: float, latencies_ms: np.ndarray, errors: list[str]) -> CellResult:
+    """Turn raw latencies (ms) and error strings into a :class:`CellResult`."""
+    samples = sorted(set(errors))[:3]
+    if latencies_ms.size == 0:
+        return CellResult(concurrency, window_s, 0, len(errors), 0.0, None, None, None, None, samples)
+    p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
+    return CellResult(
+        concurrency, window_s, int(latencies_ms.size), len(errors), latencies_ms.size / window_s,
+        float(p50), float(p90), float(p99), float(latencies_ms.mean()), samples,
+    )
+
+
+def _expect(conn: Connection, kind: str, timeout_s: float) -> Any:
+    if not conn.poll(timeout_s):
+        raise RuntimeError(f"a load-generator process did not report {kind!r} within {timeout_s:.0f} s")
+    try:
+        tag, value = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"a load-generator process exited before it reported {kind!r}") from None
+    if tag == "crash":
+        raise RuntimeError(f"a load-generator process crashed: {value}")
+    if tag != kind:
+        raise RuntimeError(f"load-generator protocol error: expected {kind!r}, got {tag!r}")
+    return value
+
+
+def _reap(workers: list[tuple[Any, Connection]]) -> None:
+    for proc, parent in workers:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        parent.close()
+
+
+# -------------------------------------------------------------------------------------------- open loop
+
+
+async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection) -> dict[str, Any]:
+    client = _Client(spec, max_inflight)
+    await client.open()
+    try:
+        first_error = await client.send()
+        conn.send(("ready", first_error))
+        t0 = conn.recv()
+        now = time.monotonic()
+        if t0 > now:
+            await asyncio.sleep(t0 - now)
+        total = int(rate * duration_s)
+        outcomes: dict[str, int] = {}
+        ok_ms: list[float] = []
+        rejected_ms: list[float] = []
+        inflight: set[asyncio.Task[None]] = set()
+        sent = skipped = 0
+
+        async def one() -> None:
+            start = time.monotonic()
+            error = await client.send()
+            elapsed = (time.monotonic() - start) * 1000.0
+            if error is None:
+                ok_ms.append(elapsed)
+                kind = "ok"
+            else:
+                kind = error.split(":", 1)[0]
+                if kind in ("UNAVAILABLE", "503"):
+                    rejected_ms.append(elapsed)
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+
+        end = t0 + duration_s
+        while sent + skipped < total:
+            now = time.monotonic()
+            if now >= end:
+                break
+            due = min(total, int((now - t0) * rate))
+            while sent + skipped < due:
+                if len(inflight) >= max_inflight:
+                    skipped += 1  # the client itself could not offer this one
+                    continue
+                task = asyncio.create_task(one())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        offered_s = time.monotonic() - t0
+        if inflight:
+            _done, pending = await asyncio.wait(set(inflight), timeout=spec.timeout_s + 5)
+            for task in pending:
+                task.cancel()
+            outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
+        return {"sent": sent, "skipped_client_cap": skipped, "offered_s": offered_s, "outcomes": outcomes,
+                "ok_ms": np.asarray(ok_ms), "rejected_ms": np.asarray(rejected_ms)}
+    finally:
+        await client.close()
+
+
+def _open_loop_worker(spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection) -> None:
+    try:
+        result = asyncio.run(_open_loop(spec, rate, duration_s, max_inflight, conn))
+        conn.send(("result", result))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            conn.send(("crash", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_open_loop(
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int = 4096, processes: int = 2
+) -> dict[str, Any]:
+    """Offer ``rate`` requests/s for ``duration_s`` regardless of replies (a burst), then wait for every reply.
+
+    Returns counts by outcome (``ok``, ``UNAVAILABLE``/``503`` rejections, other codes, ``unanswered``),
+    latency percentiles of answered and rejected requests, and the rate actually offered.
+
+    Raises: RuntimeError if a client process crashes or does not report in time.
+    """
+    ctx = mp.get_context("spawn")
+    workers = []
+    try:
+        for _ in range(max(1, processes)):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_open_loop_worker,
+                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child), daemon=True,
+            )
+            proc.start()
+            child.close()
+            workers.append((proc, parent))
+        for _, parent in workers:
+            _expect(parent, "ready", timeout_s=60)
+        t0 = time.monotonic() + 0.2
+        for _, parent in workers:
+            parent.send(t0)
+        results = [_expect(parent, "result", timeout_s=duration_s + spec.timeout_s + 30) for _, parent in workers]
+    finally:
+        _reap(workers)
+    outcomes: dict[str, int] = {}
+    for r in results:
+        for key, value in r["outcomes"].items():
+            outcomes[key] = outcomes.get(key, 0) + value
+    ok_ms = np.concatenate([r["ok_ms"] for r in results])
+    rejected_ms = np.concatenate([r["rejected_ms"] for r in results])
+    sent = sum(r["sent"] for r in results)
+    offered_s = max(r["offered_s"] for r in results)
+
+    def pct(values: np.ndarray) -> dict[str, float | None]:
+        if values.size == 0:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        p50, p99 = np.percentile(values, [50, 99])
+        return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(values.max())}
+
+    return {
+        "target_rate": rate,
+        "sent": sent,
+        "offered_rate": sent / offered_s if offered_s > 0 else 0.0,
+        "skipped_client_cap": sum(r["skipped_client_cap"] for r in results),
+        "outcomes": outcomes,
+        "ok_latency": pct(ok_ms),
+        "rejected_latency": pct(rejected_ms),
+    }

@@ -1,0 +1,218 @@
+"""The servers under test, each started as a subprocess on loopback ports.
+
+A :class:`Target` knows how to start its server for a set of models, how to tell it is ready, and
+which protocols it speaks (each giving a :class:`~benchmarks.loadgen.LoadSpec` per model):
+
+- ``echo``: a bare grpc.aio servicer returning a canned response (the transport floor; gRPC only);
+- ``kserve``: the stock KServe SDK runtime without batching (gRPC and REST binary);
+- ``mlserver``: MLServer 1.7.1 with adaptive batching, in ``.venv-mlserver`` (gRPC and REST JSON:
+  MLServer has no binary tensor extension);
+- ``shipyard``: ``python -m shipyard.serving_runtime`` with dynamic batching (gRPC and REST binary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.common import LOOPBACK, ModelSpec, ServerProcess
+from benchmarks.loadgen import LoadSpec
+
+MLSERVER_VENV = common.REPO_ROOT / ".venv-mlserver"
+SHIPYARD_MAX_BATCH = 128
+OVERLOAD_SUFFIX = "_bounded"
+
+
+class TargetUnavailable(RuntimeError):
+    """The target cannot run here (e.g. MLServer's environment is missing); the message says how to fix it."""
+
+
+@dataclass
+class Target:
+    """One server under test."""
+
+    name: str
+    description: str
+    server: ServerProcess
+    probe: Callable[[], bool]
+    specs: dict[str, Callable[[ModelSpec], LoadSpec]] = field(default_factory=dict)
+    startup_timeout_s: float = 120.0
+
+    @property
+    def protocols(self) -> list[str]:
+        """Protocol labels this target is measured with, e.g. ``grpc``, ``rest``, ``rest-json``."""
+        return list(self.specs)
+
+
+# ------------------------------------------------------------------------------------------------ probes
+
+
+def grpc_probe(port: int, payload: bytes) -> Callable[[], bool]:
+    """A readiness probe that sends one real ModelInfer and wants it to succeed."""
+
+    def probe() -> bool:
+        import grpc
+
+        with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+            channel.unary_unary(common.GRPC_INFER_METHOD)(payload, timeout=5)
+        return True
+
+    return probe
+
+
+def http_probe(port: int, path: str) -> Callable[[], bool]:
+    """A readiness probe that wants HTTP 200 from ``GET path``."""
+
+    def probe() -> bool:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=5) as resp:
+            return bool(resp.status == 200)
+
+    return probe
+
+
+def all_probes(*probes: Callable[[], bool]) -> Callable[[], bool]:
+    """True when every probe is true."""
+    return lambda: all(p() for p in probes)
+
+
+def grpc_spec(port: int, raw: bool = True) -> Callable[[ModelSpec], LoadSpec]:
+    return lambda model: LoadSpec("grpc", port, common.grpc_request_bytes(model, raw=raw))
+
+
+def rest_spec(port: int, binary: bool = True) -> Callable[[ModelSpec], LoadSpec]:
+    def build(model: ModelSpec) -> LoadSpec:
+        request = common.rest_binary_request(model) if binary else common.rest_json_request(model)
+        return LoadSpec("rest", port, request.body, request.path, tuple(request.headers.items()))
+
+    return build
+
+
+_ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# ----------------------------------------------------------------------------------------------- targets
+
+
+def echo_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
+    """The transport floor (gRPC only)."""
+    port = common.free_port()
+    responses = workdir / "echo-responses.json"
+    responses.write_text(json.dumps({m.name: common.grpc_response_bytes(m).hex() for m in models}))
+    server = ServerProcess(
+        "echo", common.python_module_argv("benchmarks.servers.echo", "--port", str(port), "--responses", str(responses)),
+        workdir / "logs" / "echo.log", env=_ONE_THREAD_ENV,
+    )
+    return Target(
+        "echo", "bare grpc.aio echo servicer (transport floor)", server,
+        grpc_probe(port, common.grpc_request_bytes(models[0])), {"grpc": grpc_spec(port)}, startup_timeout_s=30,
+    )
+
+
+def kserve_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
+    """Stock KServe SDK runtime, no batching."""
+    rest, grpc_port = common.free_port(), common.free_port()
+    argv = common.python_module_argv(
+        "benchmarks.servers.kserve_onnx", "--rest-port", str(rest), "--grpc-port", str(grpc_port),
+        *[a for m in models for a in ("--model", f"{m.name}={m.onnx_path}")],
+    )
+    server = ServerProcess("kserve", argv, workdir / "logs" / "kserve.log", env=_ONE_THREAD_ENV)
+    probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
+                       grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
+    return Target("kserve", "stock KServe 0.21 SDK runtime (kserve.Model, no batching)", server, probe,
+                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)})
+
+
+def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
+    """MLServer 1.7.1 with adaptive batching, from ``.venv-mlserver``.
+
+    Raises: TargetUnavailable if ``.venv-mlserver`` has no ``mlserver`` (run ``make bench-env``).
+    """
+    from benchmarks.servers.mlserver_onnx import write_mlserver_config
+
+    executable = MLSERVER_VENV / "bin" / "mlserver"
+    if not executable.exists():
+        raise TargetUnavailable(f"{executable} not found; create MLServer's environment with `make bench-env`")
+    rest, grpc_port, metrics = common.free_port(), common.free_port(), common.free_port()
+    folder = write_mlserver_config(
+        workdir / "mlserver", {m.name: m.onnx_path for m in models}, rest, grpc_port, metrics
+    )
+    env = dict(_ONE_THREAD_ENV)
+    env["PYTHONPATH"] = str(common.REPO_ROOT)
+    env["VIRTUAL_ENV"] = str(MLSERVER_VENV)
+    env["PATH"] = f"{MLSERVER_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    server = ServerProcess("mlserver", [str(executable), "start", str(folder)], workdir / "logs" / "mlserver.log",
+                           env=env, cwd=folder)
+    probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
+                       grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
+    return Target("mlserver", "MLServer 1.7.1, adaptive batching (max_batch_size 64, max_batch_time 2 ms)", server,
+                  probe, {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)})
+
+
+def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str:
+    """The config.pbtxt the benchmark serves ``model`` with: dynamic batching, one instance, one thread."""
+
+    def tensors(kind: str, specs: Sequence[common.TensorSpec]) -> str:
+        items = ",\n".join(
+            f'  {{ name: "{t.name}" data_type: TYPE_{t.datatype} dims: [ {", ".join(map(str, t.dims))} ] }}'
+            for t in specs
+        )
+        return f"{kind} [\n{items}\n]\n"
+
+    policy = f" default_queue_policy {{ max_queue_size: {max_queue_size} }}" if max_queue_size else ""
+    return (
+        f'name: "{name}"\n'
+        'backend: "onnxruntime"\n'
+        f"max_batch_size: {SHIPYARD_MAX_BATCH}\n"
+        + tensors("input", model.inputs)
+        + tensors("output", model.outputs)
+        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        + f"dynamic_batching {{{policy} }}\n"
+        + 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        + 'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }\n'
+    )
+
+
+def write_shipyard_repository(
+    root: Path, models: Sequence[ModelSpec], overload_model: ModelSpec | None, max_queue_size: int
+) -> Path:
+    """A Triton-layout model repository with every model, plus ``<overload>_bounded`` with a bounded queue."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries: list[tuple[ModelSpec, str, int]] = [(m, m.name, 0) for m in models]
+    if overload_model is not None:
+        entries.append((overload_model, overload_model.name + OVERLOAD_SUFFIX, max_queue_size))
+    for model, name, queue in entries:
+        version = root / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        target = version / "model.onnx"
+        if not target.exists():
+            try:
+                os.link(model.onnx_path, target)
+            except OSError:
+                shutil.copyfile(model.onnx_path, target)
+        (root / name / "config.pbtxt").write_text(shipyard_config(model, name, queue))
+    return root
+
+
+def shipyard_target(
+    models: Sequence[ModelSpec], workdir: Path, overload_model: ModelSpec | None = None, max_queue_size: int = 256
+) -> Target:
+    """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance)."""
+    rest, grpc_port = common.free_port(), common.free_port()
+    repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size)
+    argv = common.python_module_argv(
+        "shipyard.serving_runtime", "--model-repository", str(repo), "--http-port", str(rest),
+        "--grpc-port", str(grpc_port),
+    )
+    server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
+    probe = all_probes(http_probe(rest, "/v2/health/ready"), grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
+    return Target("shipyard", "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay)", server, probe,
+                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)})
+
+
+TARGET_NAMES = ("echo", "kserve", "mlserver", "shipyard")
