@@ -64,9 +64,7 @@ class Scheduler(Protocol):
         ...
 
 
-def create_scheduler(
-    config: object, instances: Sequence[BackendInstance], model_name: str, version: int
-) -> Scheduler:
+def create_scheduler(config: object, instances: Sequence[BackendInstance], model_name: str, version: int) -> Scheduler:
     """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
 
     With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
