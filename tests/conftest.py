@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     marker = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(marker)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Keep the two pytest sessions apart (kserve's and tritonclient.grpc's protos clash in one process).
+
+    ``-m kserve_sdk`` collects only modules that mention the marker; ``-m "not kserve_sdk"`` skips
+    modules marked kserve_sdk as a whole. Collecting a module imports it, so without this the
+    kserve session would import every other test module's tritonclient.grpc first.
+    """
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    markexpr = " ".join((config.getoption("markexpr") or "").split())
+    if markexpr not in ("kserve_sdk", "not kserve_sdk"):
+        return None
+    text = collection_path.read_text(encoding="utf-8", errors="replace")
+    if markexpr == "kserve_sdk":
+        return "kserve_sdk" not in text or None
+    return "pytestmark = pytest.mark.kserve_sdk" in text or None
