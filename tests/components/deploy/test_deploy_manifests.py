@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from shipyard.components.deploy import Autoscaling, InferenceServiceSpec, RuntimeSpec, kserve_manifests, render_kserve
+from shipyard.components.deploy import (
+    Autoscaling,
+    InferenceServiceSpec,
+    RuntimeSpec,
+    kserve_manifests,
+    render_kserve,
+)
 
 pytestmark = pytest.mark.kserve_sdk
+# kserve is imported inside the tests (kserve_manifests imports it lazily): the other pytest session
+# collects this module too, beside modules that import tritonclient.grpc.
 
 
 def _isvc(**kw: Any) -> dict[str, Any]:
@@ -136,3 +145,35 @@ def test_dry_run_yaml_is_kubectl_applicable(crd_validate: Any) -> None:
 def test_runtime_name_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="runtime 'shipyard-runtime' but the runtime to apply is 'other'"):
         kserve_manifests(InferenceServiceSpec(name="a", storage_uri="s3://b/r"), RuntimeSpec(name="other"))
+
+
+def test_committed_manifests_are_what_the_generator_renders() -> None:
+    """serving_runtime/manifests/*.yaml stay in sync with the code (regenerate them when this fails)."""
+
+    from shipyard.components.deploy import manifests
+
+    folder = Path(__file__).resolve().parents[3] / "serving_runtime" / "manifests"
+    runtime = yaml.safe_load((folder / "servingruntime.yaml").read_text())
+    assert runtime == manifests.to_dict(manifests.serving_runtime(RuntimeSpec()))
+    expected = {
+        "inferenceservice.yaml": InferenceServiceSpec(
+            name="digits-cnn",
+            storage_uri="s3://shipyard-models/repository",
+            max_replicas=3,
+            autoscaling=Autoscaling("concurrency", 16),
+        ),
+        "inferenceservice-keda.yaml": InferenceServiceSpec(
+            name="digits-cnn-gpu",
+            storage_uri="s3://shipyard-models/repository",
+            model_format="tensorrt",
+            gpus=1,
+            cpu="4",
+            memory="8Gi",
+            max_replicas=8,
+            autoscaling=Autoscaling("pending_requests", 16),
+        ),
+    }
+    for filename, spec in expected.items():
+        generated = manifests.to_dict(manifests.inference_service(spec))
+        del generated["metadata"]["namespace"]  # kustomize sets it
+        assert yaml.safe_load((folder / filename).read_text()) == generated, filename
