@@ -210,7 +210,8 @@ def complete_config(
       outputs missing from the config are added from the file; listed ones missing a datatype
       or dims get them from the file.
     - ``instance_group``: one instance on every GPU when there is one and the backend can use
-      it, else one CPU instance; ``KIND_AUTO`` resolved the same way; empty ``gpus`` of a
+      it (``supports_gpu``: e.g. onnxruntime has its CUDA provider), else one CPU instance;
+      ``KIND_AUTO`` resolved the same way; empty ``gpus`` of a
       KIND_GPU group means every GPU; ``count`` 0 means 1; names filled.
 
     Does not validate; call ``validate_config`` (and ``check_against_model``) after.

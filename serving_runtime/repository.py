@@ -214,6 +214,14 @@ class ModelDefinition:
         return self.version_dir(version) / filename
 
 
+def _gpu_usable(backend: object) -> bool:
+    """Whether KIND_AUTO should put this backend's instances on a GPU that is present."""
+    if not getattr(backend, "supports_gpu", True):
+        return False
+    check = getattr(backend, "gpu_usable", None)
+    return bool(check()) if callable(check) else True
+
+
 def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig | None = None) -> ModelDefinition:
     """Read (or take) the config, pick the backend, select versions, complete and validate.
 
@@ -285,7 +293,7 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
         backend_name=backend_name,
         signature=signature,
         gpu_count=gpu_count,
-        supports_gpu=bool(getattr(backend, "supports_gpu", True)),
+        supports_gpu=gpu_count > 0 and _gpu_usable(backend),
     )
     validate_config(completed, name=location.name, source=source)
     if signature is not None:

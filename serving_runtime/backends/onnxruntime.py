@@ -137,6 +137,10 @@ class OnnxRuntimeBackend:
         self._signatures: OrderedDict[tuple[str, int, int], ModelSignature] = OrderedDict()
         self._lock = Lock()
 
+    def gpu_usable(self) -> bool:
+        """True when this onnxruntime build has the CUDA execution provider (KIND_AUTO picks GPU)."""
+        return "CUDAExecutionProvider" in _import_ort().get_available_providers()
+
     def inspect(self, model_path: Path) -> ModelSignature:
         """Inputs and outputs as the ONNX file declares them.
 

@@ -134,6 +134,10 @@ class PyTorchBackend:
     supports_cpu = True
     supports_gpu = True
 
+    def gpu_usable(self) -> bool:
+        """True when torch is a CUDA build that sees a GPU (KIND_AUTO picks GPU)."""
+        return bool(_import_torch().cuda.is_available())
+
     def inspect(self, model_path: Path) -> ModelSignature:
         """TorchScript files do not declare tensor types or shapes: returns an empty signature
         (the config must list inputs and outputs), after checking the file loads.

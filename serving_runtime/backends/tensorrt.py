@@ -205,6 +205,10 @@ class TensorRTBackend:
     supports_cpu = False
     supports_gpu = True
 
+    def gpu_usable(self) -> bool:
+        """TensorRT runs only on GPUs; whether one is there is checked at load."""
+        return True
+
     def inspect(self, model_path: Path) -> ModelSignature:
         """Inputs and outputs as the engine declares them (deserializes the engine on GPU 0).
 

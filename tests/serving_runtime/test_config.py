@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 from repo_builders import add_model, scale_model, write_config
 
+from shipyard.serving_runtime.backends.registry import get_backend
 from shipyard.serving_runtime.config import (
     DEFAULT_MAX_BATCH_SIZE,
+    complete_config,
     config_from_json,
     config_to_dict,
     load_config,
+    new_config,
     render_config,
 )
 from shipyard.serving_runtime.errors import ModelConfigError
@@ -37,9 +40,24 @@ def test_missing_config_is_completed_from_the_onnx_file(tmp_path: Path) -> None:
 
 
 def test_completion_puts_instances_on_every_gpu_when_there_are_gpus(tmp_path: Path) -> None:
-    scale_model(tmp_path / "m" / "1" / "model.onnx", 2.0)
-    config = _prepare(tmp_path, gpu_count=2).config
+    path = scale_model(tmp_path / "m" / "1" / "model.onnx", 2.0)
+    signature = get_backend("onnxruntime").inspect(path)
+    config = complete_config(new_config(), name="m", backend_name="onnxruntime", signature=signature, gpu_count=2)
     assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [(1, [0, 1])]  # KIND_GPU
+    # A backend that cannot use the GPUs (onnxruntime without its CUDA provider) stays on CPU.
+    config = complete_config(
+        new_config(), name="m", backend_name="onnxruntime", signature=signature, gpu_count=2, supports_gpu=False
+    )
+    assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [(2, [])]  # KIND_CPU
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(), reason="CUDA EP present"
+)
+def test_kind_auto_stays_on_cpu_when_onnxruntime_has_no_cuda_provider(tmp_path: Path) -> None:
+    scale_model(tmp_path / "m" / "1" / "model.onnx", 2.0)
+    config = _prepare(tmp_path, gpu_count=1).config
+    assert [g.kind for g in config.instance_group] == [2]  # KIND_CPU
 
 
 def test_unbatched_model_keeps_full_dims_and_no_batching(tmp_path: Path) -> None:
