@@ -75,8 +75,12 @@ class LocalDeployment:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now (a best-effort check before starting the runtime)."""
+    """Whether ``host:port`` can be bound now (a best-effort check before starting the runtime).
+
+    SO_REUSEADDR as servers set it: connections in TIME_WAIT from a stopped server do not count.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -108,12 +112,18 @@ class LocalTarget:
         return self.state_dir / f"{check_name(name, 'deployment name')}.json"
 
     def command(
-        self, repository: str | Path, http_port: int, grpc_port: int, extra_args: Sequence[str] = ()
+        self,
+        repository: str | Path,
+        http_port: int,
+        grpc_port: int,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
     ) -> list[str]:
-        """The runtime's command line for a repository and ports."""
+        """The runtime's command line for a repository, address and ports."""
         return [
             self.python, "-m", "shipyard.serving_runtime",
             "--model-repository", str(repository),
+            "--host", host,
             "--http-port", str(http_port),
             "--grpc-port", str(grpc_port),
             *extra_args,
@@ -157,7 +167,7 @@ class LocalTarget:
         log_path = self.state_dir / f"{name}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                self.command(repo, http_port, grpc_port, extra_args),
+                self.command(repo, http_port, grpc_port, host, extra_args),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
