@@ -77,7 +77,8 @@ def test_deploy_local_serves_and_stops_cleanly(repository: Path, target: LocalTa
 
 
 def test_runtime_that_exits_at_start_reports_its_log(repository: Path, target: LocalTarget) -> None:
-    (repository / "add_sub" / "config.pbtxt").write_text('name: "add_sub"\nplatform: "onnxruntime_onnx"\nbogus_field: 1\n')
+    config = 'name: "add_sub"\nplatform: "onnxruntime_onnx"\nbogus_field: 1\n'
+    (repository / "add_sub" / "config.pbtxt").write_text(config)
     with pytest.raises(DeployError, match=r"exited with code \d+ during start-up; log tail:\n(.|\n)*bogus_field"):
         target.start(
             "broken",
