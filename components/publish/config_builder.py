@@ -1,0 +1,121 @@
+"""Build the ``config.pbtxt`` for a published model, through the runtime's own format code.
+
+Public: ``TensorInfo``, ``onnx_io(path) -> (inputs, outputs)``, ``build_config(name, platform, inputs, outputs, *,
+max_batch_size, batching=None, instance_count=1, instance_kind="KIND_CPU", parameters=None) -> ModelConfig``.
+The config is validated with ``shipyard.serving_runtime.config.validate_config`` before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shipyard.components.errors import PublishError
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+PLATFORM_BY_SUFFIX = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".pt": "pytorch_libtorch"}
+FILENAME_BY_PLATFORM = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: Triton datatype name (``FP32``) and dims including the batch dim (-1)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+
+def onnx_io(path: str | Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Inputs and outputs declared by an ONNX file (initializers excluded; symbolic dims are -1).
+
+    Raises: PublishError when the file cannot be read as ONNX.
+    """
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from shipyard.serving_runtime.datatypes import numpy_to_triton
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PublishError(f"cannot read {path} as ONNX: {exc}") from exc
+    initializers = {i.name for i in model.graph.initializer}
+
+    def info(value: Any) -> TensorInfo:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorInfo(value.name, numpy_to_triton(tensor_dtype_to_np_dtype(tensor.elem_type)), dims)
+
+    inputs = [info(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [info(v) for v in model.graph.output]
+
+
+def build_config(
+    name: str,
+    platform: str,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    *,
+    max_batch_size: int,
+    batching: Mapping[str, Any] | None = None,
+    instance_count: int = 1,
+    instance_kind: str = "KIND_CPU",
+    parameters: Mapping[str, str] | None = None,
+) -> ModelConfig:
+    """A ``ModelConfig``: tensors (batch dim stripped when batching), instance group, dynamic batching.
+
+    ``batching``: ``preferred_batch_size`` (int or list) and ``max_queue_delay_microseconds``; when None and
+    ``max_batch_size > 1``, plain ``dynamic_batching {}``.
+    Raises: PublishError (a tensor's first dim is not the batch dim, or the runtime rejects the config).
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from shipyard.serving_runtime.config import new_config, validate_config
+    from shipyard.serving_runtime.datatypes import triton_to_config
+    from shipyard.serving_runtime.errors import ModelConfigError
+
+    config = new_config()
+    config.name = name
+    config.platform = platform
+    config.max_batch_size = max_batch_size
+    for tensors, field in ((inputs, config.input), (outputs, config.output)):
+        for tensor in tensors:
+            dims = list(tensor.dims)
+            if max_batch_size > 0:
+                if not dims or dims[0] not in (-1, 0):
+                    raise PublishError(
+                        f"tensor {tensor.name!r} has dims {dims}: with max_batch_size={max_batch_size} the first "
+                        "dim must be the dynamic batch dim (export with a dynamic batch axis)"
+                    )
+                dims = dims[1:]
+            entry = field.add()
+            entry.name = tensor.name
+            entry.data_type = pb.DataType.Value(triton_to_config(tensor.datatype))
+            entry.dims.extend(dims)
+    group = config.instance_group.add()
+    group.count = instance_count
+    group.kind = pb.ModelInstanceGroup.Kind.Value(instance_kind)
+    if max_batch_size > 1:
+        config.dynamic_batching.SetInParent()
+        if batching:
+            preferred = batching.get("preferred_batch_size")
+            if preferred:
+                values = preferred if isinstance(preferred, (list, tuple)) else [preferred]
+                config.dynamic_batching.preferred_batch_size.extend(
+                    int(v) for v in values if 0 < int(v) <= max_batch_size
+                )
+            delay = batching.get("max_queue_delay_microseconds")
+            if delay is not None:
+                config.dynamic_batching.max_queue_delay_microseconds = int(delay)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = str(value)
+    try:
+        validate_config(config, name=name, source=f"config for {name!r}")
+    except ModelConfigError as exc:
+        raise PublishError(f"the generated config is invalid: {exc}") from exc
+    return config
