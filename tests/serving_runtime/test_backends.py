@@ -243,3 +243,38 @@ def test_tensorrt_rejects_a_corrupt_engine_naming_versions(tmp_path: Path) -> No
     plan.write_bytes(b"\x00" * 4096)
     with pytest.raises(ModelLoadError, match="cannot deserialize this engine"):
         get_backend("tensorrt").inspect(plan)
+
+
+# ------------------------------------------------------------------ CUDA paths (GPU machines)
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_instance_matches_cpu(tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+    path = scale_model(tmp_path / "m.onnx", 2.5)
+    instance = get_backend("onnxruntime").load(path, InstanceSettings(device=Device("gpu", 0)))
+    assert instance.providers[0] == "CUDAExecutionProvider"  # type: ignore[attr-defined]
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    np.testing.assert_allclose(instance.execute({"IN": x}, ())["OUT"], x * 2.5, rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_torchscript_on_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} is a CPU build or sees no GPU")
+    path = _torchscript(tmp_path / "model.pt")
+    settings = InstanceSettings(
+        device=Device("gpu", 0),
+        inputs=(TensorSpec("INPUT__0", "FP32", (2,)), TensorSpec("INPUT__1", "FP32", (2,))),
+        outputs=(TensorSpec("OUTPUT__0", "FP32", (2,)), TensorSpec("OUTPUT__1", "FP32", (2,))),
+    )
+    instance = get_backend("pytorch").load(path, settings)
+    x = np.ones((2, 2), np.float32)
+    out = instance.execute({"INPUT__0": x, "INPUT__1": x}, ())
+    np.testing.assert_allclose(out["OUTPUT__0"], 2 * x)
+    instance.close()

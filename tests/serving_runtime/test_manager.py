@@ -333,6 +333,24 @@ async def test_warmup_runs_before_ready_and_its_failure_blocks_the_version(tmp_p
     await manager.shutdown()
 
 
+async def test_warmup_reads_input_data_files_from_the_warmup_dir(tmp_path: Path) -> None:
+    warm = (
+        'model_warmup [ { name: "file" batch_size: 2 inputs { key: "IN" value: '
+        '{ data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "in.bin" } } } ]'
+    )
+    model_dir = scale_repo_model(tmp_path, "f", {1: 2.0}, extra=warm)
+    (model_dir / "warmup").mkdir()
+    (model_dir / "warmup" / "in.bin").write_bytes(np.ones(8, np.float32).tobytes())
+    short = scale_repo_model(tmp_path, "short", {1: 2.0}, extra=warm)
+    (short / "warmup").mkdir()
+    (short / "warmup" / "in.bin").write_bytes(np.ones(3, np.float32).tobytes())
+    manager = ModelManager([tmp_path], "none")
+    await manager.start()
+    assert await _scale(manager, "f") == 2.0
+    assert "holds 3 FP32 values, shape [2, 4] needs 8" in _entry(manager, "short", 1)["reason"]
+    await manager.shutdown()
+
+
 async def test_reshape_maps_client_dims_to_model_shape(tmp_path: Path) -> None:
     scale_model(tmp_path / "r" / "1" / "model.onnx", 2.0)
     write_config(
