@@ -6,6 +6,7 @@ tracing and log settings are not implemented (UNIMPLEMENTED from the generated b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -121,13 +122,40 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.encode_infer_response(result.model_name, result.model_version, decoded.id, result.outputs)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        """Each streamed request gets one response, or an ``error_message`` (the stream stays open)."""
-        async for request in request_iterator:
+        """Requests on a stream run concurrently; each gets one response (in completion order,
+        carrying its ``id``) or an ``error_message``; the stream stays open after an error."""
+        responses: asyncio.Queue[Any] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: Any) -> None:
             try:
-                response = await self._infer(request)
-                yield service_pb2.ModelStreamInferResponse(infer_response=response)
+                response = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
             except ServingError as exc:
-                yield service_pb2.ModelStreamInferResponse(error_message=exc.message)
+                response = service_pb2.ModelStreamInferResponse(error_message=exc.message)
+            except Exception as exc:
+                log.exception("unexpected error in a streamed request")
+                response = service_pb2.ModelStreamInferResponse(error_message=f"internal error: {exc}")
+            await responses.put(response)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         async def work() -> Any:

@@ -213,3 +213,28 @@ def test_metrics_endpoint(served: ServerProcess) -> None:
     status, body = http_get(served.http_url + "/metrics")
     assert status == 200
     assert b"nv_inference_request_success" in body
+
+
+def test_grpc_stream_infer(served: ServerProcess) -> None:
+    import queue
+
+    results: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(served.grpc_host)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        good = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+        for tensor in good:
+            tensor.set_data_from_numpy(A)
+        bad = [grpcclient.InferInput("INPUT0", [1, 16], "FP32")]
+        bad[0].set_data_from_numpy(A)
+        client.async_stream_infer("simple", good, request_id="s1", model_version="1")
+        client.async_stream_infer("simple", bad, request_id="s2")
+        client.async_stream_infer("simple", good, request_id="s3", model_version="1")
+        got = [results.get(timeout=30) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    errors = [str(error) for _, error in got if error is not None]
+    answers = {r.get_response().id: r for r, error in got if error is None}  # type: ignore[attr-defined]
+    assert len(errors) == 1 and "missing input" in errors[0]  # the stream survives a bad request
+    assert set(answers) == {"s1", "s3"}  # responses come in completion order, matched by id
+    np.testing.assert_allclose(answers["s3"].as_numpy("OUTPUT0"), 2 * A)
