@@ -468,6 +468,9 @@ class ModelManager:
             results = await asyncio.gather(
                 *(self._load_version(definition, v) for v in to_load), return_exceptions=True
             )
+            if self._stopping:  # shutdown began while loading: close what just loaded
+                await asyncio.gather(*(self._retire(r) for r in results if isinstance(r, ServedModel)))
+                return ModelNotReady("the server is shutting down")
             served = dict(record.served)
             retiring: list[ServedModel] = []
             errors: list[str] = []
