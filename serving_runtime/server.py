@@ -77,10 +77,9 @@ def _metrics_source(manager: Any) -> Callable[[], tuple[bytes, str]] | None:
         from shipyard.serving_runtime import metrics
     except ImportError:
         return None
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    registry = metrics.build_registry(manager.all_stats)
-    return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+    # CPU/GPU utilization: sampled every second on a daemon thread started by the first scrape.
+    registry = metrics.build_registry(manager.all_stats, sampler=metrics.UtilizationSampler(interval_s=1.0))
+    return lambda: metrics.render(registry)
 
 
 def create_manager(options: ServerOptions) -> Any:
