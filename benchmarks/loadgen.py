@@ -262,6 +262,7 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
             await asyncio.sleep(t0 - now)
         total = int(rate * duration_s)
         outcomes: dict[str, int] = {}
+        samples: dict[str, str] = {}
         ok_ms: list[float] = []
         rejected_ms: list[float] = []
         inflight: set[asyncio.Task[None]] = set()
@@ -278,6 +279,7 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
                 kind = error.split(":", 1)[0]
                 if kind in ("UNAVAILABLE", "503"):
                     rejected_ms.append(elapsed)
+                samples.setdefault(kind, error)
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
         end = t0 + duration_s
@@ -301,7 +303,7 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
             for task in pending:
                 task.cancel()
             outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
-        return {"sent": sent, "skipped_client_cap": skipped, "offered_s": offered_s, "outcomes": outcomes,
+        return {"sent": sent, "skipped_client_cap": skipped, "offered_s": offered_s, "outcomes": outcomes, "samples": samples,
                 "ok_ms": np.asarray(ok_ms), "rejected_ms": np.asarray(rejected_ms)}
     finally:
         await client.close()
@@ -349,7 +351,10 @@ def run_open_loop(
     finally:
         _reap(workers)
     outcomes: dict[str, int] = {}
+    samples: dict[str, str] = {}
     for r in results:
+        for key, value in r["samples"].items():
+            samples.setdefault(key, value)
         for key, value in r["outcomes"].items():
             outcomes[key] = outcomes.get(key, 0) + value
     ok_ms = np.concatenate([r["ok_ms"] for r in results])
@@ -369,6 +374,7 @@ def run_open_loop(
         "offered_rate": sent / offered_s if offered_s > 0 else 0.0,
         "skipped_client_cap": sum(r["skipped_client_cap"] for r in results),
         "outcomes": outcomes,
+        "error_samples": samples,
         "ok_latency": pct(ok_ms),
         "rejected_latency": pct(rejected_ms),
     }

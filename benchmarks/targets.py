@@ -43,6 +43,7 @@ class Target:
     probe: Callable[[], bool]
     specs: dict[str, Callable[[ModelSpec], LoadSpec]] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def protocols(self) -> list[str]:
@@ -111,6 +112,7 @@ def echo_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     return Target(
         "echo", "bare grpc.aio echo servicer (transport floor)", server,
         grpc_probe(port, common.grpc_request_bytes(models[0])), {"grpc": grpc_spec(port)}, startup_timeout_s=30,
+        ports={"grpc": port},
     )
 
 
@@ -125,7 +127,8 @@ def kserve_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
                        grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
     return Target("kserve", "stock KServe 0.21 SDK runtime (kserve.Model, no batching)", server, probe,
-                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)})
+                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
+                  ports={"grpc": grpc_port, "rest": rest})
 
 
 def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
@@ -151,7 +154,8 @@ def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
                        grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
     return Target("mlserver", "MLServer 1.7.1, adaptive batching (max_batch_size 64, max_batch_time 2 ms)", server,
-                  probe, {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)})
+                  probe, {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)},
+                  ports={"grpc": grpc_port, "rest": rest})
 
 
 def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str:
@@ -212,7 +216,8 @@ def shipyard_target(
     server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
     probe = all_probes(http_probe(rest, "/v2/health/ready"), grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
     return Target("shipyard", "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay)", server, probe,
-                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)})
+                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
+                  ports={"grpc": grpc_port, "rest": rest})
 
 
 TARGET_NAMES = ("echo", "kserve", "mlserver", "shipyard")

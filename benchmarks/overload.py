@@ -1,0 +1,120 @@
+"""Overload scenario: offer 10x what shipyard can serve against a model with a bounded queue.
+
+What a user should see: the excess rejected at once (UNAVAILABLE), the server's memory flat, every
+accepted request answered (none lost), and full service as soon as the burst ends.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from benchmarks import common, loadgen
+from benchmarks.common import ModelSpec
+from benchmarks.loadgen import LoadSpec
+
+
+class RssSampler:
+    """Samples the resident memory of a process and its children every ``interval_s`` in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self._interval_s = interval_s
+        self._samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _rss_mb(self) -> float:
+        import psutil
+
+        total = 0
+        for proc in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._samples.append((time.monotonic(), self._rss_mb()))
+            except Exception:
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def between(self, start: float, end: float) -> list[float]:
+        """RSS samples (MB) taken in ``[start, end]`` (monotonic clock)."""
+        return [mb for t, mb in self._samples if start <= t <= end]
+
+
+def run_overload(
+    grpc_port: int,
+    server_pid: int,
+    model: ModelSpec,
+    served_name: str,
+    max_queue_size: int,
+    capacity: float | None,
+    duration_s: float = 3.0,
+    factor: float = 10.0,
+    window_s: float = 2.0,
+    processes: int = 2,
+    max_inflight: int = 4096,
+) -> dict[str, Any]:
+    """Measure service before, a burst of ``factor`` x capacity for ``duration_s``, and service after.
+
+    ``capacity`` (inf/s) is measured here at c=64 when not given. Raises RuntimeError if the load
+    generator fails.
+    """
+    spec = LoadSpec("grpc", grpc_port, common.grpc_request_bytes(replace(model, name=served_name)), timeout_s=30.0)
+    with RssSampler(server_pid) as rss:
+        t_before = time.monotonic()
+        before = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes)
+        if capacity is None:
+            capacity = loadgen.run_closed_loop(spec, 64, 0.5, window_s, processes).throughput
+        time.sleep(0.5)
+        t_burst = time.monotonic()
+        burst = loadgen.run_open_loop(spec, factor * max(capacity, 1.0), duration_s, max_inflight, processes)
+        t_burst_end = time.monotonic()
+        time.sleep(0.5)
+        after = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes)
+        t_after_end = time.monotonic()
+    before_mb = rss.between(t_before, t_burst)
+    during_mb = rss.between(t_burst, t_burst_end)
+    after_mb = rss.between(t_burst_end, t_after_end)
+    outcomes = burst["outcomes"]
+    accepted = outcomes.get("ok", 0)
+    rejected = outcomes.get("UNAVAILABLE", 0)
+    rss_before = statistics.median(before_mb) if before_mb else None
+    rss_peak = max(during_mb) if during_mb else None
+    return {
+        "status": "ok",
+        "model": served_name,
+        "max_queue_size": max_queue_size,
+        "capacity": capacity,
+        "duration_s": duration_s,
+        "max_inflight": max_inflight,
+        **burst,
+        "accepted": accepted,
+        "rejected": rejected,
+        "lost": burst["sent"] - accepted - rejected,
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": rss_peak,
+        "rss_after_mb": statistics.median(after_mb) if after_mb else None,
+        "rss_growth_mb": None if rss_before is None or rss_peak is None else rss_peak - rss_before,
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "recovery_ratio": after.throughput / before.throughput if before.throughput > 0 else None,
+    }

@@ -1,0 +1,254 @@
+"""Reporting: ratios and the issue's targets computed from a results dict, written as JSON, markdown, PNG.
+
+The results dict (what :mod:`benchmarks.run` builds and ``latest.json`` holds)::
+
+    {"meta": {...}, "inprocess": {model: {"batch1", "best", "best_batch", "sweep"}},
+     "targets": {name: {"status": "ok"|"failed"|"unavailable", "description", "message"}},
+     "cells": [{"target", "protocol", "model", "concurrency", "throughput", "p50_ms", "p99_ms", "errors", ...}],
+     "overload": {...}}
+
+Ratios and checks are derived here (``derive``), so a saved JSON can be re-rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TOP_C = 64
+
+
+def find_cell(results: dict[str, Any], target: str, protocol: str, model: str, concurrency: int) -> dict[str, Any] | None:
+    """The measurement for one (target, protocol, model, concurrency), or None."""
+    for cell in results.get("cells", []):
+        if (cell["target"], cell["protocol"], cell["model"], cell["concurrency"]) == (target, protocol, model, concurrency):
+            return dict(cell)
+    return None
+
+
+def _throughput(results: dict[str, Any], target: str, protocol: str, model: str, c: int) -> float | None:
+    cell = find_cell(results, target, protocol, model, c)
+    return None if cell is None or not cell.get("completed") else float(cell["throughput"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def derive(results: dict[str, Any]) -> dict[str, Any]:
+    """Add ``ratios`` (per model, gRPC, c=64) and ``checks`` (the issue's targets) to ``results``; returns it."""
+    models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
+    ratios: dict[str, dict[str, float | None]] = {}
+    for model in models:
+        ship = _throughput(results, "shipyard", "grpc", model, TOP_C)
+        inproc = results.get("inprocess", {}).get(model, {})
+        ratios[model] = {
+            "shipyard_vs_mlserver": _ratio(ship, _throughput(results, "mlserver", "grpc", model, TOP_C)),
+            "shipyard_vs_kserve": _ratio(ship, _throughput(results, "kserve", "grpc", model, TOP_C)),
+            "shipyard_vs_transport_floor": _ratio(ship, _throughput(results, "echo", "grpc", model, TOP_C)),
+            "shipyard_vs_inprocess_best": _ratio(ship, inproc.get("best")),
+            "shipyard_vs_inprocess_batch1": _ratio(ship, inproc.get("batch1")),
+            "shipyard_rest_vs_grpc": _ratio(_throughput(results, "shipyard", "rest", model, TOP_C), ship),
+        }
+    results["ratios"] = ratios
+    results["checks"] = list(_checks(results))
+    return results
+
+
+def _check(name: str, value: float | None, threshold: float, higher_is_better: bool = True, unit: str = "") -> dict[str, Any]:
+    passed = None if value is None else (value >= threshold if higher_is_better else value <= threshold)
+    return {"name": name, "value": value, "threshold": threshold, "op": ">=" if higher_is_better else "<=",
+            "unit": unit, "pass": passed}
+
+
+def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    r = results["ratios"]
+    if "wide_mlp" in r:
+        yield _check("wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_mlserver"], 3.0, unit="x")
+        yield _check("wide_mlp: shipyard / transport floor (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_transport_floor"], 0.6, unit="x")
+        cell = find_cell(results, "shipyard", "grpc", "wide_mlp", TOP_C)
+        yield _check("wide_mlp: shipyard p99 (gRPC, c=64)", cell and cell.get("p99_ms"), 50.0, higher_is_better=False, unit="ms")
+        yield _check("wide_mlp: shipyard REST binary / gRPC (c=64)", r["wide_mlp"]["shipyard_rest_vs_grpc"], 0.7, unit="x")
+    if "add_sub" in r:
+        yield _check("add_sub: shipyard / stock KServe (gRPC, c=64)", r["add_sub"]["shipyard_vs_kserve"], 1.5, unit="x")
+    for model in r:
+        ship = find_cell(results, "shipyard", "grpc", model, 1)
+        kserve = find_cell(results, "kserve", "grpc", model, 1)
+        value = _ratio(ship and ship.get("p50_ms"), kserve and kserve.get("p50_ms"))
+        yield _check(f"{model}: c=1 p50 shipyard / stock KServe (gRPC)", value, 1.0, higher_is_better=False, unit="x")
+    overload = results.get("overload") or {}
+    if overload.get("status") == "ok":
+        yield _check("overload: lost accepted requests", float(overload["lost"]), 0.0, higher_is_better=False)
+        yield _check("overload: rejection p99 (answered at once)", overload["rejected_latency"]["p99_ms"], 100.0,
+                     higher_is_better=False, unit="ms")
+        yield _check("overload: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB")
+        yield _check("overload: throughput after burst / before", overload["recovery_ratio"], 0.8, unit="x")
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The report as markdown: meta, checks, ratios, one table per model, overload."""
+    meta = results.get("meta", {})
+    lines = [
+        "# shipyard serving benchmark",
+        "",
+        f"Run {meta.get('finished', '?')} on {meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), "
+        f"commit `{meta.get('commit', '?')}`; command `{meta.get('command', '?')}`.",
+        f"Single-item requests (batch 1), closed-loop clients in their own processes; warm-up "
+        f"{meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with one "
+        "intra-op thread everywhere.",
+    ]
+    if meta.get("note"):
+        lines += ["", f"**Note:** {meta['note']}"]
+    lines += ["", "## Targets", "", "| target | status | what |", "| --- | --- | --- |"]
+    for name, info in results.get("targets", {}).items():
+        message = info.get("message") or ""
+        status = info["status"] + (f": {message.splitlines()[0][:140]}" if message and info["status"] != "ok" else "")
+        lines.append(f"| {name} | {status} | {info.get('description', '')} |")
+    checks = results.get("checks", [])
+    if checks:
+        lines += ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
+        for c in checks:
+            verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
+            lines.append(f"| {c['name']} | {fmt(c['value'], 2)}{c['unit'] if c['value'] is not None else ''} "
+                         f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |")
+    ratios = results.get("ratios", {})
+    if ratios:
+        keys = ["shipyard_vs_mlserver", "shipyard_vs_kserve", "shipyard_vs_transport_floor",
+                "shipyard_vs_inprocess_best", "shipyard_vs_inprocess_batch1", "shipyard_rest_vs_grpc"]
+        heads = ["vs MLServer", "vs stock KServe", "vs transport floor", "vs in-process best",
+                 "vs in-process batch 1", "REST / gRPC"]
+        lines += ["", f"## Ratios (shipyard throughput, gRPC, c={TOP_C})", "",
+                  "| model | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(heads)]
+        for model, row in ratios.items():
+            lines.append(f"| {model} | " + " | ".join(fmt(row.get(k), 2) for k in keys) + " |")
+    models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
+    for model in models:
+        lines += ["", f"## {model}", "", "| target | protocol | c | inf/s | p50 ms | p99 ms | errors |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        inproc = results.get("inprocess", {}).get(model)
+        if inproc:
+            lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | |")
+            lines.append(f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} | | | |")
+        for cell in results.get("cells", []):
+            if cell["model"] != model:
+                continue
+            lines.append(
+                f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
+                f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} |"
+            )
+    overload = results.get("overload")
+    if overload:
+        lines += ["", "## Overload (shipyard, bounded queue)", ""]
+        if overload.get("status") != "ok":
+            lines.append(f"Not measured: {overload.get('message', '')}")
+        else:
+            lines += _overload_lines(overload)
+    if results.get("errors"):
+        lines += ["", "## Errors during the run", ""] + [f"- {e}" for e in results["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def _overload_lines(o: dict[str, Any]) -> list[str]:
+    outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(o["outcomes"].items()))
+    return [
+        f"Model `{o['model']}` with `max_queue_size: {o['max_queue_size']}`; capacity measured at "
+        f"{fmt(o['capacity'])} inf/s (gRPC, c={TOP_C}); burst target {fmt(o['target_rate'])} req/s "
+        f"(10x) for {o['duration_s']} s, offered {fmt(o['offered_rate'])} req/s "
+        f"(the client's limit on this machine; {o['skipped_client_cap']} not offered because "
+        f"{o['max_inflight']} were already in flight).",
+        "",
+        f"- sent {o['sent']}: {outcomes}",
+        f"- accepted and answered: {o['accepted']}; rejected at once: {o['rejected']}; "
+        f"**lost accepted requests: {o['lost']}**",
+        f"- answered latency p50 {fmt(o['ok_latency']['p50_ms'], 1)} ms, p99 {fmt(o['ok_latency']['p99_ms'], 1)} ms; "
+        f"rejection latency p50 {fmt(o['rejected_latency']['p50_ms'], 2)} ms, "
+        f"p99 {fmt(o['rejected_latency']['p99_ms'], 2)} ms",
+        f"- server RSS: before {fmt(o['rss_before_mb'], 1)} MB, peak during burst {fmt(o['rss_peak_mb'], 1)} MB, "
+        f"after {fmt(o['rss_after_mb'], 1)} MB (growth {fmt(o['rss_growth_mb'], 1)} MB)",
+        f"- after the burst: {fmt(o['after']['throughput'])} inf/s at c=16 with {o['after']['errors']} errors "
+        f"(before: {fmt(o['before']['throughput'])} inf/s; ratio {fmt(o['recovery_ratio'], 2)})",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- plot
+
+
+def render_plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 against concurrency, per target and protocol, one row per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({c["model"] for c in results.get("cells", [])})
+    if not models:
+        return
+    fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        ax_t, ax_p = axes[row]
+        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for cell in results["cells"]:
+            if cell["model"] == model and cell.get("completed"):
+                series.setdefault((cell["target"], cell["protocol"]), []).append(cell)
+        for (target, protocol), cells in sorted(series.items()):
+            cells.sort(key=lambda c: c["concurrency"])
+            xs = [c["concurrency"] for c in cells]
+            style = "-" if protocol == "grpc" else "--"
+            ax_t.plot(xs, [c["throughput"] for c in cells], style, marker="o", label=f"{target} {protocol}")
+            ax_p.plot(xs, [c["p99_ms"] for c in cells], style, marker="o", label=f"{target} {protocol}")
+        inproc = results.get("inprocess", {}).get(model)
+        if inproc:
+            ax_t.axhline(inproc["best"], color="grey", linestyle=":", label=f"in-process b{inproc['best_batch']}")
+            ax_t.axhline(inproc["batch1"], color="black", linestyle=":", label="in-process b1")
+        for ax, title in ((ax_t, "throughput (inf/s)"), (ax_p, "p99 latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_title(f"{model}: {title}")
+            ax.grid(True, alpha=0.3)
+        ax_p.set_yscale("log")
+        ax_t.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_reports(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Derive ratios/checks and write ``latest.json``, ``latest.md`` and ``latest.png`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    derive(results)
+    paths = {"json": out_dir / "latest.json", "md": out_dir / "latest.md", "png": out_dir / "latest.png"}
+    _atomic_text(paths["json"], json.dumps(results, indent=2, default=_jsonable) + "\n")
+    _atomic_text(paths["md"], render_markdown(results))
+    tmp_png = out_dir / "latest.png.tmp"
+    render_plot(results, tmp_png)
+    if tmp_png.exists():
+        os.replace(tmp_png, paths["png"])
+    return paths
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

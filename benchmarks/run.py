@@ -1,0 +1,236 @@
+"""``make bench``: the side-by-side serving benchmark (see benchmarks/README.md).
+
+    python -m benchmarks.run [--quick] [--models wide_mlp,add_sub,resnet_cnn]
+                             [--targets echo,kserve,mlserver,shipyard] [--no-overload] [--out DIR]
+
+For each model: the in-process limit, then each target's server in its own process, measured over
+each of its protocols at concurrency 1, 16 and 64 (closed loop, warm-up then a fixed window), then
+the overload scenario on shipyard. Writes ``latest.json``, ``latest.md`` and ``latest.png`` to
+``--out`` (default ``benchmarks/results``) and prints the markdown. Every server process is killed at
+the end, also on error or Ctrl-C. Exit code 0 when every target ran, 1 when one could not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, report, targets
+from benchmarks.common import ModelSpec
+from benchmarks.loadgen import run_closed_loop
+
+DEFAULT_MODELS = ("wide_mlp", "add_sub", "resnet_cnn")
+QUICK_MODELS = ("wide_mlp", "add_sub")
+CONCURRENCY = (1, 16, 64)
+OVERLOAD_MODEL = "wide_mlp"
+OVERLOAD_QUEUE = 256
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows; wide_mlp and add_sub only")
+    parser.add_argument("--models", help=f"comma-separated zoo models (default {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--targets", default=",".join(targets.TARGET_NAMES),
+                        help=f"comma-separated targets (default {','.join(targets.TARGET_NAMES)})")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 1.5; quick 0.5)")
+    parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1.5)")
+    parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes per cell")
+    parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
+    parser.add_argument("--out", type=Path, default=common.REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--note", default="", help="a note printed at the top of the report")
+    args = parser.parse_args(argv)
+    args.models = [m for m in (args.models or ",".join(QUICK_MODELS if args.quick else DEFAULT_MODELS)).split(",") if m]
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = sorted(set(args.targets) - set(targets.TARGET_NAMES))
+    if unknown:
+        parser.error(f"unknown target(s) {unknown}; choose from {', '.join(targets.TARGET_NAMES)}")
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5)
+    args.window = args.window if args.window is not None else (1.5 if args.quick else 4.0)
+    return args
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    cpus = os.cpu_count() or 1
+    load1 = os.getloadavg()[0]
+    note = args.note
+    if load1 > 0.5 * cpus:
+        busy = (f"the machine was busy when the run started (load average {load1:.1f} on {cpus} CPUs): "
+                "treat these as smoke numbers, not measurements.")
+        note = f"{note} {busy}".strip()
+    return {
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv),
+        "commit": _commit(),
+        "cpus": cpus,
+        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        "load_average_at_start": load1,
+        "models": args.models,
+        "targets": args.targets,
+        "concurrency": args.concurrency,
+        "warmup_s": args.warmup,
+        "window_s": args.window,
+        "client_procs": args.client_procs,
+        "note": note,
+    }
+
+
+def measure_inprocess(model: ModelSpec, seconds: float) -> dict[str, Any]:
+    """The in-process limit of ``model``, measured in a subprocess.
+
+    Raises: RuntimeError when the subprocess fails.
+    """
+    argv = common.python_module_argv("benchmarks.inprocess", "--onnx", str(model.onnx_path), "--seconds", str(seconds))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, cwd=common.REPO_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"in-process measurement of {model.name} failed: {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def build_target(name: str, models: list[ModelSpec], workdir: Path) -> targets.Target:
+    """Build (not start) the named target. Raises: TargetUnavailable when it cannot run here."""
+    if name == "echo":
+        return targets.echo_target(models, workdir)
+    if name == "kserve":
+        return targets.kserve_target(models, workdir)
+    if name == "mlserver":
+        return targets.mlserver_target(models, workdir)
+    overload = next((m for m in models if m.name == OVERLOAD_MODEL), None)
+    return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE)
+
+
+def run_target(target: targets.Target, models: list[ModelSpec], args: argparse.Namespace,
+               results: dict[str, Any]) -> None:
+    """Start ``target``, sweep every model/protocol/concurrency, run the overload on shipyard, stop it."""
+    started = time.monotonic()
+    with common.running(target.server):
+        target.server.wait_ready(target.probe, target.startup_timeout_s)
+        log(f"[{target.name}] ready after {time.monotonic() - started:.1f} s (pid {target.server.pid})")
+        for model in models:
+            for protocol, make_spec in target.specs.items():
+                spec = make_spec(model)
+                for c in args.concurrency:
+                    if not target.server.alive():
+                        raise RuntimeError(f"{target.name} died during the run; log:\n{target.server.log_tail()}")
+                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs)
+                    row = {"target": target.name, "protocol": protocol, "model": model.name, **cell.as_dict()}
+                    results["cells"].append(row)
+                    log(f"  {target.name:9s} {protocol:9s} {model.name:10s} c={c:<3d} {cell.throughput:9.0f} inf/s  "
+                        f"p50 {_ms(cell.p50_ms)}  p99 {_ms(cell.p99_ms)}  errors {cell.errors}"
+                        + (f"  e.g. {cell.error_samples[0]}" if cell.error_samples else ""))
+        if target.name == "shipyard" and not args.no_overload:
+            model = next((m for m in models if m.name == OVERLOAD_MODEL), None)
+            if model is None:
+                results["overload"] = {"status": "skipped", "message": f"needs model {OVERLOAD_MODEL} in --models"}
+                return
+            capacity = report.find_cell(results, "shipyard", "grpc", OVERLOAD_MODEL, max(args.concurrency))
+            log(f"[overload] {OVERLOAD_MODEL}{targets.OVERLOAD_SUFFIX}, max_queue_size {OVERLOAD_QUEUE}")
+            from benchmarks.overload import run_overload
+
+            results["overload"] = run_overload(
+                target.ports["grpc"], target.server.pid, model, OVERLOAD_MODEL + targets.OVERLOAD_SUFFIX,
+                OVERLOAD_QUEUE, capacity["throughput"] if capacity and capacity.get("completed") else None,
+                duration_s=2.0 if args.quick else 3.0, window_s=args.window, processes=args.client_procs,
+            )
+            o = results["overload"]
+            log(f"  sent {o['sent']} at {o['offered_rate']:.0f} req/s: {o['outcomes']}; lost {o['lost']}; "
+                f"RSS {report.fmt(o['rss_before_mb'])} -> peak {report.fmt(o['rss_peak_mb'])} MB; after-burst "
+                f"{o['after']['throughput']:.0f} inf/s")
+
+
+def _ms(value: float | None) -> str:
+    return "      —" if value is None else f"{value:7.2f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    atexit.register(common.stop_all)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
+    results: dict[str, Any] = {"meta": _meta(args, argv), "inprocess": {}, "targets": {}, "cells": [], "errors": []}
+    failed = False
+    try:
+        log(f"benchmark: models {args.models}, targets {args.targets}, c={args.concurrency}, "
+            f"warm-up {args.warmup} s, window {args.window} s; work dir {workdir}")
+        models = [common.load_model_spec(name) for name in args.models]
+        for model in models:
+            results["inprocess"][model.name] = inproc = measure_inprocess(model, 0.5 if args.quick else 1.0)
+            log(f"  in-process {model.name:10s} batch 1: {inproc['batch1']:8.0f} inf/s; best batch "
+                f"{inproc['best_batch']}: {inproc['best']:8.0f} inf/s")
+        for name in args.targets:
+            try:
+                target = build_target(name, models, workdir)
+            except targets.TargetUnavailable as exc:
+                results["targets"][name] = {"status": "unavailable", "description": name, "message": str(exc)}
+                log(f"[{name}] not run: {exc}")
+                failed = True
+                continue
+            results["targets"][name] = {"status": "running", "description": target.description, "message": ""}
+            try:
+                run_target(target, models, args, results)
+                results["targets"][name]["status"] = "ok"
+            except Exception as exc:
+                failed = True
+                results["targets"][name].update(status="failed", message=str(exc))
+                results["errors"].append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                log(f"[{name}] FAILED: {exc}")
+                if not isinstance(exc, RuntimeError):
+                    traceback.print_exc()
+    finally:
+        common.stop_all()
+        results["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        paths = report.write_reports(results, args.out)
+        _keep_logs(workdir, args.out / "logs")
+        shutil.rmtree(workdir, ignore_errors=True)
+        log("")
+        log(paths["md"].read_text())
+        log(f"wrote {paths['json']}, {paths['md']}, {paths['png']}; server logs in {args.out / 'logs'}")
+    return 1 if failed else 0
+
+
+def _keep_logs(workdir: Path, dest: Path) -> None:
+    source = workdir / "logs"
+    if source.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        for log_file in source.iterdir():
+            shutil.copyfile(log_file, dest / log_file.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
