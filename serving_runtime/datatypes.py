@@ -73,8 +73,10 @@ def config_to_triton(data_type: str | int) -> str:
     if isinstance(data_type, int):
         from tritonclient.grpc import model_config_pb2
 
-        data_type = model_config_pb2.DataType.Name(data_type)
-    name = data_type.removeprefix("TYPE_")
+        type_name: str = model_config_pb2.DataType.Name(data_type)
+    else:
+        type_name = data_type
+    name = type_name.removeprefix("TYPE_")
     return "BYTES" if name == "STRING" else name
 
 
