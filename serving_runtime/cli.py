@@ -2,17 +2,22 @@
 
 Flags follow Triton's spelling (``--model-repository``, ``--model-control-mode``...), and KServe's
 (``--http_port``, ``--grpc_port``, ``--model_dir``, ``--model_name``) are accepted too, so the same
-image runs under a KServe ServingRuntime unchanged. Exit codes: 0 after a clean shutdown, 1 when
-startup fails, 2 for a usage error.
+image runs under a KServe ServingRuntime unchanged: ``--model_dir`` may be a repository or, when
+``storageUri`` points at one model, that model's directory (served under ``--model_name``).
+Exit codes: 0 after a clean shutdown, 1 when startup fails, 2 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.server import ServerOptions
 
 EXIT_USAGE = 2
@@ -48,6 +53,21 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _is_model_dir(path: Path) -> bool:
+    """A single model's directory (as opposed to a repository): config.pbtxt or numeric version folders."""
+    if (path / "config.pbtxt").is_file():
+        return True
+    return any(child.is_dir() and child.name.isdigit() for child in path.iterdir())
+
+
+def _single_model_repository(model_dir: Path, name: str) -> Path:
+    """A temporary repository holding ``name`` -> ``model_dir`` (a symlink), removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="shipyard-repository-"))
+    (root / name).symlink_to(model_dir.resolve(), target_is_directory=True)
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser (nothing is parsed here)."""
     parser = argparse.ArgumentParser(
@@ -68,12 +88,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     repo.add_argument(
         "--model_dir",
         "--model-dir",
-        dest="repositories",
+        dest="model_dirs",
         action="append",
+        default=[],
         metavar="DIR",
-        help="KServe's spelling: treated as a model repository (KServe mounts storageUri at /mnt/models)",
+        help="KServe's spelling (storageUri is mounted at /mnt/models): a model repository, or one model's "
+        "directory (config.pbtxt and/or numeric version folders), served as --model_name",
     )
-    repo.add_argument("--model_name", "--model-name", help="accepted for KServe compatibility and ignored")
+    repo.add_argument(
+        "--model_name",
+        "--model-name",
+        help="KServe's model name: names the model when --model_dir is a single model's directory",
+    )
     repo.add_argument(
         "--model-control-mode",
         "--model_control_mode",
@@ -145,12 +171,25 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if not args.repositories:
+    if not args.repositories and not args.model_dirs:
         parser.error("give at least one --model-repository DIR")
     repositories = [Path(p) for p in args.repositories]
-    for path in repositories:
+    for path in [*repositories, *(Path(p) for p in args.model_dirs)]:
         if not path.is_dir():
             parser.error(f"model repository {str(path)!r} is not a directory")
+    for model_dir in (Path(p) for p in args.model_dirs):
+        if _is_model_dir(model_dir):
+            if not args.model_name:
+                parser.error(f"--model_dir {str(model_dir)!r} holds one model; name it with --model_name")
+            from shipyard.serving_runtime.repository import check_model_name
+
+            try:
+                check_model_name(args.model_name)
+            except ServingError as exc:
+                parser.error(exc.message)
+            repositories.append(_single_model_repository(model_dir, args.model_name))
+        else:
+            repositories.append(model_dir)
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     return ServerOptions(

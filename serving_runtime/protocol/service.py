@@ -72,8 +72,9 @@ def parse_version(model: str, version: str | int | None) -> int | None:
 
 
 def _check_model_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise InvalidArgument(f"invalid model name {name!r}: use a plain directory name")
+    from shipyard.serving_runtime.repository import check_model_name
+
+    check_model_name(name)
 
 
 @dataclass

@@ -55,6 +55,14 @@ def test_usage_errors_exit_2_with_usage(argv: list[str], message: str, capsys: p
     assert "usage:" in err and message in err
 
 
+def test_single_model_dir_needs_a_plain_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = write_model(tmp_path, "models", {1: double_onnx()}, None)
+    assert main(["--model_dir", str(model_dir)]) == 2
+    assert "name it with --model_name" in capsys.readouterr().err
+    assert main(["--model_dir", str(model_dir), "--model_name", "../x"]) == 2
+    assert "invalid model name '../x'" in capsys.readouterr().err
+
+
 def test_module_entry_point_rejects_unknown_args() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "shipyard.serving_runtime", "--model-repository", ".", "--nope"],
@@ -72,6 +80,18 @@ def test_kserve_style_arguments_serve(tmp_path: Path) -> None:
     server = start_server(tmp_path, [], "--model_dir", str(repo), "--model_name", "double", wait_models=("double",))
     try:
         assert httpclient.InferenceServerClient(server.http_host).is_server_ready()
+    finally:
+        assert server.stop() == 0
+
+
+def test_kserve_model_dir_holding_one_model_serves_it_as_model_name(tmp_path: Path) -> None:
+    model_dir = write_model(tmp_path / "mnt", "models", {1: double_onnx()}, None)  # /mnt/models = one model
+    server = start_server(
+        tmp_path, [], "--model_dir", str(model_dir), "--model_name", "my-double", wait_models=("my-double",)
+    )
+    try:
+        meta = httpclient.InferenceServerClient(server.http_host).get_model_metadata("my-double")
+        assert meta["name"] == "my-double" and meta["inputs"][0]["name"] == "x"
     finally:
         assert server.stop() == 0
 
