@@ -1,0 +1,111 @@
+"""``shipyard pipeline run|compile|submit``: the KFP pipelines from the command line.
+
+Parameters are given as ``--param KEY=VALUE`` (repeatable) and converted to the pipeline's types.
+kfp is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+pipeline_app = typer.Typer(help="Run, compile or submit the deploy and promotion pipelines.", no_args_is_help=True)
+
+_PIPELINE_HELP = "deploy (model URI -> served endpoint) or promotion (gates, canary, alias)."
+
+
+def _pipeline(name: str, gpu: bool) -> Any:
+    from shipyard.pipelines.definitions import PIPELINES
+
+    if name not in PIPELINES:
+        raise typer.BadParameter(f"unknown pipeline {name!r}: use one of {', '.join(PIPELINES)}")
+    return PIPELINES[name](gpu=gpu)
+
+
+def parse_params(pipeline: Any, params: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> typed arguments of ``pipeline`` (its Python function's annotations).
+
+    Raises: typer.BadParameter naming an unknown key, a malformed pair, a bad number, or a missing required one.
+    """
+    signature = inspect.signature(pipeline.pipeline_func)
+    values: dict[str, Any] = {}
+    for item in params:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--param {item!r}: use KEY=VALUE")
+        if key not in signature.parameters:
+            raise typer.BadParameter(f"--param {key}: not a parameter; known: {', '.join(signature.parameters)}")
+        kind = signature.parameters[key].annotation
+        try:
+            values[key] = int(raw) if kind is int else float(raw) if kind is float else raw
+        except ValueError:
+            raise typer.BadParameter(f"--param {key}={raw!r}: expected {kind.__name__}") from None
+    missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in values]
+    if missing:
+        raise typer.BadParameter(f"missing --param for: {', '.join(missing)}")
+    return values
+
+
+@pipeline_app.command("compile")
+def compile_command(
+    name: str = typer.Argument(..., help=_PIPELINE_HELP),
+    output: Path = typer.Option(Path("pipeline.yaml"), "--output", "-o", help="Where to write the pipeline YAML."),
+    gpu: bool = typer.Option(False, help="Request an NVIDIA GPU for optimize and validate."),
+) -> None:
+    """Compile a pipeline to KFP v2 YAML (IR)."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(_pipeline(name, gpu), str(output))
+    typer.echo(f"wrote {output}")
+
+
+@pipeline_app.command("run")
+def run_command(
+    name: str = typer.Argument(..., help=_PIPELINE_HELP),
+    param: list[str] = typer.Option([], "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+    local: bool = typer.Option(True, "--local/--no-local", help="Run here with kfp.local.SubprocessRunner."),
+    pipeline_root: Path = typer.Option(Path(".shipyard/kfp"), help="Where local runs keep their artifacts."),
+) -> None:
+    """Run a pipeline on this machine (KFP local SubprocessRunner, this Python environment)."""
+    if not local:
+        typer.secho("error: use `shipyard pipeline submit --host URL` for a Kubeflow Pipelines endpoint", err=True)
+        raise typer.Exit(2)
+    pipeline = _pipeline(name, gpu=False)
+    arguments = parse_params(pipeline, param)
+    result = run_local(pipeline, arguments, pipeline_root)
+    if result is not None:
+        typer.echo(f"{name} pipeline output: {result}")
+
+
+def run_local(pipeline: Any, arguments: dict[str, Any], pipeline_root: str | Path) -> Any:
+    """Run ``pipeline`` with the KFP local SubprocessRunner (no venv: this environment); returns its output.
+
+    Raises: RuntimeError from kfp when a task fails (its log names the failing step).
+    """
+    from kfp import local as kfp_local
+
+    Path(pipeline_root).mkdir(parents=True, exist_ok=True)
+    kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    return pipeline(**arguments)
+
+
+@pipeline_app.command("submit")
+def submit_command(
+    name: str = typer.Argument(..., help=_PIPELINE_HELP),
+    host: str = typer.Option(..., help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8888."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Pipeline parameter KEY=VALUE (repeatable)."),
+    experiment: str = typer.Option("shipyard", help="KFP experiment name."),
+    namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace (multi-user installs)."),
+    gpu: bool = typer.Option(False, help="Request an NVIDIA GPU for optimize and validate."),
+) -> None:
+    """Submit a pipeline run to a Kubeflow Pipelines endpoint and print the run id."""
+    import kfp
+
+    pipeline = _pipeline(name, gpu)
+    arguments = parse_params(pipeline, param)
+    client = kfp.Client(host=host, namespace=namespace)
+    run = client.create_run_from_pipeline_func(pipeline, arguments=arguments, experiment_name=experiment)
+    typer.echo(f"submitted run {run.run_id} to {host}")
