@@ -72,14 +72,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _metrics_source(manager: Any) -> Callable[[], tuple[bytes, str]] | None:
-    try:
-        from shipyard.serving_runtime import metrics
-    except ImportError:
-        return None
-    # CPU/GPU utilization: sampled every second on a daemon thread started by the first scrape.
-    registry = metrics.build_registry(manager.all_stats, sampler=metrics.UtilizationSampler(interval_s=1.0))
-    return lambda: metrics.render(registry)
+def _metrics_source(manager: Any) -> tuple[Callable[[], tuple[bytes, str]], Any]:
+    """``GET /metrics``'s renderer (model stats + CPU/GPU utilization) and the sampler to stop."""
+    from shipyard.serving_runtime import metrics
+
+    sampler = metrics.UtilizationSampler()
+    registry = metrics.build_registry(manager.all_stats, sampler=sampler)
+    return (lambda: metrics.render(registry)), sampler
 
 
 def create_manager(options: ServerOptions) -> Any:
@@ -106,6 +105,7 @@ class RuntimeServer:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._sampler: Any = None
         self.http_port = options.http_port
         self.grpc_port = options.grpc_port
 
@@ -114,8 +114,10 @@ class RuntimeServer:
         opts = self.options
         sock = _bind(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
+        render_metrics, self._sampler = _metrics_source(self.manager)
+        await asyncio.to_thread(self._sampler.start)
         config = uvicorn.Config(
-            rest.build_app(self.service, _metrics_source(self.manager)),
+            rest.build_app(self.service, render_metrics),
             loop="none",
             http="httptools",
             ws="none",
@@ -195,6 +197,8 @@ class RuntimeServer:
             await self.manager.shutdown()
         except Exception:
             log.exception("error while unloading models")
+        if self._sampler is not None:
+            await asyncio.to_thread(self._sampler.stop)
         log.info("stopped")
 
 
