@@ -205,14 +205,12 @@ def test_statistics(served: ServerProcess) -> None:
 
 
 def test_metrics_endpoint(served: ServerProcess) -> None:
-    try:
-        import shipyard.serving_runtime.metrics  # noqa: F401
-    except ImportError:
-        pytest.skip("serving_runtime/metrics.py is not built yet")
-    _http_infer(served, True)
+    _http_infer(served, True, version="1")
     status, body = http_get(served.http_url + "/metrics")
     assert status == 200
-    assert b"nv_inference_request_success" in body
+    text = body.decode()
+    assert 'nv_inference_request_success{model="simple",version="1"}' in text
+    assert "nv_cpu_utilization" in text
 
 
 def test_grpc_stream_infer(served: ServerProcess) -> None:
