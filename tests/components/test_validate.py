@@ -68,7 +68,7 @@ def test_unloadable_candidate_fails_the_gate(tmp_path: Path, digits_onnx: Path, 
 
 def test_custom_tolerances_are_used(digits_onnx: Path, int8_model: Path, digits: object) -> None:
     strict = Tolerances(min_top1_agreement=1.01)
-    with pytest.raises(ValidationFailed, match="< 1.01"):
+    with pytest.raises(ValidationFailed, match=r"< 1\.01"):
         validate(digits_onnx, int8_model, {"input": digits.x_test}, tolerances=strict, profile=False)  # type: ignore[attr-defined]
 
 
