@@ -127,6 +127,7 @@ class DynamicBatcher:
         self._accepting = True
         self._closed = False
         self._drained: asyncio.Future[None] | None = None
+        self._kick_soon = False
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -169,7 +170,11 @@ class DynamicBatcher:
             raise
         self._pending += 1
         self.stats.pending = self._pending
-        self._kick()
+        if not self._kick_soon:
+            # Decide once all the callbacks of this loop iteration have run: requests woken or
+            # read together (e.g. callers resubmitting as a batch is answered) join one batch.
+            self._kick_soon = True
+            loop.call_soon(self._deferred_kick)
         try:
             return await envelope.future
         except asyncio.CancelledError:
@@ -264,6 +269,11 @@ class DynamicBatcher:
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)
+
+    def _deferred_kick(self) -> None:
+        self._kick_soon = False
+        if not self._closed:
+            self._kick()
 
     def _arm_timer(self, when_ns: int) -> None:
         if self._timer is not None:

@@ -127,6 +127,16 @@ async def test_concurrent_load_forms_batches_and_answers_each_request() -> None:
     s.close()
 
 
+async def test_requests_arriving_together_join_one_batch() -> None:
+    instance = FakeInstance()
+    s = scheduler([instance], mbs=16)
+    results = await asyncio.gather(*(s.submit(request(i)) for i in range(10)))
+    for i, outputs in enumerate(results):
+        check(outputs, i)
+    assert [run[0] for run in instance.runs] == [10]
+    s.close()
+
+
 async def test_arrivals_while_busy_form_the_next_batch() -> None:
     instance = FakeInstance(gated=True)
     s = scheduler([instance], mbs=16)
@@ -226,7 +236,7 @@ async def test_preferred_size_is_sent_without_waiting_for_the_delay() -> None:
 
 async def test_two_instances_execute_at_the_same_time() -> None:
     instances = [FakeInstance(compute_s=0.3), FakeInstance(compute_s=0.3)]
-    s = scheduler(instances)
+    s = scheduler(instances, mbs=1)  # two batches, not one batch of two
     await asyncio.gather(s.submit(request(1)), s.submit(request(2)))
     (run_a,), (run_b,) = instances[0].runs, instances[1].runs
     assert run_a[2] < run_b[3] and run_b[2] < run_a[3], "execution intervals do not overlap"
