@@ -48,8 +48,15 @@ class TensorSpec:
 
         Raises: ValueError for a datatype the benchmark does not handle.
         """
-        table = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
-                 "FP16": np.float16, "UINT8": np.uint8, "BOOL": np.bool_}
+        table = {
+            "FP32": np.float32,
+            "FP64": np.float64,
+            "INT64": np.int64,
+            "INT32": np.int32,
+            "FP16": np.float16,
+            "UINT8": np.uint8,
+            "BOOL": np.bool_,
+        }
         if self.datatype not in table:
             raise ValueError(f"tensor {self.name!r}: datatype {self.datatype} is not supported by the benchmark")
         return np.dtype(table[self.datatype])
@@ -67,9 +74,7 @@ class ModelSpec:
     def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         """Deterministic random inputs of ``batch`` items."""
         rng = np.random.default_rng(seed)
-        return {
-            t.name: rng.standard_normal((batch, *t.dims)).astype(t.numpy_dtype()) for t in self.inputs
-        }
+        return {t.name: rng.standard_normal((batch, *t.dims)).astype(t.numpy_dtype()) for t in self.inputs}
 
 
 def load_model_spec(name: str) -> ModelSpec:
@@ -152,8 +157,12 @@ def rest_binary_request(model: ModelSpec, model_name: str | None = None) -> Rest
     header = {
         "id": "bench",
         "inputs": [
-            {"name": t.name, "shape": [1, *t.dims], "datatype": t.datatype,
-             "parameters": {"binary_data_size": arrays[t.name].nbytes}}
+            {
+                "name": t.name,
+                "shape": [1, *t.dims],
+                "datatype": t.datatype,
+                "parameters": {"binary_data_size": arrays[t.name].nbytes},
+            }
             for t in model.inputs
         ],
         "outputs": [{"name": t.name, "parameters": {"binary_data": True}} for t in model.outputs],
@@ -179,9 +188,7 @@ def rest_json_request(model: ModelSpec, model_name: str | None = None) -> RestRe
         ],
         "outputs": [{"name": t.name} for t in model.outputs],
     }
-    return RestRequest(
-        f"/v2/models/{name}/infer", {"Content-Type": "application/json"}, json.dumps(body).encode()
-    )
+    return RestRequest(f"/v2/models/{name}/infer", {"Content-Type": "application/json"}, json.dumps(body).encode())
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -212,8 +219,13 @@ class ServerProcess:
         env.update(self.env or {})
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=str(self.cwd or REPO_ROOT), start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(self.cwd or REPO_ROOT),
+                start_new_session=True,
             )
         _LIVE.append(self)
 
@@ -247,15 +259,19 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited with code {self.proc and self.proc.returncode} "
-                                   f"before it was ready; log {self.log_path}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.proc and self.proc.returncode} "
+                    f"before it was ready; log {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if probe():
                     return
             except Exception:
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.name} was not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM the process group, then SIGKILL it after ``grace_s``."""

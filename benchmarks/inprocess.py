@@ -33,9 +33,7 @@ def measure(onnx_path: str, batches: list[int], seconds: float, max_runs: int = 
     outputs = [o.name for o in session.get_outputs()]
     sweep: dict[str, float] = {}
     for batch in batches:
-        feeds = {
-            i.name: rng.standard_normal((batch, *i.shape[1:])).astype(np.float32) for i in session.get_inputs()
-        }
+        feeds = {i.name: rng.standard_normal((batch, *i.shape[1:])).astype(np.float32) for i in session.get_inputs()}
         session.run(outputs, feeds)  # warm-up
         runs = 0
         start = time.perf_counter()

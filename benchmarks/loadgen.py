@@ -123,7 +123,9 @@ class _Client:
 # ------------------------------------------------------------------------------------------ closed loop
 
 
-async def _closed_loop(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> dict[str, Any]:
+async def _closed_loop(
+    spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float
+) -> dict[str, Any]:
     client = _Client(spec, concurrency)
     await client.open()
     try:
@@ -188,7 +190,9 @@ def run_closed_loop(
     Raises: RuntimeError if a client process crashes or does not report in time.
     """
     if concurrency < 1 or warmup_s < 0 or window_s <= 0:
-        raise ValueError(f"need concurrency >= 1, warmup_s >= 0, window_s > 0; got {concurrency}, {warmup_s}, {window_s}")
+        raise ValueError(
+            f"need concurrency >= 1, warmup_s >= 0, window_s > 0; got {concurrency}, {warmup_s}, {window_s}"
+        )
     ctx = mp.get_context("spawn")
     workers = []
     try:
@@ -198,13 +202,14 @@ def run_closed_loop(
             proc.start()
             child.close()
             workers.append((proc, parent))
-        for proc, parent in workers:
+        for _proc, parent in workers:
             _expect(parent, "ready", timeout_s=60)
         t0 = time.monotonic() + 0.2
         for _, parent in workers:
             parent.send(t0)
-        results = [_expect(parent, "result", timeout_s=warmup_s + window_s + spec.timeout_s + 30)
-                   for _, parent in workers]
+        results = [
+            _expect(parent, "result", timeout_s=warmup_s + window_s + spec.timeout_s + 30) for _, parent in workers
+        ]
     finally:
         _reap(workers)
     latencies = np.concatenate([r["latencies"] for r in results]) * 1000.0
@@ -219,8 +224,16 @@ def summarize(concurrency: int, window_s: float, latencies_ms: np.ndarray, error
         return CellResult(concurrency, window_s, 0, len(errors), 0.0, None, None, None, None, samples)
     p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
     return CellResult(
-        concurrency, window_s, int(latencies_ms.size), len(errors), latencies_ms.size / window_s,
-        float(p50), float(p90), float(p99), float(latencies_ms.mean()), samples,
+        concurrency,
+        window_s,
+        int(latencies_ms.size),
+        len(errors),
+        latencies_ms.size / window_s,
+        float(p50),
+        float(p90),
+        float(p99),
+        float(latencies_ms.mean()),
+        samples,
     )
 
 
@@ -250,7 +263,9 @@ def _reap(workers: list[tuple[Any, Connection]]) -> None:
 # -------------------------------------------------------------------------------------------- open loop
 
 
-async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection) -> dict[str, Any]:
+async def _open_loop(
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection
+) -> dict[str, Any]:
     client = _Client(spec, max_inflight)
     await client.open()
     try:
@@ -265,6 +280,7 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
         samples: dict[str, str] = {}
         ok_ms: list[float] = []
         rejected_ms: list[float] = []
+        error_ms: dict[str, list[float]] = {}
         inflight: set[asyncio.Task[None]] = set()
         sent = skipped = 0
 
@@ -280,6 +296,7 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
                 if kind in ("UNAVAILABLE", "503"):
                     rejected_ms.append(elapsed)
                 samples.setdefault(kind, error)
+                error_ms.setdefault(kind, []).append(elapsed)
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
         end = t0 + duration_s
@@ -303,8 +320,16 @@ async def _open_loop(spec: LoadSpec, rate: float, duration_s: float, max_infligh
             for task in pending:
                 task.cancel()
             outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
-        return {"sent": sent, "skipped_client_cap": skipped, "offered_s": offered_s, "outcomes": outcomes, "samples": samples,
-                "ok_ms": np.asarray(ok_ms), "rejected_ms": np.asarray(rejected_ms)}
+        return {
+            "sent": sent,
+            "skipped_client_cap": skipped,
+            "offered_s": offered_s,
+            "outcomes": outcomes,
+            "samples": samples,
+            "error_ms": error_ms,
+            "ok_ms": np.asarray(ok_ms),
+            "rejected_ms": np.asarray(rejected_ms),
+        }
     finally:
         await client.close()
 
@@ -337,7 +362,8 @@ def run_open_loop(
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_open_loop_worker,
-                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child), daemon=True,
+                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child),
+                daemon=True,
             )
             proc.start()
             child.close()
@@ -359,6 +385,10 @@ def run_open_loop(
             outcomes[key] = outcomes.get(key, 0) + value
     ok_ms = np.concatenate([r["ok_ms"] for r in results])
     rejected_ms = np.concatenate([r["rejected_ms"] for r in results])
+    error_ms: dict[str, list[float]] = {}
+    for r in results:
+        for key, values in r["error_ms"].items():
+            error_ms.setdefault(key, []).extend(values)
     sent = sum(r["sent"] for r in results)
     offered_s = max(r["offered_s"] for r in results)
 
@@ -377,4 +407,5 @@ def run_open_loop(
         "error_samples": samples,
         "ok_latency": pct(ok_ms),
         "rejected_latency": pct(rejected_ms),
+        "error_latency": {kind: pct(np.asarray(values)) for kind, values in sorted(error_ms.items())},
     }

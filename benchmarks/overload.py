@@ -6,9 +6,11 @@ accepted request answered (none lost), and full service as soon as the burst end
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 from typing import Any
 
@@ -60,8 +62,25 @@ class RssSampler:
         return [mb for t, mb in self._samples if start <= t <= end]
 
 
+def model_counts(rest_port: int, model_name: str) -> tuple[int, int] | None:
+    """(success, fail) request counts from the server's statistics extension, or None if unavailable."""
+    url = f"http://{common.LOOPBACK}:{rest_port}/v2/models/{model_name}/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        success = fail = 0
+        for entry in body.get("model_stats", []):
+            stats = entry.get("inference_stats", {})
+            success += int(stats.get("success", {}).get("count", 0))
+            fail += int(stats.get("fail", {}).get("count", 0))
+        return success, fail
+    except (OSError, ValueError):
+        return None
+
+
 def run_overload(
     grpc_port: int,
+    rest_port: int,
     server_pid: int,
     model: ModelSpec,
     served_name: str,
@@ -85,9 +104,11 @@ def run_overload(
         if capacity is None:
             capacity = loadgen.run_closed_loop(spec, 64, 0.5, window_s, processes).throughput
         time.sleep(0.5)
+        counts_before = model_counts(rest_port, served_name)
         t_burst = time.monotonic()
         burst = loadgen.run_open_loop(spec, factor * max(capacity, 1.0), duration_s, max_inflight, processes)
         t_burst_end = time.monotonic()
+        counts_after = model_counts(rest_port, served_name)
         time.sleep(0.5)
         after = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes)
         t_after_end = time.monotonic()
@@ -97,6 +118,19 @@ def run_overload(
     outcomes = burst["outcomes"]
     accepted = outcomes.get("ok", 0)
     rejected = outcomes.get("UNAVAILABLE", 0)
+    server: dict[str, Any] = {"available": False}
+    if counts_before is not None and counts_after is not None:
+        success = counts_after[0] - counts_before[0]
+        fail = counts_after[1] - counts_before[1]
+        server = {
+            "available": True,
+            "success": success,
+            "fail": fail,
+            # answered by the model but not received as OK by the client
+            "answers_lost": max(0, success - accepted),
+            # failures the server counted beyond the queue-full rejections the client saw
+            "accepted_then_failed": max(0, fail - rejected),
+        }
     rss_before = statistics.median(before_mb) if before_mb else None
     rss_peak = max(during_mb) if during_mb else None
     return {
@@ -109,7 +143,13 @@ def run_overload(
         **burst,
         "accepted": accepted,
         "rejected": rejected,
-        "lost": burst["sent"] - accepted - rejected,
+        # Lost accepted requests: the server accepted them (its statistics count them) but the client never
+        # got their answer. Requests the transport dropped before the model saw them are counted apart.
+        "lost": (server["answers_lost"] + server["accepted_then_failed"])
+        if server["available"]
+        else burst["sent"] - accepted - rejected,
+        "not_accepted_other": burst["sent"] - accepted - rejected,
+        "server_counts": server,
         "rss_before_mb": rss_before,
         "rss_peak_mb": rss_peak,
         "rss_after_mb": statistics.median(after_mb) if after_mb else None,

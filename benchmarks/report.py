@@ -21,10 +21,17 @@ from typing import Any
 TOP_C = 64
 
 
-def find_cell(results: dict[str, Any], target: str, protocol: str, model: str, concurrency: int) -> dict[str, Any] | None:
+def find_cell(
+    results: dict[str, Any], target: str, protocol: str, model: str, concurrency: int
+) -> dict[str, Any] | None:
     """The measurement for one (target, protocol, model, concurrency), or None."""
     for cell in results.get("cells", []):
-        if (cell["target"], cell["protocol"], cell["model"], cell["concurrency"]) == (target, protocol, model, concurrency):
+        if (cell["target"], cell["protocol"], cell["model"], cell["concurrency"]) == (
+            target,
+            protocol,
+            model,
+            concurrency,
+        ):
             return dict(cell)
     return None
 
@@ -32,6 +39,11 @@ def find_cell(results: dict[str, Any], target: str, protocol: str, model: str, c
 def _throughput(results: dict[str, Any], target: str, protocol: str, model: str, c: int) -> float | None:
     cell = find_cell(results, target, protocol, model, c)
     return None if cell is None or not cell.get("completed") else float(cell["throughput"])
+
+
+def _field(cell: dict[str, Any] | None, key: str) -> float | None:
+    value = None if cell is None else cell.get(key)
+    return None if value is None else float(value)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -58,33 +70,59 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _check(name: str, value: float | None, threshold: float, higher_is_better: bool = True, unit: str = "") -> dict[str, Any]:
+def _check(
+    name: str, value: float | None, threshold: float, higher_is_better: bool = True, unit: str = ""
+) -> dict[str, Any]:
     passed = None if value is None else (value >= threshold if higher_is_better else value <= threshold)
-    return {"name": name, "value": value, "threshold": threshold, "op": ">=" if higher_is_better else "<=",
-            "unit": unit, "pass": passed}
+    return {
+        "name": name,
+        "value": value,
+        "threshold": threshold,
+        "op": ">=" if higher_is_better else "<=",
+        "unit": unit,
+        "pass": passed,
+    }
 
 
 def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
     r = results["ratios"]
     if "wide_mlp" in r:
-        yield _check("wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_mlserver"], 3.0, unit="x")
-        yield _check("wide_mlp: shipyard / transport floor (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_transport_floor"], 0.6, unit="x")
+        yield _check(
+            "wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_mlserver"], 3.0, unit="x"
+        )
+        yield _check(
+            "wide_mlp: shipyard / transport floor (gRPC, c=64)",
+            r["wide_mlp"]["shipyard_vs_transport_floor"],
+            0.6,
+            unit="x",
+        )
         cell = find_cell(results, "shipyard", "grpc", "wide_mlp", TOP_C)
-        yield _check("wide_mlp: shipyard p99 (gRPC, c=64)", cell and cell.get("p99_ms"), 50.0, higher_is_better=False, unit="ms")
-        yield _check("wide_mlp: shipyard REST binary / gRPC (c=64)", r["wide_mlp"]["shipyard_rest_vs_grpc"], 0.7, unit="x")
+        yield _check(
+            "wide_mlp: shipyard p99 (gRPC, c=64)", _field(cell, "p99_ms"), 50.0, higher_is_better=False, unit="ms"
+        )
+        yield _check(
+            "wide_mlp: shipyard REST binary / gRPC (c=64)", r["wide_mlp"]["shipyard_rest_vs_grpc"], 0.7, unit="x"
+        )
     if "add_sub" in r:
         yield _check("add_sub: shipyard / stock KServe (gRPC, c=64)", r["add_sub"]["shipyard_vs_kserve"], 1.5, unit="x")
     for model in r:
         ship = find_cell(results, "shipyard", "grpc", model, 1)
         kserve = find_cell(results, "kserve", "grpc", model, 1)
-        value = _ratio(ship and ship.get("p50_ms"), kserve and kserve.get("p50_ms"))
+        value = _ratio(_field(ship, "p50_ms"), _field(kserve, "p50_ms"))
         yield _check(f"{model}: c=1 p50 shipyard / stock KServe (gRPC)", value, 1.0, higher_is_better=False, unit="x")
     overload = results.get("overload") or {}
     if overload.get("status") == "ok":
         yield _check("overload: lost accepted requests", float(overload["lost"]), 0.0, higher_is_better=False)
-        yield _check("overload: rejection p99 (answered at once)", overload["rejected_latency"]["p99_ms"], 100.0,
-                     higher_is_better=False, unit="ms")
-        yield _check("overload: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB")
+        yield _check(
+            "overload: rejection p99 (answered at once)",
+            overload["rejected_latency"]["p99_ms"],
+            100.0,
+            higher_is_better=False,
+            unit="ms",
+        )
+        yield _check(
+            "overload: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB"
+        )
         yield _check("overload: throughput after burst / before", overload["recovery_ratio"], 0.8, unit="x")
 
 
@@ -123,26 +161,52 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
         for c in checks:
             verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
-            lines.append(f"| {c['name']} | {fmt(c['value'], 2)}{c['unit'] if c['value'] is not None else ''} "
-                         f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |")
+            lines.append(
+                f"| {c['name']} | {fmt(c['value'], 2)}{c['unit'] if c['value'] is not None else ''} "
+                f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |"
+            )
     ratios = results.get("ratios", {})
     if ratios:
-        keys = ["shipyard_vs_mlserver", "shipyard_vs_kserve", "shipyard_vs_transport_floor",
-                "shipyard_vs_inprocess_best", "shipyard_vs_inprocess_batch1", "shipyard_rest_vs_grpc"]
-        heads = ["vs MLServer", "vs stock KServe", "vs transport floor", "vs in-process best",
-                 "vs in-process batch 1", "REST / gRPC"]
-        lines += ["", f"## Ratios (shipyard throughput, gRPC, c={TOP_C})", "",
-                  "| model | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(heads)]
+        keys = [
+            "shipyard_vs_mlserver",
+            "shipyard_vs_kserve",
+            "shipyard_vs_transport_floor",
+            "shipyard_vs_inprocess_best",
+            "shipyard_vs_inprocess_batch1",
+            "shipyard_rest_vs_grpc",
+        ]
+        heads = [
+            "vs MLServer",
+            "vs stock KServe",
+            "vs transport floor",
+            "vs in-process best",
+            "vs in-process batch 1",
+            "REST / gRPC",
+        ]
+        lines += [
+            "",
+            f"## Ratios (shipyard throughput, gRPC, c={TOP_C})",
+            "",
+            "| model | " + " | ".join(heads) + " |",
+            "| --- |" + " --- |" * len(heads),
+        ]
         for model, row in ratios.items():
             lines.append(f"| {model} | " + " | ".join(fmt(row.get(k), 2) for k in keys) + " |")
     models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
     for model in models:
-        lines += ["", f"## {model}", "", "| target | protocol | c | inf/s | p50 ms | p99 ms | errors |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"## {model}",
+            "",
+            "| target | protocol | c | inf/s | p50 ms | p99 ms | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         inproc = results.get("inprocess", {}).get(model)
         if inproc:
             lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | |")
-            lines.append(f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} | | | |")
+            lines.append(
+                f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} | | | |"
+            )
         for cell in results.get("cells", []):
             if cell["model"] != model:
                 continue
@@ -164,24 +228,44 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 def _overload_lines(o: dict[str, Any]) -> list[str]:
     outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(o["outcomes"].items()))
-    return [
+    server = o.get("server_counts", {})
+    lines = [
         f"Model `{o['model']}` with `max_queue_size: {o['max_queue_size']}`; capacity measured at "
         f"{fmt(o['capacity'])} inf/s (gRPC, c={TOP_C}); burst target {fmt(o['target_rate'])} req/s "
-        f"(10x) for {o['duration_s']} s, offered {fmt(o['offered_rate'])} req/s "
-        f"(the client's limit on this machine; {o['skipped_client_cap']} not offered because "
-        f"{o['max_inflight']} were already in flight).",
+        f"(10x) for {o['duration_s']} s, offered {fmt(o['offered_rate'])} req/s open-loop "
+        f"(as fast as two client processes could send on this machine; {o['skipped_client_cap']} not offered "
+        f"because {o['max_inflight']} were already in flight).",
         "",
         f"- sent {o['sent']}: {outcomes}",
-        f"- accepted and answered: {o['accepted']}; rejected at once: {o['rejected']}; "
+        f"- answered OK: {o['accepted']}; rejected by the queue policy (UNAVAILABLE): {o['rejected']}; "
         f"**lost accepted requests: {o['lost']}**",
+    ]
+    if server.get("available"):
+        lines.append(
+            f"- server statistics for the burst: {server['success']} succeeded, {server['fail']} failed "
+            f"(answers lost on the way: {server['answers_lost']}; accepted then failed: "
+            f"{server['accepted_then_failed']})"
+        )
+    if o.get("not_accepted_other"):
+        lines.append(
+            f"- {o['not_accepted_other']} requests were refused before the model saw them with another status "
+            "(see `error_samples` in latest.json; gRPC's own transport limits answer CANCELLED)"
+        )
+    lines += [
         f"- answered latency p50 {fmt(o['ok_latency']['p50_ms'], 1)} ms, p99 {fmt(o['ok_latency']['p99_ms'], 1)} ms; "
         f"rejection latency p50 {fmt(o['rejected_latency']['p50_ms'], 2)} ms, "
         f"p99 {fmt(o['rejected_latency']['p99_ms'], 2)} ms",
+    ]
+    for kind, pct in o.get("error_latency", {}).items():
+        if kind not in ("UNAVAILABLE", "503"):
+            lines.append(f"- {kind} latency p50 {fmt(pct['p50_ms'], 2)} ms, p99 {fmt(pct['p99_ms'], 2)} ms")
+    lines += [
         f"- server RSS: before {fmt(o['rss_before_mb'], 1)} MB, peak during burst {fmt(o['rss_peak_mb'], 1)} MB, "
         f"after {fmt(o['rss_after_mb'], 1)} MB (growth {fmt(o['rss_growth_mb'], 1)} MB)",
         f"- after the burst: {fmt(o['after']['throughput'])} inf/s at c=16 with {o['after']['errors']} errors "
         f"(before: {fmt(o['before']['throughput'])} inf/s; ratio {fmt(o['recovery_ratio'], 2)})",
     ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- plot

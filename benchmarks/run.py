@@ -41,12 +41,16 @@ OVERLOAD_QUEUE = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short windows; wide_mlp and add_sub only")
     parser.add_argument("--models", help=f"comma-separated zoo models (default {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--targets", default=",".join(targets.TARGET_NAMES),
-                        help=f"comma-separated targets (default {','.join(targets.TARGET_NAMES)})")
+    parser.add_argument(
+        "--targets",
+        default=",".join(targets.TARGET_NAMES),
+        help=f"comma-separated targets (default {','.join(targets.TARGET_NAMES)})",
+    )
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 1.5; quick 0.5)")
     parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1.5)")
@@ -72,8 +76,9 @@ def log(message: str) -> None:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -84,8 +89,10 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     load1 = os.getloadavg()[0]
     note = args.note
     if load1 > 0.5 * cpus:
-        busy = (f"the machine was busy when the run started (load average {load1:.1f} on {cpus} CPUs): "
-                "treat these as smoke numbers, not measurements.")
+        busy = (
+            f"the machine was busy when the run started (load average {load1:.1f} on {cpus} CPUs): "
+            "treat these as smoke numbers, not measurements."
+        )
         note = f"{note} {busy}".strip()
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -130,8 +137,9 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path) -> targets.T
     return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE)
 
 
-def run_target(target: targets.Target, models: list[ModelSpec], args: argparse.Namespace,
-               results: dict[str, Any]) -> None:
+def run_target(
+    target: targets.Target, models: list[ModelSpec], args: argparse.Namespace, results: dict[str, Any]
+) -> None:
     """Start ``target``, sweep every model/protocol/concurrency, run the overload on shipyard, stop it."""
     started = time.monotonic()
     with common.running(target.server):
@@ -146,12 +154,14 @@ def run_target(target: targets.Target, models: list[ModelSpec], args: argparse.N
                     cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs)
                     row = {"target": target.name, "protocol": protocol, "model": model.name, **cell.as_dict()}
                     results["cells"].append(row)
-                    log(f"  {target.name:9s} {protocol:9s} {model.name:10s} c={c:<3d} {cell.throughput:9.0f} inf/s  "
+                    log(
+                        f"  {target.name:9s} {protocol:9s} {model.name:10s} c={c:<3d} {cell.throughput:9.0f} inf/s  "
                         f"p50 {_ms(cell.p50_ms)}  p99 {_ms(cell.p99_ms)}  errors {cell.errors}"
-                        + (f"  e.g. {cell.error_samples[0]}" if cell.error_samples else ""))
+                        + (f"  e.g. {cell.error_samples[0]}" if cell.error_samples else "")
+                    )
         if target.name == "shipyard" and not args.no_overload:
-            model = next((m for m in models if m.name == OVERLOAD_MODEL), None)
-            if model is None:
+            overload_model = next((m for m in models if m.name == OVERLOAD_MODEL), None)
+            if overload_model is None:
                 results["overload"] = {"status": "skipped", "message": f"needs model {OVERLOAD_MODEL} in --models"}
                 return
             capacity = report.find_cell(results, "shipyard", "grpc", OVERLOAD_MODEL, max(args.concurrency))
@@ -159,14 +169,23 @@ def run_target(target: targets.Target, models: list[ModelSpec], args: argparse.N
             from benchmarks.overload import run_overload
 
             results["overload"] = run_overload(
-                target.ports["grpc"], target.server.pid, model, OVERLOAD_MODEL + targets.OVERLOAD_SUFFIX,
-                OVERLOAD_QUEUE, capacity["throughput"] if capacity and capacity.get("completed") else None,
-                duration_s=2.0 if args.quick else 3.0, window_s=args.window, processes=args.client_procs,
+                target.ports["grpc"],
+                target.ports["rest"],
+                target.server.pid,
+                overload_model,
+                OVERLOAD_MODEL + targets.OVERLOAD_SUFFIX,
+                OVERLOAD_QUEUE,
+                capacity["throughput"] if capacity and capacity.get("completed") else None,
+                duration_s=2.0 if args.quick else 3.0,
+                window_s=args.window,
+                processes=args.client_procs,
             )
             o = results["overload"]
-            log(f"  sent {o['sent']} at {o['offered_rate']:.0f} req/s: {o['outcomes']}; lost {o['lost']}; "
+            log(
+                f"  sent {o['sent']} at {o['offered_rate']:.0f} req/s: {o['outcomes']}; lost {o['lost']}; "
                 f"RSS {report.fmt(o['rss_before_mb'])} -> peak {report.fmt(o['rss_peak_mb'])} MB; after-burst "
-                f"{o['after']['throughput']:.0f} inf/s")
+                f"{o['after']['throughput']:.0f} inf/s"
+            )
 
 
 def _ms(value: float | None) -> str:
@@ -186,13 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": _meta(args, argv), "inprocess": {}, "targets": {}, "cells": [], "errors": []}
     failed = False
     try:
-        log(f"benchmark: models {args.models}, targets {args.targets}, c={args.concurrency}, "
-            f"warm-up {args.warmup} s, window {args.window} s; work dir {workdir}")
+        log(
+            f"benchmark: models {args.models}, targets {args.targets}, c={args.concurrency}, "
+            f"warm-up {args.warmup} s, window {args.window} s; work dir {workdir}"
+        )
         models = [common.load_model_spec(name) for name in args.models]
         for model in models:
             results["inprocess"][model.name] = inproc = measure_inprocess(model, 0.5 if args.quick else 1.0)
-            log(f"  in-process {model.name:10s} batch 1: {inproc['batch1']:8.0f} inf/s; best batch "
-                f"{inproc['best_batch']}: {inproc['best']:8.0f} inf/s")
+            log(
+                f"  in-process {model.name:10s} batch 1: {inproc['batch1']:8.0f} inf/s; best batch "
+                f"{inproc['best_batch']}: {inproc['best']:8.0f} inf/s"
+            )
         for name in args.targets:
             try:
                 target = build_target(name, models, workdir)

@@ -106,12 +106,18 @@ def echo_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     responses = workdir / "echo-responses.json"
     responses.write_text(json.dumps({m.name: common.grpc_response_bytes(m).hex() for m in models}))
     server = ServerProcess(
-        "echo", common.python_module_argv("benchmarks.servers.echo", "--port", str(port), "--responses", str(responses)),
-        workdir / "logs" / "echo.log", env=_ONE_THREAD_ENV,
+        "echo",
+        common.python_module_argv("benchmarks.servers.echo", "--port", str(port), "--responses", str(responses)),
+        workdir / "logs" / "echo.log",
+        env=_ONE_THREAD_ENV,
     )
     return Target(
-        "echo", "bare grpc.aio echo servicer (transport floor)", server,
-        grpc_probe(port, common.grpc_request_bytes(models[0])), {"grpc": grpc_spec(port)}, startup_timeout_s=30,
+        "echo",
+        "bare grpc.aio echo servicer (transport floor)",
+        server,
+        grpc_probe(port, common.grpc_request_bytes(models[0])),
+        {"grpc": grpc_spec(port)},
+        startup_timeout_s=30,
         ports={"grpc": port},
     )
 
@@ -120,15 +126,26 @@ def kserve_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     """Stock KServe SDK runtime, no batching."""
     rest, grpc_port = common.free_port(), common.free_port()
     argv = common.python_module_argv(
-        "benchmarks.servers.kserve_onnx", "--rest-port", str(rest), "--grpc-port", str(grpc_port),
+        "benchmarks.servers.kserve_onnx",
+        "--rest-port",
+        str(rest),
+        "--grpc-port",
+        str(grpc_port),
         *[a for m in models for a in ("--model", f"{m.name}={m.onnx_path}")],
     )
     server = ServerProcess("kserve", argv, workdir / "logs" / "kserve.log", env=_ONE_THREAD_ENV)
-    probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
-                       grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
-    return Target("kserve", "stock KServe 0.21 SDK runtime (kserve.Model, no batching)", server, probe,
-                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
-                  ports={"grpc": grpc_port, "rest": rest})
+    probe = all_probes(
+        http_probe(rest, f"/v2/models/{models[0].name}/ready"),
+        grpc_probe(grpc_port, common.grpc_request_bytes(models[0])),
+    )
+    return Target(
+        "kserve",
+        "stock KServe 0.21 SDK runtime (kserve.Model, no batching)",
+        server,
+        probe,
+        {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
+        ports={"grpc": grpc_port, "rest": rest},
+    )
 
 
 def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
@@ -149,13 +166,21 @@ def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     env["PYTHONPATH"] = str(common.REPO_ROOT)
     env["VIRTUAL_ENV"] = str(MLSERVER_VENV)
     env["PATH"] = f"{MLSERVER_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-    server = ServerProcess("mlserver", [str(executable), "start", str(folder)], workdir / "logs" / "mlserver.log",
-                           env=env, cwd=folder)
-    probe = all_probes(http_probe(rest, f"/v2/models/{models[0].name}/ready"),
-                       grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
-    return Target("mlserver", "MLServer 1.7.1, adaptive batching (max_batch_size 64, max_batch_time 2 ms)", server,
-                  probe, {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)},
-                  ports={"grpc": grpc_port, "rest": rest})
+    server = ServerProcess(
+        "mlserver", [str(executable), "start", str(folder)], workdir / "logs" / "mlserver.log", env=env, cwd=folder
+    )
+    probe = all_probes(
+        http_probe(rest, f"/v2/models/{models[0].name}/ready"),
+        grpc_probe(grpc_port, common.grpc_request_bytes(models[0])),
+    )
+    return Target(
+        "mlserver",
+        "MLServer 1.7.1, adaptive batching (max_batch_size 64, max_batch_time 2 ms)",
+        server,
+        probe,
+        {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)},
+        ports={"grpc": grpc_port, "rest": rest},
+    )
 
 
 def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str:
@@ -210,14 +235,26 @@ def shipyard_target(
     rest, grpc_port = common.free_port(), common.free_port()
     repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size)
     argv = common.python_module_argv(
-        "shipyard.serving_runtime", "--model-repository", str(repo), "--http-port", str(rest),
-        "--grpc-port", str(grpc_port),
+        "shipyard.serving_runtime",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        str(rest),
+        "--grpc-port",
+        str(grpc_port),
     )
     server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
-    probe = all_probes(http_probe(rest, "/v2/health/ready"), grpc_probe(grpc_port, common.grpc_request_bytes(models[0])))
-    return Target("shipyard", "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay)", server, probe,
-                  {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
-                  ports={"grpc": grpc_port, "rest": rest})
+    probe = all_probes(
+        http_probe(rest, "/v2/health/ready"), grpc_probe(grpc_port, common.grpc_request_bytes(models[0]))
+    )
+    return Target(
+        "shipyard",
+        "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay)",
+        server,
+        probe,
+        {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},
+        ports={"grpc": grpc_port, "rest": rest},
+    )
 
 
 TARGET_NAMES = ("echo", "kserve", "mlserver", "shipyard")

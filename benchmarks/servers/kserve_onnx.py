@@ -54,19 +54,15 @@ def main() -> None:
             results = self.session.run(self.output_names, feeds)
             outputs = [
                 InferOutput(name=name, shape=list(value.shape), datatype="FP32", data=np.asarray(value))
-                for name, value in zip(self.output_names, results)
+                for name, value in zip(self.output_names, results, strict=True)
             ]
-            return InferResponse(
-                model_name=self.name, infer_outputs=outputs, response_id=payload.id or "bench"
-            )
+            return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id or "bench")
 
     models = []
     for item in args.model:
         name, _, path = item.partition("=")
         models.append(OnnxModel(name, path))
-    kserve.ModelServer(
-        http_port=args.rest_port, grpc_port=args.grpc_port, enable_latency_logging=False
-    ).start(models)
+    kserve.ModelServer(http_port=args.rest_port, grpc_port=args.grpc_port, enable_latency_logging=False).start(models)
 
 
 if __name__ == "__main__":

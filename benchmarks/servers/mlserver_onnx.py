@@ -42,7 +42,7 @@ class OnnxModel(MLModel):  # type: ignore[misc,valid-type]
         return InferenceResponse(
             model_name=self.name,  # type: ignore[attr-defined]
             id=payload.id,
-            outputs=[NumpyCodec.encode_output(name, value) for name, value in zip(self._outputs, results)],
+            outputs=[NumpyCodec.encode_output(name, value) for name, value in zip(self._outputs, results, strict=True)],
         )
 
 

@@ -1,0 +1,150 @@
+"""Smoke tests of the benchmark harness: the load generator against real loopback servers, reports.
+
+These are not performance tests: they check that requests flow, that results are counted, and that the
+report files are written. The shipyard config the benchmark serves is parsed with the runtime's schema.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common, loadgen, report, targets
+
+
+@pytest.fixture(scope="module")
+def add_sub() -> common.ModelSpec:
+    return common.load_model_spec("add_sub")
+
+
+@pytest.fixture(scope="module")
+def echo(add_sub: common.ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[targets.Target]:
+    target = targets.echo_target([add_sub], tmp_path_factory.mktemp("echo"))
+    with common.running(target.server):
+        target.server.wait_ready(target.probe, target.startup_timeout_s)
+        yield target
+    assert not target.server.alive()
+
+
+@pytest.mark.slow
+def test_closed_loop_grpc_against_echo_counts_requests(echo: targets.Target, add_sub: common.ModelSpec) -> None:
+    spec = echo.specs["grpc"](add_sub)
+    cell = loadgen.run_closed_loop(spec, concurrency=4, warmup_s=0.3, window_s=1.0, processes=2)
+    assert cell.errors == 0, cell.error_samples
+    assert cell.completed > 50
+    assert cell.throughput == pytest.approx(cell.completed / 1.0)
+    assert cell.p50_ms is not None and cell.p99_ms is not None and 0 < cell.p50_ms <= cell.p99_ms
+
+
+@pytest.mark.slow
+def test_unknown_model_is_counted_as_errors(echo: targets.Target, add_sub: common.ModelSpec) -> None:
+    payload = common.grpc_request_bytes(add_sub, model_name="no_such_model")
+    spec = loadgen.LoadSpec("grpc", echo.ports["grpc"], payload)
+    cell = loadgen.run_closed_loop(spec, concurrency=1, warmup_s=0.1, window_s=0.5, processes=1)
+    assert cell.completed == 0 and cell.errors > 0
+    assert "NOT_FOUND" in cell.error_samples[0]
+
+
+@pytest.mark.slow
+def test_open_loop_below_capacity_answers_everything(echo: targets.Target, add_sub: common.ModelSpec) -> None:
+    spec = echo.specs["grpc"](add_sub)
+    burst = loadgen.run_open_loop(spec, rate=200, duration_s=1.0, max_inflight=64, processes=1)
+    assert burst["outcomes"] == {"ok": burst["sent"]}
+    assert 150 <= burst["sent"] <= 200
+
+
+class _Infer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the load generator expects
+    seen: list[tuple[str, str | None]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        header_len = int(self.headers["Inference-Header-Content-Length"])
+        header = json.loads(body[:header_len])
+        _Infer.seen.append((self.path, header["inputs"][0]["name"]))
+        status = (
+            200 if len(body) - header_len == sum(i["parameters"]["binary_data_size"] for i in header["inputs"]) else 400
+        )
+        reply = b'{"outputs": []}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_closed_loop_rest_binary_posts_well_formed_bodies(add_sub: common.ModelSpec) -> None:
+    server = ThreadingHTTPServer((common.LOOPBACK, 0), _Infer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        spec = targets.rest_spec(server.server_address[1])(add_sub)
+        cell = loadgen.run_closed_loop(spec, concurrency=2, warmup_s=0.2, window_s=0.8, processes=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cell.errors == 0, cell.error_samples
+    assert cell.completed > 20
+    assert ("/v2/models/add_sub/infer", "INPUT0") in _Infer.seen
+
+
+def test_shipyard_config_parses_with_the_runtime_schema(add_sub: common.ModelSpec) -> None:
+    from shipyard.serving_runtime.config import parse_config_text
+
+    config = parse_config_text(targets.shipyard_config(add_sub, "add_sub_bounded", max_queue_size=32))
+    assert config.max_batch_size == targets.SHIPYARD_MAX_BATCH
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 32
+    assert [i.name for i in config.input] == ["INPUT0", "INPUT1"]
+    assert list(config.input[0].dims) == [16]
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+
+
+def _cell(target: str, protocol: str, model: str, c: int, throughput: float, p50: float, p99: float) -> dict:
+    return {
+        "target": target,
+        "protocol": protocol,
+        "model": model,
+        "concurrency": c,
+        "throughput": throughput,
+        "completed": int(throughput),
+        "errors": 0,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None:
+    results = {
+        "meta": {"cpus": 2, "command": "python -m benchmarks.run --quick", "note": "smoke numbers"},
+        "inprocess": {"wide_mlp": {"batch1": 600.0, "best": 7000.0, "best_batch": 128, "sweep": {}}},
+        "targets": {"mlserver": {"status": "unavailable", "description": "MLServer", "message": "run make bench-env"}},
+        "cells": [
+            _cell("echo", "grpc", "wide_mlp", 64, 7000.0, 5.0, 9.0),
+            _cell("kserve", "grpc", "wide_mlp", 1, 500.0, 2.0, 3.0),
+            _cell("kserve", "grpc", "wide_mlp", 64, 800.0, 80.0, 120.0),
+            _cell("shipyard", "grpc", "wide_mlp", 1, 550.0, 1.8, 2.5),
+            _cell("shipyard", "grpc", "wide_mlp", 64, 4200.0, 15.0, 30.0),
+            _cell("shipyard", "rest", "wide_mlp", 64, 3000.0, 20.0, 40.0),
+        ],
+    }
+    paths = report.write_reports(results, tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    ratios = saved["ratios"]["wide_mlp"]
+    assert ratios["shipyard_vs_transport_floor"] == pytest.approx(0.6)
+    assert ratios["shipyard_vs_kserve"] == pytest.approx(5.25)
+    assert ratios["shipyard_vs_mlserver"] is None
+    checks = {c["name"]: c["pass"] for c in saved["checks"]}
+    assert checks["wide_mlp: shipyard p99 (gRPC, c=64)"] is True
+    assert checks["wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)"] is None
+    markdown = paths["md"].read_text()
+    assert "| shipyard | grpc | 64 | 4,200 | 15.00 | 30.00 | 0 |" in markdown
+    assert "unavailable: run make bench-env" in markdown
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
