@@ -180,9 +180,7 @@ def decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: A
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidArgument(f"input {name!r}: data is not a list of {datatype} values: {exc}") from None
     if array.size != count:
-        raise InvalidArgument(
-            f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}"
-        )
+        raise InvalidArgument(f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}")
     return array.reshape(shape)
 
 
