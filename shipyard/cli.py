@@ -36,7 +36,7 @@ def build_app() -> typer.Typer:
         """Run the serving runtime (same flags as `python -m shipyard.serving_runtime --help`)."""
         from shipyard.serving_runtime.cli import main
 
-        raise typer.Exit(main(list(ctx.args)))
+        raise typer.Exit(main(list(ctx.args), prog="shipyard serve"))
 
     @app.command()
     def demo(
