@@ -324,6 +324,26 @@ def write_reports(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+README_START = "<!-- bench:latest:start -->"
+README_END = "<!-- bench:latest:end -->"
+
+
+def update_readme(readme: Path, markdown: str) -> bool:
+    """Put ``markdown`` (the report, headings demoted one level) between the README's markers.
+
+    Returns False (and leaves the file alone) when the markers are missing.
+    """
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    body = [line for line in markdown.splitlines() if not line.startswith("# ")]
+    body = ["#" + line if line.startswith("## ") else line for line in body]
+    new = text[: start + len(README_START)] + "\n" + "\n".join(body).strip() + "\n" + text[end:]
+    _atomic_text(readme, new)
+    return True
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -38,6 +38,7 @@ QUICK_MODELS = ("wide_mlp", "add_sub")
 CONCURRENCY = (1, 16, 64)
 OVERLOAD_MODEL = "wide_mlp"
 OVERLOAD_QUEUE = 256
+DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1.5)")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes per cell")
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
-    parser.add_argument("--out", type=Path, default=common.REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="a note printed at the top of the report")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="do not copy the table into benchmarks/README.md (default: copy when writing to the default --out)",
+    )
     args = parser.parse_args(argv)
     args.models = [m for m in (args.models or ",".join(QUICK_MODELS if args.quick else DEFAULT_MODELS)).split(",") if m]
     args.targets = [t for t in args.targets.split(",") if t]
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         paths = report.write_reports(results, args.out)
         _keep_logs(workdir, args.out / "logs")
+        if not args.no_readme and args.out.resolve() == DEFAULT_OUT.resolve():
+            report.update_readme(DEFAULT_OUT.parent / "README.md", paths["md"].read_text())
         shutil.rmtree(workdir, ignore_errors=True)
         log("")
         log(paths["md"].read_text())

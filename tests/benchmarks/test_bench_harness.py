@@ -148,3 +148,12 @@ def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None
     assert "| shipyard | grpc | 64 | 4,200 | 15.00 | 30.00 | 0 |" in markdown
     assert "unavailable: run make bench-env" in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nafter\n")
+    assert report.update_readme(readme, "# title\n\n## table\n| a |\n")
+    assert readme.read_text() == f"intro\n{report.README_START}\n### table\n| a |\n{report.README_END}\nafter\n"
+    (tmp_path / "other.md").write_text("no markers")
+    assert not report.update_readme(tmp_path / "other.md", "x")
