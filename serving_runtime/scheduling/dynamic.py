@@ -197,22 +197,38 @@ class DynamicBatcher:
         await asyncio.shield(self._drained)
 
     def close(self) -> None:
-        """Fail what is still queued (ModelNotReady), stop the worker threads, close the instances."""
+        """Fail what is still queued (ModelNotReady), stop the worker threads, close the instances.
+
+        May be called from the event loop thread or another thread (e.g. ``asyncio.to_thread``);
+        blocks until the instance threads have finished their current batch.
+        """
         if self._closed:
             return
         self._accepting = False
         self._closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not self._on_loop_thread():
+            loop.call_soon_threadsafe(self._drop_queued)
+        else:
+            self._drop_queued()
+        for worker in self._workers:
+            worker.stop(timeout_s=60)
+            if worker.started:
+                log.warning("instance thread %s did not stop within 60 s", worker.name)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _drop_queued(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         dropped = self._queue.drop_all()
         if dropped:
-            error = ModelNotReady(f"{self._where} was unloaded before the request ran; retry")
-            self._fail(dropped, error)
-        for worker in self._workers:
-            worker.stop(timeout_s=60)
-            if worker.started:
-                log.warning("instance thread %s did not stop within 60 s", worker.name)
+            self._fail(dropped, ModelNotReady(f"{self._where} was unloaded before the request ran; retry"))
 
     # -- the event loop's side -----------------------------------------------------------------
 

@@ -465,3 +465,22 @@ async def test_stats_follow_triton_statistics_shape() -> None:
     assert stats["batch_stats"][0]["batch_size"] == 3  # type: ignore[index]
     assert s.stats.latency.count == 1 and s.stats.batch_size.count == 1
     s.close()
+
+
+async def test_close_from_another_thread_fails_queued_requests_and_finishes_the_running_one() -> None:
+    instance = FakeInstance(gated=True)
+    s = scheduler([instance], mbs=1)
+    running = asyncio.ensure_future(s.submit(request(0)))
+    await until(lambda: instance.started == 1)
+    queued = [asyncio.ensure_future(s.submit(request(i))) for i in (1, 2)]
+    await until(lambda: s.pending_count() == 3)
+    closing = asyncio.ensure_future(asyncio.to_thread(s.close))
+    await asyncio.sleep(0.05)
+    instance.gate.set()
+    await closing
+    check(await running, 0)
+    for task in queued:
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            await task
+    assert instance.closed and instance.seen == [0.0]
+    assert s.pending_count() == 0
