@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Mapping
 
@@ -21,11 +22,14 @@ from shipyard.serving_runtime.stats import ModelStats
 class Doubler:
     def __init__(self, compute_s: float = 0.0) -> None:
         self.compute_s = compute_s
+        self.gate: threading.Event | None = None
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         x = inputs["x"]
         if (x < 0).any():
             raise RuntimeError("negative input")
+        if self.gate is not None:
+            self.gate.wait(10)
         time.sleep(self.compute_s)
         return {"y": x * 2}
 
@@ -124,13 +128,20 @@ async def test_model_metrics_carry_triton_names_labels_and_values() -> None:
 
 
 async def test_pending_gauge_counts_queued_and_running_requests() -> None:
-    scheduler = create_scheduler(parse_config_text(CONFIG), [Doubler(compute_s=0.3)], "doubler", 1)
+    doubler = Doubler()
+    scheduler = create_scheduler(parse_config_text(CONFIG), [doubler], "doubler", 1)
     registry = build_registry(lambda: [scheduler.stats])
     x = np.ones((1, 2), dtype=np.float32)
+    gate = threading.Event()
+    doubler.gate = gate
     tasks = [asyncio.ensure_future(scheduler.submit(InferenceRequest(inputs={"x": x}))) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    for _ in range(1000):
+        if scheduler.pending_count() == 5:
+            break
+        await asyncio.sleep(0.005)
     parsed = samples(render(registry)[0].decode())
     assert value(parsed, "nv_inference_pending_request_count", model="doubler", version="1") == 5
+    gate.set()
     await asyncio.gather(*tasks)
     parsed = samples(render(registry)[0].decode())
     assert value(parsed, "nv_inference_pending_request_count", model="doubler", version="1") == 0

@@ -211,7 +211,7 @@ async def test_different_output_selections_merge_and_each_gets_its_own() -> None
 @pytest.mark.slow
 async def test_queue_delay_gathers_a_batch_at_low_load() -> None:
     instance = FakeInstance()
-    s = scheduler([instance], extra="dynamic_batching { max_queue_delay_microseconds: 300000 }")
+    s = scheduler([instance], extra="dynamic_batching { max_queue_delay_microseconds: 1000000 }")
     tasks = []
     for i in range(3):
         tasks.append(asyncio.ensure_future(s.submit(request(i))))
