@@ -81,15 +81,18 @@ def run_command(
 
 
 def run_local(pipeline: Any, arguments: dict[str, Any], pipeline_root: str | Path) -> Any:
-    """Run ``pipeline`` with the KFP local SubprocessRunner (no venv: this environment); returns its output.
+    """Run ``pipeline`` with the KFP local SubprocessRunner (no venv: this environment).
 
+    Returns the pipeline's single output (the deploy pipeline's endpoint URL), or None when it has none.
     Raises: RuntimeError from kfp when a task fails (its log names the failing step).
     """
     from kfp import local as kfp_local
 
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    return pipeline(**arguments)
+    task = pipeline(**arguments)
+    outputs = getattr(task, "outputs", None) or {}
+    return outputs.get("Output")
 
 
 @pipeline_app.command("submit")
