@@ -31,7 +31,7 @@ def test_dry_run_prints_runtime_and_service_yaml() -> None:
 
 
 def test_dry_run_without_runtime_prints_only_the_service() -> None:
-    code, out, _ = _run("deploy", "gs://b/r", "--name", "d", "--dry-run", "--no-apply-runtime", "--canary-percent", "10")
+    code, out, _ = _run("deploy", "gs://b/r", "--name", "d", "--dry-run", "--no-apply-runtime", "--canary-percent=10")
     assert code == 0
     [isvc] = yaml.safe_load_all(out)
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
