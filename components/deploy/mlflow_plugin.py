@@ -1,0 +1,194 @@
+"""MLflow deployments plugin, target ``shipyard`` (the local target: no cluster needed).
+
+    mlflow deployments create -t shipyard -m models:/digits@champion --name digits -C data_path=heldout.npz
+    mlflow deployments predict -t shipyard --name digits --input-path input.json
+    mlflow deployments get|list|update|delete -t shipyard ...
+
+``create`` runs optimize -> validate -> publish (``shipyard.components.flow.deploy_flow``) into the
+deployment's own model repository, then starts the runtime on it; ``update`` publishes the new
+model version and restarts the runtime on the repository; ``delete`` stops it. Config keys (``-C``):
+``repository``, ``http_port``, ``grpc_port``, ``data_path`` (held-out .npz; default: the logged input
+example), ``optimize_target``, ``precision``, ``max_batch_size``, ``tracking_uri``, ``timeout_s``. Deployments are
+recorded under ``$SHIPYARD_HOME/deployments`` (default ``~/.shipyard``), where ``get``/``list`` find them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+from mlflow.exceptions import MlflowException
+
+from shipyard.components.deploy.local import LocalTarget
+from shipyard.components.deploy.spec import GRPC_PORT, HTTP_PORT
+
+TARGET = "shipyard"
+_INT_KEYS = ("http_port", "grpc_port", "max_batch_size")
+
+
+def target_help() -> str:
+    """What ``mlflow deployments help -t shipyard`` prints."""
+    return __doc__ or ""
+
+
+def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None) -> None:
+    """``mlflow deployments run-local``: create the deployment and serve it until Ctrl-C."""
+    client = ShipyardDeploymentClient(TARGET)
+    deployment = client.create_deployment(name, model_uri, flavor, config)
+    print(f"{name} serving at {deployment['url']} (Ctrl-C stops it)")
+    try:
+        import time
+
+        while LocalTarget().get(name).is_running():
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.delete_deployment(name, config)
+
+
+class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
+    """Deploys registered MLflow models onto the shipyard runtime on this machine."""
+
+    def __init__(self, target_uri: str) -> None:
+        super().__init__(target_uri)
+        suffix = target_uri.partition(":")[2].strip("/")
+        if suffix not in ("", "local"):
+            raise MlflowException(f"target {target_uri!r}: only the local target is supported ('shipyard' or "
+                                  "'shipyard:/local'); for KServe use `shipyard deploy --target kserve`")  # fmt: skip
+
+    @staticmethod
+    def _config(config: dict[str, Any] | None) -> dict[str, Any]:
+        values = dict(config or {})
+        for key in _INT_KEYS:
+            if key in values:
+                values[key] = int(values[key])
+        if "timeout_s" in values:
+            values["timeout_s"] = float(values["timeout_s"])
+        return values
+
+    def _publish(self, name: str, model_uri: str, cfg: dict[str, Any], repository: Path) -> Any:
+        from shipyard.components.flow import deploy_flow
+        from shipyard.components.optimize import load_arrays
+
+        held_out = labels = None
+        if cfg.get("data_path"):
+            held_out, labels = load_arrays(cfg["data_path"])
+        return deploy_flow(
+            model_uri, name=name, repository=repository, held_out_inputs=held_out, held_out_labels=labels,
+            work_dir=repository.parent / "work", target=cfg.get("optimize_target", "auto"),
+            precision=cfg.get("precision", "fp32"), max_batch_size=cfg.get("max_batch_size", 64),
+            tracking_uri=cfg.get("tracking_uri"),
+        )  # fmt: skip
+
+    def _repository(self, name: str, cfg: dict[str, Any]) -> Path:
+        if cfg.get("repository"):
+            return Path(cfg["repository"])
+        return LocalTarget().state_dir / f"{name}-model" / "repository"
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        deployment = LocalTarget().get(name)
+        return {
+            "name": name,
+            "flavor": "shipyard",
+            "url": deployment.http_url,
+            "grpc_url": deployment.grpc_url,
+            "repository": deployment.repository,
+            "running": deployment.is_running(),
+            "pid": deployment.pid,
+        }
+
+    def create_deployment(
+        self, name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Optimize, validate and publish ``model_uri``, then serve it. Raises MlflowException (name taken)."""
+        cfg = self._config(config)
+        local = LocalTarget()
+        existing = local.find(name)
+        if existing is not None and existing.is_running():
+            raise MlflowException(f"deployment {name!r} exists and is running: use update or delete")
+        repository = self._repository(name, cfg)
+        result = self._publish(name, model_uri, cfg, repository)
+        if existing is not None:
+            local.stop(name)
+        local.start(name, repository, http_port=cfg.get("http_port", HTTP_PORT),
+                    grpc_port=cfg.get("grpc_port", GRPC_PORT), timeout_s=cfg.get("timeout_s", 120.0))  # fmt: skip
+        return {**self._describe(name), "model_uri": result.model_uri, "version": result.published.version}
+
+    def update_deployment(
+        self, name: str, model_uri: str | None = None, flavor: str | None = None, config: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Publish ``model_uri`` as the next version and restart the runtime on it (same ports)."""
+        cfg = self._config(config)
+        local = LocalTarget()
+        current = local.get(name)
+        repository = Path(current.repository)
+        published = None
+        if model_uri is not None:
+            published = self._publish(name, model_uri, cfg, repository)
+        local.stop(name)
+        local.start(name, repository, http_port=cfg.get("http_port", current.http_port),
+                    grpc_port=cfg.get("grpc_port", current.grpc_port),
+                    timeout_s=cfg.get("timeout_s", 120.0))  # fmt: skip
+        info = self._describe(name)
+        if published is not None:
+            info.update(model_uri=published.model_uri, version=published.published.version)
+        return info
+
+    def delete_deployment(self, name: str, config: dict[str, Any] | None = None, endpoint: str | None = None) -> None:
+        """Stop the runtime and forget the deployment (its repository stays on disk)."""
+        LocalTarget().stop(name)
+
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        return [self._describe(d.name) for d in LocalTarget().list()]
+
+    def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
+        return self._describe(name)
+
+    def predict(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> PredictionsResponse:
+        """Infer over OIP v2 REST. ``inputs``: an array (the model's single input), a dict name -> array,
+        a pandas DataFrame (one input, rows = batch), or ``{"inputs": ...}`` as read from ``--input-path``."""
+        import tritonclient.http as httpclient
+
+        if deployment_name is None:
+            raise MlflowException("predict needs the deployment name")
+        url = self._describe(deployment_name)["url"]
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        meta = client.get_model_metadata(deployment_name)
+        feeds = _as_feeds(inputs, [i["name"] for i in meta["inputs"]])
+        tensors = []
+        for spec in meta["inputs"]:
+            array = np.asarray(feeds[spec["name"]], dtype=np.float32 if spec["datatype"] == "FP32" else None)
+            tensor = httpclient.InferInput(spec["name"], list(array.shape), spec["datatype"])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        answer = client.infer(deployment_name, tensors)
+        outputs = {o["name"]: answer.as_numpy(o["name"]) for o in meta["outputs"]}
+        if len(outputs) == 1:
+            return PredictionsResponse({"predictions": next(iter(outputs.values())).tolist()})
+        return PredictionsResponse({"predictions": {k: v.tolist() for k, v in outputs.items()}})
+
+
+def _as_feeds(inputs: Any, names: list[str]) -> dict[str, Any]:
+    """Normalise predict inputs to {input name: array}. Raises MlflowException naming the expected inputs."""
+    if isinstance(inputs, (str, bytes)):
+        inputs = json.loads(inputs)
+    if isinstance(inputs, dict) and set(inputs) == {"inputs"}:
+        inputs = inputs["inputs"]
+    if hasattr(inputs, "to_numpy"):  # pandas DataFrame
+        inputs = inputs.to_numpy()
+    if isinstance(inputs, dict):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise MlflowException(f"inputs lack {missing}: the model takes {names}")
+        return {n: np.asarray(inputs[n]) for n in names}
+    if len(names) != 1:
+        raise MlflowException(f"the model takes {len(names)} inputs {names}: pass a dict name -> array")
+    return {names[0]: np.asarray(inputs)}
