@@ -322,6 +322,7 @@ async def _open_loop(
             outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
         return {
             "sent": sent,
+            "warmup_ok": int(first_error is None),
             "skipped_client_cap": skipped,
             "offered_s": offered_s,
             "outcomes": outcomes,
@@ -390,6 +391,7 @@ def run_open_loop(
         for key, values in r["error_ms"].items():
             error_ms.setdefault(key, []).extend(values)
     sent = sum(r["sent"] for r in results)
+    warmup_ok = sum(r["warmup_ok"] for r in results)
     offered_s = max(r["offered_s"] for r in results)
 
     def pct(values: np.ndarray) -> dict[str, float | None]:
@@ -401,6 +403,7 @@ def run_open_loop(
     return {
         "target_rate": rate,
         "sent": sent,
+        "warmup_ok": warmup_ok,  # one connection-opening request per process, sent before the burst
         "offered_rate": sent / offered_s if offered_s > 0 else 0.0,
         "skipped_client_cap": sum(r["skipped_client_cap"] for r in results),
         "outcomes": outcomes,

@@ -62,18 +62,19 @@ class RssSampler:
         return [mb for t, mb in self._samples if start <= t <= end]
 
 
-def model_counts(rest_port: int, model_name: str) -> tuple[int, int] | None:
-    """(success, fail) request counts from the server's statistics extension, or None if unavailable."""
+def model_counts(rest_port: int, model_name: str) -> dict[str, int] | None:
+    """Success and failure counts and total ns from the server's statistics extension, or None."""
     url = f"http://{common.LOOPBACK}:{rest_port}/v2/models/{model_name}/stats"
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = json.loads(resp.read())
-        success = fail = 0
+        totals = {"success": 0, "success_ns": 0, "fail": 0, "fail_ns": 0}
         for entry in body.get("model_stats", []):
             stats = entry.get("inference_stats", {})
-            success += int(stats.get("success", {}).get("count", 0))
-            fail += int(stats.get("fail", {}).get("count", 0))
-        return success, fail
+            for kind in ("success", "fail"):
+                totals[kind] += int(stats.get(kind, {}).get("count", 0))
+                totals[kind + "_ns"] += int(stats.get(kind, {}).get("ns", 0))
+        return totals
     except (OSError, ValueError):
         return None
 
@@ -120,16 +121,18 @@ def run_overload(
     rejected = outcomes.get("UNAVAILABLE", 0)
     server: dict[str, Any] = {"available": False}
     if counts_before is not None and counts_after is not None:
-        success = counts_after[0] - counts_before[0]
-        fail = counts_after[1] - counts_before[1]
+        delta = {key: counts_after[key] - counts_before[key] for key in counts_after}
         server = {
             "available": True,
-            "success": success,
-            "fail": fail,
-            # answered by the model but not received as OK by the client
-            "answers_lost": max(0, success - accepted),
+            "success": delta["success"],
+            "fail": delta["fail"],
+            # time from arrival at the model's scheduler to the answer, as the server measures it
+            "fail_mean_us": delta["fail_ns"] / delta["fail"] / 1000 if delta["fail"] else None,
+            "success_mean_us": delta["success_ns"] / delta["success"] / 1000 if delta["success"] else None,
+            # answered by the model but not received as OK by the client (warm-up requests excluded)
+            "answers_lost": max(0, delta["success"] - accepted - burst["warmup_ok"]),
             # failures the server counted beyond the queue-full rejections the client saw
-            "accepted_then_failed": max(0, fail - rejected),
+            "accepted_then_failed": max(0, delta["fail"] - rejected),
         }
     rss_before = statistics.median(before_mb) if before_mb else None
     rss_peak = max(during_mb) if during_mb else None

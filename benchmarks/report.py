@@ -46,6 +46,10 @@ def _field(cell: dict[str, Any] | None, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
@@ -122,6 +126,13 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
         )
         yield _check(
             "overload: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB"
+        )
+        yield _check(
+            "overload: RSS after burst - before",
+            _diff(overload["rss_after_mb"], overload["rss_before_mb"]),
+            16.0,
+            higher_is_better=False,
+            unit="MB",
         )
         yield _check("overload: throughput after burst / before", overload["recovery_ratio"], 0.8, unit="x")
 
@@ -244,12 +255,14 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
         lines.append(
             f"- server statistics for the burst: {server['success']} succeeded, {server['fail']} failed "
             f"(answers lost on the way: {server['answers_lost']}; accepted then failed: "
-            f"{server['accepted_then_failed']})"
+            f"{server['accepted_then_failed']}); mean time in the server of a rejected request "
+            f"{fmt(server.get('fail_mean_us'), 2)} µs, of an answered one {fmt(server.get('success_mean_us'), 0)} µs"
         )
     if o.get("not_accepted_other"):
         lines.append(
             f"- {o['not_accepted_other']} requests were refused before the model saw them with another status "
-            "(see `error_samples` in latest.json; gRPC's own transport limits answer CANCELLED)"
+            "(see `error_samples` in latest.json; gRPC core cancels calls beyond its pending-call limit, "
+            "`grpc.server.max_pending_requests`, soft default 1000)"
         )
     lines += [
         f"- answered latency p50 {fmt(o['ok_latency']['p50_ms'], 1)} ms, p99 {fmt(o['ok_latency']['p99_ms'], 1)} ms; "

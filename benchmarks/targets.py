@@ -238,6 +238,8 @@ def shipyard_target(
         "shipyard.serving_runtime",
         "--model-repository",
         str(repo),
+        "--host",
+        LOOPBACK,
         "--http-port",
         str(rest),
         "--grpc-port",
