@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint unit bench bench-env clean
 
 install: $(STAMP)
 
@@ -40,7 +40,20 @@ unit: install
 
 test: lint unit
 
-bench: install
+# MLServer, a reference in the benchmark, lives in its own environment (its pins clash with ours).
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.bench-installed
+
+bench-env: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): Makefile
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "uvloop<0.21" onnxruntime numpy
+	touch $(MLSERVER_STAMP)
+
+# BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
+bench: install bench-env
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
