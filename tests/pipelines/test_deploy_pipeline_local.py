@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from shipyard import registry
+import shipyard.registry as registry
 from shipyard.components.deploy import LocalTarget
 from shipyard.pipelines.definitions import make_deploy_pipeline
 from shipyard.pipelines.pipeline_cli import run_local

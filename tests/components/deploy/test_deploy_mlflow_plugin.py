@@ -11,7 +11,7 @@ import pytest
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
-from shipyard import registry
+import shipyard.registry as registry
 from shipyard.zoo import digits_data, torch_model
 
 pytestmark = pytest.mark.slow
