@@ -138,6 +138,10 @@ def register_module(
     experiment_id = ensure_experiment(experiment, tracking_uri)
     module.eval()
     example = _as_example(input_example)
+    if isinstance(example, np.ndarray) and example.ndim > 0 and example.shape[0] == 1:
+        # torch.export (MLflow's pt2 format) specializes size-1 dimensions: a batch of one would
+        # freeze the logged program at batch 1, so log the example twice to keep the batch dynamic.
+        example = np.repeat(example, 2, axis=0)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run:
         mlflow.set_tags({SOURCE_KIND: kind, SOURCE_KEY: key})
         info = mlflow.pytorch.log_model(

@@ -42,11 +42,13 @@ def build_app() -> typer.Typer:
     def demo(
         workdir: str = typer.Option(".shipyard/demo", help="Where the demo keeps its MLflow store and repository."),
         serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Keep serving the model until Ctrl-C."),
+        http_port: int = typer.Option(8080, help="REST port of the served model (KServe's default)."),
+        grpc_port: int = typer.Option(8081, help="gRPC port of the served model (KServe's default)."),
     ) -> None:
         """Run the main job end to end on the embedded default (local KFP, sqlite MLflow, local repository)."""
         from shipyard.demo import run_demo
 
-        raise typer.Exit(run_demo(workdir, serve=serve_after))
+        raise typer.Exit(run_demo(workdir, serve=serve_after, http_port=http_port, grpc_port=grpc_port))
 
     for module_name, _ in _COMMAND_MODULES:
         try:
