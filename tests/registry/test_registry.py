@@ -100,7 +100,7 @@ def test_aliases_and_promotion_gate(tracking_uri: str, digits: tuple[torch.nn.Mo
         {L.ENGINE_SHA256: "e1", L.VALIDATION_PASSED: False, L.VALIDATION_SUMMARY: "top-1 agreement 0.41 < 0.97"},
         tracking_uri=tracking_uri,
     )
-    with pytest.raises(registry.PromotionRefused, match="top-1 agreement 0.41"):
+    with pytest.raises(registry.PromotionRefused, match=r"top-1 agreement 0\.41"):
         registry.promote(reg.uri, "champion", tracking_uri=tracking_uri)
     registry.record_lineage(reg.uri, {L.VALIDATION_PASSED: True, L.VALIDATION_ENGINE_SHA256: "e0"}, tracking_uri)
     with pytest.raises(registry.PromotionRefused, match="not the current engine"):
@@ -114,7 +114,7 @@ def test_aliases_and_promotion_gate(tracking_uri: str, digits: tuple[torch.nn.Mo
         registry.get_version("models:/digits/7", tracking_uri)
     with pytest.raises(registry.ModelVersionNotFound):
         registry.get_version("models:/digits@nobody", tracking_uri)
-    with pytest.raises(registry.RegistryError, match="models:/NAME/VERSION"):
+    with pytest.raises(registry.RegistryError, match=r"models:/NAME/VERSION"):
         registry.get_version("digits:1", tracking_uri)
     with pytest.raises(registry.RegistryError, match="invalid alias"):
         registry.promote(reg.uri, "latest", tracking_uri=tracking_uri)
