@@ -6,17 +6,32 @@ Model ``parameters`` use the keys of Triton's onnxruntime backend:
   one thread per physical core, when not set; ``0`` also means the default).
 - ``execution_mode``: ``0`` sequential (default), ``1`` parallel.
 - ``enable_mem_pattern``, ``enable_mem_arena``: ``0``/``1`` (both on by default).
+- GPU instances also read Triton's (deprecated but common) CUDA keys ``cudnn_conv_algo_search``
+  (0 exhaustive, 1 heuristic, 2 default), ``gpu_mem_limit``, ``arena_extend_strategy`` (0/1),
+  ``do_copy_in_default_stream``.
 
 ``optimization.graph.level``: ``-1`` basic, ``0`` (default) all, ``1`` extended, as Triton.
-``optimization.execution_accelerators.gpu_execution_accelerator { name: "tensorrt" }`` puts the
-TensorRT execution provider first on GPU instances (``precision_mode: FP16``,
-``max_workspace_size_bytes`` parameters understood).
+
+Execution providers come from ``optimization.execution_accelerators`` in Triton's form
+(``execution_providers``, a pure function):
+
+- GPU instances: ``gpu_execution_accelerator [{ name: "tensorrt" parameters {...} }]`` puts the
+  TensorRT EP first (Triton's keys: ``precision_mode`` FP32/FP16/INT8,
+  ``max_workspace_size_bytes``, and the ``trt_*`` keys passed through);
+  ``{ name: "cuda" parameters {...} }`` passes CUDA EP options (``cudnn_conv_use_max_workspace``,
+  ``use_ep_level_unified_stream``...). The CUDA EP (``device_id`` = the instance's GPU) always
+  follows, then the CPU EP for nodes neither can run.
+- CPU instances: ``cpu_execution_accelerator [{ name: "openvino" }]`` puts the OpenVINO EP first;
+  a clear error when this onnxruntime has no OpenVINO EP.
+
+On a GPU instance whose session really uses the CUDA EP, ``execute`` binds inputs from host
+memory and outputs on the device (``IOBinding``), then copies the outputs to the host once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from threading import Lock
 from typing import Any
@@ -79,13 +94,156 @@ def _int_parameter(parameters: Mapping[str, str], key: str, default: int, model_
         ) from None
 
 
-class OnnxRuntimeInstance:
-    """One ``InferenceSession``; executes one batch at a time."""
+_TRUE = ("1", "true", "yes", "on")
+# Triton's tensorrt accelerator keys that are not ORT option names.
+_TRT_RENAMED = {"max_workspace_size_bytes": "trt_max_workspace_size"}
+_TRT_BOOLEANS = {
+    "trt_int8_use_native_calibration_table",
+    "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build",
+    "trt_layer_norm_fp32_fallback",
+    "trt_force_timing_cache",
+    "trt_detailed_build_log",
+    "trt_dump_ep_context_model",
+}
+_TRT_INT8_KEYS = {
+    "int8_calibration_table_name": "trt_int8_calibration_table_name",
+    "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
+}
+# Triton's deprecated model parameters for the CUDA EP (parameter key -> (option, value map)).
+_CUDA_PARAMETERS: dict[str, tuple[str, dict[str, str] | None]] = {
+    "cudnn_conv_algo_search": ("cudnn_conv_algo_search", {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}),
+    "gpu_mem_limit": ("gpu_mem_limit", None),
+    "arena_extend_strategy": ("arena_extend_strategy", {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}),
+    "do_copy_in_default_stream": ("do_copy_in_default_stream", None),
+}
 
-    def __init__(self, session: Any, string_inputs: frozenset[str]) -> None:
+
+def _tensorrt_options(params: Mapping[str, str], device_id: int, source: str) -> dict[str, str]:
+    options = {"device_id": str(device_id)}
+    for key, value in params.items():
+        if key == "precision_mode":
+            mode = value.strip().upper()
+            if mode not in ("FP32", "FP16", "INT8"):
+                raise ModelConfigError(
+                    f"{source}: tensorrt accelerator precision_mode must be FP32, FP16 or INT8, got {value!r}"
+                )
+            if mode in ("FP16", "INT8"):
+                options["trt_fp16_enable"] = "True"
+            if mode == "INT8":
+                options["trt_int8_enable"] = "True"
+        elif key in _TRT_RENAMED:
+            options[_TRT_RENAMED[key]] = value
+        elif key in _TRT_INT8_KEYS:
+            options[_TRT_INT8_KEYS[key]] = value
+        elif key.startswith("trt_"):
+            options[key] = value
+        else:
+            raise ModelConfigError(
+                f"{source}: tensorrt accelerator parameter {key!r} is not known; use precision_mode, "
+                "max_workspace_size_bytes, int8_calibration_table_name, int8_use_native_calibration_table "
+                "or a trt_* option of ONNX Runtime's TensorRT provider"
+            )
+    # ORT's TensorRT provider takes booleans as "True"/"False" (Triton accepts "1"/"true" too).
+    for key in options:
+        if key in _TRT_BOOLEANS or key.endswith("_enable"):
+            options[key] = "True" if options[key].strip().lower() in _TRUE else "False"
+    return options
+
+
+def execution_providers(
+    optimization: Any,
+    parameters: Mapping[str, str],
+    device_kind: str,
+    device_id: int,
+    available: Sequence[str],
+    source: str = "config.pbtxt",
+) -> list[Any]:
+    """The ``providers`` argument of ``InferenceSession`` for one instance, from the config.
+
+    ``optimization`` is ``config.optimization`` (a ModelOptimizationPolicy) or None;
+    ``parameters`` the model parameters; ``available`` what ``get_available_providers()`` says.
+    Pure: no session is created, so this is tested without a GPU.
+
+    Raises: ModelConfigError for an unknown accelerator name or parameter; ModelLoadError when
+    the config needs a provider this onnxruntime does not have (names it and what to install).
+    """
+    present = set(available)
+    accelerators = optimization.execution_accelerators if optimization is not None and optimization.HasField(
+        "execution_accelerators") else None  # fmt: skip
+    if device_kind != "gpu":
+        providers: list[Any] = []
+        for accelerator in accelerators.cpu_execution_accelerator if accelerators is not None else ():
+            if accelerator.name != "openvino":
+                raise ModelConfigError(
+                    f"{source}: cpu_execution_accelerator {accelerator.name!r} is not supported by the onnxruntime "
+                    "backend; use 'openvino' or remove it"
+                )
+            if "OpenVINOExecutionProvider" not in present:
+                raise ModelLoadError(
+                    f"{source}: config asks for the openvino CPU accelerator but this onnxruntime has no "
+                    f"OpenVINOExecutionProvider (it has {sorted(present)}); pip install onnxruntime-openvino "
+                    "or remove cpu_execution_accelerator"
+                )
+            providers.append(("OpenVINOExecutionProvider", dict(accelerator.parameters)))
+        providers.append("CPUExecutionProvider")
+        return providers
+    if "CUDAExecutionProvider" not in present:
+        raise ModelLoadError(
+            f"{source}: a GPU instance needs onnxruntime's CUDAExecutionProvider, but this onnxruntime "
+            f"has only {sorted(present)}; install onnxruntime-gpu (shipyard[gpu]) or use KIND_CPU"
+        )
+    cuda_options: dict[str, str] = {"device_id": str(device_id)}
+    for key, (option, values) in _CUDA_PARAMETERS.items():
+        raw = parameters.get(key)
+        if raw is None or str(raw).strip() == "":
+            continue
+        value = str(raw).strip()
+        if values is not None:
+            if value not in values:
+                raise ModelConfigError(f"{source}: parameter {key!r} must be one of {sorted(values)}, got {value!r}")
+            value = values[value]
+        cuda_options[option] = value
+    providers = []
+    for accelerator in accelerators.gpu_execution_accelerator if accelerators is not None else ():
+        params = dict(accelerator.parameters)
+        if accelerator.name == "tensorrt":
+            if "TensorrtExecutionProvider" not in present:
+                raise ModelLoadError(
+                    f"{source}: config asks for the tensorrt GPU accelerator but this onnxruntime has no "
+                    f"TensorrtExecutionProvider (it has {sorted(present)}); install onnxruntime-gpu with "
+                    "TensorRT libraries or remove the accelerator"
+                )
+            if any(name == "TensorrtExecutionProvider" for name, _ in providers):
+                raise ModelConfigError(f"{source}: gpu_execution_accelerator 'tensorrt' is listed twice")
+            providers.append(("TensorrtExecutionProvider", _tensorrt_options(params, device_id, source)))
+        elif accelerator.name == "cuda":
+            cuda_options.update({key: str(value) for key, value in params.items()})
+            cuda_options["device_id"] = str(device_id)
+        else:
+            raise ModelConfigError(
+                f"{source}: gpu_execution_accelerator {accelerator.name!r} is not supported by the onnxruntime "
+                "backend; use 'tensorrt' or 'cuda'"
+            )
+    providers.append(("CUDAExecutionProvider", cuda_options))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OnnxRuntimeInstance:
+    """One ``InferenceSession``; executes one batch at a time.
+
+    ``bind_device`` (``("cuda", gpu)`` on GPU instances whose session uses the CUDA EP) turns on
+    I/O binding: inputs are bound from host numpy arrays, outputs are allocated on that device
+    and copied to the host once, after the run.
+    """
+
+    def __init__(self, session: Any, string_inputs: frozenset[str], bind_device: tuple[str, int] | None = None):
         self._session = session
         self._string_inputs = string_inputs
         self._output_names = tuple(o.name for o in session.get_outputs())
+        self._bind_device = bind_device if not string_inputs else None
+        self._binding: Any = session.io_binding() if self._bind_device is not None else None
 
     @property
     def session(self) -> Any:
@@ -97,7 +255,30 @@ class OnnxRuntimeInstance:
         """The execution providers the session actually uses, most preferred first."""
         return list(self._session.get_providers())
 
+    @property
+    def uses_io_binding(self) -> bool:
+        """True when batches run through I/O binding (GPU instances on the CUDA EP)."""
+        return self._binding is not None
+
+    def _run_bound(self, inputs: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        binding = self._binding
+        device, device_id = self._bind_device or ("cpu", 0)
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in names:
+            binding.bind_output(name, device, device_id)
+        self._session.run_with_iobinding(binding)
+        results: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        binding.clear_binding_inputs()  # drop references to this batch's arrays
+        return results
+
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs else list(self._output_names)
+        if self._binding is not None:
+            results = self._run_bound(inputs, names)
+            return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
         feed: dict[str, np.ndarray] = {}
         for name, array in inputs.items():
             if name in self._string_inputs and array.dtype == np.object_:
@@ -106,7 +287,6 @@ class OnnxRuntimeInstance:
                     lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[np.object_]
                 )(array)
             feed[name] = array
-        names = list(outputs) if outputs else list(self._output_names)
         results = self._session.run(names, feed)
         out: dict[str, np.ndarray] = {}
         for name, value in zip(names, results, strict=True):
@@ -119,6 +299,7 @@ class OnnxRuntimeInstance:
         return out
 
     def close(self) -> None:
+        self._binding = None
         self._session = None
 
 
@@ -209,47 +390,6 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = levels[level]
         return options
 
-    def _providers(self, model_path: Path, settings: InstanceSettings) -> list[Any]:
-        ort = _import_ort()
-        if settings.device.kind != "gpu":
-            return ["CPUExecutionProvider"]
-        available = set(ort.get_available_providers())
-        if "CUDAExecutionProvider" not in available:
-            raise ModelLoadError(
-                f"{model_path}: a GPU instance needs onnxruntime's CUDAExecutionProvider, but this onnxruntime "
-                f"has only {sorted(available)}; install onnxruntime-gpu (shipyard[gpu]) or use KIND_CPU"
-            )
-        device_id = settings.device.index
-        providers: list[Any] = []
-        optimization = settings.optimization
-        accelerators = []
-        if optimization is not None and optimization.HasField("execution_accelerators"):
-            accelerators = list(optimization.execution_accelerators.gpu_execution_accelerator)
-        for accelerator in accelerators:
-            if accelerator.name != "tensorrt":
-                raise ModelConfigError(
-                    f"{model_path}: gpu_execution_accelerator {accelerator.name!r} is not supported "
-                    "by the onnxruntime backend; use 'tensorrt'"
-                )
-            if "TensorrtExecutionProvider" not in available:
-                raise ModelLoadError(
-                    f"{model_path}: config asks for the TensorRT accelerator but onnxruntime has no "
-                    "TensorrtExecutionProvider; install onnxruntime-gpu with TensorRT or remove the accelerator"
-                )
-            trt_options: dict[str, object] = {"device_id": device_id}
-            params = dict(accelerator.parameters)
-            if params.get("precision_mode", "").upper() == "FP16":
-                trt_options["trt_fp16_enable"] = True
-            if "max_workspace_size_bytes" in params:
-                trt_options["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
-            if "trt_engine_cache_path" in params:
-                trt_options["trt_engine_cache_enable"] = True
-                trt_options["trt_engine_cache_path"] = params["trt_engine_cache_path"]
-            providers.append(("TensorrtExecutionProvider", trt_options))
-        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
-        providers.append("CPUExecutionProvider")
-        return providers
-
     def load(self, model_path: Path, settings: InstanceSettings) -> OnnxRuntimeInstance:
         """Create one ``InferenceSession`` on ``settings.device``.
 
@@ -258,15 +398,24 @@ class OnnxRuntimeBackend:
         """
         ort = _import_ort()
         options = self._session_options(model_path, settings)
-        providers = self._providers(model_path, settings)
+        providers = execution_providers(
+            settings.optimization,
+            settings.parameters,
+            settings.device.kind,
+            settings.device.index,
+            ort.get_available_providers(),
+            source=str(model_path),
+        )
         try:
             session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from None
-        if settings.device.kind == "gpu" and "CUDAExecutionProvider" not in session.get_providers():
+        in_use = session.get_providers()
+        if settings.device.kind == "gpu" and "CUDAExecutionProvider" not in in_use:
             raise ModelLoadError(
                 f"{model_path}: onnxruntime fell back to CPU for a GPU instance (providers in use: "
-                f"{session.get_providers()}); check the CUDA and cuDNN libraries or use KIND_CPU"
+                f"{in_use}); check the CUDA and cuDNN libraries or use KIND_CPU"
             )
         strings = frozenset(node.name for node in session.get_inputs() if node.type == "tensor(string)")
-        return OnnxRuntimeInstance(session, strings)
+        bind = ("cuda", settings.device.index) if settings.device.kind == "gpu" else None
+        return OnnxRuntimeInstance(session, strings, bind)
