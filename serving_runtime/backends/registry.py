@@ -22,7 +22,14 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "pytorch": ("pytorch_libtorch", "model.pt", f"{_PKG}.pytorch:PyTorchBackend"),
 }
 _PLATFORMS = {platform: name for name, (platform, _, _) in _BACKENDS.items()}
-_EXTENSIONS = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt", ".pt": "pytorch", ".pth": "pytorch"}
+_EXTENSIONS = {
+    ".onnx": "onnxruntime",
+    ".plan": "tensorrt",
+    ".engine": "tensorrt",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".pt2": "pytorch",
+}
 
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
 PLATFORMS: tuple[str, ...] = tuple(_PLATFORMS)
