@@ -179,9 +179,14 @@ def build_tensorrt_engine(
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    gpu = gpu_description()
+    # model.plan.json: the serving runtime checks TensorRT version and compute capability before loading.
+    from shipyard.serving_runtime.backends.tensorrt import parse_engine_record, write_engine_record
+
+    write_engine_record(out, parse_engine_record({"tensorrt_version": str(trt.__version__), "gpu": gpu}, str(out)))
     return {
         "tensorrt_version": str(trt.__version__),
-        "gpu": gpu_description(),
+        "gpu": gpu,
         "profile": shapes,
         "workspace_mb": int(workspace_mb),
         "timing_cache": str(cache_path) if cache_path else None,

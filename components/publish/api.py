@@ -77,8 +77,12 @@ def publish(
     )  # fmt: skip
     from shipyard.serving_runtime.config import render_config
 
+    files = {FILENAME_BY_PLATFORM[platform]: path}
+    record_file = path.with_name(path.name + ".json")  # a TensorRT engine's build record (model.plan.json)
+    if platform == "tensorrt_plan" and record_file.is_file():
+        files[FILENAME_BY_PLATFORM[platform] + ".json"] = record_file
     return publish_files(
-        {FILENAME_BY_PLATFORM[platform]: path}, repository, model_name, render_config(config),
+        files, repository, model_name, render_config(config),
         keep_versions=keep_versions,
         record={"sha256": digest, "mlflow_model_uri": mlflow_model_uri, "source_file": str(path.resolve())},
     )  # fmt: skip
