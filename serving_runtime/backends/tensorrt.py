@@ -445,6 +445,11 @@ class TensorRTInstance:
         return self._device
 
     @property
+    def active_profile(self) -> int:
+        """The optimization profile the last batch ran with."""
+        return self._profile
+
+    @property
     def graph_count(self) -> int:
         """How many CUDA graphs this instance has captured."""
         return len(self._graphs)
