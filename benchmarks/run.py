@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 1.5; quick 0.5)")
     parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1.5)")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes per cell")
+    parser.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (default 1)")
+    parser.add_argument("--mlserver-max-batch", type=int, default=128, help="MLServer max_batch_size (default 128)")
+    parser.add_argument(
+        "--mlserver-max-batch-time-ms", type=float, default=5.0, help="MLServer max_batch_time in ms (default 5)"
+    )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="a note printed at the top of the report")
@@ -131,14 +136,16 @@ def measure_inprocess(model: ModelSpec, seconds: float) -> dict[str, Any]:
     return result
 
 
-def build_target(name: str, models: list[ModelSpec], workdir: Path) -> targets.Target:
+def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argparse.Namespace) -> targets.Target:
     """Build (not start) the named target. Raises: TargetUnavailable when it cannot run here."""
     if name == "echo":
         return targets.echo_target(models, workdir)
     if name == "kserve":
         return targets.kserve_target(models, workdir)
     if name == "mlserver":
-        return targets.mlserver_target(models, workdir)
+        return targets.mlserver_target(
+            models, workdir, args.mlserver_workers, args.mlserver_max_batch, args.mlserver_max_batch_time_ms / 1000
+        )
     overload = next((m for m in models if m.name == OVERLOAD_MODEL), None)
     return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE)
 
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for name in args.targets:
             try:
-                target = build_target(name, models, workdir)
+                target = build_target(name, models, workdir, args)
             except targets.TargetUnavailable as exc:
                 results["targets"][name] = {"status": "unavailable", "description": name, "message": str(exc)}
                 log(f"[{name}] not run: {exc}")

@@ -148,8 +148,17 @@ def kserve_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     )
 
 
-def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
+def mlserver_target(
+    models: Sequence[ModelSpec],
+    workdir: Path,
+    parallel_workers: int = 1,
+    max_batch_size: int = 128,
+    max_batch_time_s: float = 0.005,
+) -> Target:
     """MLServer 1.7.1 with adaptive batching, from ``.venv-mlserver``.
+
+    ``parallel_workers`` is MLServer's setting (its default, 1, runs inference in one worker process;
+    0 runs it in the server's own process).
 
     Raises: TargetUnavailable if ``.venv-mlserver`` has no ``mlserver`` (run ``make bench-env``).
     """
@@ -160,7 +169,14 @@ def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
         raise TargetUnavailable(f"{executable} not found; create MLServer's environment with `make bench-env`")
     rest, grpc_port, metrics = common.free_port(), common.free_port(), common.free_port()
     folder = write_mlserver_config(
-        workdir / "mlserver", {m.name: m.onnx_path for m in models}, rest, grpc_port, metrics
+        workdir / "mlserver",
+        {m.name: m.onnx_path for m in models},
+        rest,
+        grpc_port,
+        metrics,
+        max_batch_size=max_batch_size,
+        max_batch_time_s=max_batch_time_s,
+        parallel_workers=parallel_workers,
     )
     env = dict(_ONE_THREAD_ENV)
     env["PYTHONPATH"] = str(common.REPO_ROOT)
@@ -175,7 +191,8 @@ def mlserver_target(models: Sequence[ModelSpec], workdir: Path) -> Target:
     )
     return Target(
         "mlserver",
-        "MLServer 1.7.1, adaptive batching (max_batch_size 64, max_batch_time 2 ms)",
+        f"MLServer 1.7.1, adaptive batching (max_batch_size {max_batch_size}, max_batch_time "
+        f"{max_batch_time_s * 1000:g} ms, parallel_workers {parallel_workers})",
         server,
         probe,
         {"grpc": grpc_spec(grpc_port), "rest-json": rest_spec(rest, binary=False)},

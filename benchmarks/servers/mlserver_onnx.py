@@ -52,8 +52,8 @@ def write_mlserver_config(
     http_port: int,
     grpc_port: int,
     metrics_port: int,
-    max_batch_size: int = 64,
-    max_batch_time_s: float = 0.002,
+    max_batch_size: int = 128,
+    max_batch_time_s: float = 0.005,
     parallel_workers: int = 1,
 ) -> Path:
     """Write ``settings.json`` and one ``<model>/model-settings.json`` per model under ``folder``.
