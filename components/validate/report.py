@@ -93,6 +93,7 @@ def write_plot(rows: Sequence[ProfileRow], recommendation: BatchingRecommendatio
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
+    ax_lat.set_yscale("log")  # sub-millisecond latencies stay readable beside a budget of tens of ms
     ax_lat.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
