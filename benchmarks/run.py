@@ -107,7 +107,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         note = f"{note} {busy}".strip()
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv),
+        "command": " ".join(["python -m benchmarks.run", *(shlex.quote(a) for a in argv)]),
         "commit": _commit(),
         "cpus": cpus,
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
