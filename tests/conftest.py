@@ -1,7 +1,8 @@
-"""Shared pytest hooks.
+"""Shared pytest hooks and fixtures.
 
 Tests marked ``gpu`` need a CUDA GPU; without one they are skipped and the reason is printed
-(``-ra`` in the pytest options lists skip reasons in the summary).
+(``-ra`` in the pytest options lists skip reasons in the summary). Plain helper functions shared by
+several test folders live in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ def _no_gpu_reason() -> str | None:
     if result.returncode != 0 or "GPU" not in result.stdout:
         return f"no CUDA GPU: nvidia-smi -L lists none ({(result.stderr or result.stdout).strip()[:200]})"
     return None
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh embedded MLflow store (sqlite + fixed artifact location) for one test."""
+    monkeypatch.setenv("SHIPYARD_MLFLOW_HOME", str(tmp_path / "mlflow"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from shipyard.registry import resolve_tracking_uri  # lazily: both pytest sessions load this file
+
+    return resolve_tracking_uri()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

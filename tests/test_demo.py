@@ -9,18 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from helpers import free_port
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_serves_the_promoted_model(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     result = subprocess.run(
         [sys.executable, "-m", "shipyard", "demo", "--no-serve", "--workdir", str(work),
          "--http-port", str(http_port), "--grpc-port", str(grpc_port)],

@@ -16,13 +16,6 @@ from shipyard.components.validate import Tolerances
 from shipyard.registry import lineage as L
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SHIPYARD_MLFLOW_HOME", str(tmp_path / "mlflow"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return registry.resolve_tracking_uri()
-
-
 @pytest.mark.slow
 async def test_digits_int8_end_to_end_served_with_lineage(
     tmp_path: Path, tracking_uri: str, digits_module: torch.nn.Module, digits: object

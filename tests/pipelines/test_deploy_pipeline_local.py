@@ -6,12 +6,12 @@ gate on the digits held-out data, an atomic publish, the runtime as a process, t
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from helpers import free_port
 
 import shipyard.registry as registry
 from shipyard.components.deploy import LocalTarget
@@ -22,19 +22,6 @@ from shipyard.zoo import digits_data, torch_model
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SHIPYARD_MLFLOW_HOME", str(tmp_path / "mlflow"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return registry.resolve_tracking_uri()
-
-
 @pytest.mark.timeout(240)
 def test_deploy_pipeline_serves_the_registered_model(tmp_path: Path, tracking_uri: str) -> None:
     data = digits_data()
@@ -43,14 +30,14 @@ def test_deploy_pipeline_serves_the_registered_model(tmp_path: Path, tracking_ur
     reg = registry.register_module(torch_model("digits_cnn"), data.x_test[:2], "digits", tracking_uri=tracking_uri)
     state = tmp_path / "state"
     repo = tmp_path / "repo"
-    http_port = _free_port()
+    http_port = free_port()
     try:
         url = run_local(
             make_deploy_pipeline(),
             {
                 "model_uri": reg.uri, "repository": str(repo), "model_name": "digits", "tracking_uri": tracking_uri,
                 "deployment_name": "digits", "target": "local", "data_path": str(heldout), "max_batch_size": 32,
-                "http_port": http_port, "grpc_port": _free_port(), "state_dir": str(state),
+                "http_port": http_port, "grpc_port": free_port(), "state_dir": str(state),
             },
             tmp_path / "kfp",
         )  # fmt: skip

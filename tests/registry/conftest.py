@@ -1,9 +1,9 @@
-"""Fixtures: an embedded sqlite MLflow store per test, and one real ``mlflow server`` on loopback."""
+"""Fixtures: one real ``mlflow server`` on loopback (the per-test embedded store, ``tracking_uri``, is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,30 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh embedded store (sqlite + fixed artifact location) for one test."""
-    home = tmp_path / "mlflow"
-    monkeypatch.setenv("SHIPYARD_MLFLOW_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from shipyard.registry import resolve_tracking_uri
-
-    return resolve_tracking_uri()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from helpers import free_port
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (free port); yields its URL; stopped at the end."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(

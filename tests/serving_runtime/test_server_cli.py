@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import tritonclient.http as httpclient
-from server_harness import double_onnx, free_port, start_server, write_model
+from helpers import free_port
+from server_harness import double_onnx, start_server, write_model
 
 from shipyard.serving_runtime.cli import main, parse_options
 

@@ -11,18 +11,13 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.http as httpclient
+from helpers import free_port
 
 from shipyard.components.deploy import DeployError, LocalTarget, deploy_local
 from shipyard.components.deploy.local import is_ready, port_is_free
 from shipyard.zoo import onnx_model
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,7 +37,7 @@ def target(tmp_path: Path) -> Iterator[LocalTarget]:
 
 
 def test_deploy_local_serves_and_stops_cleanly(repository: Path, target: LocalTarget) -> None:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     result = deploy_local(
         "add-sub", repository, http_port=http_port, grpc_port=grpc_port, state_dir=target.state_dir, timeout_s=60
     )
@@ -64,7 +59,7 @@ def test_deploy_local_serves_and_stops_cleanly(repository: Path, target: LocalTa
     assert found.is_running() and found.http_url == result.url
     assert [d.name for d in target.list()] == ["add-sub"]
     with pytest.raises(DeployError, match="already running"):
-        target.start("add-sub", repository, http_port=_free_port(), grpc_port=_free_port())
+        target.start("add-sub", repository, http_port=free_port(), grpc_port=free_port())
 
     pid = found.pid
     assert target.stop("add-sub") is True
@@ -83,8 +78,8 @@ def test_runtime_that_exits_at_start_reports_its_log(repository: Path, target: L
         target.start(
             "broken",
             repository,
-            http_port=_free_port(),
-            grpc_port=_free_port(),
+            http_port=free_port(),
+            grpc_port=free_port(),
             extra_args=["--exit-on-error"],
             timeout_s=60,
         )
@@ -99,6 +94,6 @@ def test_refuses_a_missing_repository_and_a_taken_port(tmp_path: Path, repositor
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is in use"):
-            target.start("x", repository, http_port=port, grpc_port=_free_port())
+            target.start("x", repository, http_port=port, grpc_port=free_port())
     with pytest.raises(ValueError, match="not a valid Kubernetes name"):
         target.start("Bad_Name", repository)

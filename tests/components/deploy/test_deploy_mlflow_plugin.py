@@ -3,11 +3,11 @@ create -> predict -> get/list -> update -> delete against real MLflow (sqlite) a
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
@@ -17,18 +17,11 @@ from shipyard.zoo import digits_data, torch_model
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SHIPYARD_MLFLOW_HOME", str(tmp_path / "mlflow"))
+def tracking_uri(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared embedded store (tests/conftest.py), plus a private ``$SHIPYARD_HOME`` for the deployments."""
     monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return registry.resolve_tracking_uri()
+    return tracking_uri
 
 
 @pytest.mark.timeout(240)
@@ -38,8 +31,8 @@ def test_create_predict_update_delete(tmp_path: Path, tracking_uri: str) -> None
     np.savez(heldout, input=data.x_test[:128], labels=data.y_test[:128])
     reg = registry.register_module(torch_model("digits_cnn"), data.x_test[:2], "digits", tracking_uri=tracking_uri)
     client = get_deploy_client("shipyard")
-    http_port = _free_port()
-    config = {"data_path": str(heldout), "http_port": str(http_port), "grpc_port": str(_free_port()),
+    http_port = free_port()
+    config = {"data_path": str(heldout), "http_port": str(http_port), "grpc_port": str(free_port()),
               "max_batch_size": "16", "tracking_uri": tracking_uri}  # fmt: skip
     try:
         created = client.create_deployment("digits", reg.uri, config=config)
