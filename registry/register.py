@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shipyard.components.digest import sha256_file
 from shipyard.registry.errors import RegistryError
 from shipyard.registry.lineage import SOURCE_KEY, SOURCE_KIND, SOURCE_RUN_ID, SOURCE_SHA256, stringify_tags
 from shipyard.registry.store import DEFAULT_EXPERIMENT, ensure_experiment, get_client
@@ -63,15 +64,6 @@ def module_digest(module: torch.nn.Module) -> str:
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}".encode())
         digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -201,7 +193,7 @@ def register_file(
 
     Raises: RegistryError (missing file, a state dict, no input example).
     """
-    sha = file_digest(path)
+    sha = sha256_file(path)
     module = load_module_file(path)
     return register_module(
         module,
