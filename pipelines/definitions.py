@@ -50,6 +50,27 @@ def _gates(model_uri: Any, tracking_uri: Any, data_path: Any, optimize_target: A
     return resolved, exported, published
 
 
+def _deploy_args(repository: Any, deployment_name: Any, target: Any, namespace: Any, http_port: Any, grpc_port: Any,
+                 state_dir: Any, gpus: Any, kubeconfig: Any, timeout_s: Any) -> dict[str, Any]:  # fmt: skip
+    """The deploy step's arguments that every rollout shares (all but ``canary_traffic_percent``)."""
+    return dict(repository=repository, name=deployment_name, target=target, namespace=namespace,
+                http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, gpus=gpus,
+                kubeconfig=kubeconfig, timeout_s=timeout_s)  # fmt: skip
+
+
+def _deploy_and_smoke_test(deploy_args: dict[str, Any], canary_traffic_percent: Any, published: Any, exported: Any,
+                           model_name: Any, deploy_display: str | None = None,
+                           check_display: str | None = None) -> tuple[Any, Any]:  # fmt: skip
+    """deploy (after publish) -> smoke test against the exported ONNX; returns (deploy, smoke test) tasks."""
+    deployed = c.deploy_model(canary_traffic_percent=canary_traffic_percent, **deploy_args).after(published)
+    if deploy_display:
+        deployed.set_display_name(deploy_display)
+    checked = c.smoke_test(url=deployed.outputs["url"], model_name=model_name, reference=exported.outputs["onnx_model"])
+    if check_display:
+        checked.set_display_name(check_display)
+    return deployed, checked
+
+
 def make_deploy_pipeline(gpu: bool = False) -> Any:
     """The deploy pipeline: a model URI in, a served endpoint (REST URL) out."""
 
@@ -76,12 +97,9 @@ def make_deploy_pipeline(gpu: bool = False) -> Any:
     ) -> str:
         _, exported, published = _gates(model_uri, tracking_uri, data_path, optimize_target, precision, repository,
                                         model_name, max_batch_size, gpu)  # fmt: skip
-        deployed = c.deploy_model(repository=repository, name=deployment_name, target=target, namespace=namespace,
-                                  http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, gpus=gpus,
-                                  canary_traffic_percent=0, kubeconfig=kubeconfig,
-                                  timeout_s=timeout_s).after(published).set_display_name("deploy")  # fmt: skip
-        c.smoke_test(url=deployed.outputs["url"], model_name=model_name,
-                     reference=exported.outputs["onnx_model"]).set_display_name("smoke test")  # fmt: skip
+        deploy_args = _deploy_args(repository, deployment_name, target, namespace, http_port, grpc_port, state_dir,
+                                   gpus, kubeconfig, timeout_s)  # fmt: skip
+        deployed, _ = _deploy_and_smoke_test(deploy_args, 0, published, exported, model_name, "deploy", "smoke test")
         return deployed.outputs["url"]
 
     return deploy_pipeline
@@ -117,29 +135,21 @@ def make_promotion_pipeline(gpu: bool = False) -> Any:
                                                repository, model_name, max_batch_size, gpu)  # fmt: skip
         serving = c.alias_version(model_name=resolved.outputs["name"], alias=alias,
                                   tracking_uri=tracking_uri).set_display_name("current alias")  # fmt: skip
-        common = dict(repository=repository, name=deployment_name, target=target, namespace=namespace,
-                      http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, gpus=gpus,
-                      kubeconfig=kubeconfig, timeout_s=timeout_s)  # fmt: skip
+        common = _deploy_args(repository, deployment_name, target, namespace, http_port, grpc_port, state_dir, gpus,
+                              kubeconfig, timeout_s)  # fmt: skip
         with dsl.If(serving.output > 0, name="older-version-serves"):  # type: ignore[operator]
             with dsl.If(target == "kserve", name="kserve"):
-                canary = c.deploy_model(canary_traffic_percent=canary_traffic_percent, **common)
-                canary.after(published).set_display_name("deploy canary")
-                canary_check = c.smoke_test(url=canary.outputs["url"], model_name=model_name,
-                                            reference=exported.outputs["onnx_model"])  # fmt: skip
-                canary_check.set_display_name("smoke test canary")
+                _, canary_check = _deploy_and_smoke_test(common, canary_traffic_percent, published, exported,
+                                                         model_name, "deploy canary", "smoke test canary")  # fmt: skip
                 promoted = c.promote_model(model_uri=resolved.outputs["uri"], alias=alias,
                                            tracking_uri=tracking_uri).after(canary_check)  # fmt: skip
                 c.deploy_model(canary_traffic_percent=100, **common).after(promoted).set_display_name("roll out")
             with dsl.Else():
-                replaced = c.deploy_model(canary_traffic_percent=0, **common).after(published)
-                checked = c.smoke_test(url=replaced.outputs["url"], model_name=model_name,
-                                       reference=exported.outputs["onnx_model"])  # fmt: skip
+                _, checked = _deploy_and_smoke_test(common, 0, published, exported, model_name)
                 c.promote_model(model_uri=resolved.outputs["uri"], alias=alias,
                                 tracking_uri=tracking_uri).after(checked)  # fmt: skip
         with dsl.Else():
-            first = c.deploy_model(canary_traffic_percent=0, **common).after(published).set_display_name("deploy")
-            first_check = c.smoke_test(url=first.outputs["url"], model_name=model_name,
-                                       reference=exported.outputs["onnx_model"])  # fmt: skip
+            _, first_check = _deploy_and_smoke_test(common, 0, published, exported, model_name, "deploy")
             c.promote_model(model_uri=resolved.outputs["uri"], alias=alias,
                             tracking_uri=tracking_uri).after(first_check)  # fmt: skip
 
