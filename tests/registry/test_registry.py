@@ -80,7 +80,8 @@ def test_register_file_and_run(tracking_uri: str, tmp_path: Path, digits: tuple[
 
     # a data scientist's own run
     registry.get_client(tracking_uri)
-    with mlflow.start_run() as run:
+    own = mlflow.create_experiment("own-work", artifact_location=(tmp_path / "own-artifacts").as_uri())
+    with mlflow.start_run(experiment_id=own) as run:
         mlflow.pytorch.log_model(module, name="net", input_example=example)
     from_run = registry.register_run(run.info.run_id, "digits-run", artifact_name="net", tracking_uri=tracking_uri)
     assert from_run.created and from_run.run_id == run.info.run_id
