@@ -7,15 +7,19 @@ Inputs come as ``raw_input_contents`` (one entry per input, in input order; deco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from shipyard.serving_runtime.datatypes import serialize_bytes_tensor
 from shipyard.serving_runtime.errors import InvalidArgument
 from shipyard.serving_runtime.protocol.rest_codec import decode_json_tensor, decode_raw_tensor, raw_bytes
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
+from shipyard.serving_runtime.protocol.validate import ModelRules, shape_matches
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 # Which typed ``InferTensorContents`` field carries each datatype (FP16/BF16 have none: raw only).
 _CONTENTS_FIELD: dict[str, str] = {
@@ -115,6 +119,69 @@ def decode_infer_request(request: Any) -> DecodedRequest:
     )
 
 
+def fast_request(rules: ModelRules, request: Any) -> InferenceRequest | None:
+    """The scheduler's request for the common case, built straight from the proto, or None when
+    the request needs the general path (``decode_infer_request`` then ``build_request``).
+
+    The common case: every input in ``raw_input_contents`` with a fixed-size datatype that matches
+    the model's, a shape that fits its dims and ``max_batch_size``, the right byte size, every
+    required input present once; no parameters on the request, its inputs or its outputs; only
+    known outputs. Anything else (including every error) takes the general path, so errors and
+    unusual requests behave exactly as there. Never raises.
+    """
+    tensors = request.inputs
+    raw = request.raw_input_contents
+    count = len(tensors)
+    if not count or len(raw) != count or len(request.parameters):
+        return None
+    fast = rules.fast_inputs
+    mbs = rules.max_batch_size
+    inputs: dict[str, np.ndarray] = {}
+    batch = 0
+    for index in range(count):
+        tensor = tensors[index]
+        name = tensor.name
+        spec = fast.get(name)
+        if spec is None or name in inputs or tensor.datatype != spec.datatype or len(tensor.parameters):
+            return None
+        shape = tuple(tensor.shape)
+        if mbs > 0:
+            if len(shape) != len(spec.dims) + 1:
+                return None
+            size = shape[0]
+            if size < 1 or size > mbs or (batch and size != batch):
+                return None
+            batch = size
+            item = shape[1:]
+        else:
+            item = shape
+        if spec.item_count:
+            if item != spec.dims:
+                return None
+            elements = spec.item_count * batch if mbs > 0 else spec.item_count
+        else:
+            if any(d < 0 for d in shape) or not shape_matches(item, spec.dims):
+                return None
+            elements = math.prod(shape)
+        buffer = raw[index]
+        if len(buffer) != elements * spec.dtype.itemsize:
+            return None
+        inputs[name] = np.frombuffer(buffer, dtype=spec.dtype, count=elements).reshape(shape)
+    if len(inputs) != len(rules.inputs) and any(name not in inputs for name in rules.required):
+        return None
+    outputs: tuple[str, ...] = ()
+    if request.outputs:
+        known = rules.outputs
+        requested: list[str] = []
+        for out in request.outputs:
+            if len(out.parameters) or out.name not in known:
+                return None
+            if out.name not in requested:
+                requested.append(out.name)
+        outputs = tuple(requested)
+    return InferenceRequest(inputs, outputs, batch or 1, 0, 0, request.id, {})
+
+
 def encode_infer_response(
     model_name: str, model_version: str, request_id: str | None, outputs: Sequence[EncodedOutput]
 ) -> Any:
@@ -122,9 +189,12 @@ def encode_infer_response(
     response = service_pb2.ModelInferResponse(model_name=model_name, model_version=model_version)
     if request_id:
         response.id = request_id
+    add = response.outputs.add
+    contents = response.raw_output_contents
     for out in outputs:
-        response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        response.raw_output_contents.append(bytes(raw_bytes(out.data, out.datatype)))
+        add(name=out.name, datatype=out.datatype, shape=out.shape)
+        # tobytes: C-order bytes of any layout, one copy
+        contents.append(serialize_bytes_tensor(out.data) if out.datatype == "BYTES" else out.data.tobytes())
     return response
 
 

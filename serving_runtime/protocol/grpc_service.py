@@ -18,6 +18,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ServingError
 from shipyard.serving_runtime.protocol import grpc_codec
 from shipyard.serving_runtime.protocol.service import InferenceService
+from shipyard.serving_runtime.protocol.types import DecodedRequest
+from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs, rules_for
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +116,36 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await _call(context, work)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await _call(context, lambda: self._infer(request))
+        try:  # _call, inlined: this is the hot path
+            return await self._infer(request)
+        except ServingError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+            raise  # unreachable: abort raises
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("unexpected error in a gRPC call")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            raise
 
     async def _infer(self, request: Any) -> Any:
-        self.service.model(request.model_name, request.model_version)  # 404 before decoding
-        decoded = grpc_codec.decode_infer_request(request)
-        result = await self.service.infer(request.model_name, request.model_version, decoded)
-        return grpc_codec.encode_infer_response(result.model_name, result.model_version, decoded.id, result.outputs)
+        service = self.service
+        name, version = request.model_name, request.model_version
+        model = service.model(name, version)  # 404 before decoding
+        decoded: DecodedRequest | None = None
+
+        def build(served: Any) -> InferenceRequest:
+            nonlocal decoded
+            fast = grpc_codec.fast_request(rules_for(served), request)
+            if fast is not None:
+                return fast
+            if decoded is None:
+                decoded = grpc_codec.decode_infer_request(request)
+            return build_request(served, decoded)
+
+        model, built, results = await service.execute(name, version, build, model)
+        outputs = collect_outputs(model, built, results)
+        return grpc_codec.encode_infer_response(model.name, str(model.version), request.id or None, outputs)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Requests on a stream run concurrently; each gets one response (in completion order,

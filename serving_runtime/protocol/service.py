@@ -5,13 +5,14 @@ repository. The REST app and the gRPC servicer are thin adapters over ``Inferenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,15 @@ class InferenceService:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
     def model(self, name: str, version: str | int | None = None) -> Any:
-        """The served model version. Raises: ModelNotFound (404), ModelNotReady (503)."""
-        _check_model_name(name)
-        return self.manager.get(name, parse_version(name, version))
+        """The served model version. Raises: InvalidArgument (bad name), ModelNotFound (404),
+        ModelNotReady (503)."""
+        try:
+            return self.manager.get(name, parse_version(name, version))
+        except ModelNotFound:
+            # Only names the manager does not know can be malformed: check them on this path
+            # (not on every request), so a bad name still reads as InvalidArgument.
+            _check_model_name(name)
+            raise
 
     def model_ready(self, name: str, version: str | int | None = None) -> bool:
         """True when that version (latest when None) serves. Raises: ModelNotFound, InvalidArgument."""
@@ -139,8 +146,28 @@ class InferenceService:
         Raises: ModelNotFound, ModelNotReady, InvalidArgument, QueueFull, RequestTimeout,
         BackendError (see ``Scheduler.submit``).
         """
-        model = self.model(name, version)
-        request = build_request(model, decoded)
+        model, request, results = await self.execute(name, version, lambda m: build_request(m, decoded))
+        return InferResult(model.name, str(model.version), collect_outputs(model, request, results))
+
+    async def execute(
+        self,
+        name: str,
+        version: str | int | None,
+        build: Callable[[Any], InferenceRequest],
+        model: Any = None,
+    ) -> tuple[Any, InferenceRequest, dict[str, Any]]:
+        """Run the request ``build(model)`` makes on the served version (``model`` when the
+        caller already looked it up); returns the model that ran it, the request and its outputs.
+
+        When the version being asked for is swapped out after lookup, the request is built and
+        run once more on the new version.
+
+        Raises: what ``build`` raises (InvalidArgument), ModelNotFound, ModelNotReady, QueueFull,
+        RequestTimeout, BackendError (see ``Scheduler.submit``).
+        """
+        if model is None:
+            model = self.model(name, version)
+        request = build(model)
         try:
             results = await model.infer(request)
         except ModelNotReady:
@@ -148,9 +175,9 @@ class InferenceService:
             if replacement is model:
                 raise
             model = replacement
-            request = build_request(model, decoded)
+            request = build(model)
             results = await model.infer(request)
-        return InferResult(model.name, str(model.version), collect_outputs(model, request, results))
+        return model, request, results
 
     # -- statistics and repository ------------------------------------------------------------
 

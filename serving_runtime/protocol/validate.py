@@ -9,14 +9,15 @@ client-side ``dims``; config ``reshape`` is applied by the model's instances (``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from shipyard.serving_runtime.backends.base import TensorSpec
-from shipyard.serving_runtime.datatypes import numpy_to_triton
+from shipyard.serving_runtime.datatypes import numpy_to_triton, triton_to_numpy
 from shipyard.serving_runtime.errors import BackendError, InvalidArgument
 from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
@@ -47,13 +48,30 @@ class TensorRule:
 
 
 @dataclass(frozen=True)
+class FastInput:
+    """What the fast path checks for one fixed-size input: datatype, numpy dtype, client dims and,
+    when no dim is ``-1``, the element count of one item (0 when a dim is variable)."""
+
+    datatype: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+    item_count: int
+
+
+@dataclass(frozen=True)
 class ModelRules:
-    """Everything validation checks, precomputed once per model version."""
+    """Everything validation checks, precomputed once per model version.
+
+    ``fast_inputs`` holds the inputs a request can be built for without the general checks
+    (fixed-size datatypes); ``required`` names the inputs that are not optional.
+    """
 
     model_name: str
     max_batch_size: int
     inputs: Mapping[str, TensorRule]
     outputs: Mapping[str, TensorRule]
+    fast_inputs: Mapping[str, FastInput] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
 
     def expected_shape(self, rule: TensorRule) -> list[int]:
         return [-1, *rule.dims] if self.max_batch_size > 0 else list(rule.dims)
@@ -68,14 +86,38 @@ def compile_rules(model: ModelLike) -> ModelRules:
         for spec in model.inputs
     }
     outputs = {spec.name: TensorRule(spec.name, spec.datatype, tuple(spec.dims)) for spec in model.outputs}
-    return ModelRules(model.name, int(model.max_batch_size), inputs, outputs)
+    fast: dict[str, FastInput] = {}
+    for rule in inputs.values():
+        dtype = _fixed_dtype(rule.datatype)
+        if dtype is not None:
+            count = math.prod(rule.dims) if all(d >= 0 for d in rule.dims) else 0
+            fast[rule.name] = FastInput(rule.datatype, dtype, rule.dims, count)
+    required = tuple(rule.name for rule in inputs.values() if not rule.optional)
+    return ModelRules(model.name, int(model.max_batch_size), inputs, outputs, fast, required)
+
+
+def _fixed_dtype(datatype: str) -> np.dtype | None:
+    """The numpy dtype of a fixed-size datatype; None for BYTES and unknown names."""
+    if datatype == "BYTES":
+        return None
+    try:
+        return triton_to_numpy(datatype)
+    except InvalidArgument:
+        return None
 
 
 _CACHE: dict[int, tuple[ModelLike, ModelRules]] = {}
 
 
 def rules_for(model: ModelLike) -> ModelRules:
-    """``compile_rules`` cached per model object (a reloaded version is a new object)."""
+    """``compile_rules`` cached per model object (a reloaded version is a new object): in the
+    model's ``protocol_cache`` dict when it has one (``ServedModel``), else in a module cache."""
+    cache = getattr(model, "protocol_cache", None)
+    if cache is not None:
+        rules = cache.get("rules")
+        if rules is None:
+            rules = cache["rules"] = compile_rules(model)
+        return rules  # type: ignore[no-any-return]
     entry = _CACHE.get(id(model))
     if entry is not None and entry[0] is model:
         return entry[1]
@@ -86,7 +128,7 @@ def rules_for(model: ModelLike) -> ModelRules:
     return rules
 
 
-def _shape_matches(shape: Sequence[int], dims: Sequence[int]) -> bool:
+def shape_matches(shape: Sequence[int], dims: Sequence[int]) -> bool:
     return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
 
 
@@ -149,7 +191,7 @@ def build_request(model: ModelLike, decoded: DecodedRequest) -> InferenceRequest
             item_shape = shape[1:]
         else:
             item_shape = shape
-        if not _shape_matches(item_shape, rule.dims):
+        if not shape_matches(item_shape, rule.dims):
             raise InvalidArgument(
                 f"unexpected shape for input {tensor.name!r} of {where}: expected {expected}, got {list(shape)}"
             )
