@@ -21,6 +21,10 @@ import numpy as np
 
 from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK
 
+# Immediate, explicit refusals: the queue policy's UNAVAILABLE, gRPC's RESOURCE_EXHAUSTED from the
+# server's concurrent-call limit, REST's 503 (queue full or the server's concurrency limit).
+REJECTION_KINDS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "503")
+
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -293,7 +297,7 @@ async def _open_loop(
                 kind = "ok"
             else:
                 kind = error.split(":", 1)[0]
-                if kind in ("UNAVAILABLE", "503"):
+                if kind in REJECTION_KINDS:
                     rejected_ms.append(elapsed)
                 samples.setdefault(kind, error)
                 error_ms.setdefault(kind, []).append(elapsed)
@@ -351,7 +355,7 @@ def run_open_loop(
 ) -> dict[str, Any]:
     """Offer ``rate`` requests/s for ``duration_s`` regardless of replies (a burst), then wait for every reply.
 
-    Returns counts by outcome (``ok``, ``UNAVAILABLE``/``503`` rejections, other codes, ``unanswered``),
+    Returns counts by outcome (``ok``, rejections (``REJECTION_KINDS``), other codes, ``unanswered``),
     latency percentiles of answered and rejected requests, and the rate actually offered.
 
     Raises: RuntimeError if a client process crashes or does not report in time.

@@ -1,6 +1,7 @@
 """Overload scenario: offer 10x what shipyard can serve against a model with a bounded queue.
 
-What a user should see: the excess rejected at once (UNAVAILABLE), the server's memory flat, every
+What a user should see: the excess rejected at once (UNAVAILABLE from the model's queue policy, or
+RESOURCE_EXHAUSTED from the server's concurrent-call limit before the model sees it), the server's memory flat, every
 accepted request answered (none lost), and full service as soon as the burst ends.
 """
 
@@ -118,7 +119,11 @@ def run_overload(
     after_mb = rss.between(t_burst_end, t_after_end)
     outcomes = burst["outcomes"]
     accepted = outcomes.get("ok", 0)
-    rejected = outcomes.get("UNAVAILABLE", 0)
+    # rejected by the model's queue policy (the server's statistics count these as failures)
+    queue_rejected = outcomes.get("UNAVAILABLE", 0)
+    # refused by the server's concurrent-call limit before the model saw them
+    limit_rejected = outcomes.get("RESOURCE_EXHAUSTED", 0)
+    rejected = queue_rejected + limit_rejected
     server: dict[str, Any] = {"available": False}
     if counts_before is not None and counts_after is not None:
         delta = {key: counts_after[key] - counts_before[key] for key in counts_after}
@@ -132,7 +137,7 @@ def run_overload(
             # answered by the model but not received as OK by the client (warm-up requests excluded)
             "answers_lost": max(0, delta["success"] - accepted - burst["warmup_ok"]),
             # failures the server counted beyond the queue-full rejections the client saw
-            "accepted_then_failed": max(0, delta["fail"] - rejected),
+            "accepted_then_failed": max(0, delta["fail"] - queue_rejected),
         }
     rss_before = statistics.median(before_mb) if before_mb else None
     rss_peak = max(during_mb) if during_mb else None
@@ -146,6 +151,8 @@ def run_overload(
         **burst,
         "accepted": accepted,
         "rejected": rejected,
+        "rejected_queue": queue_rejected,
+        "rejected_limit": limit_rejected,
         # Lost accepted requests: the server accepted them (its statistics count them) but the client never
         # got their answer. Requests the transport dropped before the model saw them are counted apart.
         "lost": (server["answers_lost"] + server["accepted_then_failed"])

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loadgen import REJECTION_KINDS
+
 TOP_C = 64
 
 
@@ -248,7 +250,9 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
         f"because {o['max_inflight']} were already in flight).",
         "",
         f"- sent {o['sent']}: {outcomes}",
-        f"- answered OK: {o['accepted']}; rejected by the queue policy (UNAVAILABLE): {o['rejected']}; "
+        f"- answered OK: {o['accepted']}; rejected at once: {o['rejected']} (by the queue policy, UNAVAILABLE: "
+        f"{o.get('rejected_queue', o['rejected'])}; by the server's concurrent-call limit, RESOURCE_EXHAUSTED: "
+        f"{o.get('rejected_limit', 0)}); "
         f"**lost accepted requests: {o['lost']}**",
     ]
     if server.get("available"):
@@ -262,7 +266,7 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {o['not_accepted_other']} requests were refused before the model saw them with another status "
             "(see `error_samples` in latest.json; gRPC core cancels calls beyond its pending-call limit, "
-            "`grpc.server.max_pending_requests`, soft default 1000)"
+            "shipyard's `--grpc-max-pending-rpcs`, default 512)"
         )
     lines += [
         f"- answered latency p50 {fmt(o['ok_latency']['p50_ms'], 1)} ms, p99 {fmt(o['ok_latency']['p99_ms'], 1)} ms; "
@@ -270,7 +274,7 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
         f"p99 {fmt(o['rejected_latency']['p99_ms'], 2)} ms",
     ]
     for kind, pct in o.get("error_latency", {}).items():
-        if kind not in ("UNAVAILABLE", "503"):
+        if kind not in REJECTION_KINDS:
             lines.append(f"- {kind} latency p50 {fmt(pct['p50_ms'], 2)} ms, p99 {fmt(pct['p99_ms'], 2)} ms")
     lines += [
         f"- server RSS: before {fmt(o['rss_before_mb'], 1)} MB, peak during burst {fmt(o['rss_peak_mb'], 1)} MB, "

@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.server import ServerOptions
+from shipyard.serving_runtime.server import (
+    DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+    DEFAULT_GRPC_MAX_PENDING_RPCS,
+    ServerOptions,
+)
 
 EXIT_USAGE = 2
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -50,6 +54,16 @@ def _positive_float(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def _limit(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 for no limit), got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive limit, got {value!r}")
     return number
 
 
@@ -129,6 +143,32 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     net.add_argument("--http-port", "--http_port", type=_port, default=8080, help="REST port (default: 8080)")
     net.add_argument("--grpc-port", "--grpc_port", type=_port, default=8081, help="gRPC port (default: 8081)")
+    net.add_argument(
+        "--grpc-max-concurrent-rpcs",
+        type=_limit,
+        default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+        metavar="N",
+        help="gRPC calls in progress at most; beyond it a call gets RESOURCE_EXHAUSTED at once, before any "
+        f"model work, so a burst cannot pile up in the server's memory; 0: no limit "
+        f"(default: {DEFAULT_GRPC_MAX_CONCURRENT_RPCS})",
+    )
+    net.add_argument(
+        "--grpc-max-pending-rpcs",
+        type=_limit,
+        default=DEFAULT_GRPC_MAX_PENDING_RPCS,
+        metavar="N",
+        help="gRPC calls that may wait inside grpc for the server to take them; past N grpc starts refusing "
+        "new calls at once (CANCELLED), past 2N it refuses all; 0: grpc's defaults, 1000/3000 "
+        f"(default: {DEFAULT_GRPC_MAX_PENDING_RPCS})",
+    )
+    net.add_argument(
+        "--http-max-concurrency",
+        type=_limit,
+        default=0,
+        metavar="N",
+        help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
+        "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
+    )
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--strict-readiness",
@@ -200,6 +240,9 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
+        grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
+        http_max_concurrency=args.http_max_concurrency,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

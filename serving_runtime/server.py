@@ -32,6 +32,18 @@ log = logging.getLogger("shipyard.serving_runtime")
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 
+# gRPC calls in progress at most (``--grpc-max-concurrent-rpcs``). grpc answers the excess with
+# RESOURCE_EXHAUSTED before any Python work; without a limit a burst queues inside grpc's
+# transport (memory grows, callers wait, and grpc core later cancels what is past its own
+# pending-call limit). 2048 is far above what a model's queue usefully holds (a few batches of
+# max_batch_size per instance) and still bounds memory to a few MB of small requests.
+DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 2048
+# Calls grpc core keeps waiting for the Python server to take them (``--grpc-max-pending-rpcs``;
+# grpc's own default is 1000, hard limit 3000). When a burst arrives faster than the server can
+# even look at calls, this backlog is where they wait (memory, and latency for everyone); past
+# the limit core refuses them at once (CANCELLED). 512 keeps that wait to a fraction of a second.
+DEFAULT_GRPC_MAX_PENDING_RPCS = 512
+
 
 @dataclass
 class ServerOptions:
@@ -48,6 +60,9 @@ class ServerOptions:
     exit_on_error: bool = False
     graceful_shutdown_secs: float = 30.0
     log_level: str = "info"
+    grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS  # 0: no limit
+    grpc_max_pending_rpcs: int = DEFAULT_GRPC_MAX_PENDING_RPCS  # 0: grpc's defaults
+    http_max_concurrency: int = 0  # 0: no limit
 
 
 class _HttpServer(uvicorn.Server):
@@ -126,6 +141,7 @@ class RuntimeServer:
             log_level=opts.log_level,
             access_log=False,
             timeout_graceful_shutdown=int(opts.graceful_shutdown_secs),
+            limit_concurrency=opts.http_max_concurrency or None,
         )
         self._http = _HttpServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http-server")
@@ -135,7 +151,10 @@ class RuntimeServer:
                 raise OSError(f"the HTTP server on port {self.http_port} stopped during startup")
             await asyncio.sleep(0.01)
 
-        self._grpc = grpc.aio.server(options=grpc_service.SERVER_OPTIONS)
+        self._grpc = grpc.aio.server(
+            options=grpc_service.server_options(opts.grpc_max_pending_rpcs),
+            maximum_concurrent_rpcs=opts.grpc_max_concurrent_rpcs or None,
+        )
         grpc_service.add_to_server(self._grpc, self.service)
         address = f"[{opts.host}]:{opts.grpc_port}" if ":" in opts.host else f"{opts.host}:{opts.grpc_port}"
         try:

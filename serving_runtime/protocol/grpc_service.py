@@ -35,6 +35,19 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+def server_options(max_pending_rpcs: int) -> list[tuple[str, Any]]:
+    """``SERVER_OPTIONS`` plus grpc core's limits on calls waiting for the Python server to take
+    them: past ``max_pending_rpcs`` core starts refusing new calls (CANCELLED) and past twice
+    that it refuses all, without any Python work; 0 keeps grpc's defaults (1000 and 3000)."""
+    if max_pending_rpcs <= 0:
+        return list(SERVER_OPTIONS)
+    return [
+        *SERVER_OPTIONS,
+        ("grpc.server.max_pending_requests", max_pending_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * max_pending_rpcs),
+    ]
+
+
 async def _call(context: Any, work: Callable[[], Awaitable[T]]) -> T:
     try:
         return await work()
