@@ -373,6 +373,26 @@ def update_readme(readme: Path, markdown: str) -> bool:
     return True
 
 
+_SUMMARY_SECTIONS = ("## Targets", "## Issue 4 targets", "## Ratios")
+
+
+def summary_markdown(markdown: str) -> str:
+    """The report's opening paragraph and its Targets, checks and Ratios sections (for the top-level README)."""
+    kept: list[str] = []
+    keep = True
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(_SUMMARY_SECTIONS)
+        if keep:
+            kept.append(line)
+    kept += [
+        "",
+        "Per-model tables (p50, p99, errors at every concurrency), the overload scenario and the plot: "
+        "[`benchmarks/README.md`](benchmarks/README.md), `benchmarks/results/latest.{md,json,png}`.",
+    ]
+    return "\n".join(kept) + "\n"
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = report.write_reports(results, args.out)
         _keep_logs(workdir, args.out / "logs")
         if not args.no_readme and args.out.resolve() == DEFAULT_OUT.resolve():
-            report.update_readme(DEFAULT_OUT.parent / "README.md", paths["md"].read_text())
+            markdown = paths["md"].read_text()
+            report.update_readme(DEFAULT_OUT.parent / "README.md", markdown)
+            report.update_readme(DEFAULT_OUT.parent.parent / "README.md", report.summary_markdown(markdown))
         shutil.rmtree(workdir, ignore_errors=True)
         log("")
         log(paths["md"].read_text())
