@@ -121,8 +121,11 @@ class Stream:
             self.handle = None
 
 
-class DeviceBuffer:
-    """Device memory that grows (``grown_capacity``) and is reused; ``ensure`` returns its address."""
+class _GrowingBuffer:
+    """Memory that grows (``grown_capacity``) and is reused; subclasses name the CUDA allocator."""
+
+    _alloc = ""  # cudart function that allocates: returns (error, pointer)
+    _release = ""  # cudart function that frees a pointer
 
     def __init__(self, cudart: Any, ceiling: int | None = None) -> None:
         self._cudart = cudart
@@ -133,42 +136,37 @@ class DeviceBuffer:
     def ensure(self, nbytes: int) -> bool:
         """Make room for ``nbytes``. Returns True when the buffer moved (addresses changed).
 
-        Raises: RuntimeError when cudaMalloc fails (out of GPU memory).
+        Raises: RuntimeError when the allocation fails (out of memory).
         """
         size = grown_capacity(self.capacity, nbytes, self.ceiling)
         if size == self.capacity and self.pointer:
             return False
         self.free()
-        self.pointer = int(check(self._cudart.cudaMalloc(max(size, ALIGNMENT)), "cudaMalloc"))
-        self.capacity = max(size, ALIGNMENT)
+        size = max(size, ALIGNMENT)
+        self.pointer = int(check(getattr(self._cudart, self._alloc)(size), self._alloc))
+        self.capacity = size
         return True
 
     def free(self) -> None:
         if self.pointer:
-            self._cudart.cudaFree(self.pointer)
+            getattr(self._cudart, self._release)(self.pointer)
         self.pointer = 0
         self.capacity = 0
 
 
-class PinnedBuffer:
+class DeviceBuffer(_GrowingBuffer):
+    """Device memory (``cudaMalloc``); ``pointer`` is its address."""
+
+    _alloc = "cudaMalloc"
+    _release = "cudaFree"
+
+
+class PinnedBuffer(_GrowingBuffer):
     """Page-locked host memory (``cudaMallocHost``): copies from it to the GPU run asynchronously
     and at full bus speed. Grows like ``DeviceBuffer``; ``view`` exposes it as a numpy array."""
 
-    def __init__(self, cudart: Any, ceiling: int | None = None) -> None:
-        self._cudart = cudart
-        self.ceiling = ceiling
-        self.pointer = 0
-        self.capacity = 0
-
-    def ensure(self, nbytes: int) -> bool:
-        """Make room for ``nbytes``; True when the memory moved. Raises: RuntimeError on failure."""
-        size = grown_capacity(self.capacity, nbytes, self.ceiling)
-        if size == self.capacity and self.pointer:
-            return False
-        self.free()
-        self.pointer = int(check(self._cudart.cudaMallocHost(max(size, ALIGNMENT)), "cudaMallocHost"))
-        self.capacity = max(size, ALIGNMENT)
-        return True
+    _alloc = "cudaMallocHost"
+    _release = "cudaFreeHost"
 
     def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A numpy array over the first bytes of the buffer (valid until the next ``ensure``/``free``).
@@ -184,9 +182,3 @@ class PinnedBuffer:
             return np.empty(shape, dtype=dtype)
         raw = (ctypes.c_uint8 * nbytes).from_address(self.pointer)
         return np.frombuffer(memoryview(raw).cast("B"), dtype=dtype, count=count).reshape(shape)
-
-    def free(self) -> None:
-        if self.pointer:
-            self._cudart.cudaFreeHost(self.pointer)
-        self.pointer = 0
-        self.capacity = 0

@@ -326,3 +326,63 @@ def test_gpu_modules_import_without_cuda_or_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+class _FakeCudart:
+    """Host memory behind cuda-python's calling convention ((error, value) tuples), for the buffers' logic."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._ctypes = ctypes
+        self.live: dict[int, object] = {}
+        self.calls: list[str] = []
+
+    def _alloc(self, name: str, size: int) -> tuple[int, int]:
+        block = (self._ctypes.c_uint8 * size)()
+        address = self._ctypes.addressof(block)
+        self.live[address] = block
+        self.calls.append(f"{name}({size})")
+        return 0, address
+
+    def cudaMalloc(self, size: int) -> tuple[int, int]:
+        return self._alloc("cudaMalloc", size)
+
+    def cudaMallocHost(self, size: int) -> tuple[int, int]:
+        return self._alloc("cudaMallocHost", size)
+
+    def cudaFree(self, pointer: int) -> tuple[int]:
+        self.calls.append("cudaFree")
+        del self.live[pointer]
+        return (0,)
+
+    def cudaFreeHost(self, pointer: int) -> tuple[int]:
+        self.calls.append("cudaFreeHost")
+        del self.live[pointer]
+        return (0,)
+
+
+def test_device_and_pinned_buffers_grow_reuse_and_free_with_their_own_allocator() -> None:
+    import numpy as np
+
+    from shipyard.serving_runtime.backends.cuda import DeviceBuffer, PinnedBuffer, grown_capacity
+
+    cudart = _FakeCudart()
+    device = DeviceBuffer(cudart)
+    assert device.ensure(1000) is True
+    first = device.pointer
+    assert device.capacity == grown_capacity(0, 1000)
+    assert device.ensure(500) is False and device.pointer == first  # big enough: reused
+    assert device.ensure(device.capacity + 1) is True  # grows: old memory freed first
+    assert cudart.calls[:3] == [f"cudaMalloc({grown_capacity(0, 1000)})", "cudaFree", cudart.calls[2]]
+    device.free()
+    assert device.pointer == 0 and not cudart.live
+
+    pinned = PinnedBuffer(cudart)
+    pinned.ensure(64)
+    assert cudart.calls[-1].startswith("cudaMallocHost(")
+    view = pinned.view(np.float32, (4, 4))
+    view[:] = np.arange(16, dtype=np.float32).reshape(4, 4)
+    assert float(pinned.view(np.float32, (16,))[15]) == 15.0
+    pinned.free()
+    assert cudart.calls[-1] == "cudaFreeHost" and not cudart.live
