@@ -169,15 +169,19 @@ async def _closed_loop(
         await client.close()
 
 
-def _closed_loop_worker(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> None:
+def _report(conn: Connection, work: Any) -> None:
+    """Run the coroutine ``work`` and send its result, or the crash, to the parent; close ``conn``."""
     try:
-        result = asyncio.run(_closed_loop(spec, concurrency, conn, warmup_s, window_s))
-        conn.send(("result", result))
+        conn.send(("result", asyncio.run(work)))
     except BaseException as exc:  # report to the parent rather than dying silently
         with contextlib.suppress(Exception):
             conn.send(("crash", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+def _closed_loop_worker(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> None:
+    _report(conn, _closed_loop(spec, concurrency, conn, warmup_s, window_s))
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -340,14 +344,7 @@ async def _open_loop(
 
 
 def _open_loop_worker(spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection) -> None:
-    try:
-        result = asyncio.run(_open_loop(spec, rate, duration_s, max_inflight, conn))
-        conn.send(("result", result))
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            conn.send(("crash", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
+    _report(conn, _open_loop(spec, rate, duration_s, max_inflight, conn))
 
 
 def run_open_loop(
