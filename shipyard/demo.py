@@ -116,17 +116,18 @@ def _run_stages(console: Console, stages: _Stages, work: Path, http_port: int, g
     console.print(table)
 
     stages.begin("query the served model with tritonclient (REST and gRPC)")
-    served_acc = _query_served(console, http_port, grpc_port, data.x_test, data.y_test, model)
+    served_acc, names = _query_served(console, http_port, grpc_port, data.x_test, data.y_test, model)
     console.print(f"served accuracy {served_acc:.4f} (torch {torch_acc:.4f})")
 
     stages.begin("serving")
-    _print_examples(console, http_port, grpc_port, _served_names(http_port))
+    _print_examples(console, http_port, grpc_port, names)
     return {"url": url, "http_port": http_port}
 
 
 def _query_served(
     console: Console, http_port: int, grpc_port: int, x: np.ndarray, y: np.ndarray, model: Any
-) -> float:
+) -> tuple[float, tuple[str, str]]:
+    """Served accuracy on ``x``/``y``, and the model's (input, output) names from its metadata."""
     import torch
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -152,14 +153,7 @@ def _query_served(
     tensor_g.set_data_from_numpy(x[:1])
     digit = int(grpc.infer(MODEL_NAME, [tensor_g]).as_numpy(output_name).argmax())
     console.print(f"gRPC: first test image is a {digit} (label {int(y[0])})")
-    return float((served == y).mean())
-
-
-def _served_names(http_port: int) -> tuple[str, str]:
-    import tritonclient.http as httpclient
-
-    metadata = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").get_model_metadata(MODEL_NAME)
-    return metadata["inputs"][0]["name"], metadata["outputs"][0]["name"]
+    return float((served == y).mean()), (input_name, output_name)
 
 
 def _print_examples(console: Console, http_port: int, grpc_port: int, names: tuple[str, str]) -> None:
