@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -24,6 +25,9 @@ from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK
 # Immediate, explicit refusals: the queue policy's UNAVAILABLE, gRPC's RESOURCE_EXHAUSTED from the
 # server's concurrent-call limit, REST's 503 (queue full or the server's concurrency limit).
 REJECTION_KINDS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "503")
+# Every way the server refuses a call during a burst: the above, and grpc core's CANCELLED for calls
+# past its pending-call limit (refused before any Python work; the client did not cancel them).
+REFUSAL_KINDS = (*REJECTION_KINDS, "CANCELLED")
 
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -288,6 +292,7 @@ async def _open_loop(
         samples: dict[str, str] = {}
         ok_ms: list[float] = []
         rejected_ms: list[float] = []
+        refused_ms: list[float] = []
         error_ms: dict[str, list[float]] = {}
         inflight: set[asyncio.Task[None]] = set()
         sent = skipped = 0
@@ -303,6 +308,8 @@ async def _open_loop(
                 kind = error.split(":", 1)[0]
                 if kind in REJECTION_KINDS:
                     rejected_ms.append(elapsed)
+                if kind in REFUSAL_KINDS:
+                    refused_ms.append(elapsed)
                 samples.setdefault(kind, error)
                 error_ms.setdefault(kind, []).append(elapsed)
             outcomes[kind] = outcomes.get(kind, 0) + 1
@@ -338,19 +345,27 @@ async def _open_loop(
             "error_ms": error_ms,
             "ok_ms": np.asarray(ok_ms),
             "rejected_ms": np.asarray(rejected_ms),
+            "refused_ms": np.asarray(refused_ms),
         }
     finally:
         await client.close()
 
 
-def _open_loop_worker(spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection) -> None:
+def _open_loop_worker(
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection, niceness: int
+) -> None:
+    if niceness:
+        os.nice(niceness)
     _report(conn, _open_loop(spec, rate, duration_s, max_inflight, conn))
 
 
 def run_open_loop(
-    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int = 4096, processes: int = 2
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int = 4096, processes: int = 2, niceness: int = 0
 ) -> dict[str, Any]:
     """Offer ``rate`` requests/s for ``duration_s`` regardless of replies (a burst), then wait for every reply.
+
+    ``niceness`` > 0 runs the client processes at that lower CPU priority (``os.nice``), so that on a
+    machine they share with the server they take only the CPU the server leaves.
 
     Returns counts by outcome (``ok``, rejections (``REJECTION_KINDS``), other codes, ``unanswered``),
     latency percentiles of answered and rejected requests, and the rate actually offered.
@@ -364,7 +379,7 @@ def run_open_loop(
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_open_loop_worker,
-                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child),
+                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child, niceness),
                 daemon=True,
             )
             proc.start()
@@ -387,6 +402,7 @@ def run_open_loop(
             outcomes[key] = outcomes.get(key, 0) + value
     ok_ms = np.concatenate([r["ok_ms"] for r in results])
     rejected_ms = np.concatenate([r["rejected_ms"] for r in results])
+    refused_ms = np.concatenate([r["refused_ms"] for r in results])
     error_ms: dict[str, list[float]] = {}
     for r in results:
         for key, values in r["error_ms"].items():
@@ -411,5 +427,6 @@ def run_open_loop(
         "error_samples": samples,
         "ok_latency": pct(ok_ms),
         "rejected_latency": pct(rejected_ms),
+        "refused_latency": pct(refused_ms),  # REFUSAL_KINDS: every refusal, grpc core's CANCELLED included
         "error_latency": {kind: pct(np.asarray(values)) for kind, values in sorted(error_ms.items())},
     }

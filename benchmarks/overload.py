@@ -3,6 +3,12 @@
 What a user should see: the excess rejected at once (UNAVAILABLE from the model's queue policy, or
 RESOURCE_EXHAUSTED from the server's concurrent-call limit before the model sees it), the server's memory flat, every
 accepted request answered (none lost), and full service as soon as the burst ends.
+
+On a 2-core machine the burst's own client processes saturate before they reach 10x a batching
+model's capacity, and a saturated client's clock reports its own backlog as the server's latency.
+So while the burst runs, a *probe* (one more process, ~100 req/s, far from saturation) sends the
+same requests: its latencies are what a well-behaved client of the overloaded server sees, and the
+refusal-latency check is read from them.
 """
 
 from __future__ import annotations
@@ -12,12 +18,17 @@ import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from benchmarks import common, loadgen
 from benchmarks.common import ModelSpec
 from benchmarks.loadgen import LoadSpec
+
+# The burst's clients run at this lower CPU priority: on a machine they share with the server they
+# would otherwise take the CPU the server needs to refuse them, which clients on other machines do not.
+BURST_NICENESS = 10
 
 
 class RssSampler:
@@ -80,6 +91,21 @@ def model_counts(rest_port: int, model_name: str) -> dict[str, int] | None:
         return None
 
 
+def _start(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``work`` in a thread; the dict gets ``value`` or ``error`` (a message) when it ends."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except Exception as exc:  # reported by the caller after join
+            box["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=run, name="overload-probe", daemon=True)
+    thread.start()
+    return thread, box
+
+
 def run_overload(
     grpc_port: int,
     rest_port: int,
@@ -93,6 +119,7 @@ def run_overload(
     window_s: float = 2.0,
     processes: int = 2,
     max_inflight: int = 4096,
+    probe_rate: float = 100.0,
 ) -> dict[str, Any]:
     """Measure service before, a burst of ``factor`` x capacity for ``duration_s``, and service after.
 
@@ -108,7 +135,16 @@ def run_overload(
         time.sleep(0.5)
         counts_before = model_counts(rest_port, served_name)
         t_burst = time.monotonic()
-        burst = loadgen.run_open_loop(spec, factor * max(capacity, 1.0), duration_s, max_inflight, processes)
+        probe_thread, probe_result = _start(
+            lambda: loadgen.run_open_loop(spec, probe_rate, duration_s, max_inflight=256, processes=1)
+        )
+        burst = loadgen.run_open_loop(
+            spec, factor * max(capacity, 1.0), duration_s, max_inflight, processes, niceness=BURST_NICENESS
+        )
+        probe_thread.join()
+        if "error" in probe_result:
+            raise RuntimeError(f"the overload probe failed: {probe_result['error']}")
+        probe = probe_result["value"]
         t_burst_end = time.monotonic()
         counts_after = model_counts(rest_port, served_name)
         time.sleep(0.5)
@@ -117,7 +153,9 @@ def run_overload(
     before_mb = rss.between(t_before, t_burst)
     during_mb = rss.between(t_burst, t_burst_end)
     after_mb = rss.between(t_burst_end, t_after_end)
-    outcomes = burst["outcomes"]
+    outcomes = dict(burst["outcomes"])  # burst and probe together, for the server-side accounting
+    for kind, count in probe["outcomes"].items():
+        outcomes[kind] = outcomes.get(kind, 0) + count
     accepted = outcomes.get("ok", 0)
     # rejected by the model's queue policy (the server's statistics count these as failures)
     queue_rejected = outcomes.get("UNAVAILABLE", 0)
@@ -135,7 +173,7 @@ def run_overload(
             "fail_mean_us": delta["fail_ns"] / delta["fail"] / 1000 if delta["fail"] else None,
             "success_mean_us": delta["success_ns"] / delta["success"] / 1000 if delta["success"] else None,
             # answered by the model but not received as OK by the client (warm-up requests excluded)
-            "answers_lost": max(0, delta["success"] - accepted - burst["warmup_ok"]),
+            "answers_lost": max(0, delta["success"] - accepted - burst["warmup_ok"] - probe["warmup_ok"]),
             # failures the server counted beyond the queue-full rejections the client saw
             "accepted_then_failed": max(0, delta["fail"] - queue_rejected),
         }
@@ -149,6 +187,8 @@ def run_overload(
         "duration_s": duration_s,
         "max_inflight": max_inflight,
         **burst,
+        "sent": burst["sent"] + probe["sent"],
+        "outcomes": outcomes,  # burst and probe together
         "accepted": accepted,
         "rejected": rejected,
         "rejected_queue": queue_rejected,
@@ -157,13 +197,15 @@ def run_overload(
         # got their answer. Requests the transport dropped before the model saw them are counted apart.
         "lost": (server["answers_lost"] + server["accepted_then_failed"])
         if server["available"]
-        else burst["sent"] - accepted - rejected,
-        "not_accepted_other": burst["sent"] - accepted - rejected,
+        else burst["sent"] + probe["sent"] - accepted - rejected,
+        "not_accepted_other": burst["sent"] + probe["sent"] - accepted - rejected,
         "server_counts": server,
         "rss_before_mb": rss_before,
         "rss_peak_mb": rss_peak,
         "rss_after_mb": statistics.median(after_mb) if after_mb else None,
         "rss_growth_mb": None if rss_before is None or rss_peak is None else rss_peak - rss_before,
+        # what a client that is not itself saturated saw during the burst (see the module docstring)
+        "probe": {"rate": probe_rate, **probe},
         "before": before.as_dict(),
         "after": after.as_dict(),
         "recovery_ratio": after.throughput / before.throughput if before.throughput > 0 else None,

@@ -35,14 +35,17 @@ EXIT_STARTUP_FAILED = 1
 # gRPC calls in progress at most (``--grpc-max-concurrent-rpcs``). grpc answers the excess with
 # RESOURCE_EXHAUSTED before any Python work; without a limit a burst queues inside grpc's
 # transport (memory grows, callers wait, and grpc core later cancels what is past its own
-# pending-call limit). 2048 is far above what a model's queue usefully holds (a few batches of
-# max_batch_size per instance) and still bounds memory to a few MB of small requests.
-DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 2048
+# pending-call limit). Every call in progress costs the event loop time before it can be answered,
+# even with a refusal, so this bound is also the longest line a refusal waits behind: 512 is several
+# batches of max_batch_size per instance for a few models, and keeps a refusal during a burst
+# within tens of ms (measurements in docs/serving.md, "Overload").
+DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 512
 # Calls grpc core keeps waiting for the Python server to take them (``--grpc-max-pending-rpcs``;
 # grpc's own default is 1000, hard limit 3000). When a burst arrives faster than the server can
 # even look at calls, this backlog is where they wait (memory, and latency for everyone); past
-# the limit core refuses them at once (CANCELLED). 512 keeps that wait to a fraction of a second.
-DEFAULT_GRPC_MAX_PENDING_RPCS = 512
+# the limit core refuses them at once (CANCELLED), without any Python work. 128 keeps that wait to
+# a few ms of the server's time.
+DEFAULT_GRPC_MAX_PENDING_RPCS = 128
 
 
 @dataclass

@@ -53,9 +53,11 @@ def test_unknown_model_is_counted_as_errors(echo: targets.Target, add_sub: commo
 @pytest.mark.slow
 def test_open_loop_below_capacity_answers_everything(echo: targets.Target, add_sub: common.ModelSpec) -> None:
     spec = echo.specs["grpc"](add_sub)
-    burst = loadgen.run_open_loop(spec, rate=200, duration_s=1.0, max_inflight=64, processes=1)
+    burst = loadgen.run_open_loop(spec, rate=200, duration_s=1.0, max_inflight=64, processes=1, niceness=5)
     assert burst["outcomes"] == {"ok": burst["sent"]}
     assert 150 <= burst["sent"] <= 200
+    assert burst["refused_latency"]["p99_ms"] is None  # nothing was refused
+    assert burst["ok_latency"]["p99_ms"] is not None
 
 
 class _Infer(BaseHTTPRequestHandler):
