@@ -35,7 +35,7 @@ from shipyard.serving_runtime.errors import (
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.scheduling.batch import shape_key
 from shipyard.serving_runtime.scheduling.decision import decide
-from shipyard.serving_runtime.scheduling.instances import Batch, InstanceWorker, make_workers
+from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
 from shipyard.serving_runtime.scheduling.queue import (
     Envelope,
     QueueSettings,
@@ -49,6 +49,9 @@ from shipyard.serving_runtime.stats import ModelStats
 log = logging.getLogger(__name__)
 
 _UNLIMITED = 1 << 62
+# Hand the GIL to an instance thread at dispatch (see ``instances``) only while batches compute
+# for at least this long: for a trivial model the loop's time matters more than the worker's start.
+HANDOFF_MIN_COMPUTE_NS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class DynamicBatcher:
         self._closed = False
         self._drained: asyncio.Future[None] | None = None
         self._kick_soon = False
+        self._handoff_s = 0.0  # HANDOFF_TIMEOUT_S while the last batch computed >= HANDOFF_MIN_COMPUTE_NS
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -277,7 +281,7 @@ class DynamicBatcher:
                 for envelope in envelopes:
                     envelope.dispatch_ns = now
                 worker = self._idle.pop()
-                worker.submit(Batch(envelopes, decision.batch_size, self._merge))
+                worker.submit(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
@@ -308,10 +312,11 @@ class DynamicBatcher:
     def _on_batch_done(self, batch: Batch) -> None:
         assert batch.worker is not None
         self._idle.append(batch.worker)
+        compute_ns = batch.compute_end_ns - batch.compute_start_ns
+        self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()
-        compute_ns = batch.compute_end_ns - batch.compute_start_ns
         stats = self.stats
         if batch.error is None:
             stats.record_execution(batch.size, compute_ns)
