@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -184,8 +185,35 @@ def _report(conn: Connection, work: Any) -> None:
         conn.close()
 
 
-def _closed_loop_worker(spec: LoadSpec, concurrency: int, conn: Connection, warmup_s: float, window_s: float) -> None:
+def _closed_loop_worker(spec: LoadSpec, concurrency: int, warmup_s: float, window_s: float, conn: Connection) -> None:
     _report(conn, _closed_loop(spec, concurrency, conn, warmup_s, window_s))
+
+
+def _run_workers(
+    target: Callable[..., None], args: list[tuple[Any, ...]], result_timeout_s: float
+) -> list[dict[str, Any]]:
+    """Spawn one client process per ``args`` entry (``target(*entry, conn)``), start them together
+    once all are ready, and return their results in order.
+
+    Raises: RuntimeError if a client process crashes or does not report in time.
+    """
+    ctx = mp.get_context("spawn")
+    workers = []
+    try:
+        for entry in args:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(*entry, child), daemon=True)
+            proc.start()
+            child.close()
+            workers.append((proc, parent))
+        for _, parent in workers:
+            _expect(parent, "ready", timeout_s=60)
+        t0 = time.monotonic() + 0.2
+        for _, parent in workers:
+            parent.send(t0)
+        return [_expect(parent, "result", timeout_s=result_timeout_s) for _, parent in workers]
+    finally:
+        _reap(workers)
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -205,25 +233,8 @@ def run_closed_loop(
         raise ValueError(
             f"need concurrency >= 1, warmup_s >= 0, window_s > 0; got {concurrency}, {warmup_s}, {window_s}"
         )
-    ctx = mp.get_context("spawn")
-    workers = []
-    try:
-        for share in _split(concurrency, processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_closed_loop_worker, args=(spec, share, child, warmup_s, window_s), daemon=True)
-            proc.start()
-            child.close()
-            workers.append((proc, parent))
-        for _proc, parent in workers:
-            _expect(parent, "ready", timeout_s=60)
-        t0 = time.monotonic() + 0.2
-        for _, parent in workers:
-            parent.send(t0)
-        results = [
-            _expect(parent, "result", timeout_s=warmup_s + window_s + spec.timeout_s + 30) for _, parent in workers
-        ]
-    finally:
-        _reap(workers)
+    args = [(spec, share, warmup_s, window_s) for share in _split(concurrency, processes)]
+    results = _run_workers(_closed_loop_worker, args, result_timeout_s=warmup_s + window_s + spec.timeout_s + 30)
     latencies = np.concatenate([r["latencies"] for r in results]) * 1000.0
     errors = [e for r in results for e in r["errors"]]
     return summarize(concurrency, window_s, latencies, errors)
@@ -352,7 +363,7 @@ async def _open_loop(
 
 
 def _open_loop_worker(
-    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, conn: Connection, niceness: int
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, niceness: int, conn: Connection
 ) -> None:
     if niceness:
         os.nice(niceness)
@@ -372,27 +383,9 @@ def run_open_loop(
 
     Raises: RuntimeError if a client process crashes or does not report in time.
     """
-    ctx = mp.get_context("spawn")
-    workers = []
-    try:
-        for _ in range(max(1, processes)):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_open_loop_worker,
-                args=(spec, rate / processes, duration_s, max(1, max_inflight // processes), child, niceness),
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            workers.append((proc, parent))
-        for _, parent in workers:
-            _expect(parent, "ready", timeout_s=60)
-        t0 = time.monotonic() + 0.2
-        for _, parent in workers:
-            parent.send(t0)
-        results = [_expect(parent, "result", timeout_s=duration_s + spec.timeout_s + 30) for _, parent in workers]
-    finally:
-        _reap(workers)
+    count = max(1, processes)
+    args = [(spec, rate / count, duration_s, max(1, max_inflight // count), niceness)] * count
+    results = _run_workers(_open_loop_worker, args, result_timeout_s=duration_s + spec.timeout_s + 30)
     outcomes: dict[str, int] = {}
     samples: dict[str, str] = {}
     for r in results:
