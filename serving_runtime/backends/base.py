@@ -2,7 +2,10 @@
 
 A *backend* knows one model file format. For each ``instance_group`` entry the runtime asks it
 for ``count`` *instances* on a device; an instance executes one formed batch at a time and is
-called from a worker thread (never on the event loop), so it may block.
+called from its worker thread, so it may block. An instance that sets ``inline_safe = True``
+(no thread-bound state: CPU ONNX Runtime sessions) may also be called on the event loop thread,
+which the dynamic batcher does only while its batches take microseconds
+(``scheduling.dynamic``, "Tiny models run inline").
 
 Shapes: when the model's ``max_batch_size > 0`` the arrays passed to ``execute`` carry the batch
 as their first dimension (the formed batch); otherwise they are exactly the request's tensors.

@@ -244,6 +244,8 @@ class OnnxRuntimeInstance:
         self._output_names = tuple(o.name for o in session.get_outputs())
         self._bind_device = bind_device if not string_inputs else None
         self._binding: Any = session.io_binding() if self._bind_device is not None else None
+        # A CPU-only session may also run tiny batches on the event loop (base.BackendInstance).
+        self.inline_safe = self._binding is None and list(session.get_providers()) == ["CPUExecutionProvider"]
 
     @property
     def session(self) -> Any:

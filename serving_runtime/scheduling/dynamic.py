@@ -9,6 +9,15 @@ gather into the next batch.
 
 With ``merge=False`` the same machinery runs requests one by one (the scheduler for models
 without ``dynamic_batching``).
+
+Tiny models run inline: when an instance is idle, nothing is queued, no queue delay is set, the
+instance declares ``inline_safe`` (CPU ONNX Runtime sessions do) and its batches have been taking
+at most ``INLINE_MAX_COMPUTE_NS`` for this request's size, ``submit`` runs the request on the
+event loop thread at once. Handing a batch to a thread and back costs the loop more than such a
+model's compute (docs/serving.md, "Tiny models run inline"). The cost estimate is per item: the
+lowest recent observation, rising by ``INLINE_ESTIMATE_GROWTH`` with each slower one (so one
+preempted batch does not switch inlining off), and set at once by an inline batch that took more
+than ``INLINE_STALL_NS``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,12 @@ from shipyard.serving_runtime.stats import ModelStats
 log = logging.getLogger(__name__)
 
 _UNLIMITED = 1 << 62
+# Inline execution on the event loop (see the module docstring): the longest a request may be
+# expected to compute there, the growth of the per-item estimate per slower batch, and the compute
+# time of an inline batch that switches inlining off at once.
+INLINE_MAX_COMPUTE_NS = 50_000
+INLINE_ESTIMATE_GROWTH = 1.05
+INLINE_STALL_NS = 500_000
 # Hand the GIL to an instance thread at dispatch (see ``instances``) only while batches compute
 # for at least this long: for a trivial model the loop's time matters more than the worker's start.
 HANDOFF_MIN_COMPUTE_NS = 1_000_000
@@ -132,6 +147,8 @@ class DynamicBatcher:
         self._drained: asyncio.Future[None] | None = None
         self._kick_soon = False
         self._handoff_s = 0.0  # HANDOFF_TIMEOUT_S while the last batch computed >= HANDOFF_MIN_COMPUTE_NS
+        self._inline = self._delay_ns == 0 and all(getattr(i, "inline_safe", False) for i in instances)
+        self._item_ns: float | None = None  # estimated compute per item (None: nothing ran yet)
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -157,15 +174,21 @@ class DynamicBatcher:
             raise ModelNotReady(f"{self._where} is unloading; retry against the new version")
         loop = self._loop if self._loop is not None else self._bind()
         size = request.batch_size
-        if self._merge:
-            if size > self._max_batch:
-                raise InvalidArgument(
-                    f"request batch size {size} exceeds max_batch_size {self._max_batch} of {self._where}"
-                )
-            key: object = shape_key(request.inputs)
-        else:
-            key = object()  # never merges
+        if size > self._max_batch:
+            raise InvalidArgument(
+                f"request batch size {size} exceeds max_batch_size {self._max_batch} of {self._where}"
+            )
         now = time.monotonic_ns()
+        item_ns = self._item_ns
+        if (
+            self._inline
+            and item_ns is not None
+            and item_ns * size <= INLINE_MAX_COMPUTE_NS
+            and self._idle
+            and not len(self._queue)
+        ):
+            return self._run_inline(request, now)
+        key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
         try:
             self._queue.push(envelope)
@@ -186,6 +209,37 @@ class DynamicBatcher:
                 self._release(1)
             self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
             raise RequestCancelled("request cancelled by the client before it finished") from None
+
+    def _run_inline(self, request: InferenceRequest, enqueue_ns: int) -> dict[str, np.ndarray]:
+        """Run ``request`` on an idle instance on this (the event loop's) thread."""
+        size = request.batch_size
+        worker = self._idle.pop()
+        self._pending += 1
+        self.stats.pending = self._pending
+        batch = Batch([], size, self._merge, requests=[request])
+        try:
+            worker.run_inline(batch)
+        finally:
+            self._idle.append(worker)
+        compute_ns = batch.compute_end_ns - batch.compute_start_ns
+        self._observe_compute(compute_ns, size, inline=True)
+        end = time.monotonic_ns()
+        self._release(1)
+        stats = self.stats
+        if batch.error is not None:
+            stats.record_failure(batch.error.reason, end - enqueue_ns)
+            raise batch.error
+        stats.record_execution(size, compute_ns)
+        stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
+        return batch.results[0]
+
+    def _observe_compute(self, compute_ns: int, size: int, inline: bool = False) -> None:
+        per_item = compute_ns / max(size, 1)
+        estimate = self._item_ns
+        if estimate is None or (inline and compute_ns > INLINE_STALL_NS):
+            self._item_ns = per_item
+        else:
+            self._item_ns = min(per_item, estimate * INLINE_ESTIMATE_GROWTH)
 
     def pending_count(self) -> int:
         """Requests accepted and not yet finished (queued or executing)."""
@@ -314,6 +368,8 @@ class DynamicBatcher:
         self._idle.append(batch.worker)
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
+        if self._inline:
+            self._observe_compute(compute_ns, batch.size)
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()

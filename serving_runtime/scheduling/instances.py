@@ -2,8 +2,11 @@
 
 A worker takes one batch at a time from its own inbox, merges the inputs, runs the backend,
 splits the outputs per request and hands the result back to the event loop with one
-``call_soon_threadsafe`` per batch. Each instance is used by its own thread only, and closed by
-it after the last batch.
+``call_soon_threadsafe`` per batch. The instance is closed by its thread after the last batch.
+
+``run_inline`` runs a batch on the calling thread instead (the dynamic batcher does that on the
+event loop for models whose batches take microseconds, see ``dynamic``); a lock per worker keeps
+the instance to one batch at a time and keeps closing from overlapping a batch.
 
 ``submit`` can hand the GIL over: it waits (at most ``handoff_s``, with the GIL released) until
 the worker has merged the inputs and entered the backend, which runs without the GIL. The
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shipyard.serving_runtime.backends.base import BackendInstance
-from shipyard.serving_runtime.errors import BackendError, ServingError
+from shipyard.serving_runtime.errors import BackendError, ModelNotReady, ServingError
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.scheduling.batch import batch_outputs, merge_inputs, split_outputs
 from shipyard.serving_runtime.scheduling.queue import Envelope
 
@@ -39,6 +43,7 @@ class Batch:
     envelopes: list[Envelope]
     size: int  # items (sum of the requests' batch sizes)
     merge: bool  # False: the model does not batch, run the single request's tensors as they are
+    requests: list[InferenceRequest] = field(default_factory=list)  # without envelopes (inline): the requests
     worker: InstanceWorker | None = None
     results: list[dict[str, np.ndarray]] = field(default_factory=list)
     error: ServingError | None = None
@@ -65,6 +70,8 @@ class InstanceWorker:
         self._post: Callable[[Callable[[Batch], None], Batch], object] | None = None
         self._on_done: Callable[[Batch], None] | None = None
         self._entered = threading.Event()  # set when the current batch has entered the backend
+        self._use = threading.Lock()  # one batch at a time on the instance, and never during close
+        self._closed = False
 
     def start(self, post: Callable[[Callable[[Batch], None], Batch], object], on_done: Callable[[Batch], None]) -> None:
         """Start the thread; results are delivered with ``post(on_done, batch)``."""
@@ -85,6 +92,16 @@ class InstanceWorker:
         if handoff_s > 0 and self._thread.is_alive():
             self._entered.wait(handoff_s)
 
+    def run_inline(self, batch: Batch) -> None:
+        """Run ``batch`` on the calling thread (the worker must be idle); results or the error are
+        stored on ``batch``. Never raises; a closed instance fails the batch with ModelNotReady."""
+        batch.worker = self
+        with self._use:
+            if self._closed:
+                batch.error = ModelNotReady(f"instance {self.name} is closed; retry against the new version")
+                return
+            self.run_batch(batch)
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish the current batch, close the instance, end the thread."""
         if self._thread.is_alive():
@@ -94,10 +111,12 @@ class InstanceWorker:
             self._close_instance()
 
     def _close_instance(self) -> None:
-        try:
-            self.instance.close()
-        except Exception:  # closing must not stop the others
-            log.exception("closing instance %s failed", self.name)
+        with self._use:
+            self._closed = True
+            try:
+                self.instance.close()
+            except Exception:  # closing must not stop the others
+                log.exception("closing instance %s failed", self.name)
 
     def _run(self) -> None:
         try:
@@ -106,7 +125,8 @@ class InstanceWorker:
                 if item is _STOP:
                     return
                 assert isinstance(item, Batch)
-                self.run_batch(item)
+                with self._use:
+                    self.run_batch(item)
                 try:
                     assert self._post is not None and self._on_done is not None
                     self._post(self._on_done, item)
@@ -117,7 +137,7 @@ class InstanceWorker:
 
     def run_batch(self, batch: Batch) -> None:
         """Merge, execute, split; store results or the error on ``batch``. Never raises."""
-        requests = [envelope.request for envelope in batch.envelopes]
+        requests = batch.requests or [envelope.request for envelope in batch.envelopes]
         try:
             if batch.merge:
                 inputs = merge_inputs(requests)

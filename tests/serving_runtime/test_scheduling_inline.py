@@ -1,0 +1,192 @@
+"""Tiny models run inline: on the event loop thread, at once, when nothing is queued.
+
+The fake instance doubles its input and records the thread each execution ran on, so a test can
+tell inline executions (the loop's thread) from the instance thread's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shipyard.serving_runtime.backends.base import Device, InstanceSettings
+from shipyard.serving_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from shipyard.serving_runtime.config import parse_config_text
+from shipyard.serving_runtime.errors import BackendError
+from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler
+from shipyard.serving_runtime.scheduling.dynamic import INLINE_MAX_COMPUTE_NS, DynamicBatcher
+from shipyard.zoo import onnx_model
+
+
+class ThreadRecording:
+    """Doubles ``x``; records (thread id, batch size) per execution; sleeps ``compute_s``."""
+
+    def __init__(self, compute_s: float = 0.0, inline_safe: bool = True) -> None:
+        self.compute_s = compute_s
+        self.inline_safe = inline_safe
+        self.runs: list[tuple[int, int]] = []
+        self.closed = False
+        self.runs_when_closed = -1
+        self.on_execute: Callable[[], None] | None = None
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        if (x < 0).any():
+            raise RuntimeError("negative input")
+        if self.on_execute is not None:
+            self.on_execute()
+        if self.compute_s:
+            time.sleep(self.compute_s)
+        self.runs.append((threading.get_ident(), x.shape[0]))
+        return {"y": x * 2}
+
+    def close(self) -> None:
+        self.closed = True
+        self.runs_when_closed = len(self.runs)
+
+
+CONFIG = """
+name: "m"
+max_batch_size: 8
+input {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }}
+output {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }}
+{batching}
+"""
+
+
+def make(instance: ThreadRecording, batching: str = "dynamic_batching { }") -> DynamicBatcher:
+    made = create_scheduler(parse_config_text(CONFIG.format(batching=batching)), [instance], "m", 1)
+    assert isinstance(made, DynamicBatcher)
+    return made
+
+
+def req(value: float, rows: int = 1) -> InferenceRequest:
+    return InferenceRequest(inputs={"x": np.full((rows, 4), value, np.float32)}, batch_size=rows)
+
+
+async def warm(s: DynamicBatcher, instance: ThreadRecording) -> None:
+    """Submit until a request runs inline (the cost is measured), then forget the runs."""
+    for _ in range(10):
+        await s.submit(req(0))
+        if instance.runs[-1][0] == threading.get_ident():
+            instance.runs.clear()
+            return
+    raise AssertionError("a tiny model never ran inline")
+
+
+async def test_tiny_model_runs_on_the_loop_once_its_cost_is_known() -> None:
+    instance = ThreadRecording()
+    s = make(instance)
+    loop_thread = threading.get_ident()
+    for i in range(10):
+        out = await s.submit(req(i))
+        np.testing.assert_array_equal(out["y"], np.full((1, 4), 2.0 * i, np.float32))
+    inline = [run[0] == loop_thread for run in instance.runs]
+    # the first request measures the cost on the instance thread (a cold first run may take one
+    # or two more); from then on every request runs inline
+    assert inline[0] is False
+    first = inline.index(True)
+    assert first <= 3 and all(inline[first:]), inline
+    stats = s.stats
+    assert stats.execution_count == stats.inference_count == 10
+    assert stats.success.count == 10 and stats.pending == 0 and s.pending_count() == 0
+    s.close()
+    assert instance.closed
+
+
+@pytest.mark.parametrize(
+    ("instance", "batching"),
+    [
+        (ThreadRecording(compute_s=0.002), "dynamic_batching { }"),  # too slow for the loop
+        (ThreadRecording(inline_safe=False), "dynamic_batching { }"),  # instance not inline-safe
+        (ThreadRecording(), "dynamic_batching { max_queue_delay_microseconds: 2000 }"),  # asks to wait
+    ],
+    ids=["slow", "not-inline-safe", "queue-delay"],
+)
+async def test_never_inline_for_slow_unsafe_or_delayed_models(instance: ThreadRecording, batching: str) -> None:
+    s = make(instance, batching)
+    for i in range(5):
+        await s.submit(req(i))
+    assert threading.get_ident() not in {run[0] for run in instance.runs}
+    s.close()
+
+
+async def test_a_request_too_large_for_the_loop_goes_to_the_instance_thread() -> None:
+    instance = ThreadRecording(compute_s=0.0)
+    s = make(instance)
+    await s.submit(req(0))
+    s._item_ns = INLINE_MAX_COMPUTE_NS / 4  # as if measured: a quarter of the inline budget per item
+    await s.submit(req(1, rows=2))  # 2 items: within the budget, inline
+    s._item_ns = INLINE_MAX_COMPUTE_NS / 4
+    await s.submit(req(2, rows=8))  # 8 items: twice the budget, on the instance thread
+    loop_thread = threading.get_ident()
+    assert [(run[0] == loop_thread, run[1]) for run in instance.runs[1:]] == [(True, 2), (False, 8)]
+    s.close()
+
+
+async def test_an_inline_stall_moves_the_model_back_to_its_thread_at_once() -> None:
+    instance = ThreadRecording()
+    s = make(instance)
+    await warm(s, instance)
+    await s.submit(req(1))  # inline
+    instance.compute_s = 0.002  # the model got slow (e.g. larger inputs): one inline run sees it
+    await s.submit(req(2))
+    await s.submit(req(3))
+    loop_thread = threading.get_ident()
+    assert [run[0] == loop_thread for run in instance.runs] == [True, True, False]
+    s.close()
+
+
+async def test_inline_backend_error_fails_only_that_request() -> None:
+    instance = ThreadRecording()
+    s = make(instance)
+    await warm(s, instance)
+    with pytest.raises(BackendError, match="negative input"):
+        await s.submit(req(-1))
+    np.testing.assert_array_equal((await s.submit(req(3)))["y"], np.full((1, 4), 6.0, np.float32))
+    assert s.stats.failures_by_reason["BACKEND"] == 1 and s.pending_count() == 0
+    assert {run[0] for run in instance.runs} == {threading.get_ident()}  # both ran inline
+    s.close()
+
+
+async def test_concurrent_requests_to_a_tiny_model_each_get_their_own_answer() -> None:
+    instance = ThreadRecording()
+    s = make(instance)
+    await s.submit(req(0))
+    values = list(range(1, 65))
+    results = await asyncio.gather(*(s.submit(req(v)) for v in values))
+    for v, out in zip(values, results, strict=True):
+        np.testing.assert_array_equal(out["y"], np.full((1, 4), 2.0 * v, np.float32))
+    assert s.stats.inference_count == 65
+    s.close()
+
+
+async def test_unloading_a_model_while_it_runs_inline_waits_for_that_batch() -> None:
+    """A close from another thread (the manager's unload) that starts during an inline batch
+    closes the instance only after that batch; the request still gets its answer."""
+    instance = ThreadRecording()
+    s = make(instance)
+    await warm(s, instance)
+    closer = threading.Thread(target=s.close)
+    instance.on_execute = closer.start  # starts while the inline batch is inside the backend
+    instance.compute_s = 0.05
+    out = await s.submit(req(1))
+    np.testing.assert_array_equal(out["y"], np.full((1, 4), 2.0, np.float32))
+    closer.join(10)
+    assert instance.closed and instance.runs_when_closed == 1
+    assert instance.runs[0][0] == threading.get_ident()  # that batch did run inline
+
+
+def test_cpu_onnx_runtime_sessions_are_inline_safe(tmp_path: Path) -> None:
+    settings = InstanceSettings(device=Device("cpu"), parameters={"intra_op_thread_count": "1"}, max_batch_size=8)
+    instance = OnnxRuntimeBackend().load(onnx_model("add_sub"), settings)
+    try:
+        assert getattr(instance, "inline_safe", False) is True
+    finally:
+        instance.close()
