@@ -159,3 +159,11 @@ def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
     assert readme.read_text() == f"intro\n{report.README_START}\n### table\n| a |\n{report.README_END}\nafter\n"
     (tmp_path / "other.md").write_text("no markers")
     assert not report.update_readme(tmp_path / "other.md", "x")
+
+
+async def test_request_path_serves_real_requests_through_the_handler(add_sub: common.ModelSpec) -> None:
+    from benchmarks import request_path
+
+    rate, cpu_us = await request_path.measure("add_sub", concurrency=4, seconds=0.2)
+    assert rate > 100  # requests went through the handler path and were counted
+    assert 0 < cpu_us < 10_000
