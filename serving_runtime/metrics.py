@@ -284,18 +284,29 @@ class UtilizationSampler(Collector):
 
 
 def build_registry(
-    stats_source: Callable[[], Iterable[ModelStats]], *, sampler: UtilizationSampler | None = None
+    stats_source: Callable[[], Iterable[ModelStats]],
+    *,
+    sampler: UtilizationSampler | None = None,
+    process_metrics: bool = False,
 ) -> CollectorRegistry:
     """A registry with the model metrics and, when ``sampler`` is given, CPU/GPU utilization.
 
     ``stats_source`` is called at every scrape (e.g. ``ModelManager.all_stats``). The caller
     owns ``sampler``: ``start()`` it with the server (a first scrape also starts it) and
-    ``stop()`` it at shutdown.
+    ``stop()`` it at shutdown. ``process_metrics`` adds prometheus_client's standard process and
+    Python collectors (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+    ``python_gc_collections_total``...).
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelStatsCollector(stats_source))
     if sampler is not None:
         registry.register(sampler)
+    if process_metrics:
+        from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
     return registry
 
 

@@ -17,7 +17,7 @@ from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 def shape_key(inputs: Mapping[str, np.ndarray]) -> Hashable:
     """What must be equal for two batched requests to merge: names, dtypes, non-batch shapes."""
-    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in inputs.items())
+    return tuple((name, array.dtype, array.shape[1:]) for name, array in inputs.items())
 
 
 def batch_outputs(requests: Sequence[InferenceRequest]) -> tuple[str, ...]:

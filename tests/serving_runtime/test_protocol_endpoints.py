@@ -211,6 +211,10 @@ def test_metrics_endpoint(served: ServerProcess) -> None:
     text = body.decode()
     assert 'nv_inference_request_success{model="simple",version="1"}' in text
     assert "nv_cpu_utilization" in text
+    # the standard process and Python metrics, for memory and GC dashboards
+    rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes ")]
+    assert rss and float(rss[0].split()[1]) > 10e6
+    assert 'python_gc_collections_total{generation="0"}' in text
 
 
 def test_grpc_stream_infer(served: ServerProcess) -> None:
