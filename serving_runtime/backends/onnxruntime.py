@@ -242,6 +242,9 @@ class OnnxRuntimeInstance:
         self._session = session
         self._string_inputs = string_inputs
         self._output_names = tuple(o.name for o in session.get_outputs())
+        # numeric tensors only: ORT returns them as numpy arrays the runtime can use as they are
+        types = [o.type for o in session.get_outputs()]
+        self._numeric_outputs = all(t.startswith("tensor(") and t != "tensor(string)" for t in types)
         self._bind_device = bind_device if not string_inputs else None
         self._binding: Any = session.io_binding() if self._bind_device is not None else None
         # A CPU-only session may also run tiny batches on the event loop (base.BackendInstance).
@@ -281,6 +284,8 @@ class OnnxRuntimeInstance:
         if self._binding is not None:
             results = self._run_bound(inputs, names)
             return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+        if not self._string_inputs and self._numeric_outputs:  # the common case: numbers only
+            return dict(zip(names, self._session.run(names, dict(inputs)), strict=True))
         feed: dict[str, np.ndarray] = {}
         for name, array in inputs.items():
             if name in self._string_inputs and array.dtype == np.object_:

@@ -44,6 +44,7 @@ class Batch:
     size: int  # items (sum of the requests' batch sizes)
     merge: bool  # False: the model does not batch, run the single request's tensors as they are
     requests: list[InferenceRequest] = field(default_factory=list)  # without envelopes (inline): the requests
+    handoff: bool = False  # ``submit`` waits for the worker to enter the backend (see the module docstring)
     worker: InstanceWorker | None = None
     results: list[dict[str, np.ndarray]] = field(default_factory=list)
     error: ServingError | None = None
@@ -87,10 +88,13 @@ class InstanceWorker:
         """Hand ``batch`` to this worker (it must be idle); block, with the GIL released, until the
         worker has entered the backend or ``handoff_s`` has passed (0: do not wait)."""
         batch.worker = self
-        self._entered.clear()
-        self._inbox.put(batch)
         if handoff_s > 0 and self._thread.is_alive():
+            batch.handoff = True
+            self._entered.clear()
+            self._inbox.put(batch)
             self._entered.wait(handoff_s)
+        else:
+            self._inbox.put(batch)
 
     def run_inline(self, batch: Batch) -> None:
         """Run ``batch`` on the calling thread (the worker must be idle); results or the error are
@@ -146,7 +150,8 @@ class InstanceWorker:
                 inputs = requests[0].inputs
                 outputs = requests[0].outputs
             batch.compute_start_ns = time.monotonic_ns()
-            self._entered.set()
+            if batch.handoff:
+                self._entered.set()
             try:
                 produced = self.instance.execute(inputs, outputs)
             finally:
@@ -162,7 +167,8 @@ class InstanceWorker:
             if not batch.compute_end_ns:
                 batch.compute_start_ns = batch.compute_end_ns = time.monotonic_ns()
         finally:
-            self._entered.set()
+            if batch.handoff:
+                self._entered.set()
 
 
 def make_workers(instances: Sequence[BackendInstance], model_name: str, version: int) -> list[InstanceWorker]:
