@@ -19,8 +19,8 @@ from shipyard.serving_runtime.backends.base import Device, InstanceSettings
 from shipyard.serving_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from shipyard.serving_runtime.config import parse_config_text
 from shipyard.serving_runtime.errors import BackendError
-from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler
-from shipyard.serving_runtime.scheduling.dynamic import INLINE_MAX_COMPUTE_NS, DynamicBatcher
+from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler, dynamic
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 from shipyard.zoo import onnx_model
 
 
@@ -58,6 +58,14 @@ input {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }}
 output {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }}
 {batching}
 """
+
+
+@pytest.fixture(autouse=True)
+def steady(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budgets a loaded CI machine cannot upset: the fake (microseconds) is always within 1 ms,
+    the 2 ms "slow" fake never is, and only a 10 ms inline batch counts as a stall."""
+    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 1_000_000)
+    monkeypatch.setattr(dynamic, "INLINE_STALL_NS", 10_000_000)
 
 
 def make(instance: ThreadRecording, batching: str = "dynamic_batching { }") -> DynamicBatcher:
@@ -121,9 +129,9 @@ async def test_a_request_too_large_for_the_loop_goes_to_the_instance_thread() ->
     instance = ThreadRecording(compute_s=0.0)
     s = make(instance)
     await s.submit(req(0))
-    s._item_ns = INLINE_MAX_COMPUTE_NS / 4  # as if measured: a quarter of the inline budget per item
+    s._item_ns = dynamic.INLINE_MAX_COMPUTE_NS / 4  # as if measured: a quarter of the inline budget per item
     await s.submit(req(1, rows=2))  # 2 items: within the budget, inline
-    s._item_ns = INLINE_MAX_COMPUTE_NS / 4
+    s._item_ns = dynamic.INLINE_MAX_COMPUTE_NS / 4
     await s.submit(req(2, rows=8))  # 8 items: twice the budget, on the instance thread
     loop_thread = threading.get_ident()
     assert [(run[0] == loop_thread, run[1]) for run in instance.runs[1:]] == [(True, 2), (False, 8)]
@@ -135,7 +143,7 @@ async def test_an_inline_stall_moves_the_model_back_to_its_thread_at_once() -> N
     s = make(instance)
     await warm(s, instance)
     await s.submit(req(1))  # inline
-    instance.compute_s = 0.002  # the model got slow (e.g. larger inputs): one inline run sees it
+    instance.compute_s = 0.02  # the model got slow (e.g. larger inputs): one inline run sees it
     await s.submit(req(2))
     await s.submit(req(3))
     loop_thread = threading.get_ident()
@@ -190,3 +198,14 @@ def test_cpu_onnx_runtime_sessions_are_inline_safe(tmp_path: Path) -> None:
         assert getattr(instance, "inline_safe", False) is True
     finally:
         instance.close()
+
+
+async def test_models_without_dynamic_batching_run_inline_one_by_one() -> None:
+    instance = ThreadRecording()
+    s = make(instance, batching="")  # no dynamic_batching: requests run one by one
+    await warm(s, instance)
+    results = await asyncio.gather(*(s.submit(req(v, rows=2)) for v in range(5)))
+    for v, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], np.full((2, 4), 2.0 * v, np.float32))
+    assert instance.runs == [(threading.get_ident(), 2)] * 5  # each alone, each inline
+    s.close()
