@@ -129,6 +129,19 @@ class _Client:
             return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
+async def _start_together(client: _Client, conn: Connection) -> tuple[str | None, float]:
+    """Send one request (it opens the connection before the clock starts), report ready, then wait
+    for the parent's common start time. Returns that request's error (None when it succeeded) and
+    the start time on the monotonic clock."""
+    first_error = await client.send()
+    conn.send(("ready", first_error))
+    t0: float = conn.recv()
+    now = time.monotonic()
+    if t0 > now:
+        await asyncio.sleep(t0 - now)
+    return first_error, t0
+
+
 # ------------------------------------------------------------------------------------------ closed loop
 
 
@@ -138,16 +151,11 @@ async def _closed_loop(
     client = _Client(spec, concurrency)
     await client.open()
     try:
-        first_error = await client.send()  # opens the connection before the clock starts
-        conn.send(("ready", first_error))
-        t0 = conn.recv()
+        _, t0 = await _start_together(client, conn)
         window_start = t0 + warmup_s
         window_end = window_start + window_s
         latencies: list[float] = []
         errors: list[str] = []
-        now = time.monotonic()
-        if t0 > now:
-            await asyncio.sleep(t0 - now)
 
         async def loop() -> None:
             while True:
@@ -292,12 +300,7 @@ async def _open_loop(
     client = _Client(spec, max_inflight)
     await client.open()
     try:
-        first_error = await client.send()
-        conn.send(("ready", first_error))
-        t0 = conn.recv()
-        now = time.monotonic()
-        if t0 > now:
-            await asyncio.sleep(t0 - now)
+        first_error, t0 = await _start_together(client, conn)
         total = int(rate * duration_s)
         outcomes: dict[str, int] = {}
         samples: dict[str, str] = {}
