@@ -41,7 +41,8 @@ class LoadSpec:
     """What one client sends: ``protocol`` "grpc" or "rest", to ``port`` on 127.0.0.1.
 
     For gRPC ``payload`` is a serialized ModelInferRequest; for REST it is the body posted to ``path``
-    with ``headers``.
+    with ``headers``. ``connections``: gRPC channels (TCP connections) per client process, used in
+    turn, as that many separate clients would.
     """
 
     protocol: str
@@ -50,10 +51,13 @@ class LoadSpec:
     path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     timeout_s: float = 30.0
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol not in ("grpc", "rest"):
             raise ValueError(f"protocol must be 'grpc' or 'rest', got {self.protocol!r}")
+        if self.connections < 1:
+            raise ValueError(f"connections must be >= 1, got {self.connections}")
 
 
 @dataclass
@@ -82,8 +86,9 @@ class _Client:
     def __init__(self, spec: LoadSpec, connections: int) -> None:
         self.spec = spec
         self.connections = connections
-        self._channel: Any = None
-        self._call: Any = None
+        self._channels: list[Any] = []
+        self._calls: list[Any] = []
+        self._turn = 0
         self._session: Any = None
         self._url = f"http://{LOOPBACK}:{spec.port}{spec.path}"
 
@@ -91,9 +96,13 @@ class _Client:
         if self.spec.protocol == "grpc":
             import grpc
 
-            self._channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{self.spec.port}", options=GRPC_OPTIONS)
-            # No serializers: the payload bytes go out as they are and the reply comes back as bytes.
-            self._call = self._channel.unary_unary(GRPC_INFER_METHOD)
+            # a local subchannel pool per channel: grpc would otherwise share one connection between them
+            options = [*GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+            for _ in range(self.spec.connections):
+                channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{self.spec.port}", options=options)
+                self._channels.append(channel)
+                # No serializers: the payload bytes go out as they are and the reply comes back as bytes.
+                self._calls.append(channel.unary_unary(GRPC_INFER_METHOD))
         else:
             import aiohttp
 
@@ -102,8 +111,8 @@ class _Client:
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
         if self._session is not None:
             await self._session.close()
 
@@ -112,8 +121,9 @@ class _Client:
         if self.spec.protocol == "grpc":
             import grpc
 
+            self._turn += 1
             try:
-                await self._call(self.spec.payload, timeout=self.spec.timeout_s)
+                await self._calls[self._turn % len(self._calls)](self.spec.payload, timeout=self.spec.timeout_s)
                 return None
             except grpc.aio.AioRpcError as exc:
                 return f"{exc.code().name}: {(exc.details() or '')[:160]}"
@@ -129,17 +139,17 @@ class _Client:
             return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
-async def _start_together(client: _Client, conn: Connection) -> tuple[str | None, float]:
-    """Send one request (it opens the connection before the clock starts), report ready, then wait
-    for the parent's common start time. Returns that request's error (None when it succeeded) and
-    the start time on the monotonic clock."""
-    first_error = await client.send()
-    conn.send(("ready", first_error))
+async def _start_together(client: _Client, conn: Connection) -> tuple[int, float]:
+    """Send one request per connection (it opens the connection before the clock starts), report
+    ready, then wait for the parent's common start time. Returns how many of those requests
+    succeeded and the start time on the monotonic clock."""
+    errors = [await client.send() for _ in range(client.spec.connections)]
+    conn.send(("ready", next((e for e in errors if e is not None), None)))
     t0: float = conn.recv()
     now = time.monotonic()
     if t0 > now:
         await asyncio.sleep(t0 - now)
-    return first_error, t0
+    return errors.count(None), t0
 
 
 # ------------------------------------------------------------------------------------------ closed loop
@@ -300,7 +310,7 @@ async def _open_loop(
     client = _Client(spec, max_inflight)
     await client.open()
     try:
-        first_error, t0 = await _start_together(client, conn)
+        warmup_ok, t0 = await _start_together(client, conn)
         total = int(rate * duration_s)
         outcomes: dict[str, int] = {}
         samples: dict[str, str] = {}
@@ -351,7 +361,7 @@ async def _open_loop(
             outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
         return {
             "sent": sent,
-            "warmup_ok": int(first_error is None),
+            "warmup_ok": warmup_ok,
             "skipped_client_cap": skipped,
             "offered_s": offered_s,
             "outcomes": outcomes,
@@ -416,7 +426,7 @@ def run_open_loop(
     return {
         "target_rate": rate,
         "sent": sent,
-        "warmup_ok": warmup_ok,  # one connection-opening request per process, sent before the burst
+        "warmup_ok": warmup_ok,  # one connection-opening request per connection, sent before the burst
         "offered_rate": sent / offered_s if offered_s > 0 else 0.0,
         "skipped_client_cap": sum(r["skipped_client_cap"] for r in results),
         "outcomes": outcomes,

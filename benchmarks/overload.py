@@ -122,11 +122,13 @@ def run_overload(
     processes: int = 2,
     max_inflight: int = 4096,
     probe_rate: float = 300.0,
+    connections: int = 1,
 ) -> dict[str, Any]:
     """Measure service before, a burst of ``factor`` x capacity for ``duration_s``, and service after.
 
-    ``capacity`` (inf/s) is measured here at c=64 when not given. Raises RuntimeError if the load
-    generator fails.
+    ``capacity`` (inf/s) is measured here at c=64 when not given. ``connections``: gRPC connections
+    per burst process (1: a few greedy clients; more: the same load from many clients). Raises
+    RuntimeError if the load generator fails.
     """
     spec = LoadSpec("grpc", grpc_port, common.grpc_request_bytes(replace(model, name=served_name)), timeout_s=30.0)
     with RssSampler(server_pid) as rss:
@@ -141,7 +143,12 @@ def run_overload(
             lambda: loadgen.run_open_loop(spec, probe_rate, duration_s, max_inflight=256, processes=1)
         )
         burst = loadgen.run_open_loop(
-            spec, factor * max(capacity, 1.0), duration_s, max_inflight, processes, niceness=BURST_NICENESS
+            replace(spec, connections=connections),
+            factor * max(capacity, 1.0),
+            duration_s,
+            max_inflight,
+            processes,
+            niceness=BURST_NICENESS,
         )
         probe_thread.join()
         if "error" in probe_result:
@@ -188,6 +195,7 @@ def run_overload(
         "capacity": capacity,
         "duration_s": duration_s,
         "max_inflight": max_inflight,
+        "connections": connections * processes,
         **burst,
         "sent": burst["sent"] + probe["sent"],
         "outcomes": outcomes,  # burst and probe together

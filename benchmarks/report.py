@@ -116,28 +116,38 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
         kserve = find_cell(results, "kserve", "grpc", model, 1)
         value = _ratio(_field(ship, "p50_ms"), _field(kserve, "p50_ms"))
         yield _check(f"{model}: c=1 p50 shipyard / stock KServe (gRPC)", value, 1.0, higher_is_better=False, unit="x")
-    overload = results.get("overload") or {}
-    if overload.get("status") == "ok":
-        yield _check("overload: lost accepted requests", float(overload["lost"]), 0.0, higher_is_better=False)
-        probe = overload.get("probe") or {}
-        yield _check(
-            "overload: refusal p99 seen by a light client during the burst",
-            (probe.get("refused_latency") or {}).get("p99_ms"),
-            100.0,
-            higher_is_better=False,
-            unit="ms",
-        )
-        yield _check(
-            "overload: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB"
-        )
-        yield _check(
-            "overload: RSS after burst - before",
-            _diff(overload["rss_after_mb"], overload["rss_before_mb"]),
-            16.0,
-            higher_is_better=False,
-            unit="MB",
-        )
-        yield _check("overload: throughput after burst / before", overload["recovery_ratio"], 0.8, unit="x")
+    for key, label in OVERLOAD_SCENARIOS:
+        overload = results.get(key) or {}
+        if overload.get("status") == "ok":
+            yield from _overload_checks(label, overload)
+
+
+# The overload scenarios in the results: key, and the label that starts their checks' names.
+OVERLOAD_SCENARIOS = (("overload", "overload"), ("overload_many", "overload, many connections"))
+
+
+def _overload_checks(label: str, overload: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    yield _check(f"{label}: lost accepted requests", float(overload["lost"]), 0.0, higher_is_better=False)
+    probe = overload.get("probe") or {}
+    # None ("not measured") when the light client was never refused: its answers are in the report
+    yield _check(
+        f"{label}: refusal p99 seen by a light client during the burst",
+        (probe.get("refused_latency") or {}).get("p99_ms"),
+        100.0,
+        higher_is_better=False,
+        unit="ms",
+    )
+    yield _check(
+        f"{label}: RSS growth during burst", overload["rss_growth_mb"], 64.0, higher_is_better=False, unit="MB"
+    )
+    yield _check(
+        f"{label}: RSS after burst - before",
+        _diff(overload["rss_after_mb"], overload["rss_before_mb"]),
+        16.0,
+        higher_is_better=False,
+        unit="MB",
+    )
+    yield _check(f"{label}: throughput after burst / before", overload["recovery_ratio"], 0.8, unit="x")
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -228,9 +238,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
                 f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} |"
             )
-    overload = results.get("overload")
-    if overload:
-        lines += ["", "## Overload (shipyard, bounded queue)", ""]
+    for key, _label in OVERLOAD_SCENARIOS:
+        overload = results.get(key)
+        if not overload:
+            continue
+        many = key == "overload_many"
+        lines += ["", f"## Overload (shipyard, bounded queue{', many connections' if many else ''})", ""]
         if overload.get("status") != "ok":
             lines.append(f"Not measured: {overload.get('message', '')}")
         else:
@@ -246,9 +259,9 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
     lines = [
         f"Model `{o['model']}` with `max_queue_size: {o['max_queue_size']}`; capacity measured at "
         f"{fmt(o['capacity'])} inf/s (gRPC, c={TOP_C}); burst target {fmt(o['target_rate'])} req/s "
-        f"(10x) for {o['duration_s']} s, offered {fmt(o['offered_rate'])} req/s open-loop "
-        f"(as fast as two client processes could send on this machine; {o['skipped_client_cap']} not offered "
-        f"because {o['max_inflight']} were already in flight).",
+        f"(10x) for {o['duration_s']} s over {o.get('connections', 2)} gRPC connections, offered "
+        f"{fmt(o['offered_rate'])} req/s open-loop (as fast as two client processes could send on this machine; "
+        f"{o['skipped_client_cap']} not offered because {o['max_inflight']} were already in flight).",
         "",
         f"- sent {o['sent']}: {outcomes}",
         f"- answered OK: {o['accepted']}; rejected at once: {o['rejected']} (by the queue policy, UNAVAILABLE: "

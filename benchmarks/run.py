@@ -5,9 +5,10 @@
 
 For each model: the in-process limit, then each target's server in its own process, measured over
 each of its protocols at concurrency 1, 16 and 64 (closed loop, warm-up then a fixed window), then
-the overload scenario on shipyard. Writes ``latest.json``, ``latest.md`` and ``latest.png`` to
-``--out`` (default ``benchmarks/results``) and prints the markdown. Every server process is killed at
-the end, also on error or Ctrl-C. Exit code 0 when every target ran, 1 when one could not.
+the overload scenario on shipyard (a few greedy connections, then many). Writes ``latest.json``,
+``latest.md`` and ``latest.png`` to ``--out`` (default ``benchmarks/results``) and prints the markdown.
+Every server process is killed at the end, also on error or Ctrl-C. Exit code 0 when every target
+ran, 1 when one could not.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ QUICK_MODELS = ("wide_mlp", "add_sub")
 CONCURRENCY = (1, 16, 64)
 OVERLOAD_MODEL = "wide_mlp"
 OVERLOAD_QUEUE = 256
+# The overload runs twice: the burst from one connection per client process (a few greedy clients,
+# which the server's per-connection stream limit holds back) and from this many per process (the
+# same load from many clients, which only the server-wide limits and the queue can refuse).
+OVERLOAD_MANY_CONNECTIONS = 8
 DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results"
 
 
@@ -178,27 +183,31 @@ def run_target(
                 results["overload"] = {"status": "skipped", "message": f"needs model {OVERLOAD_MODEL} in --models"}
                 return
             capacity = report.find_cell(results, "shipyard", "grpc", OVERLOAD_MODEL, max(args.concurrency))
-            log(f"[overload] {OVERLOAD_MODEL}{targets.OVERLOAD_SUFFIX}, max_queue_size {OVERLOAD_QUEUE}")
             from benchmarks.overload import run_overload
 
-            results["overload"] = run_overload(
-                target.ports["grpc"],
-                target.ports["rest"],
-                target.server.pid,
-                overload_model,
-                OVERLOAD_MODEL + targets.OVERLOAD_SUFFIX,
-                OVERLOAD_QUEUE,
-                capacity["throughput"] if capacity and capacity.get("completed") else None,
-                duration_s=2.0 if args.quick else 3.0,
-                window_s=args.window,
-                processes=args.client_procs,
-            )
-            o = results["overload"]
-            log(
-                f"  sent {o['sent']} at {o['offered_rate']:.0f} req/s: {o['outcomes']}; lost {o['lost']}; "
-                f"RSS {report.fmt(o['rss_before_mb'])} -> peak {report.fmt(o['rss_peak_mb'])} MB; after-burst "
-                f"{o['after']['throughput']:.0f} inf/s"
-            )
+            for key, connections in (("overload", 1), ("overload_many", OVERLOAD_MANY_CONNECTIONS)):
+                log(
+                    f"[{key}] {OVERLOAD_MODEL}{targets.OVERLOAD_SUFFIX}, max_queue_size {OVERLOAD_QUEUE}, "
+                    f"{connections} connection(s) per burst process"
+                )
+                results[key] = o = run_overload(
+                    target.ports["grpc"],
+                    target.ports["rest"],
+                    target.server.pid,
+                    overload_model,
+                    OVERLOAD_MODEL + targets.OVERLOAD_SUFFIX,
+                    OVERLOAD_QUEUE,
+                    capacity["throughput"] if capacity and capacity.get("completed") else None,
+                    duration_s=2.0 if args.quick else 3.0,
+                    window_s=args.window,
+                    processes=args.client_procs,
+                    connections=connections,
+                )
+                log(
+                    f"  sent {o['sent']} at {o['offered_rate']:.0f} req/s: {o['outcomes']}; lost {o['lost']}; "
+                    f"RSS {report.fmt(o['rss_before_mb'])} -> peak {report.fmt(o['rss_peak_mb'])} MB; after-burst "
+                    f"{o['after']['throughput']:.0f} inf/s"
+                )
 
 
 def _ms(value: float | None) -> str:

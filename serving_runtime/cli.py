@@ -21,6 +21,7 @@ from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
+    DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION,
     ServerOptions,
 )
 
@@ -162,6 +163,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"(default: {DEFAULT_GRPC_MAX_PENDING_RPCS})",
     )
     net.add_argument(
+        "--grpc-max-streams-per-connection",
+        type=_limit,
+        default=DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION,
+        metavar="N",
+        help="gRPC calls one client connection may have open at once (HTTP/2 max concurrent streams); "
+        "more wait in the client, so one greedy connection cannot crowd out the others; 0: no limit "
+        f"(default: {DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION})",
+    )
+    net.add_argument(
         "--http-max-concurrency",
         type=_limit,
         default=0,
@@ -242,6 +252,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_port=args.grpc_port,
         grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
         grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
+        grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

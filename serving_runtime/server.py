@@ -47,6 +47,14 @@ DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 512
 # the limit core refuses them at once (CANCELLED), without any Python work. 128 keeps that wait to
 # a few ms of the server's time.
 DEFAULT_GRPC_MAX_PENDING_RPCS = 128
+# HTTP/2 streams one client connection may have open at once (``--grpc-max-streams-per-connection``;
+# SETTINGS_MAX_CONCURRENT_STREAMS; grpc's own default is no limit). A client past it waits for a
+# stream in its own channel, so one greedy connection cannot fill the server's call limits and
+# pending backlog and crowd out every other client; it is also the usual guard against stream
+# floods (nginx's default is 128). 128 still lets one connection fill a batch of 128. In the
+# benchmark's burst (two connections at 10x capacity) a light client on its own connection went
+# from ~45% of its calls refused (CANCELLED) to none refused (docs/serving.md, "Overload").
+DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION = 128
 # The cyclic garbage collector's thresholds while serving (Python's defaults: 700, 10, 10). Every
 # request allocates a few dozen tracked objects (futures, envelopes, coroutines, dicts), so at the
 # defaults the collector ran about 200 times a second under load and its full collections walked
@@ -73,6 +81,7 @@ class ServerOptions:
     log_level: str = "info"
     grpc_max_concurrent_rpcs: int = DEFAULT_GRPC_MAX_CONCURRENT_RPCS  # 0: no limit
     grpc_max_pending_rpcs: int = DEFAULT_GRPC_MAX_PENDING_RPCS  # 0: grpc's defaults
+    grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
 
 
@@ -163,7 +172,7 @@ class RuntimeServer:
             await asyncio.sleep(0.01)
 
         self._grpc = grpc.aio.server(
-            options=grpc_service.server_options(opts.grpc_max_pending_rpcs),
+            options=grpc_service.server_options(opts.grpc_max_pending_rpcs, opts.grpc_max_streams_per_connection),
             maximum_concurrent_rpcs=opts.grpc_max_concurrent_rpcs or None,
         )
         grpc_service.add_to_server(self._grpc, self.service)

@@ -35,17 +35,27 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def server_options(max_pending_rpcs: int) -> list[tuple[str, Any]]:
-    """``SERVER_OPTIONS`` plus grpc core's limits on calls waiting for the Python server to take
-    them: past ``max_pending_rpcs`` core starts refusing new calls (CANCELLED) and past twice
-    that it refuses all, without any Python work; 0 keeps grpc's defaults (1000 and 3000)."""
-    if max_pending_rpcs <= 0:
-        return list(SERVER_OPTIONS)
-    return [
-        *SERVER_OPTIONS,
-        ("grpc.server.max_pending_requests", max_pending_rpcs),
-        ("grpc.server.max_pending_requests_hard_limit", 2 * max_pending_rpcs),
-    ]
+def server_options(max_pending_rpcs: int, max_streams_per_connection: int = 0) -> list[tuple[str, Any]]:
+    """``SERVER_OPTIONS`` plus grpc core's limits.
+
+    ``max_pending_rpcs``: calls waiting for the Python server to take them; past it core starts
+    refusing new calls (CANCELLED) and past twice that it refuses all, without any Python work; 0
+    keeps grpc's defaults (1000 and 3000). ``max_streams_per_connection``: HTTP/2
+    SETTINGS_MAX_CONCURRENT_STREAMS, the calls one client connection may have open at once (more
+    wait in the client's channel); 0: no limit.
+    """
+    options = list(SERVER_OPTIONS)
+    if max_pending_rpcs > 0:
+        options += [
+            ("grpc.server.max_pending_requests", max_pending_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * max_pending_rpcs),
+        ]
+    if max_streams_per_connection > 0:
+        # overload_protection off: count open streams as HTTP/2 does. grpc's default also counts
+        # streams that have ended but are not freed yet, so a client that keeps to the limit still
+        # sees calls refused at random (UNAVAILABLE, "Stream removed", REFUSED_STREAM).
+        options += [("grpc.max_concurrent_streams", max_streams_per_connection), ("grpc.http.overload_protection", 0)]
+    return options
 
 
 async def _call(context: Any, work: Callable[[], Awaitable[T]]) -> T:

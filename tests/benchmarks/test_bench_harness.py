@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
 
 from benchmarks import common, loadgen, report, targets
@@ -58,6 +60,35 @@ def test_open_loop_below_capacity_answers_everything(echo: targets.Target, add_s
     assert 150 <= burst["sent"] <= 200
     assert burst["refused_latency"]["p99_ms"] is None  # nothing was refused
     assert burst["ok_latency"]["p99_ms"] is not None
+
+
+@pytest.mark.slow
+def test_open_loop_spreads_each_process_over_its_connections() -> None:
+    peers: set[str] = set()
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        peers.add(context.peer())  # client address and port: one per TCP connection
+        return b""
+
+    service, method = common.GRPC_INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(infer)})
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{common.LOOPBACK}:0")
+    server.start()
+    try:
+        spec = loadgen.LoadSpec("grpc", port, b"", connections=3)
+        burst = loadgen.run_open_loop(spec, rate=100, duration_s=0.5, max_inflight=16, processes=1)
+    finally:
+        server.stop(None)
+    assert burst["warmup_ok"] == 3  # one connection-opening request per connection
+    assert burst["outcomes"] == {"ok": burst["sent"]} and burst["sent"] > 20
+    assert len(peers) == 3
+
+
+def test_load_spec_needs_a_connection() -> None:
+    with pytest.raises(ValueError, match="connections"):
+        loadgen.LoadSpec("grpc", 1, b"", connections=0)
 
 
 class _Infer(BaseHTTPRequestHandler):
@@ -150,6 +181,55 @@ def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None
     assert "| shipyard | grpc | 64 | 4,200 | 15.00 | 30.00 | 0 |" in markdown
     assert "unavailable: run make bench-env" in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None:
+    def scenario(connections: int, refused_p99: float | None) -> dict[str, object]:
+        latency = {"p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0}
+        return {
+            "status": "ok",
+            "model": "wide_mlp_bounded",
+            "max_queue_size": 256,
+            "capacity": 4000.0,
+            "target_rate": 40000.0,
+            "duration_s": 3.0,
+            "connections": connections,
+            "offered_rate": 20000.0,
+            "skipped_client_cap": 0,
+            "max_inflight": 4096,
+            "sent": 100,
+            "outcomes": {"ok": 100},
+            "accepted": 100,
+            "rejected": 0,
+            "lost": 0,
+            "ok_latency": latency,
+            "rejected_latency": latency,
+            "rss_before_mb": 100.0,
+            "rss_peak_mb": 110.0,
+            "rss_after_mb": 101.0,
+            "rss_growth_mb": 10.0,
+            "recovery_ratio": 1.0,
+            "before": {"throughput": 4000.0},
+            "after": {"throughput": 4000.0, "errors": 0},
+            "probe": {
+                "rate": 300.0,
+                "outcomes": {"ok": 900},
+                "ok_latency": latency,
+                "refused_latency": {"p50_ms": refused_p99, "p99_ms": refused_p99, "max_ms": refused_p99},
+            },
+        }
+
+    results = {"meta": {}, "cells": [], "overload": scenario(2, None), "overload_many": scenario(16, 150.0)}
+    paths = report.write_reports(results, tmp_path)
+    checks = {c["name"]: c["pass"] for c in json.loads(paths["json"].read_text())["checks"]}
+    # never refused: not measured (the report shows its answers), not a pass
+    assert checks["overload: refusal p99 seen by a light client during the burst"] is None
+    assert checks["overload, many connections: refusal p99 seen by a light client during the burst"] is False
+    assert checks["overload, many connections: lost accepted requests"] is True
+    markdown = paths["md"].read_text()
+    assert "## Overload (shipyard, bounded queue)" in markdown
+    assert "## Overload (shipyard, bounded queue, many connections)" in markdown
+    assert "over 16 gRPC connections" in markdown
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
