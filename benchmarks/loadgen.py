@@ -83,9 +83,9 @@ class CellResult:
 class _Client:
     """One process's connection (gRPC channel or aiohttp session) and its ``send`` coroutine."""
 
-    def __init__(self, spec: LoadSpec, connections: int) -> None:
+    def __init__(self, spec: LoadSpec, rest_pool_size: int) -> None:
         self.spec = spec
-        self.connections = connections
+        self.rest_pool_size = rest_pool_size  # REST: keep-alive connections at most
         self._channels: list[Any] = []
         self._calls: list[Any] = []
         self._turn = 0
@@ -106,7 +106,7 @@ class _Client:
         else:
             import aiohttp
 
-            connector = aiohttp.TCPConnector(limit=self.connections, force_close=False, ttl_dns_cache=None)
+            connector = aiohttp.TCPConnector(limit=self.rest_pool_size, force_close=False, ttl_dns_cache=None)
             timeout = aiohttp.ClientTimeout(total=self.spec.timeout_s)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 

@@ -116,14 +116,17 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
         kserve = find_cell(results, "kserve", "grpc", model, 1)
         value = _ratio(_field(ship, "p50_ms"), _field(kserve, "p50_ms"))
         yield _check(f"{model}: c=1 p50 shipyard / stock KServe (gRPC)", value, 1.0, higher_is_better=False, unit="x")
-    for key, label in OVERLOAD_SCENARIOS:
+    for key, label, _heading in OVERLOAD_SCENARIOS:
         overload = results.get(key) or {}
         if overload.get("status") == "ok":
             yield from _overload_checks(label, overload)
 
 
-# The overload scenarios in the results: key, and the label that starts their checks' names.
-OVERLOAD_SCENARIOS = (("overload", "overload"), ("overload_many", "overload, many connections"))
+# The overload scenarios in the results: key, the label that starts their checks' names, heading.
+OVERLOAD_SCENARIOS = (
+    ("overload", "overload", "Overload (shipyard, bounded queue)"),
+    ("overload_many", "overload, many connections", "Overload (shipyard, bounded queue, many connections)"),
+)
 
 
 def _overload_checks(label: str, overload: dict[str, Any]) -> Iterable[dict[str, Any]]:
@@ -238,12 +241,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
                 f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} |"
             )
-    for key, _label in OVERLOAD_SCENARIOS:
+    for key, _label, heading in OVERLOAD_SCENARIOS:
         overload = results.get(key)
         if not overload:
             continue
-        many = key == "overload_many"
-        lines += ["", f"## Overload (shipyard, bounded queue{', many connections' if many else ''})", ""]
+        lines += ["", f"## {heading}", ""]
         if overload.get("status") != "ok":
             lines.append(f"Not measured: {overload.get('message', '')}")
         else:
