@@ -3,6 +3,7 @@ grpc) and curl: results, metadata, configs, repository index, statistics, dataty
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
@@ -64,6 +65,27 @@ def test_tritonclient_grpc_infer(served: ServerProcess) -> None:
     result = client.infer("simple", inputs, model_version="1", outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), A + B)
     assert result.as_numpy("OUTPUT1") is None
+
+
+async def test_tritonclient_grpc_more_concurrent_calls_than_streams_per_connection(served: ServerProcess) -> None:
+    """300 calls at once on one client connection, past the server's 128 streams per connection:
+    the excess waits in the client (none refused) and every call gets its own answer."""
+    import tritonclient.grpc.aio as aioclient
+
+    client = aioclient.InferenceServerClient(served.grpc_host)
+
+    async def one(i: int) -> np.ndarray:
+        inputs = [aioclient.InferInput("INPUT0", [1, 16], "FP32"), aioclient.InferInput("INPUT1", [1, 16], "FP32")]
+        inputs[0].set_data_from_numpy(np.full((1, 16), float(i), dtype=np.float32))
+        inputs[1].set_data_from_numpy(B)
+        return (await client.infer("simple", inputs)).as_numpy("OUTPUT0")
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(300)))
+    finally:
+        await client.close()
+    for i, out in enumerate(results):
+        np.testing.assert_allclose(out, np.full((1, 16), i + 2.0 + 100))
 
 
 def test_curl_json(served: ServerProcess) -> None:
