@@ -188,8 +188,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
         for c in checks:
             verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
+            digits = 3 if c["unit"] == "x" else 2  # 1.497x, not a "1.50x" that fails ">= 1.5x"
             lines.append(
-                f"| {c['name']} | {fmt(c['value'], 2)}{c['unit'] if c['value'] is not None else ''} "
+                f"| {c['name']} | {fmt(c['value'], digits)}{c['unit'] if c['value'] is not None else ''} "
                 f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |"
             )
     ratios = results.get("ratios", {})
