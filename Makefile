@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench bench-env clean
+.PHONY: install demo test lint unit bench bench-env bench-client bench-client-deps clean
 
 install: $(STAMP)
 
@@ -35,6 +35,7 @@ lint: install
 # kserve's and tritonclient's gRPC protos share the `inference` package and cannot be imported into
 # one process, so tests that import the kserve SDK (marker kserve_sdk) run in a second session.
 unit: install
+	@$(MAKE) --no-print-directory bench-client || echo "note: the native benchmark client was not built; its tests will skip"
 	$(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
@@ -52,8 +53,26 @@ $(MLSERVER_STAMP): Makefile
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "uvloop<0.21" onnxruntime numpy
 	touch $(MLSERVER_STAMP)
 
+# The benchmark's gRPC load client, in C++ so that it leaves the shared CPUs to the server under test
+# (benchmarks/native_client.py). Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev), which
+# bench-client-deps installs with apt-get when they are missing (as root, or through sudo).
+CXX ?= g++
+BENCH_CLIENT := benchmarks/cpp_client/build/closed_loop
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench-client: $(BENCH_CLIENT)
+
+$(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc
+	@pkg-config --exists grpc++ protobuf 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory bench-client-deps
+	mkdir -p $(dir $@)
+	$(CXX) -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++ protobuf)
+
+bench-client-deps:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ pkg-config libgrpc++-dev
+
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
-bench: install bench-env
+bench: install bench-env bench-client
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:

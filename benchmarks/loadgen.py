@@ -240,17 +240,35 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+CLIENTS = ("native", "python")
+
+
 def run_closed_loop(
-    spec: LoadSpec, concurrency: int, warmup_s: float, window_s: float, processes: int = 2
+    spec: LoadSpec, concurrency: int, warmup_s: float, window_s: float, processes: int = 2, client: str = "python"
 ) -> CellResult:
     """Run ``concurrency`` closed-loop clients (spread over up to ``processes`` processes).
 
-    Raises: RuntimeError if a client process crashes or does not report in time.
+    ``client`` "native": gRPC from the C++ client (``benchmarks.native_client``), one process holding
+    the connections that ``processes`` Python processes would (``processes * spec.connections``);
+    REST always uses the Python client.
+
+    Raises: RuntimeError if a client process crashes or does not report in time, or the native client
+    is not built; ValueError for bad arguments.
     """
     if concurrency < 1 or warmup_s < 0 or window_s <= 0:
         raise ValueError(
             f"need concurrency >= 1, warmup_s >= 0, window_s > 0; got {concurrency}, {warmup_s}, {window_s}"
         )
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}; got {client!r}")
+    if client == "native" and spec.protocol == "grpc":
+        from benchmarks import native_client
+
+        connections = max(1, min(processes, concurrency)) * spec.connections
+        latencies_ms, errors = native_client.run_closed_loop(
+            spec.port, spec.payload, concurrency, warmup_s, window_s, connections, spec.timeout_s
+        )
+        return summarize(concurrency, window_s, latencies_ms, errors)
     args = [(spec, share, warmup_s, window_s) for share in _split(concurrency, processes)]
     results = _run_workers(_closed_loop_worker, args, result_timeout_s=warmup_s + window_s + spec.timeout_s + 30)
     latencies = np.concatenate([r["latencies"] for r in results]) * 1000.0

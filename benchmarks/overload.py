@@ -123,19 +123,22 @@ def run_overload(
     max_inflight: int = 4096,
     probe_rate: float = 300.0,
     connections: int = 1,
+    client: str = "python",
 ) -> dict[str, Any]:
     """Measure service before, a burst of ``factor`` x capacity for ``duration_s``, and service after.
 
     ``capacity`` (inf/s) is measured here at c=64 when not given. ``connections``: gRPC connections
-    per burst process (1: a few greedy clients; more: the same load from many clients). Raises
+    per burst process (1: a few greedy clients; more: the same load from many clients). ``client``:
+    the closed-loop client for service before and after (``loadgen.CLIENTS``; the burst and the probe
+    are Python open-loop clients). Raises
     RuntimeError if the load generator fails.
     """
     spec = LoadSpec("grpc", grpc_port, common.grpc_request_bytes(replace(model, name=served_name)), timeout_s=30.0)
     with RssSampler(server_pid) as rss:
         t_before = time.monotonic()
-        before = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes)
+        before = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes, client)
         if capacity is None:
-            capacity = loadgen.run_closed_loop(spec, 64, 0.5, window_s, processes).throughput
+            capacity = loadgen.run_closed_loop(spec, 64, 0.5, window_s, processes, client).throughput
         time.sleep(0.5)
         counts_before = model_counts(rest_port, served_name)
         t_burst = time.monotonic()
@@ -157,7 +160,7 @@ def run_overload(
         t_burst_end = time.monotonic()
         counts_after = model_counts(rest_port, served_name)
         time.sleep(0.5)
-        after = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes)
+        after = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes, client)
         t_after_end = time.monotonic()
     before_mb = rss.between(t_before, t_burst)
     during_mb = rss.between(t_burst, t_burst_end)

@@ -164,6 +164,13 @@ def fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _client_words(meta: dict[str, Any]) -> str:
+    procs = meta.get("client_procs", "?")
+    if meta.get("client") == "native":
+        return f"gRPC: the C++ client, one process with {procs} connections at most; REST: {procs} Python processes"
+    return f"gRPC and REST: {procs} Python processes"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The report as markdown: meta, checks, ratios, one table per model, overload."""
     meta = results.get("meta", {})
@@ -172,9 +179,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Run {meta.get('finished', '?')} on {meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), "
         f"commit `{meta.get('commit', '?')}`; command `{meta.get('command', '?')}`.",
-        f"Single-item requests (batch 1), closed-loop clients in their own processes; warm-up "
-        f"{meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with one "
-        "intra-op thread everywhere.",
+        f"Single-item requests (batch 1), closed-loop clients in their own processes ({_client_words(meta)}); "
+        f"warm-up {meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with "
+        "one intra-op thread everywhere.",
     ]
     if meta.get("note"):
         lines += ["", f"**Note:** {meta['note']}"]

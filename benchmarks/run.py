@@ -32,7 +32,7 @@ from typing import Any
 
 from benchmarks import common, report, targets
 from benchmarks.common import ModelSpec
-from benchmarks.loadgen import run_closed_loop
+from benchmarks.loadgen import CLIENTS, run_closed_loop
 
 DEFAULT_MODELS = ("wide_mlp", "add_sub", "resnet_cnn")
 QUICK_MODELS = ("wide_mlp", "add_sub")
@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 1.5; quick 0.5)")
     parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1.5)")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes per cell")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="native",
+        help="gRPC closed-loop client: native (C++, `make bench-client`; the default) or python (grpc.aio); "
+        "REST always uses the Python client",
+    )
     parser.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (default 1)")
     parser.add_argument("--mlserver-max-batch", type=int, default=128, help="MLServer max_batch_size (default 128)")
     parser.add_argument(
@@ -83,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5)
     args.window = args.window if args.window is not None else (1.5 if args.quick else 4.0)
+    if args.client == "native":
+        from benchmarks import native_client
+
+        reason = native_client.unavailable_reason()
+        if reason is not None:
+            parser.error(reason)
     return args
 
 
@@ -123,6 +136,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "window_s": args.window,
         "client_procs": args.client_procs,
+        "client": args.client,
         "note": note,
     }
 
@@ -169,7 +183,7 @@ def run_target(
                 for c in args.concurrency:
                     if not target.server.alive():
                         raise RuntimeError(f"{target.name} died during the run; log:\n{target.server.log_tail()}")
-                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs)
+                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs, args.client)
                     row = {"target": target.name, "protocol": protocol, "model": model.name, **cell.as_dict()}
                     results["cells"].append(row)
                     log(
@@ -204,6 +218,7 @@ def run_target(
                     window_s=args.window,
                     processes=args.client_procs,
                     connections=connections,
+                    client=args.client,
                 )
                 capacity = o["capacity"]
                 log(

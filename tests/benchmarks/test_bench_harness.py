@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks import common, loadgen, report, targets
+from benchmarks import common, loadgen, native_client, report, targets
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,72 @@ def test_open_loop_spreads_each_process_over_its_connections() -> None:
     assert burst["warmup_ok"] == 3  # one connection-opening request per connection
     assert burst["outcomes"] == {"ok": burst["sent"]} and burst["sent"] > 20
     assert len(peers) == 3
+
+
+needs_native_client = pytest.mark.skipif(
+    native_client.unavailable_reason() is not None, reason=str(native_client.unavailable_reason())
+)
+
+
+@pytest.mark.slow
+@needs_native_client
+def test_native_client_counts_requests_and_errors_against_echo(echo: targets.Target, add_sub: common.ModelSpec) -> None:
+    spec = echo.specs["grpc"](add_sub)
+    cell = loadgen.run_closed_loop(spec, concurrency=4, warmup_s=0.3, window_s=1.0, processes=2, client="native")
+    assert cell.errors == 0, cell.error_samples
+    assert cell.completed > 50
+    assert cell.throughput == pytest.approx(cell.completed / 1.0)
+    assert cell.p50_ms is not None and cell.p99_ms is not None and 0 < cell.p50_ms <= cell.p99_ms < 1000
+
+    payload = common.grpc_request_bytes(add_sub, model_name="no_such_model")
+    bad = loadgen.LoadSpec("grpc", echo.ports["grpc"], payload)
+    cell = loadgen.run_closed_loop(bad, concurrency=1, warmup_s=0.1, window_s=0.5, processes=1, client="native")
+    assert cell.completed == 0 and cell.errors > 0
+    assert cell.error_samples == ["NOT_FOUND: unknown model 'no_such_model'"]
+
+
+@pytest.mark.slow
+@needs_native_client
+def test_native_client_keeps_concurrency_in_flight_over_its_connections() -> None:
+    peers: set[str] = set()
+    in_flight = 0
+    most = 0
+    lock = threading.Lock()
+
+    def infer(request: bytes, context: grpc.ServicerContext) -> bytes:
+        nonlocal in_flight, most
+        with lock:
+            peers.add(context.peer())  # client address and port: one per TCP connection
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
+        return request[:4]
+
+    service, method = common.GRPC_INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(infer)})
+    server = grpc.server(ThreadPoolExecutor(16))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{common.LOOPBACK}:0")
+    server.start()
+    try:
+        spec = loadgen.LoadSpec("grpc", port, b"payload", connections=2)
+        cell = loadgen.run_closed_loop(spec, concurrency=6, warmup_s=0.2, window_s=0.5, processes=2, client="native")
+    finally:
+        server.stop(None)
+    assert cell.errors == 0, cell.error_samples
+    assert len(peers) == 4  # 2 processes' worth of connections, 2 each
+    assert most == 6  # the concurrency, never more
+    # 6 calls of ~10 ms at a time for 0.5 s: about 300 complete in the window
+    assert 150 <= cell.completed <= 310
+    assert cell.p50_ms is not None and cell.p50_ms >= 10
+
+
+def test_unknown_client_is_refused(add_sub: common.ModelSpec) -> None:
+    spec = loadgen.LoadSpec("grpc", 1, b"")
+    with pytest.raises(ValueError, match="client must be one of native, python"):
+        loadgen.run_closed_loop(spec, 1, 0.1, 0.1, client="rust")
 
 
 def test_load_spec_needs_a_connection() -> None:
