@@ -74,6 +74,7 @@ class CellResult:
     p99_ms: float | None
     mean_ms: float | None
     error_samples: list[str] = field(default_factory=list)
+    client_cpu_s: float | None = None  # the load generator's own CPU time in the window, all processes
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -166,6 +167,14 @@ async def _closed_loop(
         window_end = window_start + window_s
         latencies: list[float] = []
         errors: list[str] = []
+        cpu: dict[str, float] = {}  # this process's CPU time (all threads) at the window's start and end
+        loop_ = asyncio.get_running_loop()
+
+        def mark(key: str) -> None:
+            cpu.setdefault(key, time.process_time())
+
+        for key, at in (("start", window_start), ("end", window_end)):
+            loop_.call_later(max(0.0, at - time.monotonic()), mark, key)
 
         async def loop() -> None:
             while True:
@@ -187,7 +196,8 @@ async def _closed_loop(
         _done, pending = await asyncio.wait(tasks, timeout=warmup_s + window_s + spec.timeout_s + 5)
         for task in pending:
             task.cancel()
-        return {"latencies": np.asarray(latencies, dtype=np.float64), "errors": errors}
+        cpu_s = cpu["end"] - cpu["start"] if "start" in cpu and "end" in cpu else None
+        return {"latencies": np.asarray(latencies, dtype=np.float64), "errors": errors, "cpu_s": cpu_s}
     finally:
         await client.close()
 
@@ -265,22 +275,26 @@ def run_closed_loop(
         from benchmarks import native_client
 
         connections = max(1, min(processes, concurrency)) * spec.connections
-        latencies_ms, errors = native_client.run_closed_loop(
+        latencies_ms, errors, cpu_s = native_client.run_closed_loop(
             spec.port, spec.payload, concurrency, warmup_s, window_s, connections, spec.timeout_s
         )
-        return summarize(concurrency, window_s, latencies_ms, errors)
+        return summarize(concurrency, window_s, latencies_ms, errors, cpu_s)
     args = [(spec, share, warmup_s, window_s) for share in _split(concurrency, processes)]
     results = _run_workers(_closed_loop_worker, args, result_timeout_s=warmup_s + window_s + spec.timeout_s + 30)
     latencies = np.concatenate([r["latencies"] for r in results]) * 1000.0
     errors = [e for r in results for e in r["errors"]]
-    return summarize(concurrency, window_s, latencies, errors)
+    cpus = [r["cpu_s"] for r in results]
+    cpu_s = None if any(c is None for c in cpus) else float(sum(cpus))
+    return summarize(concurrency, window_s, latencies, errors, cpu_s)
 
 
-def summarize(concurrency: int, window_s: float, latencies_ms: np.ndarray, errors: list[str]) -> CellResult:
-    """Turn raw latencies (ms) and error strings into a :class:`CellResult`."""
+def summarize(
+    concurrency: int, window_s: float, latencies_ms: np.ndarray, errors: list[str], client_cpu_s: float | None = None
+) -> CellResult:
+    """Turn raw latencies (ms), error strings and the client's CPU seconds into a :class:`CellResult`."""
     samples = sorted(set(errors))[:3]
     if latencies_ms.size == 0:
-        return CellResult(concurrency, window_s, 0, len(errors), 0.0, None, None, None, None, samples)
+        return CellResult(concurrency, window_s, 0, len(errors), 0.0, None, None, None, None, samples, client_cpu_s)
     p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99])
     return CellResult(
         concurrency,
@@ -293,6 +307,7 @@ def summarize(concurrency: int, window_s: float, latencies_ms: np.ndarray, error
         float(p99),
         float(latencies_ms.mean()),
         samples,
+        client_cpu_s,
     )
 
 

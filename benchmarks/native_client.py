@@ -36,10 +36,10 @@ def unavailable_reason() -> str | None:
 
 def run_closed_loop(
     port: int, payload: bytes, concurrency: int, warmup_s: float, window_s: float, connections: int, timeout_s: float
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str], float | None]:
     """Run ``concurrency`` closed-loop ModelInfer calls of ``payload`` over ``connections`` channels to
-    127.0.0.1:``port``: a warm-up, then a window. Returns the window's latencies (ms) and one error string
-    (``"CODE: message"``) per failed call in the window.
+    127.0.0.1:``port``: a warm-up, then a window. Returns the window's latencies (ms), one error string
+    (``"CODE: message"``) per failed call in the window, and the client's CPU seconds in the window.
 
     Raises: RuntimeError if the client is not built, exits with an error, or does not finish in time.
     """
@@ -70,9 +70,11 @@ def run_closed_loop(
             raise
         if proc.returncode != 0:
             raise RuntimeError(f"the native client failed (exit {proc.returncode}): {err.strip()[-2000:]}")
-        errors = [line[len("error ") :] for line in out.splitlines() if line.startswith("error ")]
+        lines = out.splitlines()
+        errors = [line[len("error ") :] for line in lines if line.startswith("error ")]
+        cpu_s = next((float(line.split()[1]) for line in lines if line.startswith("cpu ")), None)
         latencies_ms = np.fromfile(latencies_path, dtype=np.float64) * 1000.0
-    return latencies_ms, errors
+    return latencies_ms, errors, cpu_s
 
 
 def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:

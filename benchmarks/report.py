@@ -164,6 +164,14 @@ def fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def client_us_per_request(cell: dict[str, Any]) -> float | None:
+    """The load generator's CPU time per completed request in the window (µs), when it was measured."""
+    cpu_s = cell.get("client_cpu_s")
+    if cpu_s is None or not cell.get("completed"):
+        return None
+    return float(cpu_s) / cell["completed"] * 1e6
+
+
 def _client_words(meta: dict[str, Any]) -> str:
     procs = meta.get("client_procs", "?")
     if meta.get("client") == "native":
@@ -233,21 +241,23 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             f"## {model}",
             "",
-            "| target | protocol | c | inf/s | p50 ms | p99 ms | errors |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| target | protocol | c | inf/s | p50 ms | p99 ms | errors | client CPU µs/req |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         inproc = results.get("inprocess", {}).get(model)
         if inproc:
-            lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | |")
+            lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | | |")
             lines.append(
-                f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} | | | |"
+                f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} "
+                "| | | | |"
             )
         for cell in results.get("cells", []):
             if cell["model"] != model:
                 continue
             lines.append(
                 f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
-                f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} |"
+                f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} "
+                f"| {fmt(client_us_per_request(cell), 0)} |"
             )
     for key, _label, heading in OVERLOAD_SCENARIOS:
         overload = results.get(key)

@@ -12,12 +12,14 @@
 //   3. warm-up until t0 + warmup, then the window until t0 + warmup + window; only calls that
 //      complete inside the window count; no call starts after the window ends
 //   4. writes the window's latencies (float64 seconds, native order) to the --latencies file and
-//      prints one line per failed call in the window: "error <CODE>: <message>"; then "done <n>"
+//      prints one line per failed call in the window: "error <CODE>: <message>", then
+//      "cpu <seconds>" (this process's CPU time during the window), then "done <n>"
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/alarm.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -136,10 +138,16 @@ class Runner {
     for (int i = 0; i < o_.concurrency; ++i, ++in_flight) start(stubs_[i % stubs_.size()].get(), i);
     void* tag;
     bool fine;
+    bool counting = false;
     while (in_flight > 0 && cq_.Next(&tag, &fine)) {
       Call* call = static_cast<Call*>(tag);
       int slot = call->slot;
       auto now = Clock::now();
+      if (!counting && now >= window_start_) {
+        counting = true;
+        cpu_start_s_ = process_cpu_s();
+      }
+      if (counting && now > window_end_ && cpu_window_s_ < 0) cpu_window_s_ = process_cpu_s() - cpu_start_s_;
       if (call->pausing) {
         delete call;
       } else {
@@ -162,10 +170,19 @@ class Runner {
     }
   }
 
+  // CPU seconds this process used in the window (from the first completion in it to the first after
+  // it); 0 when the loop ended before the window did.
+  double window_cpu_s() const { return cpu_window_s_ < 0 ? 0.0 : cpu_window_s_; }
   const std::vector<double>& latencies() const { return latencies_; }
   const std::vector<std::string>& errors() const { return errors_; }
 
  private:
+  static double process_cpu_s() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+
   static Clock::duration to_duration(double s) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
   }
@@ -186,6 +203,7 @@ class Runner {
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   grpc::CompletionQueue cq_;
   Clock::time_point window_start_, window_end_;
+  double cpu_start_s_ = 0.0, cpu_window_s_ = -1.0;
   std::vector<double> latencies_;
   std::vector<std::string> errors_;
 };
@@ -218,6 +236,7 @@ int main(int argc, char** argv) {
   }
   std::fclose(out);
   for (const auto& e : runner.errors()) std::cout << "error " << e << "\n";
+  std::cout << "cpu " << runner.window_cpu_s() << "\n";
   std::cout << "done " << lat.size() << std::endl;
   return 0;
 }

@@ -7,6 +7,7 @@ report files are written. The shipyard config the benchmark serves is parsed wit
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ def test_closed_loop_grpc_against_echo_counts_requests(echo: targets.Target, add
     assert cell.completed > 50
     assert cell.throughput == pytest.approx(cell.completed / 1.0)
     assert cell.p50_ms is not None and cell.p99_ms is not None and 0 < cell.p50_ms <= cell.p99_ms
+    # the two client processes' own CPU in the 1 s window: some, and at most the machine's
+    assert cell.client_cpu_s is not None and 0 < cell.client_cpu_s <= 2.0 * (os.cpu_count() or 1)
 
 
 @pytest.mark.slow
@@ -101,6 +104,7 @@ def test_native_client_counts_requests_and_errors_against_echo(echo: targets.Tar
     assert cell.completed > 50
     assert cell.throughput == pytest.approx(cell.completed / 1.0)
     assert cell.p50_ms is not None and cell.p99_ms is not None and 0 < cell.p50_ms <= cell.p99_ms < 1000
+    assert cell.client_cpu_s is not None and 0 < cell.client_cpu_s <= 1.0 * (os.cpu_count() or 1)
 
     payload = common.grpc_request_bytes(add_sub, model_name="no_such_model")
     bad = loadgen.LoadSpec("grpc", echo.ports["grpc"], payload)
@@ -231,7 +235,7 @@ def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None
             _cell("kserve", "grpc", "wide_mlp", 1, 500.0, 2.0, 3.0),
             _cell("kserve", "grpc", "wide_mlp", 64, 800.0, 80.0, 120.0),
             _cell("shipyard", "grpc", "wide_mlp", 1, 550.0, 1.8, 2.5),
-            _cell("shipyard", "grpc", "wide_mlp", 64, 4200.0, 15.0, 30.0),
+            {**_cell("shipyard", "grpc", "wide_mlp", 64, 4200.0, 15.0, 30.0), "client_cpu_s": 0.126},
             _cell("shipyard", "rest", "wide_mlp", 64, 3000.0, 20.0, 40.0),
         ],
     }
@@ -245,7 +249,8 @@ def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None
     assert checks["wide_mlp: shipyard p99 (gRPC, c=64)"] is True
     assert checks["wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)"] is None
     markdown = paths["md"].read_text()
-    assert "| shipyard | grpc | 64 | 4,200 | 15.00 | 30.00 | 0 |" in markdown
+    assert "| shipyard | grpc | 64 | 4,200 | 15.00 | 30.00 | 0 | 30 |" in markdown  # 0.126 s / 4,200 requests
+    assert "| shipyard | rest | 64 | 3,000 | 20.00 | 40.00 | 0 | — |" in markdown  # not measured
     assert "unavailable: run make bench-env" in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
