@@ -1,0 +1,157 @@
+"""Where a server's CPU goes under load: per-thread CPU of one target during one closed-loop cell.
+
+    python -m benchmarks.threads [--target shipyard] [--model add_sub] [--protocol grpc]
+                                 [--concurrency 64] [--client native] [--seconds 3]
+
+Starts the target as ``make bench`` does, loads it, and reads ``/proc/<pid>/task/<tid>/schedstat``
+(time on a CPU, time waiting for one) for every thread of the server and its child processes over
+the middle of the window, plus the load generator's own CPU. Prints, per thread, the share of one
+CPU it ran and waited, and its CPU per request; then the server's and the client's CPU per request.
+
+On this 2-core machine a thread that runs ~100% of a CPU (plus its wait) is the bottleneck; when
+the threads' running shares add up to ~200% the machine is. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, targets
+from benchmarks.loadgen import CLIENTS, CellResult, run_closed_loop
+
+Sample = dict[tuple[int, int], tuple[str, int, int]]  # (pid, tid) -> (name, on-CPU ns, waiting ns)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def sample(pids: list[int]) -> Sample:
+    """On-CPU and run-queue nanoseconds of every thread of ``pids``."""
+    out: Sample = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    on_cpu, waiting, _ = f.read().split()
+            except OSError:
+                continue
+            out[(pid, int(tid))] = (name, int(on_cpu), int(waiting))
+    return out
+
+
+def measure(
+    target_name: str, model_name: str, protocol: str, concurrency: int, client: str, seconds: float
+) -> dict[str, Any]:
+    """Run one cell against a fresh ``target_name`` and return per-thread CPU over its middle part.
+
+    Raises: TargetUnavailable, RuntimeError (the target or the load generator failed).
+    """
+    model = common.load_model_spec(model_name)
+    workdir = Path(tempfile.mkdtemp(prefix="shipyard-threads-"))
+    build = {
+        "echo": targets.echo_target,
+        "kserve": targets.kserve_target,
+        "mlserver": targets.mlserver_target,
+        "shipyard": targets.shipyard_target,
+    }[target_name]
+    target = build([model], workdir)
+    warmup_s, margin_s = 1.5, 1.0
+    with common.running(target.server):
+        target.server.wait_ready(target.probe, target.startup_timeout_s)
+        if protocol not in target.specs:
+            raise RuntimeError(f"{target_name} has no {protocol!r} endpoint; it has {', '.join(target.specs)}")
+        spec = target.specs[protocol](model)
+        result: dict[str, CellResult] = {}
+
+        def load() -> None:
+            result["cell"] = run_closed_loop(spec, concurrency, warmup_s, seconds + 2 * margin_s, client=client)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(warmup_s + margin_s + 1.0)  # client start-up, warm-up, then into the window
+        pids = [target.server.pid, *_children(target.server.pid)]
+        before, t0 = sample(pids), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = sample(pids), time.monotonic() - t0
+        loader.join()
+    cell = result["cell"]
+    rate = cell.throughput
+    threads: list[dict[str, Any]] = []
+    for key, (name, on_cpu, waiting) in after.items():
+        if key not in before:
+            continue
+        _, on0, wait0 = before[key]
+        run_share = (on_cpu - on0) / 1e9 / elapsed
+        wait_share = (waiting - wait0) / 1e9 / elapsed
+        threads.append({"pid": key[0], "tid": key[1], "name": name, "cpu": run_share, "wait": wait_share})
+    threads.sort(key=lambda t: -t["cpu"])
+    server_cpu = sum(t["cpu"] for t in threads)
+    client_us = cell.client_cpu_s / cell.completed * 1e6 if cell.client_cpu_s and cell.completed else None
+    return {
+        "cell": cell,
+        "threads": threads,
+        "server_cpu": server_cpu,
+        "server_us_per_request": server_cpu / rate * 1e6 if rate else None,
+        "client_us_per_request": client_us,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.threads", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="shipyard", choices=targets.TARGET_NAMES)
+    parser.add_argument("--model", default="add_sub")
+    parser.add_argument("--protocol", default="grpc")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--client", default="native", choices=CLIENTS)
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long the CPU is sampled (default 3)")
+    args = parser.parse_args(argv)
+    out = measure(args.target, args.model, args.protocol, args.concurrency, args.client, args.seconds)
+    cell: CellResult = out["cell"]
+    rate = cell.throughput
+    print(
+        f"{args.target} {args.protocol} {args.model} c={args.concurrency} ({args.client} client): "
+        f"{rate:,.0f} req/s, p50 {cell.p50_ms or 0:.2f} ms, p99 {cell.p99_ms or 0:.2f} ms, errors {cell.errors}"
+    )
+    print(f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s}")
+    for t in out["threads"]:
+        if t["cpu"] < 0.005:
+            continue
+        label = f"{t['name']} ({t['tid']}{', main' if t['tid'] == t['pid'] else ''})"
+        per_request = t["cpu"] / rate * 1e6 if rate else 0.0
+        print(f"{label:28s} {t['cpu'] * 100:6.1f}% {t['wait'] * 100:7.1f}% {per_request:7.1f}")
+    server_us = out["server_us_per_request"]
+    client_us = out["client_us_per_request"]
+    print(
+        f"server: {out['server_cpu'] * 100:.0f}% of one CPU, "
+        f"{'—' if server_us is None else f'{server_us:.0f}'} µs per request; client: "
+        f"{'—' if client_us is None else f'{client_us:.0f}'} µs per request"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
