@@ -72,8 +72,44 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             "shipyard_rest_vs_grpc": _ratio(_throughput(results, "shipyard", "rest", model, TOP_C), ship),
         }
     results["ratios"] = ratios
+    results["round_ratios"] = _round_ratios(results.get("rounds", []))
     results["checks"] = list(_checks(results))
     return results
+
+
+# The throughput ratios the interleaved rounds measure: key -> (model, reference target, the issue's target).
+ROUND_RATIOS = {
+    "wide_mlp: shipyard / MLServer": ("wide_mlp", "mlserver", 3.0),
+    "wide_mlp: shipyard / transport floor": ("wide_mlp", "echo", 0.6),
+    "add_sub: shipyard / stock KServe": ("add_sub", "kserve", 1.5),
+}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _round_ratios(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per ``ROUND_RATIOS`` key: shipyard's throughput over the reference's, one value per round in
+    which both were measured (the two ran minutes apart at most), and their median."""
+    out: dict[str, dict[str, Any]] = {}
+    by_round: dict[tuple[int, str, str], float] = {}
+    for row in rounds:
+        if row.get("completed"):
+            by_round[(row["round"], row["model"], row["target"])] = float(row["throughput"])
+    round_ids = sorted({r for r, _, _ in by_round})
+    for key, (model, reference, _target) in ROUND_RATIOS.items():
+        values = [
+            ship / ref
+            for r in round_ids
+            if (ship := by_round.get((r, model, "shipyard"))) is not None
+            and (ref := by_round.get((r, model, reference)))
+        ]
+        if values:
+            out[key] = {"values": values, "median": _median(values), "min": min(values), "max": max(values)}
+    return out
 
 
 def _check(
@@ -111,6 +147,10 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
         )
     if "add_sub" in r:
         yield _check("add_sub: shipyard / stock KServe (gRPC, c=64)", r["add_sub"]["shipyard_vs_kserve"], 1.5, unit="x")
+    for key, entry in results.get("round_ratios", {}).items():
+        count = len(entry["values"])
+        name = f"{key}, median of {count} interleaved round{'' if count == 1 else 's'} (gRPC, c=64)"
+        yield _check(name, entry["median"], ROUND_RATIOS[key][2], unit="x")
     for model in r:
         ship = find_cell(results, "shipyard", "grpc", model, 1)
         kserve = find_cell(results, "kserve", "grpc", model, 1)
@@ -235,6 +275,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for model, row in ratios.items():
             lines.append(f"| {model} | " + " | ".join(fmt(row.get(k), 2) for k in keys) + " |")
+    lines += _rounds_lines(results)
     models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
     for model in models:
         lines += [
@@ -417,7 +458,43 @@ def update_readme(readme: Path, markdown: str) -> bool:
     return True
 
 
-_SUMMARY_SECTIONS = ("## Targets", "## Issue 4 targets", "## Ratios")
+_SUMMARY_SECTIONS = ("## Targets", "## Issue 4 targets", "## Ratios", "## Interleaved rounds")
+
+
+def _rounds_lines(results: dict[str, Any]) -> list[str]:
+    """The interleaved rounds: each ratio per round and its median, then each target's throughput."""
+    rounds = results.get("rounds") or []
+    round_ratios = results.get("round_ratios") or {}
+    if not rounds:
+        return []
+    count = len({row["round"] for row in rounds})
+    lines = [
+        "",
+        f"## Interleaved rounds (gRPC, c={TOP_C})",
+        "",
+        f"Every target up at once; {count} rounds, each measuring every target and model once, the targets "
+        "in a rotated order, so that a ratio compares measurements seconds to minutes apart, not a sweep apart.",
+        "",
+    ]
+    if round_ratios:
+        lines += [
+            "| ratio | " + " | ".join(f"round {i + 1}" for i in range(count)) + " | median |",
+            "| --- |" + " ---: |" * (count + 1),
+        ]
+        for key, entry in round_ratios.items():
+            values = [fmt(v, 3) for v in entry["values"]] + ["—"] * (count - len(entry["values"]))
+            lines.append(f"| {key} | " + " | ".join(values) + f" | {fmt(entry['median'], 3)} |")
+        lines.append("")
+    lines += ["| model | target | " + " | ".join(f"round {i + 1} inf/s" for i in range(count)) + " |"]
+    lines.append("| --- | --- |" + " ---: |" * count)
+    table: dict[tuple[str, str], dict[int, str]] = {}
+    for row in rounds:
+        value = fmt(float(row["throughput"])) if row.get("completed") else f"errors {row.get('errors', '?')}"
+        table.setdefault((row["model"], row["target"]), {})[row["round"]] = value
+    round_ids = sorted({row["round"] for row in rounds})
+    for (model, target), per_round in table.items():
+        lines.append(f"| {model} | {target} | " + " | ".join(per_round.get(r, "—") for r in round_ids) + " |")
+    return lines
 
 
 def summary_markdown(markdown: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as dt
 import json
 import os
@@ -73,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mlserver-max-batch-time-ms", type=float, default=5.0, help="MLServer max_batch_time in ms (default 5)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved rounds of the c=64 gRPC cells after the sweep, every target up at once (default 3; quick 0)",
+    )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="a note printed at the top of the report")
@@ -90,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5)
     args.window = args.window if args.window is not None else (1.5 if args.quick else 4.0)
+    args.rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
+    if args.rounds < 0:
+        parser.error(f"--rounds must be >= 0, got {args.rounds}")
     if args.client == "native":
         from benchmarks import native_client
 
@@ -137,6 +146,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "window_s": args.window,
         "client_procs": args.client_procs,
         "client": args.client,
+        "rounds": args.rounds,
         "note": note,
     }
 
@@ -228,6 +238,42 @@ def run_target(
                 )
 
 
+def run_rounds(
+    names: list[str], models: list[ModelSpec], workdir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Start every target in ``names`` at once, then ``args.rounds`` times measure each (model,
+    target) at gRPC c=64, rotating the targets' order each round; stop them. Returns one row per
+    measurement.
+
+    Raises: RuntimeError when a target does not start or dies; TargetUnavailable.
+    """
+    c = report.TOP_C
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = [build_target(name, models, workdir, args) for name in names]
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        for target in started:
+            stack.enter_context(common.running(target.server))
+        for target in started:
+            target.server.wait_ready(target.probe, target.startup_timeout_s)
+        log(f"[rounds] {', '.join(names)} up; {args.rounds} rounds at gRPC c={c}")
+        for number in range(args.rounds):
+            shift = number % len(started)
+            order = started[shift:] + started[:shift]
+            for model in models:
+                for target in order:
+                    if not target.server.alive():
+                        raise RuntimeError(f"{target.name} died during the rounds; log:\n{target.server.log_tail()}")
+                    spec = target.specs["grpc"](model)
+                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs, args.client)
+                    rows.append({"round": number, "model": model.name, "target": target.name, **cell.as_dict()})
+                    log(
+                        f"  round {number + 1} {target.name:9s} {model.name:10s} {cell.throughput:9.0f} inf/s  "
+                        f"p99 {_ms(cell.p99_ms)}  errors {cell.errors}"
+                    )
+    return rows
+
+
 def _ms(value: float | None) -> str:
     return "      —" if value is None else f"{value:7.2f} ms"
 
@@ -275,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{name}] FAILED: {exc}")
                 if not isinstance(exc, RuntimeError):
                     traceback.print_exc()
+        ran = [name for name in args.targets if results["targets"].get(name, {}).get("status") == "ok"]
+        if args.rounds and "shipyard" in ran and len(ran) > 1:
+            try:
+                results["rounds"] = run_rounds(ran, models, workdir / "rounds", args)
+            except Exception as exc:
+                failed = True
+                results["errors"].append(f"rounds: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                log(f"[rounds] FAILED: {exc}")
     finally:
         common.stop_all()
         results["meta"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -255,6 +255,40 @@ def test_reports_write_json_markdown_and_png_with_ratios(tmp_path: Path) -> None
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_interleaved_rounds_give_per_round_ratios_and_a_median_check(tmp_path: Path) -> None:
+    def row(number: int, model: str, target: str, throughput: float) -> dict:
+        return {"round": number, "model": model, "target": target, "throughput": throughput, "completed": 1000}
+
+    results = {
+        "meta": {"cpus": 2},
+        "targets": {},
+        "cells": [_cell("shipyard", "grpc", "add_sub", 64, 5000.0, 10.0, 12.0)],
+        "rounds": [
+            row(0, "add_sub", "kserve", 4000.0),
+            row(0, "add_sub", "shipyard", 6400.0),  # 1.6x
+            row(1, "add_sub", "shipyard", 5600.0),  # 1.4x
+            row(1, "add_sub", "kserve", 4000.0),
+            row(2, "add_sub", "kserve", 5000.0),
+            row(2, "add_sub", "shipyard", 7600.0),  # 1.52x
+            {**row(3, "add_sub", "kserve", 0.0), "completed": 0},  # failed round: no ratio
+            row(3, "add_sub", "shipyard", 9000.0),
+        ],
+    }
+    paths = report.write_reports(results, tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    entry = saved["round_ratios"]["add_sub: shipyard / stock KServe"]
+    assert entry["values"] == pytest.approx([1.6, 1.4, 1.52])
+    assert entry["median"] == pytest.approx(1.52)
+    checks = {c["name"]: c for c in saved["checks"]}
+    median_check = checks["add_sub: shipyard / stock KServe, median of 3 interleaved rounds (gRPC, c=64)"]
+    assert median_check["value"] == pytest.approx(1.52) and median_check["pass"] is True
+    assert "wide_mlp: shipyard / MLServer" not in saved["round_ratios"]  # never measured
+    markdown = paths["md"].read_text()
+    assert "| add_sub: shipyard / stock KServe | 1.600 | 1.400 | 1.520 | — | 1.520 |" in markdown
+    assert "| add_sub | kserve | 4,000 | 4,000 | 5,000 | errors ? |" in markdown
+    assert "## Interleaved rounds" in report.summary_markdown(markdown)
+
+
 def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None:
     def scenario(connections: int, refused_p99: float | None) -> dict[str, object]:
         latency = {"p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0}
