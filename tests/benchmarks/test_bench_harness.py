@@ -6,11 +6,12 @@ report files are written. The shipyard config the benchmark serves is parsed wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,6 +67,21 @@ def test_open_loop_below_capacity_answers_everything(echo: targets.Target, add_s
     assert burst["ok_latency"]["p99_ms"] is not None
 
 
+@contextlib.contextmanager
+def _infer_server(infer: Callable[[bytes, grpc.ServicerContext], bytes], workers: int) -> Iterator[int]:
+    """A sync gRPC server on a loopback port whose ModelInfer is ``infer`` (raw bytes); yields the port."""
+    service, method = common.GRPC_INFER_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(infer)})
+    server = grpc.server(ThreadPoolExecutor(workers))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{common.LOOPBACK}:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
 @pytest.mark.slow
 def test_open_loop_spreads_each_process_over_its_connections() -> None:
     peers: set[str] = set()
@@ -74,17 +90,9 @@ def test_open_loop_spreads_each_process_over_its_connections() -> None:
         peers.add(context.peer())  # client address and port: one per TCP connection
         return b""
 
-    service, method = common.GRPC_INFER_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(infer)})
-    server = grpc.server(ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{common.LOOPBACK}:0")
-    server.start()
-    try:
+    with _infer_server(infer, workers=4) as port:
         spec = loadgen.LoadSpec("grpc", port, b"", connections=3)
         burst = loadgen.run_open_loop(spec, rate=100, duration_s=0.5, max_inflight=16, processes=1)
-    finally:
-        server.stop(None)
     assert burst["warmup_ok"] == 3  # one connection-opening request per connection
     assert burst["outcomes"] == {"ok": burst["sent"]} and burst["sent"] > 20
     assert len(peers) == 3
@@ -132,17 +140,9 @@ def test_native_client_keeps_concurrency_in_flight_over_its_connections() -> Non
             in_flight -= 1
         return request[:4]
 
-    service, method = common.GRPC_INFER_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(infer)})
-    server = grpc.server(ThreadPoolExecutor(16))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{common.LOOPBACK}:0")
-    server.start()
-    try:
+    with _infer_server(infer, workers=16) as port:
         spec = loadgen.LoadSpec("grpc", port, b"payload", connections=2)
         cell = loadgen.run_closed_loop(spec, concurrency=6, warmup_s=0.2, window_s=0.5, processes=2, client="native")
-    finally:
-        server.stop(None)
     assert cell.errors == 0, cell.error_samples
     assert len(peers) == 4  # 2 processes' worth of connections, 2 each
     assert most == 6  # the concurrency, never more
