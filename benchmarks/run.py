@@ -33,7 +33,7 @@ from typing import Any
 
 from benchmarks import common, report, targets
 from benchmarks.common import ModelSpec
-from benchmarks.loadgen import CLIENTS, run_closed_loop
+from benchmarks.loadgen import CLIENTS, CellResult, LoadSpec, run_closed_loop
 
 DEFAULT_MODELS = ("wide_mlp", "add_sub", "resnet_cnn")
 QUICK_MODELS = ("wide_mlp", "add_sub")
@@ -193,7 +193,7 @@ def run_target(
                 for c in args.concurrency:
                     if not target.server.alive():
                         raise RuntimeError(f"{target.name} died during the run; log:\n{target.server.log_tail()}")
-                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs, args.client)
+                    cell = _measure(spec, c, args)
                     row = {"target": target.name, "protocol": protocol, "model": model.name, **cell.as_dict()}
                     results["cells"].append(row)
                     log(
@@ -265,13 +265,22 @@ def run_rounds(
                     if not target.server.alive():
                         raise RuntimeError(f"{target.name} died during the rounds; log:\n{target.server.log_tail()}")
                     spec = target.specs["grpc"](model)
-                    cell = run_closed_loop(spec, c, args.warmup, args.window, args.client_procs, args.client)
+                    cell = _measure(spec, c, args)
                     rows.append({"round": number, "model": model.name, "target": target.name, **cell.as_dict()})
                     log(
                         f"  round {number + 1} {target.name:9s} {model.name:10s} {cell.throughput:9.0f} inf/s  "
                         f"p99 {_ms(cell.p99_ms)}  errors {cell.errors}"
                     )
     return rows
+
+
+def _measure(spec: LoadSpec, concurrency: int, args: argparse.Namespace) -> CellResult:
+    """One closed-loop cell with the run's warm-up, window, client processes and client."""
+    return run_closed_loop(spec, concurrency, args.warmup, args.window, args.client_procs, args.client)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _ms(value: float | None) -> str:
@@ -317,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 failed = True
                 results["targets"][name].update(status="failed", message=str(exc))
-                results["errors"].append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                results["errors"].append(f"{name}: {_first_line(exc)}")
                 log(f"[{name}] FAILED: {exc}")
                 if not isinstance(exc, RuntimeError):
                     traceback.print_exc()
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["rounds"] = run_rounds(ran, models, workdir / "rounds", args)
             except Exception as exc:
                 failed = True
-                results["errors"].append(f"rounds: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                results["errors"].append(f"rounds: {_first_line(exc)}")
                 log(f"[rounds] FAILED: {exc}")
     finally:
         common.stop_all()
