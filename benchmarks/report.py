@@ -77,11 +77,13 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+# The issue's throughput-ratio targets (gRPC, c=64), checked on the sweep and on the rounds' medians.
+MLSERVER_TARGET, FLOOR_TARGET, KSERVE_TARGET = 3.0, 0.6, 1.5
 # The throughput ratios the interleaved rounds measure: key -> (model, reference target, the issue's target).
 ROUND_RATIOS = {
-    "wide_mlp: shipyard / MLServer": ("wide_mlp", "mlserver", 3.0),
-    "wide_mlp: shipyard / transport floor": ("wide_mlp", "echo", 0.6),
-    "add_sub: shipyard / stock KServe": ("add_sub", "kserve", 1.5),
+    "wide_mlp: shipyard / MLServer": ("wide_mlp", "mlserver", MLSERVER_TARGET),
+    "wide_mlp: shipyard / transport floor": ("wide_mlp", "echo", FLOOR_TARGET),
+    "add_sub: shipyard / stock KServe": ("add_sub", "kserve", KSERVE_TARGET),
 }
 
 
@@ -130,12 +132,15 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
     r = results["ratios"]
     if "wide_mlp" in r:
         yield _check(
-            "wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)", r["wide_mlp"]["shipyard_vs_mlserver"], 3.0, unit="x"
+            "wide_mlp: shipyard / MLServer adaptive (gRPC, c=64)",
+            r["wide_mlp"]["shipyard_vs_mlserver"],
+            MLSERVER_TARGET,
+            unit="x",
         )
         yield _check(
             "wide_mlp: shipyard / transport floor (gRPC, c=64)",
             r["wide_mlp"]["shipyard_vs_transport_floor"],
-            0.6,
+            FLOOR_TARGET,
             unit="x",
         )
         cell = find_cell(results, "shipyard", "grpc", "wide_mlp", TOP_C)
@@ -146,7 +151,9 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
             "wide_mlp: shipyard REST binary / gRPC (c=64)", r["wide_mlp"]["shipyard_rest_vs_grpc"], 0.7, unit="x"
         )
     if "add_sub" in r:
-        yield _check("add_sub: shipyard / stock KServe (gRPC, c=64)", r["add_sub"]["shipyard_vs_kserve"], 1.5, unit="x")
+        yield _check(
+            "add_sub: shipyard / stock KServe (gRPC, c=64)", r["add_sub"]["shipyard_vs_kserve"], KSERVE_TARGET, unit="x"
+        )
     for key, entry in results.get("round_ratios", {}).items():
         count = len(entry["values"])
         name = f"{key}, median of {count} interleaved round{'' if count == 1 else 's'} (gRPC, c=64)"
@@ -467,7 +474,8 @@ def _rounds_lines(results: dict[str, Any]) -> list[str]:
     round_ratios = results.get("round_ratios") or {}
     if not rounds:
         return []
-    count = len({row["round"] for row in rounds})
+    round_ids = sorted({row["round"] for row in rounds})
+    count = len(round_ids)
     lines = [
         "",
         f"## Interleaved rounds (gRPC, c={TOP_C})",
@@ -491,7 +499,6 @@ def _rounds_lines(results: dict[str, Any]) -> list[str]:
     for row in rounds:
         value = fmt(float(row["throughput"])) if row.get("completed") else f"errors {row.get('errors', '?')}"
         table.setdefault((row["model"], row["target"]), {})[row["round"]] = value
-    round_ids = sorted({row["round"] for row in rounds})
     for (model, target), per_round in table.items():
         lines.append(f"| {model} | {target} | " + " | ".join(per_round.get(r, "—") for r in round_ids) + " |")
     return lines

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, targets
+from benchmarks import common, report, targets
 from benchmarks.loadgen import CLIENTS, CellResult, run_closed_loop
 
 Sample = dict[tuple[int, int], tuple[str, int, int]]  # (pid, tid) -> (name, on-CPU ns, waiting ns)
@@ -110,7 +110,7 @@ def measure(
         threads.append({"pid": key[0], "tid": key[1], "name": name, "cpu": run_share, "wait": wait_share})
     threads.sort(key=lambda t: -t["cpu"])
     server_cpu = sum(t["cpu"] for t in threads)
-    client_us = cell.client_cpu_s / cell.completed * 1e6 if cell.client_cpu_s and cell.completed else None
+    client_us = report.client_us_per_request(cell.as_dict())
     return {
         "cell": cell,
         "threads": threads,
