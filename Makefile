@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit bench bench-env bench-client bench-client-deps clean
+.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean
 
 install: $(STAMP)
 
@@ -25,7 +25,27 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# The serving runtime's gRPC transport on grpc++ (serving_runtime/protocol/native_grpc.py): far less
+# Python time per call than grpc.aio. Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev),
+# which native-deps installs with apt-get when they are missing; without it the runtime serves gRPC
+# on grpc.aio (same protocol, slower).
+CXX ?= g++
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+NATIVE_SRC := serving_runtime/protocol/native/grpc_frontend.cc
+NATIVE_SO := serving_runtime/protocol/_grpc_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+native: $(NATIVE_SO)
+
+$(NATIVE_SO): $(NATIVE_SRC) | install
+	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
+	CXX=$(CXX) sh serving_runtime/protocol/native/build.sh $(BIN)/python
+
+native-deps:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ pkg-config libgrpc++-dev
+
 demo: install
+	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; gRPC runs on grpc.aio"
 	$(BIN)/shipyard demo
 
 lint: install
@@ -35,6 +55,7 @@ lint: install
 # kserve's and tritonclient's gRPC protos share the `inference` package and cannot be imported into
 # one process, so tests that import the kserve SDK (marker kserve_sdk) run in a second session.
 unit: install
+	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; its tests will skip"
 	@$(MAKE) --no-print-directory bench-client || echo "note: the native benchmark client was not built; its tests will skip"
 	$(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
@@ -55,25 +76,21 @@ $(MLSERVER_STAMP): Makefile
 
 # The benchmark's gRPC load client, in C++ so that it leaves the shared CPUs to the server under test
 # (benchmarks/native_client.py). Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev), which
-# bench-client-deps installs with apt-get when they are missing (as root, or through sudo).
-CXX ?= g++
+# native-deps installs with apt-get when they are missing (as root, or through sudo).
 BENCH_CLIENT := benchmarks/cpp_client/build/closed_loop
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench-client: $(BENCH_CLIENT)
 
 $(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc
-	@pkg-config --exists grpc++ protobuf 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory bench-client-deps
+	@pkg-config --exists grpc++ protobuf 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	mkdir -p $(dir $@)
 	$(CXX) -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++ protobuf)
 
-bench-client-deps:
-	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ pkg-config libgrpc++-dev
+bench-client-deps: native-deps
 
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
-bench: install bench-env bench-client
+bench: install native bench-env bench-client
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache serving_runtime/protocol/_grpc_native*.so

@@ -22,6 +22,7 @@ from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
     DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION,
+    GRPC_FRONTENDS,
     ServerOptions,
 )
 
@@ -145,6 +146,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     net.add_argument("--http-port", "--http_port", type=_port, default=8080, help="REST port (default: 8080)")
     net.add_argument("--grpc-port", "--grpc_port", type=_port, default=8081, help="gRPC port (default: 8081)")
     net.add_argument(
+        "--grpc-frontend",
+        choices=GRPC_FRONTENDS,
+        default="auto",
+        help="native: gRPC on grpc++ threads (built by `make native`), far less event-loop time per call; "
+        "aio: grpc.aio; auto: native when built, else aio (default: auto)",
+    )
+    net.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=_limit,
         default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
@@ -159,7 +167,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_GRPC_MAX_PENDING_RPCS,
         metavar="N",
         help="gRPC calls that may wait inside grpc for the server to take them; past N grpc starts refusing "
-        "new calls at once (CANCELLED), past 2N it refuses all; 0: grpc's defaults, 1000/3000 "
+        "new calls at once (CANCELLED), past 2N it refuses all; 0: grpc's defaults, 1000/3000; aio frontend only "
         f"(default: {DEFAULT_GRPC_MAX_PENDING_RPCS})",
     )
     net.add_argument(
@@ -254,6 +262,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
+        grpc_frontend=args.grpc_frontend,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

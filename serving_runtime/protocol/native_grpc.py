@@ -1,0 +1,234 @@
+"""The gRPC frontend on grpc++ (``native/grpc_frontend.cc``), serving the same servicer as grpc.aio.
+
+grpc++'s threads do HTTP/2 and hand whole request messages to the event loop through one eventfd;
+this module decodes them, runs ``GrpcInferenceServicer``'s methods and sends the encoded answers
+back. Statuses, messages and streaming behaviour are the grpc.aio frontend's, so clients cannot tell
+them apart; the difference is the event loop's time per call (docs/serving.md, "Native gRPC
+frontend"). Built by ``make native``; without the build the server falls back to grpc.aio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from shipyard.serving_runtime.protocol.grpc_service import MAX_MESSAGE_BYTES, GrpcInferenceServicer
+from shipyard.serving_runtime.protocol.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+BUILD_HINT = "build it with `make native` (needs g++ and gRPC C++: Debian's libgrpc++-dev)"
+
+
+def load_extension() -> Any:
+    """The compiled module. Raises: ImportError naming the fix when it was not built or cannot load."""
+    try:
+        return importlib.import_module("shipyard.serving_runtime.protocol._grpc_native")
+    except ImportError as exc:
+        raise ImportError(f"the native gRPC frontend is not available ({exc}); {BUILD_HINT}") from None
+
+
+def unavailable_reason() -> str | None:
+    """None when the native frontend can run here, else why not (with the fix)."""
+    try:
+        load_extension()
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+class _Aborted(grpc.aio.AbortError):
+    """``context.abort`` in a servicer method: the call ends with this status and message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Context:
+    """The part of ``grpc.aio.ServicerContext`` the servicer uses; one instance serves every call."""
+
+    __slots__ = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Aborted(code, details)
+
+
+_CONTEXT = _Context()
+
+
+@dataclass(frozen=True)
+class _Method:
+    path: str
+    streaming: bool
+    parse: Callable[[bytes], Any]
+    handler: Callable[..., Any]
+
+
+def _methods(servicer: GrpcInferenceServicer) -> list[_Method]:
+    """The service's methods that ``servicer`` implements; unary first, in the C++ module's order."""
+    base = service_pb2_grpc.GRPCInferenceServiceServicer
+    descriptor = service_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME.split(".")[-1]]
+    methods = []
+    for method in descriptor.methods:
+        if getattr(type(servicer), method.name) is getattr(base, method.name):
+            continue  # not implemented here: the C++ side answers UNIMPLEMENTED
+        request_cls = getattr(service_pb2, method.input_type.name)
+        methods.append(
+            _Method(
+                path=f"/{SERVICE_NAME}/{method.name}",
+                streaming=method.client_streaming or method.server_streaming,
+                parse=request_cls.FromString,
+                handler=getattr(servicer, method.name),
+            )
+        )
+    return sorted(methods, key=lambda m: m.streaming)
+
+
+def _code(code: grpc.StatusCode) -> int:
+    return int(code.value[0])
+
+
+class NativeGrpcFrontend:
+    """Owns the grpc++ server and the calls it hands to the event loop.
+
+    ``max_inflight``: calls in progress at most (0: no limit); past it a call gets RESOURCE_EXHAUSTED
+    from the C++ side at once. ``max_streams_per_connection``: HTTP/2 streams per client connection
+    (0: no limit). Raises ImportError (with the fix) when the module was not built.
+    """
+
+    def __init__(
+        self,
+        service: InferenceService,
+        max_inflight: int = 0,
+        max_streams_per_connection: int = 0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        native = load_extension()
+        self._kinds = (native.MESSAGE, native.HALF_CLOSE, native.CANCEL)
+        self.servicer = GrpcInferenceServicer(service)
+        self._table = _methods(self.servicer)
+        self._native = native.Frontend(
+            [m.path for m in self._table if not m.streaming],
+            [m.path for m in self._table if m.streaming],
+            max_inflight,
+            max_streams_per_connection,
+            max_message_bytes,
+        )
+        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._streams: dict[int, asyncio.Queue[bytes | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def grpc_version(self) -> str:
+        return str(load_extension().GRPC_VERSION)
+
+    def start(self, address: str) -> int:
+        """Listen on ``address`` (``host:port``) and serve on the running loop; returns the port.
+
+        Raises OSError naming the address when it cannot be bound.
+        """
+        try:
+            port = int(self._native.start(address))
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._native.fileno(), self._drain)
+        return port
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls; answer those in progress for up to ``grace_s`` s, then cancel the rest."""
+        await asyncio.to_thread(self._native.shutdown, grace_s)
+        if self._loop is not None:
+            self._loop.remove_reader(self._native.fileno())
+            self._drain()  # the cancellations of calls still running at the deadline
+        for task in list(self._calls.values()):
+            task.cancel()
+
+    # -- the event loop's side -------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        message, half_close, cancel = self._kinds
+        loop = self._loop
+        assert loop is not None
+        calls = self._calls
+        for call_id, kind, index, payload in self._native.take():
+            if kind == message:
+                method = self._table[index]
+                if not method.streaming:
+                    calls[call_id] = loop.create_task(self._unary(call_id, method, payload))
+                    continue
+                queue = self._streams.get(call_id)
+                if queue is None:
+                    queue = self._streams[call_id] = asyncio.Queue()
+                    calls[call_id] = loop.create_task(self._stream(call_id, method, queue))
+                queue.put_nowait(payload)
+            elif kind == half_close:
+                queue = self._streams.get(call_id)
+                if queue is not None:
+                    queue.put_nowait(None)
+            elif kind == cancel:  # the C++ side has answered CANCELLED already
+                task = calls.pop(call_id, None)
+                self._streams.pop(call_id, None)
+                if task is not None:
+                    task.cancel()
+
+    async def _unary(self, call_id: int, method: _Method, payload: bytes) -> None:
+        send = self._native.send
+        try:
+            request = method.parse(payload)
+            response = await method.handler(request, _CONTEXT)
+            data = response.SerializeToString()
+        except _Aborted as exc:
+            send(call_id, None, True, _code(exc.code), exc.details)
+        except DecodeError as exc:
+            send(call_id, None, True, _code(grpc.StatusCode.INVALID_ARGUMENT), _undecodable(method, exc))
+        except asyncio.CancelledError:
+            pass  # cancelled by the client (or its deadline): already answered
+        except Exception as exc:
+            log.exception("unexpected error in a gRPC call")
+            send(call_id, None, True, _code(grpc.StatusCode.INTERNAL), f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            send(call_id, data)
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def _stream(self, call_id: int, method: _Method, queue: asyncio.Queue[bytes | None]) -> None:
+        send = self._native.send
+
+        async def requests() -> AsyncIterator[Any]:
+            while (payload := await queue.get()) is not None:
+                yield method.parse(payload)
+
+        try:
+            async for response in method.handler(requests(), _CONTEXT):
+                send(call_id, response.SerializeToString(), False)
+        except _Aborted as exc:
+            send(call_id, None, True, _code(exc.code), exc.details)
+        except DecodeError as exc:
+            send(call_id, None, True, _code(grpc.StatusCode.INVALID_ARGUMENT), _undecodable(method, exc))
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.exception("unexpected error in a gRPC stream")
+            send(call_id, None, True, _code(grpc.StatusCode.INTERNAL), f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            send(call_id, None, True)
+        finally:
+            self._calls.pop(call_id, None)
+            self._streams.pop(call_id, None)
+
+
+def _undecodable(method: _Method, exc: Exception) -> str:
+    name = method.path.rsplit("/", 1)[-1]
+    return f"the {name} request is not a valid protobuf message of the method's request type: {exc}"
