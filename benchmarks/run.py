@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="interleaved rounds of the c=64 gRPC cells after the sweep, every target up at once (default 3; quick 0)",
     )
+    parser.add_argument(
+        "--shipyard-grpc-frontend",
+        choices=("auto", "native", "aio"),
+        default="auto",
+        help="shipyard's --grpc-frontend: native (grpc++, `make native`), aio (grpc.aio) or auto (native when built)",
+    )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="a note printed at the top of the report")
@@ -176,7 +182,7 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argpar
             models, workdir, args.mlserver_workers, args.mlserver_max_batch, args.mlserver_max_batch_time_ms / 1000
         )
     overload = next((m for m in models if m.name == OVERLOAD_MODEL), None)
-    return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE)
+    return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE, args.shipyard_grpc_frontend)
 
 
 def run_target(

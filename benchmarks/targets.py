@@ -245,10 +245,34 @@ def write_shipyard_repository(
     return root
 
 
+def shipyard_grpc_frontend(requested: str) -> str:
+    """The runtime's ``--grpc-frontend`` the benchmark runs: "auto" becomes what it would pick here.
+
+    Raises: TargetUnavailable when "native" is asked for and was not built (the message has the fix).
+    """
+    from shipyard.serving_runtime.protocol.native_grpc import unavailable_reason
+
+    reason = unavailable_reason()
+    if requested == "native" and reason is not None:
+        raise TargetUnavailable(reason)
+    if requested == "auto":
+        return "aio" if reason is not None else "native"
+    return requested
+
+
 def shipyard_target(
-    models: Sequence[ModelSpec], workdir: Path, overload_model: ModelSpec | None = None, max_queue_size: int = 256
+    models: Sequence[ModelSpec],
+    workdir: Path,
+    overload_model: ModelSpec | None = None,
+    max_queue_size: int = 256,
+    grpc_frontend: str = "auto",
 ) -> Target:
-    """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance)."""
+    """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance).
+
+    ``grpc_frontend``: the runtime's ``--grpc-frontend`` (auto, native, aio). Raises: TargetUnavailable
+    when native is asked for and was not built.
+    """
+    frontend = shipyard_grpc_frontend(grpc_frontend)
     rest, grpc_port = common.free_port(), common.free_port()
     repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size)
     argv = common.python_module_argv(
@@ -261,6 +285,8 @@ def shipyard_target(
         str(rest),
         "--grpc-port",
         str(grpc_port),
+        "--grpc-frontend",
+        frontend,
     )
     server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
     probe = all_probes(
@@ -268,7 +294,8 @@ def shipyard_target(
     )
     return Target(
         "shipyard",
-        "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay)",
+        "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay), gRPC on "
+        + ("grpc++ (native frontend)" if frontend == "native" else "grpc.aio"),
         server,
         probe,
         {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},

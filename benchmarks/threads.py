@@ -64,21 +64,27 @@ def sample(pids: list[int]) -> Sample:
 
 
 def measure(
-    target_name: str, model_name: str, protocol: str, concurrency: int, client: str, seconds: float
+    target_name: str,
+    model_name: str,
+    protocol: str,
+    concurrency: int,
+    client: str,
+    seconds: float,
+    grpc_frontend: str = "auto",
 ) -> dict[str, Any]:
     """Run one cell against a fresh ``target_name`` and return per-thread CPU over its middle part.
+
+    ``grpc_frontend``: shipyard's ``--grpc-frontend`` (other targets ignore it).
 
     Raises: TargetUnavailable, RuntimeError (the target or the load generator failed).
     """
     model = common.load_model_spec(model_name)
     workdir = Path(tempfile.mkdtemp(prefix="shipyard-threads-"))
-    build = {
-        "echo": targets.echo_target,
-        "kserve": targets.kserve_target,
-        "mlserver": targets.mlserver_target,
-        "shipyard": targets.shipyard_target,
-    }[target_name]
-    target = build([model], workdir)
+    if target_name == "shipyard":
+        target = targets.shipyard_target([model], workdir, grpc_frontend=grpc_frontend)
+    else:
+        build = {"echo": targets.echo_target, "kserve": targets.kserve_target, "mlserver": targets.mlserver_target}
+        target = build[target_name]([model], workdir)
     warmup_s, margin_s = 1.5, 1.0
     with common.running(target.server):
         target.server.wait_ready(target.probe, target.startup_timeout_s)
@@ -128,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--client", default="native", choices=CLIENTS)
     parser.add_argument("--seconds", type=float, default=3.0, help="how long the CPU is sampled (default 3)")
+    parser.add_argument(
+        "--shipyard-grpc-frontend", default="auto", choices=("auto", "native", "aio"), help="shipyard's --grpc-frontend"
+    )
     args = parser.parse_args(argv)
-    out = measure(args.target, args.model, args.protocol, args.concurrency, args.client, args.seconds)
+    out = measure(
+        args.target, args.model, args.protocol, args.concurrency, args.client, args.seconds, args.shipyard_grpc_frontend
+    )
     cell: CellResult = out["cell"]
     rate = cell.throughput
     print(

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from server_harness import ServerProcess, build_repository, start_server
 
+from shipyard.serving_runtime.protocol import native_grpc
+
 
 @pytest.fixture(scope="session")
 def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -16,14 +18,22 @@ def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repository"))
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, triton_repository: Path) -> Iterator[ServerProcess]:
-    """One server over ``triton_repository`` (control mode none; broken model -> not strictly ready)."""
+@pytest.fixture(scope="module", params=["native", "aio"], ids=lambda frontend: f"grpc-{frontend}")
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, triton_repository: Path
+) -> Iterator[ServerProcess]:
+    """One server over ``triton_repository`` (control mode none; broken model -> not strictly ready),
+    once per gRPC frontend: clients must not be able to tell them apart."""
+    if request.param == "native" and (reason := native_grpc.unavailable_reason()) is not None:
+        pytest.skip(reason)
     server = start_server(
         tmp_path_factory.mktemp("served"),
         [triton_repository],
         "--strict-readiness=false",
+        "--grpc-frontend",
+        request.param,
         wait_models=("simple", "double", "typed"),
     )
+    assert f"({request.param} frontend)" in server.log()
     yield server
     server.stop()
