@@ -74,12 +74,19 @@ $(MLSERVER_STAMP): Makefile
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "uvloop<0.21" onnxruntime numpy
 	touch $(MLSERVER_STAMP)
 
-# The benchmark's gRPC load client, in C++ so that it leaves the shared CPUs to the server under test
+# The benchmark's gRPC and REST load clients, in C++ so that it leaves the shared CPUs to the server under test
 # (benchmarks/native_client.py). Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev), which
 # native-deps installs with apt-get when they are missing (as root, or through sudo).
 BENCH_CLIENT := benchmarks/cpp_client/build/closed_loop
+BENCH_HTTP_CLIENT := benchmarks/cpp_client/build/http_closed_loop
 
-bench-client: $(BENCH_CLIENT)
+bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT)
+
+# the REST client: plain sockets, no library
+$(BENCH_HTTP_CLIENT): benchmarks/cpp_client/http_closed_loop.cc
+	@command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
+	mkdir -p $(dir $@)
+	$(CXX) -O2 -std=c++17 -o $@ $<
 
 $(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc
 	@pkg-config --exists grpc++ protobuf 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps

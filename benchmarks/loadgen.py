@@ -258,9 +258,9 @@ def run_closed_loop(
 ) -> CellResult:
     """Run ``concurrency`` closed-loop clients (spread over up to ``processes`` processes).
 
-    ``client`` "native": gRPC from the C++ client (``benchmarks.native_client``), one process holding
-    the connections that ``processes`` Python processes would (``processes * spec.connections``);
-    REST always uses the Python client.
+    ``client`` "native": the C++ clients (``benchmarks.native_client``) in one process: gRPC over the
+    connections that ``processes`` Python processes would hold (``processes * spec.connections``),
+    REST over ``concurrency`` keep-alive connections, as the Python client's pool opens.
 
     Raises: RuntimeError if a client process crashes or does not report in time, or the native client
     is not built; ValueError for bad arguments.
@@ -277,6 +277,13 @@ def run_closed_loop(
         connections = max(1, min(processes, concurrency)) * spec.connections
         latencies_ms, errors, cpu_s = native_client.run_closed_loop(
             spec.port, spec.payload, concurrency, warmup_s, window_s, connections, spec.timeout_s
+        )
+        return summarize(concurrency, window_s, latencies_ms, errors, cpu_s)
+    if client == "native":
+        from benchmarks import native_client
+
+        latencies_ms, errors, cpu_s = native_client.run_closed_loop_http(
+            spec.port, spec.path, spec.headers, spec.payload, concurrency, warmup_s, window_s, spec.timeout_s
         )
         return summarize(concurrency, window_s, latencies_ms, errors, cpu_s)
     args = [(spec, share, warmup_s, window_s) for share in _split(concurrency, processes)]

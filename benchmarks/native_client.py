@@ -1,11 +1,12 @@
-"""The native closed-loop gRPC client (``benchmarks/cpp_client/closed_loop.cc``): find it and run it.
+"""The native closed-loop clients: gRPC (``benchmarks/cpp_client/closed_loop.cc``) and REST
+(``http_closed_loop.cc``, HTTP/1.1 keep-alive on plain sockets): find them and run them.
 
 Why C++: on the 2-core machine the client shares the CPUs with the server under test. The Python
 grpc.aio client costs ~100-150 us of CPU per request there, a quarter to a third of the machine at
 the rates measured, which every server then loses; the C++ client costs ~30-55 us (measured with
 /proc CPU times, benchmarks/README.md). Triton's own perf_analyzer is C++ for the same reason.
 
-Build it with ``make bench-client`` (g++ and Debian's ``libgrpc++-dev``; ``make bench`` does it).
+Build them with ``make bench-client`` (g++ and Debian's ``libgrpc++-dev``; ``make bench`` does it).
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ import numpy as np
 
 from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK, REPO_ROOT
 
-SOURCE = REPO_ROOT / "benchmarks" / "cpp_client" / "closed_loop.cc"
-BINARY = REPO_ROOT / "benchmarks" / "cpp_client" / "build" / "closed_loop"
+CLIENT_DIR = REPO_ROOT / "benchmarks" / "cpp_client"
+SOURCE = CLIENT_DIR / "closed_loop.cc"
+BINARY = CLIENT_DIR / "build" / "closed_loop"
+HTTP_SOURCE = CLIENT_DIR / "http_closed_loop.cc"
+HTTP_BINARY = CLIENT_DIR / "build" / "http_closed_loop"
 BUILD_HINT = "build it with `make bench-client` (needs g++ and libgrpc++-dev), or pass --client python"
 
 
-def unavailable_reason() -> str | None:
-    """None when the built client is there and not older than its source, else why not."""
-    if not BINARY.exists():
-        return f"{BINARY.relative_to(REPO_ROOT)} is not built; {BUILD_HINT}"
-    if SOURCE.exists() and BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
-        return f"{BINARY.relative_to(REPO_ROOT)} is older than {SOURCE.name}; {BUILD_HINT}"
+def unavailable_reason(protocol: str = "grpc") -> str | None:
+    """None when the ``protocol``'s client ("grpc" or "rest") is built and not older than its source,
+    else why not."""
+    source, binary = (SOURCE, BINARY) if protocol == "grpc" else (HTTP_SOURCE, HTTP_BINARY)
+    if not binary.exists():
+        return f"{binary.relative_to(REPO_ROOT)} is not built; {BUILD_HINT}"
+    if source.exists() and binary.stat().st_mtime < source.stat().st_mtime:
+        return f"{binary.relative_to(REPO_ROOT)} is older than {source.name}; {BUILD_HINT}"
     return None
 
 
@@ -43,7 +49,39 @@ def run_closed_loop(
 
     Raises: RuntimeError if the client is not built, exits with an error, or does not finish in time.
     """
-    reason = unavailable_reason()
+    argv = [
+        str(BINARY),
+        *("--target", f"{LOOPBACK}:{port}", "--method", GRPC_INFER_METHOD),
+        *("--concurrency", str(concurrency), "--connections", str(connections)),
+    ]
+    return _run("grpc", argv, payload, warmup_s, window_s, timeout_s)
+
+
+def run_closed_loop_http(
+    port: int,
+    path: str,
+    headers: tuple[tuple[str, str], ...],
+    body: bytes,
+    concurrency: int,
+    warmup_s: float,
+    window_s: float,
+    timeout_s: float,
+) -> tuple[np.ndarray, list[str], float | None]:
+    """Like :func:`run_closed_loop` for REST: ``concurrency`` keep-alive connections each POST ``body``
+    to ``path`` with ``headers``, one request in flight per connection. Errors read ``"HTTP <code>:
+    <body>"``. Raises: RuntimeError as :func:`run_closed_loop`.
+    """
+    argv = [str(HTTP_BINARY), *("--host", LOOPBACK, "--port", str(port), "--path", path)]
+    for name, value in headers:
+        argv += ["--header", f"{name}: {value}"]
+    argv += ["--concurrency", str(concurrency)]
+    return _run("rest", argv, body, warmup_s, window_s, timeout_s)
+
+
+def _run(
+    protocol: str, argv: list[str], payload: bytes, warmup_s: float, window_s: float, timeout_s: float
+) -> tuple[np.ndarray, list[str], float | None]:
+    reason = unavailable_reason(protocol)
     if reason is not None:
         raise RuntimeError(reason)
     with tempfile.TemporaryDirectory(prefix="shipyard-client-") as tmp:
@@ -51,10 +89,8 @@ def run_closed_loop(
         payload_path.write_bytes(payload)
         latencies_path = Path(tmp) / "latencies.f64"
         argv = [
-            str(BINARY),
-            *("--target", f"{LOOPBACK}:{port}", "--method", GRPC_INFER_METHOD),
+            *argv,
             *("--payload", str(payload_path), "--latencies", str(latencies_path)),
-            *("--concurrency", str(concurrency), "--connections", str(connections)),
             *("--warmup", str(warmup_s), "--window", str(window_s), "--timeout", str(timeout_s)),
         ]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

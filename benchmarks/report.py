@@ -221,6 +221,11 @@ def client_us_per_request(cell: dict[str, Any]) -> float | None:
 
 def _client_words(meta: dict[str, Any]) -> str:
     procs = meta.get("client_procs", "?")
+    if meta.get("client") == "native" and meta.get("rest_client") == "native":
+        return (
+            f"gRPC: the C++ client, one process with {procs} connections at most; REST: the C++ HTTP client, one "
+            "process with one keep-alive connection per request in flight"
+        )
     if meta.get("client") == "native":
         return f"gRPC: the C++ client, one process with {procs} connections at most; REST: {procs} Python processes"
     return f"gRPC and REST: {procs} Python processes"

@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--client",
         choices=CLIENTS,
         default="native",
-        help="gRPC closed-loop client: native (C++, `make bench-client`; the default) or python (grpc.aio); "
-        "REST always uses the Python client",
+        help="closed-loop clients: native (C++ for gRPC and REST, `make bench-client`; the default) or python "
+        "(grpc.aio and aiohttp)",
     )
     parser.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (default 1)")
     parser.add_argument("--mlserver-max-batch", type=int, default=128, help="MLServer max_batch_size (default 128)")
@@ -152,6 +152,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "window_s": args.window,
         "client_procs": args.client_procs,
         "client": args.client,
+        "rest_client": args.client,  # the C++ HTTP client with "native" since it was added
         "rounds": args.rounds,
         "note": note,
     }

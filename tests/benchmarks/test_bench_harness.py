@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -165,16 +166,20 @@ def test_load_spec_needs_a_connection() -> None:
 class _Infer(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the load generator expects
     seen: list[tuple[str, str | None]] = []
+    peers: set[int] = set()  # client ports: one per TCP connection
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         header_len = int(self.headers["Inference-Header-Content-Length"])
         header = json.loads(body[:header_len])
         _Infer.seen.append((self.path, header["inputs"][0]["name"]))
+        _Infer.peers.add(self.client_address[1])
         status = (
             200 if len(body) - header_len == sum(i["parameters"]["binary_data_size"] for i in header["inputs"]) else 400
         )
         reply = b'{"outputs": []}'
+        if "no_such_model" in self.path:
+            status, reply = 404, b'{"error":"unknown model \'no_such_model\'"}'
         self.send_response(status)
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -198,6 +203,34 @@ def test_closed_loop_rest_binary_posts_well_formed_bodies(add_sub: common.ModelS
     assert cell.errors == 0, cell.error_samples
     assert cell.completed > 20
     assert ("/v2/models/add_sub/infer", "INPUT0") in _Infer.seen
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    native_client.unavailable_reason("rest") is not None, reason=str(native_client.unavailable_reason("rest"))
+)
+def test_native_rest_client_posts_well_formed_bodies_over_its_connections(add_sub: common.ModelSpec) -> None:
+    _Infer.seen.clear()
+    _Infer.peers.clear()
+    server = ThreadingHTTPServer((common.LOOPBACK, 0), _Infer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        spec = targets.rest_spec(server.server_address[1])(add_sub)
+        cell = loadgen.run_closed_loop(spec, concurrency=3, warmup_s=0.2, window_s=0.8, processes=2, client="native")
+        bad = replace(spec, path="/v2/models/no_such_model/infer")
+        failing = loadgen.run_closed_loop(bad, concurrency=1, warmup_s=0.1, window_s=0.5, processes=1, client="native")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cell.errors == 0, cell.error_samples  # the server answers 400 to a body that is not well formed
+    assert cell.completed > 20
+    assert cell.p50_ms is not None and cell.p50_ms > 0
+    assert cell.client_cpu_s is not None and cell.client_cpu_s > 0
+    assert ("/v2/models/add_sub/infer", "INPUT0") in _Infer.seen
+    assert len(_Infer.peers) == 3 + 1  # one keep-alive connection per concurrent request, and the failing cell's
+    assert failing.completed == 0 and failing.errors > 0
+    assert failing.error_samples == ['HTTP 404: {"error":"unknown model \'no_such_model\'"}']
 
 
 def test_shipyard_config_parses_with_the_runtime_schema(add_sub: common.ModelSpec) -> None:
