@@ -11,8 +11,11 @@
 // get UNIMPLEMENTED here, and calls past the in-flight limit get RESOURCE_EXHAUSTED here, at once,
 // without waking Python.
 //
-// Threads: grpc's callback threads run the reactors; Python threads call take() and send(). The
-// reactors' own lock is never held while calling into grpc (grpc may run reactions inline).
+// Threads: grpc's callback threads run the reactors; Python threads call take() and send(). send()
+// only queues the answer: one writer thread of ours hands answers to grpc, so the event loop's
+// thread never runs grpc's transport work (grpc runs queued transport work, and reactions, inline
+// in whichever thread starts an operation). The reactors' own lock is never held while calling into
+// grpc.
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
@@ -23,6 +26,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -30,6 +34,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -48,6 +53,15 @@ struct Event {
   int kind;
   int method;
   grpc::ByteBuffer payload;
+};
+
+// An answer from Python, on its way to the writer thread.
+struct Answer {
+  uint64_t id;
+  bool has_message;
+  grpc::ByteBuffer message;
+  bool finish;
+  grpc::Status status;
 };
 
 class Frontend;
@@ -156,6 +170,7 @@ class Frontend final : public grpc::CallbackGenericService {
     for (auto& name : streaming) methods_[name] = {index++, true};
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (event_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    writer_ = std::thread([this] { WriterLoop(); });
   }
 
   ~Frontend() override {
@@ -163,6 +178,7 @@ class Frontend final : public grpc::CallbackGenericService {
       server_->Shutdown(std::chrono::system_clock::now());
       server_->Wait();
     }
+    StopWriter();
     close(event_fd_);
   }
 
@@ -256,28 +272,26 @@ class Frontend final : public grpc::CallbackGenericService {
   }
 
   // A message (or None) and/or the final status for call ``id``; a no-op for a call that ended.
+  // Copies the bytes and queues the answer for the writer thread.
   void Send(uint64_t id, py::object data, bool finish, int code, const std::string& message) {
-    grpc::ByteBuffer buffer;
-    bool has_data = !data.is_none();
-    if (has_data) {
+    Answer answer{id, !data.is_none(), grpc::ByteBuffer(), finish,
+                  code == 0 ? grpc::Status::OK : grpc::Status(static_cast<grpc::StatusCode>(code), message)};
+    if (answer.has_message) {
       char* ptr = nullptr;
       Py_ssize_t size = 0;
       if (PyBytes_AsStringAndSize(data.ptr(), &ptr, &size) != 0) throw py::error_already_set();
       grpc::Slice slice(ptr, static_cast<size_t>(size));
       grpc::ByteBuffer copy(&slice, 1);
-      buffer.Swap(&copy);
+      answer.message.Swap(&copy);
     }
-    Call* call = nullptr;
+    bool wake;
     {
-      std::lock_guard<std::mutex> lock(calls_mu_);
-      auto found = calls_.find(id);
-      if (found == calls_.end()) return;
-      call = found->second;
-      call->Ref();
+      std::lock_guard<std::mutex> lock(answers_mu_);
+      answers_.push_back(std::move(answer));
+      wake = writer_idle_;
+      writer_idle_ = false;
     }
-    call->Send(has_data ? &buffer : nullptr, finish,
-               code == 0 ? grpc::Status::OK : grpc::Status(static_cast<grpc::StatusCode>(code), message));
-    call->Unref();
+    if (wake) answers_cv_.notify_one();
   }
 
   // Stop taking calls; calls in progress get ``grace_s`` seconds to be answered, then CANCELLED.
@@ -289,9 +303,52 @@ class Frontend final : public grpc::CallbackGenericService {
                     std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
     server_->Shutdown(deadline);
     server_->Wait();
+    server_.reset();
   }
 
   int fd() const { return event_fd_; }
+
+ private:
+  // Hands queued answers to grpc, a batch at a time, until StopWriter().
+  void WriterLoop() {
+    std::deque<Answer> batch;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(answers_mu_);
+        while (answers_.empty() && !writer_stop_) {
+          writer_idle_ = true;
+          answers_cv_.wait(lock);
+        }
+        writer_idle_ = false;
+        if (answers_.empty()) return;  // stopping, and nothing left to write
+        batch.swap(answers_);
+      }
+      for (auto& answer : batch) {
+        Call* call = nullptr;
+        {
+          std::lock_guard<std::mutex> lock(calls_mu_);
+          auto found = calls_.find(answer.id);
+          if (found == calls_.end()) continue;  // the call has ended (cancelled)
+          call = found->second;
+          call->Ref();
+        }
+        call->Send(answer.has_message ? &answer.message : nullptr, answer.finish, std::move(answer.status));
+        call->Unref();
+      }
+      batch.clear();
+    }
+  }
+
+  void StopWriter() {
+    {
+      std::lock_guard<std::mutex> lock(answers_mu_);
+      writer_stop_ = true;
+    }
+    answers_cv_.notify_one();
+    if (writer_.joinable()) writer_.join();
+  }
+
+ public:
   int inflight() const { return inflight_.load(); }
   uint64_t refused() const { return refused_.load(); }
 
@@ -329,6 +386,12 @@ class Frontend final : public grpc::CallbackGenericService {
   std::mutex events_mu_;
   std::deque<Event> events_;
   bool signalled_ = false;
+  std::mutex answers_mu_;
+  std::condition_variable answers_cv_;
+  std::deque<Answer> answers_;
+  bool writer_idle_ = false;
+  bool writer_stop_ = false;
+  std::thread writer_;
 };
 
 void Call::OnReadDone(bool ok) {
