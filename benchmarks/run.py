@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="shipyard's --grpc-frontend: native (grpc++, `make native`), aio (grpc.aio) or auto (native when built)",
     )
+    parser.add_argument(
+        "--shipyard-args",
+        default="",
+        help="more command-line flags for shipyard's server, e.g. \"--grpc-max-streams-per-connection 32\"",
+    )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="a note printed at the top of the report")
@@ -152,7 +157,8 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "window_s": args.window,
         "client_procs": args.client_procs,
         "client": args.client,
-        "rest_client": args.client,  # the C++ HTTP client with "native" since it was added
+        "rest_client": args.client,
+        "shipyard_args": args.shipyard_args,  # the C++ HTTP client with "native" since it was added
         "rounds": args.rounds,
         "note": note,
     }
@@ -183,7 +189,9 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argpar
             models, workdir, args.mlserver_workers, args.mlserver_max_batch, args.mlserver_max_batch_time_ms / 1000
         )
     overload = next((m for m in models if m.name == OVERLOAD_MODEL), None)
-    return targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE, args.shipyard_grpc_frontend)
+    target = targets.shipyard_target(models, workdir, overload, OVERLOAD_QUEUE, args.shipyard_grpc_frontend)
+    target.server.argv.extend(shlex.split(args.shipyard_args))
+    return target
 
 
 def run_target(
