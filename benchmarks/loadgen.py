@@ -423,22 +423,65 @@ def _open_loop_worker(
     _report(conn, _open_loop(spec, rate, duration_s, max_inflight, conn))
 
 
+def _native_open_loop(
+    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, processes: int, niceness: int
+) -> dict[str, Any]:
+    """The C++ client's open loop, as one worker's result of :func:`_open_loop`."""
+    from benchmarks import native_client
+
+    run = native_client.run_open_loop(
+        spec.port, spec.payload, rate, duration_s, max_inflight, processes * spec.connections, spec.timeout_s, niceness
+    )
+    kinds = np.asarray(["ok" if code == "OK" else code for code in run["codes"]], dtype=object)
+    latency_ms = run["latency_ms"]
+    outcomes = {str(kind): int(count) for kind, count in zip(*np.unique(kinds, return_counts=True), strict=True)}
+    if run["unanswered"]:
+        outcomes["unanswered"] = run["unanswered"]
+    return {
+        "sent": run["sent"],
+        "warmup_ok": run["warmup_ok"],
+        "skipped_client_cap": run["skipped"],
+        "offered_s": run["offered_s"],
+        "outcomes": outcomes,
+        "samples": run["samples"],
+        "error_ms": {
+            str(kind): latency_ms[kinds == kind].tolist() for kind in outcomes if kind not in ("ok", "unanswered")
+        },
+        "ok_ms": latency_ms[kinds == "ok"],
+        "rejected_ms": latency_ms[np.isin(kinds, REJECTION_KINDS)],
+        "refused_ms": latency_ms[np.isin(kinds, REFUSAL_KINDS)],
+    }
+
+
 def run_open_loop(
-    spec: LoadSpec, rate: float, duration_s: float, max_inflight: int = 4096, processes: int = 2, niceness: int = 0
+    spec: LoadSpec,
+    rate: float,
+    duration_s: float,
+    max_inflight: int = 4096,
+    processes: int = 2,
+    niceness: int = 0,
+    client: str = "python",
 ) -> dict[str, Any]:
     """Offer ``rate`` requests/s for ``duration_s`` regardless of replies (a burst), then wait for every reply.
 
     ``niceness`` > 0 runs the client processes at that lower CPU priority (``os.nice``), so that on a
-    machine they share with the server they take only the CPU the server leaves.
+    machine they share with the server they take only the CPU the server leaves. ``client`` "native":
+    gRPC from the C++ client, one process over the connections ``processes`` Python processes would
+    hold (it can offer several times what they can).
 
     Returns counts by outcome (``ok``, rejections (``REJECTION_KINDS``), other codes, ``unanswered``),
     latency percentiles of answered and rejected requests, and the rate actually offered.
 
     Raises: RuntimeError if a client process crashes or does not report in time.
     """
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}; got {client!r}")
     count = max(1, processes)
-    args = [(spec, rate / count, duration_s, max(1, max_inflight // count), niceness)] * count
-    results = _run_workers(_open_loop_worker, args, result_timeout_s=duration_s + spec.timeout_s + 30)
+    if client == "native" and spec.protocol == "grpc":
+        results = [_native_open_loop(spec, rate, duration_s, max_inflight, count, niceness)]
+    else:
+        args = [(spec, rate / count, duration_s, max(1, max_inflight // count), niceness)] * count
+        results = _run_workers(_open_loop_worker, args, result_timeout_s=duration_s + spec.timeout_s + 30)
     outcomes: dict[str, int] = {}
     samples: dict[str, str] = {}
     for r in results:

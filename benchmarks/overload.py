@@ -129,8 +129,8 @@ def run_overload(
 
     ``capacity`` (inf/s) is measured here at c=64 when not given. ``connections``: gRPC connections
     per burst process (1: a few greedy clients; more: the same load from many clients). ``client``:
-    the closed-loop client for service before and after (``loadgen.CLIENTS``; the burst and the probe
-    are Python open-loop clients). Raises
+    the client for service before and after and for the burst (``loadgen.CLIENTS``; the probe is
+    always the Python open-loop client). Raises
     RuntimeError if the load generator fails.
     """
     spec = LoadSpec("grpc", grpc_port, common.grpc_request_bytes(replace(model, name=served_name)), timeout_s=30.0)
@@ -152,6 +152,7 @@ def run_overload(
             max_inflight,
             processes,
             niceness=BURST_NICENESS,
+            client=client,
         )
         probe_thread.join()
         if "error" in probe_result:
@@ -199,6 +200,7 @@ def run_overload(
         "duration_s": duration_s,
         "max_inflight": max_inflight,
         "connections": connections * processes,
+        "burst_client": "the C++ client, one process" if client == "native" else f"{processes} Python client processes",
         **burst,
         "sent": burst["sent"] + probe["sent"],
         "outcomes": outcomes,  # burst and probe together

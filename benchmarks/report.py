@@ -333,8 +333,9 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
         f"Model `{o['model']}` with `max_queue_size: {o['max_queue_size']}`; capacity measured at "
         f"{fmt(o['capacity'])} inf/s (gRPC, c={TOP_C}); burst target {fmt(o['target_rate'])} req/s "
         f"(10x) for {o['duration_s']} s over {o.get('connections', 2)} gRPC connections, offered "
-        f"{fmt(o['offered_rate'])} req/s open-loop (as fast as two client processes could send on this machine; "
-        f"{o['skipped_client_cap']} not offered because {o['max_inflight']} were already in flight).",
+        f"{fmt(o['offered_rate'])} req/s open-loop ({o.get('burst_client', 'two Python client processes')}, as fast "
+        f"as it could send on this machine; {o['skipped_client_cap']} not offered because {o['max_inflight']} were "
+        "already in flight).",
         "",
         f"- sent {o['sent']}: {outcomes}",
         f"- answered OK: {o['accepted']}; rejected at once: {o['rejected']} (by the queue policy, UNAVAILABLE: "

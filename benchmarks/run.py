@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shipyard-args",
         default="",
-        help="more command-line flags for shipyard's server, e.g. \"--grpc-max-streams-per-connection 32\"",
+        help='more command-line flags for shipyard\'s server, e.g. "--grpc-max-streams-per-connection 32"',
     )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -14,6 +14,13 @@
 //   4. writes the window's latencies (float64 seconds, native order) to the --latencies file and
 //      prints one line per failed call in the window: "error <CODE>: <message>", then
 //      "cpu <seconds>" (this process's CPU time during the window), then "done <n>"
+//
+// With --rate R --duration S it runs open loop instead (the benchmark's overload burst): from t0 it
+// starts calls at R per second for S seconds whatever the answers, never more than --max-inflight at
+// once (a call due while that many are in flight is skipped and counted), then waits up to
+// --timeout for the rest. It writes one (status code, latency seconds) pair of float64 per call to
+// --latencies and prints "sample <CODE>: <message>" (the first of each failing code), "sent <n>",
+// "skipped <n>", "offered <seconds>", "unanswered <n>", then "done <n>".
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/alarm.h>
@@ -26,6 +33,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -42,15 +50,15 @@ const char* kCodeNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "D
 
 struct Options {
   std::string target, method, payload_path, latencies_path;
-  int concurrency = 1, connections = 1;
-  double warmup_s = 1.0, window_s = 4.0, timeout_s = 30.0;
+  int concurrency = 1, connections = 1, max_inflight = 4096;
+  double warmup_s = 1.0, window_s = 4.0, timeout_s = 30.0, rate = 0.0, duration_s = 0.0;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << "closed_loop: " << why << "\n"
             << "usage: closed_loop --target HOST:PORT --method /pkg.Service/Method --payload FILE"
                " --latencies FILE [--concurrency N] [--connections N] [--warmup S] [--window S]"
-               " [--timeout S]\n";
+               " [--timeout S] [--rate R --duration S [--max-inflight N]]\n";
   std::exit(2);
 }
 
@@ -70,6 +78,9 @@ Options parse(int argc, char** argv) {
       else if (key == "--warmup") o.warmup_s = std::stod(value);
       else if (key == "--window") o.window_s = std::stod(value);
       else if (key == "--timeout") o.timeout_s = std::stod(value);
+      else if (key == "--rate") o.rate = std::stod(value);
+      else if (key == "--duration") o.duration_s = std::stod(value);
+      else if (key == "--max-inflight") o.max_inflight = std::stoi(value);
       else usage("unknown option " + key);
     } catch (const std::exception&) {
       usage("bad value for " + key + ": " + value);
@@ -79,6 +90,8 @@ Options parse(int argc, char** argv) {
     usage("--target, --method, --payload and --latencies are required");
   if (o.concurrency < 1 || o.connections < 1 || o.window_s <= 0 || o.warmup_s < 0 || o.timeout_s <= 0)
     usage("need concurrency >= 1, connections >= 1, window > 0, warmup >= 0, timeout > 0");
+  if (o.rate < 0 || (o.rate > 0 && (o.duration_s <= 0 || o.max_inflight < 1)))
+    usage("open loop needs --rate > 0, --duration > 0 and --max-inflight >= 1");
   return o;
 }
 
@@ -170,6 +183,68 @@ class Runner {
     }
   }
 
+  // Open loop (see the top of this file).
+  void run_open(Clock::time_point t0) {
+    std::this_thread::sleep_until(t0);
+    const auto end = t0 + to_duration(o_.duration_s);
+    const long total = static_cast<long>(o_.rate * o_.duration_s);
+    records_.reserve(static_cast<size_t>(total) * 2 + 16);
+    long in_flight = 0;
+    size_t next_stub = 0;
+    Clock::time_point drain_until{};
+    for (;;) {
+      auto now = Clock::now();
+      if (now < end) {
+        long due = std::min(total, static_cast<long>(std::chrono::duration<double>(now - t0).count() * o_.rate));
+        while (sent_ + skipped_ < due) {
+          if (in_flight >= o_.max_inflight) {
+            ++skipped_;  // the client itself could not offer this one
+            continue;
+          }
+          start(stubs_[next_stub++ % stubs_.size()].get(), 0);
+          ++in_flight;
+          ++sent_;
+        }
+      } else if (offered_s_ < 0) {
+        offered_s_ = std::chrono::duration<double>(now - t0).count();
+        drain_until = now + to_duration(o_.timeout_s + 5);
+      }
+      if (now >= end && in_flight == 0) break;
+      Clock::time_point wake;
+      if (now < end) {
+        wake = std::min(end, t0 + to_duration(static_cast<double>(sent_ + skipped_ + 1) / o_.rate));
+      } else {
+        if (now >= drain_until) break;
+        wake = drain_until;
+      }
+      auto deadline = std::chrono::system_clock::now() + (wake - now);
+      void* tag;
+      bool fine;
+      auto got = cq_.AsyncNext(&tag, &fine, deadline);
+      while (got == grpc::CompletionQueue::GOT_EVENT) {
+        Call* call = static_cast<Call*>(tag);
+        double latency = std::chrono::duration<double>(Clock::now() - call->start).count();
+        int code = call->status.error_code();
+        records_.push_back(static_cast<double>(code));
+        records_.push_back(latency);
+        if (code != 0 && samples_.find(code) == samples_.end()) samples_[code] = describe(call->status);
+        delete call;
+        --in_flight;
+        got = cq_.AsyncNext(&tag, &fine, std::chrono::system_clock::now());  // take what is ready
+      }
+      if (got == grpc::CompletionQueue::SHUTDOWN) break;
+    }
+    if (offered_s_ < 0) offered_s_ = o_.duration_s;
+    unanswered_ = in_flight;
+  }
+
+  const std::vector<double>& records() const { return records_; }
+  const std::map<int, std::string>& samples() const { return samples_; }
+  long sent() const { return sent_; }
+  long skipped() const { return skipped_; }
+  long unanswered() const { return unanswered_; }
+  double offered_s() const { return offered_s_; }
+
   // CPU seconds this process used in the window (from the first completion in it to the first after
   // it); 0 when the loop ended before the window did.
   double window_cpu_s() const { return cpu_window_s_ < 0 ? 0.0 : cpu_window_s_; }
@@ -206,6 +281,10 @@ class Runner {
   double cpu_start_s_ = 0.0, cpu_window_s_ = -1.0;
   std::vector<double> latencies_;
   std::vector<std::string> errors_;
+  std::vector<double> records_;  // open loop: (code, latency) pairs
+  std::map<int, std::string> samples_;
+  long sent_ = 0, skipped_ = 0, unanswered_ = 0;
+  double offered_s_ = -1.0;
 };
 
 }  // namespace
@@ -225,6 +304,21 @@ int main(int argc, char** argv) {
   double t0_s;
   if (!(std::cin >> t0_s)) usage("expected the start time on stdin");
   Clock::time_point t0{std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t0_s))};
+  if (o.rate > 0) {
+    runner.run_open(t0);
+    std::FILE* out = std::fopen(o.latencies_path.c_str(), "wb");
+    if (out == nullptr) usage("cannot write latencies file " + o.latencies_path);
+    const auto& rec = runner.records();
+    if (!rec.empty() && std::fwrite(rec.data(), sizeof(double), rec.size(), out) != rec.size()) {
+      std::cerr << "closed_loop: short write to " << o.latencies_path << "\n";
+      return 1;
+    }
+    std::fclose(out);
+    for (const auto& [code, sample] : runner.samples()) std::cout << "sample " << sample << "\n";
+    std::cout << "sent " << runner.sent() << "\nskipped " << runner.skipped() << "\noffered " << runner.offered_s()
+              << "\nunanswered " << runner.unanswered() << "\ndone " << rec.size() / 2 << std::endl;
+    return 0;
+  }
   runner.run(t0);
 
   std::FILE* out = std::fopen(o.latencies_path.c_str(), "wb");

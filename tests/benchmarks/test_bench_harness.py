@@ -152,6 +152,26 @@ def test_native_client_keeps_concurrency_in_flight_over_its_connections() -> Non
     assert cell.p50_ms is not None and cell.p50_ms >= 10
 
 
+@pytest.mark.slow
+@needs_native_client
+def test_native_open_loop_offers_its_rate_and_counts_every_outcome(
+    echo: targets.Target, add_sub: common.ModelSpec
+) -> None:
+    spec = replace(echo.specs["grpc"](add_sub), connections=2)
+    burst = loadgen.run_open_loop(spec, 400, 1.0, max_inflight=64, processes=2, niceness=5, client="native")
+    assert burst["outcomes"] == {"ok": burst["sent"]}
+    assert 360 <= burst["sent"] <= 400 and burst["skipped_client_cap"] == 0
+    assert burst["warmup_ok"] == 4  # one opening call on each of its 2 x 2 connections
+    assert burst["offered_rate"] == pytest.approx(400, rel=0.15)
+    assert burst["ok_latency"]["p99_ms"] is not None and burst["refused_latency"]["p99_ms"] is None
+
+    bad = loadgen.LoadSpec("grpc", echo.ports["grpc"], common.grpc_request_bytes(add_sub, model_name="no_such_model"))
+    burst = loadgen.run_open_loop(bad, 200, 0.5, max_inflight=64, processes=1, client="native")
+    assert burst["outcomes"] == {"NOT_FOUND": burst["sent"]} and burst["sent"] >= 80
+    assert burst["error_samples"] == {"NOT_FOUND": "NOT_FOUND: unknown model 'no_such_model'"}
+    assert burst["error_latency"]["NOT_FOUND"]["p50_ms"] is not None
+
+
 def test_unknown_client_is_refused(add_sub: common.ModelSpec) -> None:
     spec = loadgen.LoadSpec("grpc", 1, b"")
     with pytest.raises(ValueError, match="client must be one of native, python"):
