@@ -83,12 +83,12 @@ BENCH_HTTP_CLIENT := benchmarks/cpp_client/build/http_closed_loop
 bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT)
 
 # the REST client: plain sockets, no library
-$(BENCH_HTTP_CLIENT): benchmarks/cpp_client/http_closed_loop.cc
+$(BENCH_HTTP_CLIENT): benchmarks/cpp_client/http_closed_loop.cc benchmarks/cpp_client/client_common.h
 	@command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	mkdir -p $(dir $@)
 	$(CXX) -O2 -std=c++17 -o $@ $<
 
-$(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc
+$(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc benchmarks/cpp_client/client_common.h
 	@pkg-config --exists grpc++ protobuf 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	mkdir -p $(dir $@)
 	$(CXX) -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++ protobuf)

@@ -29,6 +29,7 @@ SOURCE = CLIENT_DIR / "closed_loop.cc"
 BINARY = CLIENT_DIR / "build" / "closed_loop"
 HTTP_SOURCE = CLIENT_DIR / "http_closed_loop.cc"
 HTTP_BINARY = CLIENT_DIR / "build" / "http_closed_loop"
+HEADER = CLIENT_DIR / "client_common.h"  # both include it
 BUILD_HINT = "build it with `make bench-client` (needs g++ and libgrpc++-dev), or pass --client python"
 
 
@@ -38,8 +39,9 @@ def unavailable_reason(protocol: str = "grpc") -> str | None:
     source, binary = (SOURCE, BINARY) if protocol == "grpc" else (HTTP_SOURCE, HTTP_BINARY)
     if not binary.exists():
         return f"{binary.relative_to(REPO_ROOT)} is not built; {BUILD_HINT}"
-    if source.exists() and binary.stat().st_mtime < source.stat().st_mtime:
-        return f"{binary.relative_to(REPO_ROOT)} is older than {source.name}; {BUILD_HINT}"
+    for needed in (source, HEADER):
+        if needed.exists() and binary.stat().st_mtime < needed.stat().st_mtime:
+            return f"{binary.relative_to(REPO_ROOT)} is older than {needed.name}; {BUILD_HINT}"
     return None
 
 

@@ -26,22 +26,21 @@
 #include <grpcpp/alarm.h>
 
 #include <chrono>
-#include <ctime>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "client_common.h"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;  // CLOCK_MONOTONIC on Linux, as Python's time.monotonic()
+using client_common::Clock;
+using client_common::process_cpu_s;
+using client_common::to_duration;
 
 const char* kCodeNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
                             "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
@@ -64,28 +63,23 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; i += 2) {
-    std::string key = argv[i];
-    if (i + 1 >= argc) usage("missing value for " + key);
-    std::string value = argv[i + 1];
-    try {
-      if (key == "--target") o.target = value;
-      else if (key == "--method") o.method = value;
-      else if (key == "--payload") o.payload_path = value;
-      else if (key == "--latencies") o.latencies_path = value;
-      else if (key == "--concurrency") o.concurrency = std::stoi(value);
-      else if (key == "--connections") o.connections = std::stoi(value);
-      else if (key == "--warmup") o.warmup_s = std::stod(value);
-      else if (key == "--window") o.window_s = std::stod(value);
-      else if (key == "--timeout") o.timeout_s = std::stod(value);
-      else if (key == "--rate") o.rate = std::stod(value);
-      else if (key == "--duration") o.duration_s = std::stod(value);
-      else if (key == "--max-inflight") o.max_inflight = std::stoi(value);
-      else usage("unknown option " + key);
-    } catch (const std::exception&) {
-      usage("bad value for " + key + ": " + value);
-    }
-  }
+  std::string error = client_common::parse_pairs(argc, argv, [&o](const std::string& key, const std::string& value) {
+    if (key == "--target") o.target = value;
+    else if (key == "--method") o.method = value;
+    else if (key == "--payload") o.payload_path = value;
+    else if (key == "--latencies") o.latencies_path = value;
+    else if (key == "--concurrency") o.concurrency = std::stoi(value);
+    else if (key == "--connections") o.connections = std::stoi(value);
+    else if (key == "--warmup") o.warmup_s = std::stod(value);
+    else if (key == "--window") o.window_s = std::stod(value);
+    else if (key == "--timeout") o.timeout_s = std::stod(value);
+    else if (key == "--rate") o.rate = std::stod(value);
+    else if (key == "--duration") o.duration_s = std::stod(value);
+    else if (key == "--max-inflight") o.max_inflight = std::stoi(value);
+    else return false;
+    return true;
+  });
+  if (!error.empty()) usage(error);
   if (o.target.empty() || o.method.empty() || o.payload_path.empty() || o.latencies_path.empty())
     usage("--target, --method, --payload and --latencies are required");
   if (o.concurrency < 1 || o.connections < 1 || o.window_s <= 0 || o.warmup_s < 0 || o.timeout_s <= 0)
@@ -252,16 +246,6 @@ class Runner {
   const std::vector<std::string>& errors() const { return errors_; }
 
  private:
-  static double process_cpu_s() {
-    timespec ts{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-  }
-
-  static Clock::duration to_duration(double s) {
-    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-  }
-
   Call* start(grpc::GenericStub* stub, int slot) {
     auto* call = new Call();
     call->slot = slot;
@@ -291,9 +275,8 @@ class Runner {
 
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
-  std::ifstream in(o.payload_path, std::ios::binary);
-  if (!in) usage("cannot read payload file " + o.payload_path);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string bytes;
+  if (!client_common::read_file(o.payload_path, &bytes)) usage("cannot read payload file " + o.payload_path);
   grpc::Slice slice(bytes);
   grpc::ByteBuffer payload(&slice, 1);
 
@@ -301,36 +284,26 @@ int main(int argc, char** argv) {
   auto [ok, first_error] = runner.open();
   std::cout << "ready " << ok << " " << first_error << std::endl;
 
-  double t0_s;
-  if (!(std::cin >> t0_s)) usage("expected the start time on stdin");
-  Clock::time_point t0{std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t0_s))};
+  Clock::time_point t0;
+  if (!client_common::read_start_time(&t0)) usage("expected the start time on stdin");
   if (o.rate > 0) {
     runner.run_open(t0);
-    std::FILE* out = std::fopen(o.latencies_path.c_str(), "wb");
-    if (out == nullptr) usage("cannot write latencies file " + o.latencies_path);
-    const auto& rec = runner.records();
-    if (!rec.empty() && std::fwrite(rec.data(), sizeof(double), rec.size(), out) != rec.size()) {
-      std::cerr << "closed_loop: short write to " << o.latencies_path << "\n";
+    if (!client_common::write_doubles(o.latencies_path, runner.records())) {
+      std::cerr << "closed_loop: cannot write " << o.latencies_path << "\n";
       return 1;
     }
-    std::fclose(out);
     for (const auto& [code, sample] : runner.samples()) std::cout << "sample " << sample << "\n";
     std::cout << "sent " << runner.sent() << "\nskipped " << runner.skipped() << "\noffered " << runner.offered_s()
-              << "\nunanswered " << runner.unanswered() << "\ndone " << rec.size() / 2 << std::endl;
+              << "\nunanswered " << runner.unanswered() << "\ndone " << runner.records().size() / 2 << std::endl;
     return 0;
   }
   runner.run(t0);
-
-  std::FILE* out = std::fopen(o.latencies_path.c_str(), "wb");
-  if (out == nullptr) usage("cannot write latencies file " + o.latencies_path);
-  const auto& lat = runner.latencies();
-  if (!lat.empty() && std::fwrite(lat.data(), sizeof(double), lat.size(), out) != lat.size()) {
-    std::cerr << "closed_loop: short write to " << o.latencies_path << "\n";
+  if (!client_common::write_doubles(o.latencies_path, runner.latencies())) {
+    std::cerr << "closed_loop: cannot write " << o.latencies_path << "\n";
     return 1;
   }
-  std::fclose(out);
   for (const auto& e : runner.errors()) std::cout << "error " << e << "\n";
   std::cout << "cpu " << runner.window_cpu_s() << "\n";
-  std::cout << "done " << lat.size() << std::endl;
+  std::cout << "done " << runner.latencies().size() << std::endl;
   return 0;
 }

@@ -22,20 +22,20 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "client_common.h"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;  // CLOCK_MONOTONIC on Linux, as Python's time.monotonic()
+using client_common::Clock;
+using client_common::process_cpu_s;
+using client_common::to_duration;
 
 struct Options {
   std::string host = "127.0.0.1", path, payload_path, latencies_path;
@@ -54,41 +54,26 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; i += 2) {
-    std::string key = argv[i];
-    if (i + 1 >= argc) usage("missing value for " + key);
-    std::string value = argv[i + 1];
-    try {
-      if (key == "--host") o.host = value;
-      else if (key == "--port") o.port = std::stoi(value);
-      else if (key == "--path") o.path = value;
-      else if (key == "--header") o.headers.push_back(value);
-      else if (key == "--payload") o.payload_path = value;
-      else if (key == "--latencies") o.latencies_path = value;
-      else if (key == "--concurrency") o.concurrency = std::stoi(value);
-      else if (key == "--warmup") o.warmup_s = std::stod(value);
-      else if (key == "--window") o.window_s = std::stod(value);
-      else if (key == "--timeout") o.timeout_s = std::stod(value);
-      else usage("unknown option " + key);
-    } catch (const std::exception&) {
-      usage("bad value for " + key + ": " + value);
-    }
-  }
+  std::string error = client_common::parse_pairs(argc, argv, [&o](const std::string& key, const std::string& value) {
+    if (key == "--host") o.host = value;
+    else if (key == "--port") o.port = std::stoi(value);
+    else if (key == "--path") o.path = value;
+    else if (key == "--header") o.headers.push_back(value);
+    else if (key == "--payload") o.payload_path = value;
+    else if (key == "--latencies") o.latencies_path = value;
+    else if (key == "--concurrency") o.concurrency = std::stoi(value);
+    else if (key == "--warmup") o.warmup_s = std::stod(value);
+    else if (key == "--window") o.window_s = std::stod(value);
+    else if (key == "--timeout") o.timeout_s = std::stod(value);
+    else return false;
+    return true;
+  });
+  if (!error.empty()) usage(error);
   if (o.port <= 0 || o.path.empty() || o.payload_path.empty() || o.latencies_path.empty())
     usage("--port, --path, --payload and --latencies are required");
   if (o.concurrency < 1 || o.window_s <= 0 || o.warmup_s < 0 || o.timeout_s <= 0)
     usage("need concurrency >= 1, window > 0, warmup >= 0, timeout > 0");
   return o;
-}
-
-double process_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-Clock::duration to_duration(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
 
 // One keep-alive connection with at most one request in flight.
@@ -277,29 +262,23 @@ class Runner {
 
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
-  std::ifstream in(o.payload_path, std::ios::binary);
-  if (!in) usage("cannot read payload file " + o.payload_path);
-  std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string body;
+  if (!client_common::read_file(o.payload_path, &body)) usage("cannot read payload file " + o.payload_path);
 
   Runner runner(o, body);
   auto [ok, first_error] = runner.open();
   std::cout << "ready " << ok << " " << first_error << std::endl;
 
-  double t0_s;
-  if (!(std::cin >> t0_s)) usage("expected the start time on stdin");
-  Clock::time_point t0{std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t0_s))};
+  Clock::time_point t0;
+  if (!client_common::read_start_time(&t0)) usage("expected the start time on stdin");
   runner.run(t0);
 
-  std::FILE* out = std::fopen(o.latencies_path.c_str(), "wb");
-  if (out == nullptr) usage("cannot write latencies file " + o.latencies_path);
-  const auto& lat = runner.latencies();
-  if (!lat.empty() && std::fwrite(lat.data(), sizeof(double), lat.size(), out) != lat.size()) {
-    std::cerr << "http_closed_loop: short write to " << o.latencies_path << "\n";
+  if (!client_common::write_doubles(o.latencies_path, runner.latencies())) {
+    std::cerr << "http_closed_loop: cannot write " << o.latencies_path << "\n";
     return 1;
   }
-  std::fclose(out);
   for (const auto& e : runner.errors()) std::cout << "error " << e << "\n";
   std::cout << "cpu " << runner.window_cpu_s() << "\n";
-  std::cout << "done " << lat.size() << std::endl;
+  std::cout << "done " << runner.latencies().size() << std::endl;
   return 0;
 }
