@@ -220,6 +220,7 @@ class RuntimeServer:
         self._grpc = NativeGrpcFrontend(
             self.service, opts.grpc_max_concurrent_rpcs, opts.grpc_max_streams_per_connection
         )
+        log.info("gRPC on grpc++ %s (native frontend)", self._grpc.grpc_version)
         return self._grpc.start(address)
 
     async def _start_aio_grpc(self, address: str) -> int:
