@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from server_harness import ServerProcess, build_repository, start_server
 
-from shipyard.serving_runtime.protocol import native_grpc
-
 
 @pytest.fixture(scope="session")
 def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -24,6 +22,9 @@ def served(
 ) -> Iterator[ServerProcess]:
     """One server over ``triton_repository`` (control mode none; broken model -> not strictly ready),
     once per gRPC frontend: clients must not be able to tell them apart."""
+    # imported here: both pytest sessions load this file, and native_grpc loads tritonclient's protos
+    from shipyard.serving_runtime.protocol import native_grpc
+
     if request.param == "native" and (reason := native_grpc.unavailable_reason()) is not None:
         pytest.skip(reason)
     server = start_server(
