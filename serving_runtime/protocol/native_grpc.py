@@ -114,7 +114,7 @@ class NativeGrpcFrontend:
         max_streams_per_connection: int = 0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        native = load_extension()
+        native = self._module = load_extension()
         self._kinds = (native.MESSAGE, native.HALF_CLOSE, native.CANCEL)
         self.servicer = GrpcInferenceServicer(service)
         self._table = _methods(self.servicer)
@@ -131,7 +131,7 @@ class NativeGrpcFrontend:
 
     @property
     def grpc_version(self) -> str:
-        return str(load_extension().GRPC_VERSION)
+        return str(self._module.GRPC_VERSION)
 
     def start(self, address: str) -> int:
         """Listen on ``address`` (``host:port``) and serve on the running loop; returns the port.
@@ -189,15 +189,10 @@ class NativeGrpcFrontend:
             request = method.parse(payload)
             response = await method.handler(request, _CONTEXT)
             data = response.SerializeToString()
-        except _Aborted as exc:
-            send(call_id, None, True, _code(exc.code), exc.details)
-        except DecodeError as exc:
-            send(call_id, None, True, _code(grpc.StatusCode.INVALID_ARGUMENT), _undecodable(method, exc))
         except asyncio.CancelledError:
             pass  # cancelled by the client (or its deadline): already answered
         except Exception as exc:
-            log.exception("unexpected error in a gRPC call")
-            send(call_id, None, True, _code(grpc.StatusCode.INTERNAL), f"internal error: {type(exc).__name__}: {exc}")
+            send(call_id, None, True, *_status(method, exc))
         else:
             send(call_id, data)
         finally:
@@ -213,15 +208,10 @@ class NativeGrpcFrontend:
         try:
             async for response in method.handler(requests(), _CONTEXT):
                 send(call_id, response.SerializeToString(), False)
-        except _Aborted as exc:
-            send(call_id, None, True, _code(exc.code), exc.details)
-        except DecodeError as exc:
-            send(call_id, None, True, _code(grpc.StatusCode.INVALID_ARGUMENT), _undecodable(method, exc))
         except asyncio.CancelledError:
             pass
         except Exception as exc:
-            log.exception("unexpected error in a gRPC stream")
-            send(call_id, None, True, _code(grpc.StatusCode.INTERNAL), f"internal error: {type(exc).__name__}: {exc}")
+            send(call_id, None, True, *_status(method, exc))
         else:
             send(call_id, None, True)
         finally:
@@ -229,6 +219,13 @@ class NativeGrpcFrontend:
             self._streams.pop(call_id, None)
 
 
-def _undecodable(method: _Method, exc: Exception) -> str:
+def _status(method: _Method, exc: Exception) -> tuple[int, str]:
+    """The gRPC status code and message that end a call (unary or stream) which raised ``exc``."""
+    if isinstance(exc, _Aborted):
+        return _code(exc.code), exc.details
     name = method.path.rsplit("/", 1)[-1]
-    return f"the {name} request is not a valid protobuf message of the method's request type: {exc}"
+    if isinstance(exc, DecodeError):
+        message = f"the {name} request is not a valid protobuf message of the method's request type: {exc}"
+        return _code(grpc.StatusCode.INVALID_ARGUMENT), message
+    log.exception("unexpected error in gRPC %s", name)
+    return _code(grpc.StatusCode.INTERNAL), f"internal error: {type(exc).__name__}: {exc}"
