@@ -42,7 +42,7 @@ $(NATIVE_SO): $(NATIVE_SRC) | install
 
 native-deps:
 	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ pkg-config libgrpc++-dev
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ pkg-config libgrpc++-dev libprotobuf-dev protobuf-compiler
 
 demo: install
 	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; gRPC runs on grpc.aio"

@@ -70,3 +70,10 @@ def test_import_in_a_venv_with_only_the_serve_extra(tmp_path: Path) -> None:
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "[]", f"serve-only env should not contain {check.stdout.strip()}"
+    # from the repository root, the folders there must not shadow the installed package
+    from_root = subprocess.run(
+        [str(python), "-c", "import shipyard.serving_runtime.server, shipyard; print(shipyard.__file__)"],
+        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+    )
+    assert from_root.returncode == 0, from_root.stderr
+    assert str(env_dir) in from_root.stdout, from_root.stdout
