@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass(frozen=True)
+class ShmRef:
+    """A tensor in a registered shared-memory region: ``byte_size`` bytes at ``offset`` of ``region``."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
 @dataclass
 class DecodedInput:
     """One input tensor as the client sent it: ``data`` already has ``shape`` and the datatype's dtype."""
@@ -15,6 +24,7 @@ class DecodedInput:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    shm: ShmRef | None = None  # data comes from shared memory (read when the request binds it)
 
 
 @dataclass
@@ -23,6 +33,7 @@ class RequestedOutput:
 
     name: str
     binary: bool | None = None
+    shm: ShmRef | None = None  # write the output into this shared-memory window
 
 
 @dataclass
@@ -43,3 +54,4 @@ class EncodedOutput:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    shm: ShmRef | None = None  # written to shared memory: send these parameters, not the data
