@@ -245,8 +245,6 @@ class ServedModel:
         # Set by the manager when a reload replaces this version: requests that reach a
         # draining scheduler go there instead of failing.
         self.successor: ServedModel | None = None
-        # Per-version data the protocol layer derives once (validation rules); dies with the version.
-        self.protocol_cache: dict[str, Any] = {}
         try:
             self.scheduler: Scheduler = create_scheduler(config, self.instances, name, self.version)
         except Exception as exc:

@@ -21,7 +21,7 @@ from shipyard.serving_runtime.protocol import grpc_codec
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.shared_memory import ShmBinding
 from shipyard.serving_runtime.protocol.shm_endpoints import SharedMemoryServicer
-from shipyard.serving_runtime.protocol.types import DecodedRequest
+from shipyard.serving_runtime.protocol.types import DecodedRequest, ModelLike
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs, rules_for
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
@@ -161,7 +161,7 @@ class GrpcInferenceServicer(SharedMemoryServicer, service_pb2_grpc.GRPCInference
         decoded: DecodedRequest | None = None
         binding: ShmBinding | None = None
 
-        def build(served: Any) -> InferenceRequest:
+        def build(served: ModelLike) -> InferenceRequest:
             nonlocal decoded, binding
             fast = grpc_codec.fast_request(rules_for(served), request)
             if fast is not None:

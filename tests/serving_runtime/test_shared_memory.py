@@ -46,7 +46,7 @@ def _client(served: ServerProcess, kind: str) -> Any:
 
 @pytest.mark.parametrize("kind", ["http", "grpc"])
 def test_inputs_and_outputs_in_shared_memory(served: ServerProcess, regions: Any, kind: str) -> None:
-    in_handle, out_handle, prefix = regions
+    _, out_handle, prefix = regions
     module, client = _client(served, kind)
     client.register_system_shared_memory(f"{prefix}_in", f"/{prefix}_in", 2 * NBYTES)
     client.register_system_shared_memory(f"{prefix}_out", f"/{prefix}_out", 2 * NBYTES)
@@ -127,7 +127,7 @@ def test_errors_name_the_region(served: ServerProcess, regions: Any, kind: str) 
 def test_unregister_while_a_request_holds_the_region(regions: Any) -> None:
     """A bound request keeps its mapping after the region is unregistered: its output still lands,
     and a new request no longer finds the region."""
-    in_handle, out_handle, prefix = regions
+    _, out_handle, prefix = regions
     registry = SharedMemoryRegistry()
     registry.register("out", f"/{prefix}_out", 0, 2 * NBYTES)
     registry.register("in", f"/{prefix}_in", 0, 2 * NBYTES)
