@@ -247,8 +247,6 @@ class ServedModel:
         # Set by the manager when a reload replaces this version: requests that reach a
         # draining scheduler go there instead of failing.
         self.successor: ServedModel | None = None
-        # Per-version data the protocol layer derives once (validation rules); dies with the version.
-        self.protocol_cache: dict[str, Any] = {}
         if scheduler is not None:
             self.scheduler: Scheduler = scheduler
             return
