@@ -110,6 +110,7 @@ class ServerOptions:
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
+    cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
 
 class _HttpServer(uvicorn.Server):
@@ -145,6 +146,7 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 
 def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
+    from shipyard.serving_runtime.cache import ResponseCache
     from shipyard.serving_runtime.manager import ModelManager
 
     return ModelManager(
@@ -152,6 +154,7 @@ def create_manager(options: ServerOptions) -> ManagerLike:
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
+        response_cache=ResponseCache(options.cache_size_bytes) if options.cache_size_bytes else None,
     )
 
 
