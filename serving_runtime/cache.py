@@ -176,7 +176,8 @@ def with_cache(
 ) -> Scheduler:
     """``scheduler`` wrapped in the cache when the config enables it and the server has one."""
     enabled = bool(getattr(getattr(config, "response_cache", None), "enable", False))
-    if not enabled:
+    if not enabled or config.HasField("sequence_batching"):  # type: ignore[attr-defined]
+        # a sequence's answers depend on its state, not only on the request
         return scheduler
     if cache is None:
         log.warning(
