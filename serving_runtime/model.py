@@ -254,7 +254,7 @@ class ServedModel:
             self.scheduler: Scheduler = scheduler
             return
         try:
-            self.scheduler = create_scheduler(config, self.instances, name, self.version)
+            self.scheduler = create_scheduler(config, self.instances, name, self.version, model_dir)
         except Exception as exc:
             for instance in self.instances:
                 instance.close()
