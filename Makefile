@@ -57,7 +57,7 @@ lint: install
 unit: install triton-env
 	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; its tests will skip"
 	@$(MAKE) --no-print-directory bench-client || echo "note: the native benchmark client was not built; its tests will skip"
-	$(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
+	SHIPYARD_REQUIRE_TRITON=1 $(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint unit
