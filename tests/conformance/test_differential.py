@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conformance_repo import python_backend_available
-from conftest import Served
+from conformance_servers import Served
 from corpus import Clients, Outcome, build_corpus
 
 # class -> (Triton's status, shipyard's status, why shipyard differs). gRPC codes are the same as
