@@ -157,8 +157,10 @@ class LocalTarget:
                 f"local deployment {name!r} is already running at {existing.http_url} (pid {existing.pid}): "
                 "update or delete it first"
             )
-        repo = Path(repository).expanduser().resolve()
-        if not repo.is_dir():
+        from shipyard.serving_runtime.remote_store import is_remote
+
+        repo: str | Path = str(repository) if is_remote(repository) else Path(repository).expanduser().resolve()
+        if isinstance(repo, Path) and not repo.is_dir():
             raise DeployError(f"model repository {str(repo)!r} is not a directory: publish a model into it first")
         for port in (http_port, grpc_port):
             if not port_is_free(host, port):
