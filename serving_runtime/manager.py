@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, load_ensemble, load_waves
 from shipyard.serving_runtime.errors import (
     InvalidArgument,
     ModelLoadError,
@@ -153,7 +154,8 @@ class ModelManager:
                 record.reason = record.last_error = (
                     f"model {name!r} (--load-model) is not in any model repository ({self._repo_list()})"
                 )
-        await asyncio.gather(*(self._sync(name, scan) for name in names if name in scan.names()))
+        for wave in load_waves([n for n in names if n in scan.names()], scan):  # ensembles after their models
+            await asyncio.gather(*(self._sync(name, scan) for name in wave))
         self._started = True
         failures: list[str] = []
         for name in names:
@@ -198,9 +200,9 @@ class ModelManager:
                         changed.append(name)
                 elif record.fingerprint != fingerprints.get(name):
                     changed.append(name)
-            tasks = [self._remove(name) for name in removed] + [self._sync(name, scan) for name in changed]
-            if tasks:
-                await asyncio.gather(*tasks)
+            await asyncio.gather(*(self._remove(name) for name in removed))
+            for wave in load_waves(changed, scan):  # ensembles after their models
+                await asyncio.gather(*(self._sync(name, scan) for name in wave))
 
     async def shutdown(self) -> None:
         """Stop every model: each finishes the requests it accepted, then closes its instances."""
@@ -415,6 +417,8 @@ class ModelManager:
         log.info("model %s removed from the repository: unloaded", name)
 
     async def _load_version(self, definition: ModelDefinition, version: int) -> ServedModel:
+        if definition.backend_name == ENSEMBLE_BACKEND:
+            return load_ensemble(definition, version, self.get)
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
         return ServedModel(definition.name, version, definition.config, instances, model_dir=definition.model_dir)
 

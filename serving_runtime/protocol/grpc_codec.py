@@ -2,7 +2,8 @@
 
 Inputs come as ``raw_input_contents`` (one entry per input, in input order; decoded with
 ``numpy.frombuffer``) or as typed ``contents`` (``fp32_contents``...). Outputs always go back as
-``raw_output_contents``, as Triton sends them.
+``raw_output_contents``, as Triton sends them. The tensors themselves are decoded and encoded by
+``tensors.py``, shared with the REST codec.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from shipyard.serving_runtime.datatypes import serialize_bytes_tensor
+from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import InvalidArgument
-from shipyard.serving_runtime.protocol.rest_codec import decode_json_tensor, decode_raw_tensor, raw_bytes
+from shipyard.serving_runtime.protocol.tensors import (
+    check_dims,
+    decode_bytes_list,
+    decode_raw,
+    decode_values,
+    raw_contents,
+)
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
 from shipyard.serving_runtime.protocol.validate import ModelRules, shape_matches
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
@@ -66,15 +73,8 @@ def _typed_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise InvalidArgument(f"input {name!r}: datatype {datatype} must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
     if datatype == "BYTES":
-        count = int(np.prod(shape)) if shape else 1
-        if len(values) != count:
-            raise InvalidArgument(
-                f"input {name!r}: bytes_contents holds {len(values)} elements, shape {list(shape)} needs {count}"
-            )
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return decode_json_tensor(name, datatype, shape, list(values))
+        return decode_bytes_list(name, shape, values, field)
+    return decode_values(name, datatype, shape, list(values))
 
 
 def decode_infer_request(request: Any) -> DecodedRequest:
@@ -92,13 +92,11 @@ def decode_infer_request(request: Any) -> DecodedRequest:
     inputs: list[DecodedInput] = []
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
-        if any(d < 0 for d in tensor.shape):
-            raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} has a negative dimension")
-        shape = tuple(tensor.shape)
+        shape = check_dims(name, tensor.shape)
         if "shared_memory_region" in tensor.parameters:
             raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
         if raw:
-            array = decode_raw_tensor(name, tensor.datatype, shape, raw[index])
+            array = decode_raw(name, tensor.datatype, shape, raw[index])
         elif tensor.HasField("contents"):
             array = _typed_contents(tensor, shape)
         else:
@@ -193,8 +191,7 @@ def encode_infer_response(
     contents = response.raw_output_contents
     for out in outputs:
         add(name=out.name, datatype=out.datatype, shape=out.shape)
-        # tobytes: C-order bytes of any layout, one copy
-        contents.append(serialize_bytes_tensor(out.data) if out.datatype == "BYTES" else out.data.tobytes())
+        contents.append(raw_contents(out.data, out.datatype))
     return response
 
 
@@ -207,13 +204,11 @@ def encode_infer_request(
     parameters: Mapping[str, object] | None = None,
 ) -> Any:
     """A ``ModelInferRequest`` with raw contents (for tests and benchmark clients)."""
-    from shipyard.serving_runtime.datatypes import numpy_to_triton
-
     request = service_pb2.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
     for name, array in inputs.items():
         datatype = numpy_to_triton(array.dtype)
         request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        request.raw_input_contents.append(bytes(raw_bytes(array, datatype)))
+        request.raw_input_contents.append(raw_contents(array, datatype))
     for name in outputs:
         request.outputs.add(name=name)
     for key, value in (parameters or {}).items():

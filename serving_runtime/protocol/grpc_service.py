@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ServingError
 from shipyard.serving_runtime.protocol import grpc_codec
 from shipyard.serving_runtime.protocol.service import InferenceService
-from shipyard.serving_runtime.protocol.types import DecodedRequest
+from shipyard.serving_runtime.protocol.types import DecodedRequest, ModelLike
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs, rules_for
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
@@ -157,7 +157,7 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         model = service.model(name, version)  # 404 before decoding
         decoded: DecodedRequest | None = None
 
-        def build(served: Any) -> InferenceRequest:
+        def build(served: ModelLike) -> InferenceRequest:
             nonlocal decoded
             fast = grpc_codec.fast_request(rules_for(served), request)
             if fast is not None:
