@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.server import (
@@ -85,16 +84,9 @@ def _single_model_repository(model_dir: Path, name: str) -> Path:
     return root
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """A bad flag is one line naming it (and exit code 2), not the whole usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser (nothing is parsed here)."""
-    parser = _OneLineParser(
+    parser = argparse.ArgumentParser(
         prog=prog or "python -m shipyard.serving_runtime",
         description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
         allow_abbrev=False,
