@@ -131,6 +131,7 @@ class ModelStats:
                 "cache_hit": self.cache_hit.as_dict(),
                 "cache_miss": self.cache_miss.as_dict(),
             },
+            "response_stats": {},  # Triton's per-response statistics (decoupled models): none kept
             "batch_stats": [
                 {
                     "batch_size": size,
@@ -140,4 +141,5 @@ class ModelStats:
                 }
                 for size, d in sorted(self.batch_stats.items())
             ],
+            "memory_usage": [],
         }
