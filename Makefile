@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean
+.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean triton-env
 
 install: $(STAMP)
 
@@ -54,7 +54,7 @@ lint: install
 
 # kserve's and tritonclient's gRPC protos share the `inference` package and cannot be imported into
 # one process, so tests that import the kserve SDK (marker kserve_sdk) run in a second session.
-unit: install
+unit: install triton-env
 	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; its tests will skip"
 	@$(MAKE) --no-print-directory bench-client || echo "note: the native benchmark client was not built; its tests will skip"
 	$(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
@@ -73,6 +73,27 @@ $(MLSERVER_STAMP): Makefile
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "uvloop<0.21" onnxruntime numpy
 	touch $(MLSERVER_STAMP)
+
+# The real Triton server (2.51, from the nvidia-pytriton wheel) is the reference of the conformance
+# suite (tests/conformance) and a benchmark target; it lives in its own venv (pytriton pins numpy<2).
+# The Python backend's stub for that venv's Python is copied next to the backend; it links the
+# system's libpython3.X (Debian: libpython3.X), which is installed with apt-get when missing.
+# benchmarks/servers/triton.py starts it (and explains how the stub finds the venv's packages).
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.triton-installed
+
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): Makefile
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet "nvidia-pytriton==0.7.0" "numpy<2" onnxruntime pillow
+	set -e; site=$$($(TRITON_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	pyver=$$($(TRITON_VENV)/bin/python -c "import sys; print('%d.%d' % sys.version_info[:2])"); \
+	cp $$site/pytriton/tritonserver/python_backend_stubs/$$pyver/triton_python_backend_stub $$site/pytriton/tritonserver/backends/python/; \
+	if LD_LIBRARY_PATH=$$site/nvidia_pytriton.libs ldd $$site/pytriton/tritonserver/backends/python/triton_python_backend_stub | grep -q "not found"; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libpython$$pyver; fi
+	touch $(TRITON_STAMP)
 
 # The benchmark's gRPC and REST load clients, in C++ so that it leaves the shared CPUs to the server under test
 # (benchmarks/native_client.py). Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev), which

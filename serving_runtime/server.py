@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvicorn
@@ -27,6 +27,10 @@ import uvicorn
 from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.protocol import grpc_service, rest
 from shipyard.serving_runtime.protocol.service import InferenceService
+from shipyard.serving_runtime.protocol.types import ManagerLike
+
+if TYPE_CHECKING:
+    from shipyard.serving_runtime.metrics import UtilizationSampler
 
 log = logging.getLogger("shipyard.serving_runtime")
 
@@ -130,7 +134,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _metrics_source(manager: Any) -> tuple[Callable[[], tuple[bytes, str]], Any]:
+def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str]], UtilizationSampler]:
     """``GET /metrics``'s renderer (model stats + CPU/GPU utilization) and the sampler to stop."""
     from shipyard.serving_runtime import metrics
 
@@ -139,7 +143,7 @@ def _metrics_source(manager: Any) -> tuple[Callable[[], tuple[bytes, str]], Any]
     return (lambda: metrics.render(registry)), sampler
 
 
-def create_manager(options: ServerOptions) -> Any:
+def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
     from shipyard.serving_runtime.manager import ModelManager
 
@@ -154,7 +158,7 @@ def create_manager(options: ServerOptions) -> Any:
 class RuntimeServer:
     """REST + gRPC + model manager on the running event loop."""
 
-    def __init__(self, options: ServerOptions, manager: Any | None = None) -> None:
+    def __init__(self, options: ServerOptions, manager: ManagerLike | None = None) -> None:
         self.options = options
         self.manager = manager if manager is not None else create_manager(options)
         self.service = InferenceService(self.manager, strict_readiness=options.strict_readiness)
@@ -163,7 +167,7 @@ class RuntimeServer:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
         self._poll_task: asyncio.Task[None] | None = None
-        self._sampler: Any = None
+        self._sampler: UtilizationSampler | None = None
         self.http_port = options.http_port
         self.grpc_port = options.grpc_port
         self.grpc_frontend = "aio"
@@ -293,7 +297,7 @@ class RuntimeServer:
         log.info("stopped")
 
 
-async def serve(options: ServerOptions, manager: Any | None = None) -> int:
+async def serve(options: ServerOptions, manager: ManagerLike | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     loop = asyncio.get_running_loop()
     server = RuntimeServer(options, manager)

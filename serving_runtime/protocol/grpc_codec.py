@@ -2,7 +2,8 @@
 
 Inputs come as ``raw_input_contents`` (one entry per input, in input order; decoded with
 ``numpy.frombuffer``) or as typed ``contents`` (``fp32_contents``...). Outputs always go back as
-``raw_output_contents``, as Triton sends them.
+``raw_output_contents``, as Triton sends them. The tensors themselves are decoded and encoded by
+``tensors.py``, shared with the REST codec.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from shipyard.serving_runtime.datatypes import serialize_bytes_tensor
+from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import InvalidArgument
-from shipyard.serving_runtime.protocol.rest_codec import decode_json_tensor, decode_raw_tensor, raw_bytes
+from shipyard.serving_runtime.protocol.shared_memory import NO_DATA, parse_ref, shm_parameters
+from shipyard.serving_runtime.protocol.tensors import (
+    check_dims,
+    decode_bytes_list,
+    decode_raw,
+    decode_values,
+    raw_contents,
+)
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
 from shipyard.serving_runtime.protocol.validate import ModelRules, shape_matches
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
@@ -66,51 +74,48 @@ def _typed_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise InvalidArgument(f"input {name!r}: datatype {datatype} must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
     if datatype == "BYTES":
-        count = int(np.prod(shape)) if shape else 1
-        if len(values) != count:
-            raise InvalidArgument(
-                f"input {name!r}: bytes_contents holds {len(values)} elements, shape {list(shape)} needs {count}"
-            )
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return decode_json_tensor(name, datatype, shape, list(values))
+        return decode_bytes_list(name, shape, values, field)
+    return decode_values(name, datatype, shape, list(values))
 
 
 def decode_infer_request(request: Any) -> DecodedRequest:
     """Decode a ``ModelInferRequest``.
 
     Raises: InvalidArgument when raw contents do not match the inputs one to one, a size does
-    not fit shape and datatype, an input has no data, or shared memory is requested.
+    not fit shape and datatype, an input has no data, or shared-memory parameters are incomplete.
     """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    refs = [
+        parse_ref(f"input {t.name!r}", parameters_to_dict(t.parameters)) if t.parameters else None
+        for t in request.inputs
+    ]
+    with_data = sum(ref is None for ref in refs)  # inputs in shared memory have no raw entry
+    if raw and len(raw) != with_data:
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-            "send one entry per input, in input order"
+            f"raw_input_contents has {len(raw)} entries for {with_data} inputs; "
+            "send one entry per input not in shared memory, in input order"
         )
     inputs: list[DecodedInput] = []
-    for index, tensor in enumerate(request.inputs):
+    index = 0
+    for tensor, shm in zip(request.inputs, refs, strict=True):
         name = tensor.name
-        if any(d < 0 for d in tensor.shape):
-            raise InvalidArgument(f"input {name!r}: shape {list(tensor.shape)} has a negative dimension")
-        shape = tuple(tensor.shape)
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
-        if raw:
-            array = decode_raw_tensor(name, tensor.datatype, shape, raw[index])
+        shape = check_dims(name, tensor.shape)
+        if shm is not None:
+            array = NO_DATA  # read from the region when the request binds it (shared_memory.py)
+        elif raw:
+            array = decode_raw(name, tensor.datatype, shape, raw[index])
+            index += 1
         elif tensor.HasField("contents"):
             array = _typed_contents(tensor, shape)
         else:
             raise InvalidArgument(f"input {name!r} has no data: use raw_input_contents or contents")
-        inputs.append(DecodedInput(name, tensor.datatype, shape, array))
+        inputs.append(DecodedInput(name, tensor.datatype, shape, array, shm))
     outputs: list[RequestedOutput] = []
     for out in request.outputs:
-        if "shared_memory_region" in out.parameters:
-            raise InvalidArgument(f"output {out.name!r}: shared memory is not supported by this server")
         if "classification" in out.parameters:
             raise InvalidArgument(f"output {out.name!r}: the classification extension is not supported")
-        outputs.append(RequestedOutput(out.name))
+        shm = parse_ref(f"output {out.name!r}", parameters_to_dict(out.parameters)) if out.parameters else None
+        outputs.append(RequestedOutput(out.name, shm=shm))
     return DecodedRequest(
         inputs=inputs,
         outputs=outputs,
@@ -192,9 +197,13 @@ def encode_infer_response(
     add = response.outputs.add
     contents = response.raw_output_contents
     for out in outputs:
-        add(name=out.name, datatype=out.datatype, shape=out.shape)
-        # tobytes: C-order bytes of any layout, one copy
-        contents.append(serialize_bytes_tensor(out.data) if out.datatype == "BYTES" else out.data.tobytes())
+        entry = add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.shm is not None:  # written to shared memory: its parameters, and no data
+            for key, value in shm_parameters(out.shm).items():
+                _set_parameter(entry.parameters, key, value)
+            contents.append(b"")  # keeps raw_output_contents aligned with outputs
+            continue
+        contents.append(raw_contents(out.data, out.datatype))
     return response
 
 
@@ -207,13 +216,11 @@ def encode_infer_request(
     parameters: Mapping[str, object] | None = None,
 ) -> Any:
     """A ``ModelInferRequest`` with raw contents (for tests and benchmark clients)."""
-    from shipyard.serving_runtime.datatypes import numpy_to_triton
-
     request = service_pb2.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
     for name, array in inputs.items():
         datatype = numpy_to_triton(array.dtype)
         request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        request.raw_input_contents.append(bytes(raw_bytes(array, datatype)))
+        request.raw_input_contents.append(raw_contents(array, datatype))
     for name in outputs:
         request.outputs.add(name=name)
     for key, value in (parameters or {}).items():

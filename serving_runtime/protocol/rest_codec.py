@@ -2,28 +2,21 @@
 
 A binary request body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by
 the raw tensors, in input order, of every input whose ``parameters`` carry ``binary_data_size``.
-Binary tensors are decoded with ``numpy.frombuffer`` (no copy, no per-element Python); BYTES
-tensors use Triton's 4-byte length-prefixed form. Outputs are binary when the output asks for
-``binary_data`` or the request sets ``binary_data_output``; the response then carries its own
-``Inference-Header-Content-Length``.
+Outputs are binary when the output asks for ``binary_data`` or the request sets
+``binary_data_output``; the response then carries its own ``Inference-Header-Content-Length``.
+The tensors themselves are decoded and encoded by ``tensors.py``, shared with the gRPC codec.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from shipyard.serving_runtime.datatypes import (
-    deserialize_bytes_tensor,
-    serialize_bytes_tensor,
-    triton_to_numpy,
-)
 from shipyard.serving_runtime.errors import InvalidArgument
+from shipyard.serving_runtime.protocol.shared_memory import NO_DATA, parse_ref, shm_parameters
+from shipyard.serving_runtime.protocol.tensors import check_shape, decode_raw, decode_values, json_values, raw_bytes
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
 
 try:  # orjson is a kserve dependency; fall back to the standard library without it.
@@ -99,91 +92,6 @@ def parse_json_object(data: bytes | memoryview, what: str = "request body") -> d
     return obj
 
 
-def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"input {name!r}: 'shape' must be a list of integers, got {shape!r}")
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input {name!r}: shape {shape} has a negative dimension")
-    return tuple(shape)
-
-
-def _dtype_for(name: str, datatype: str) -> np.dtype:
-    try:
-        return triton_to_numpy(datatype)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"input {name!r}: {exc.message}") from None
-
-
-def decode_raw_tensor(name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview) -> np.ndarray:
-    """A tensor from its raw bytes (binary extension, gRPC raw contents), without copying.
-
-    Raises: InvalidArgument naming the input when the byte size does not fit shape and datatype.
-    """
-    dtype = _dtype_for(name, datatype)
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        try:
-            flat = deserialize_bytes_tensor(buffer)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"input {name!r}: {exc.message}") from None
-        if flat.size != count:
-            raise InvalidArgument(
-                f"input {name!r}: BYTES data holds {flat.size} elements, shape {list(shape)} needs {count}"
-            )
-        return flat.reshape(shape)
-    expected = count * dtype.itemsize
-    if len(buffer) != expected:
-        raise InvalidArgument(
-            f"input {name!r}: unexpected total byte size {len(buffer)} for shape {list(shape)} and "
-            f"datatype {datatype}, expecting {expected} bytes"
-        )
-    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
-
-
-def _flatten(data: Any, out: list[Any]) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out)
-        else:
-            out.append(item)
-
-
-def decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """A tensor from the JSON ``data`` field (flat or nested list; BYTES as strings).
-
-    Raises: InvalidArgument naming the input when the values do not fit datatype or shape.
-    """
-    dtype = _dtype_for(name, datatype)
-    count = math.prod(shape)
-    if not isinstance(data, list):
-        data = [data]
-    if datatype == "BYTES":
-        flat: list[Any] = []
-        _flatten(data, flat)
-        items: list[bytes] = []
-        for item in flat:
-            if isinstance(item, str):
-                items.append(item.encode("utf-8"))
-            else:
-                raise InvalidArgument(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
-        array = np.empty(len(items), dtype=np.object_)
-        array[:] = items
-    else:
-        if datatype == "BOOL":
-            flat_bools: list[Any] = []
-            _flatten(data, flat_bools)
-            if not all(isinstance(v, bool) or v in (0, 1) for v in flat_bools):
-                raise InvalidArgument(f"input {name!r}: BOOL data must be true/false")
-            data = flat_bools
-        try:
-            array = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidArgument(f"input {name!r}: data is not a list of {datatype} values: {exc}") from None
-    if array.size != count:
-        raise InvalidArgument(f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}")
-    return array.reshape(shape)
-
-
 def _requested_outputs(obj: dict[str, Any]) -> list[RequestedOutput]:
     outputs = obj.get("outputs")
     if outputs is None:
@@ -197,12 +105,11 @@ def _requested_outputs(obj: dict[str, Any]) -> list[RequestedOutput]:
         params = out.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"output {out['name']!r}: 'parameters' must be an object")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"output {out['name']!r}: shared memory is not supported by this server")
         if "classification" in params:
             raise InvalidArgument(f"output {out['name']!r}: the classification extension is not supported")
         binary = params.get("binary_data")
-        result.append(RequestedOutput(out["name"], None if binary is None else bool(binary)))
+        shm = parse_ref(f"output {out['name']!r}", params)
+        result.append(RequestedOutput(out["name"], None if binary is None else bool(binary), shm))
     return result
 
 
@@ -238,14 +145,15 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         datatype = tensor.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidArgument(f"input {name!r}: 'datatype' must be a string such as \"FP32\"")
-        shape = _check_shape(name, tensor.get("shape"))
+        shape = check_shape(name, tensor.get("shape"))
         params = tensor.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"input {name!r}: 'parameters' must be an object")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
+        shm = parse_ref(f"input {name!r}", params)
         size = params.get("binary_data_size")
-        if size is not None:
+        if shm is not None:
+            array = NO_DATA  # read from the region when the request binds it (shared_memory.py)
+        elif size is not None:
             if header_length is None:
                 raise InvalidArgument(
                     f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length"
@@ -255,13 +163,13 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
                     f"input {name!r}: binary_data_size {size!r} does not fit the {len(view) - offset} bytes "
                     "of binary data left in the request body"
                 )
-            array = decode_raw_tensor(name, datatype, shape, view[offset : offset + size])
+            array = decode_raw(name, datatype, shape, view[offset : offset + size])
             offset += size
         elif "data" in tensor:
-            array = decode_json_tensor(name, datatype, shape, tensor["data"])
+            array = decode_values(name, datatype, shape, tensor["data"])
         else:
             raise InvalidArgument(f"input {name!r} has no data: give 'data' or parameters.binary_data_size")
-        inputs.append(DecodedInput(name, datatype, shape, array))
+        inputs.append(DecodedInput(name, datatype, shape, array, shm))
     if offset != len(view):
         raise InvalidArgument(
             f"request body has {len(view) - offset} bytes of binary data that no input claims "
@@ -271,26 +179,6 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     if not isinstance(params, dict):
         raise InvalidArgument("request 'parameters' must be an object")
     return DecodedRequest(inputs=inputs, outputs=_requested_outputs(obj), id=_request_id(obj), parameters=params)
-
-
-def _json_data(array: np.ndarray) -> list[Any]:
-    flat = array.reshape(-1)
-    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
-        return [
-            item.decode("utf-8", errors="replace") if isinstance(item, bytes | bytearray) else str(item)
-            for item in flat
-        ]
-    if array.dtype.kind == "V" or array.dtype.name == "bfloat16":
-        return flat.astype(np.float32).tolist()  # type: ignore[no-any-return]
-    return flat.tolist()  # type: ignore[no-any-return]
-
-
-def raw_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
-    """An output's raw wire form: row-major bytes, or length-prefixed elements for BYTES."""
-    if datatype == "BYTES":
-        return serialize_bytes_tensor(array)
-    flat: Any = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    return memoryview(flat)
 
 
 def encode_response(
@@ -310,6 +198,10 @@ def encode_response(
     chunks: list[bytes | memoryview] = []
     for out in outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        if out.shm is not None:
+            entry["parameters"] = shm_parameters(out.shm)
+            entries.append(entry)
+            continue
         binary = per_output.get(out.name)
         if binary is None:
             binary = default_binary
@@ -318,7 +210,7 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _json_data(out.data)
+            entry["data"] = json_values(out.data)
         entries.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
