@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_features
+from score_harness import make_features
 
 from shipyard.components.score import ScoreError, score
 from shipyard.components.score.dataset import numpy_to_arrow, open_dataset

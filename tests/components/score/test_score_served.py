@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Runtime, make_features
+from score_harness import Runtime, make_features
 from test_score_library import check_predictions, read_output, write_input
 
 from shipyard.components.score import score
