@@ -68,7 +68,12 @@ def _fs(repository: str | Path) -> tuple[Any, str, bool]:
     import fsspec
 
     text = str(repository)
-    fs, root = fsspec.core.url_to_fs(text)
+    try:
+        fs, root = fsspec.core.url_to_fs(text)
+    except ValueError as exc:  # "Protocol not known: ..."
+        raise PublishError(
+            f"repository {text!r}: {exc}; use a local path, file://, s3://, gs:// or another fsspec URL"
+        ) from None
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     local = "file" in protocols or "local" in protocols
     if local:
