@@ -176,8 +176,10 @@ class LocalTarget:
                 f"replace it (`shipyard deploy ... --replace`, or `mlflow deployments update`) or stop it first "
                 f"(`shipyard undeploy {name} --target local`)"
             )
-        repo = Path(repository).expanduser().resolve()
-        if not repo.is_dir():
+        from shipyard.serving_runtime.remote_store import is_remote
+
+        repo: str | Path = str(repository) if is_remote(repository) else Path(repository).expanduser().resolve()
+        if isinstance(repo, Path) and not repo.is_dir():
             raise DeployError(f"model repository {str(repo)!r} is not a directory: publish a model into it first")
         for port in (http_port, grpc_port):
             if not port_is_free(host, port):
