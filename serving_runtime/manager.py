@@ -416,7 +416,11 @@ class ModelManager:
 
     async def _load_version(self, definition: ModelDefinition, version: int) -> ServedModel:
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
-        return ServedModel(definition.name, version, definition.config, instances, model_dir=definition.model_dir)
+        served = ServedModel(definition.name, version, definition.config, instances, model_dir=definition.model_dir)
+        for instance in served.instances:  # Python models call other models (BLS) through this manager
+            if hasattr(instance, "bind_server"):
+                instance.bind_server(self)
+        return served
 
     def _fail_model(self, record: _ModelRecord, reason: str) -> None:
         record.last_error = reason

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from shipyard.serving_runtime.config import config_to_dict
 from shipyard.serving_runtime.errors import InvalidArgument, ServingError
-from shipyard.serving_runtime.protocol import rest_codec
+from shipyard.serving_runtime.protocol import decoupled, rest_codec
 from shipyard.serving_runtime.protocol.rest_codec import json_dumps
 from shipyard.serving_runtime.protocol.service import InferenceService
 
@@ -92,7 +92,7 @@ def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]
     async def infer(request: Request) -> Response:
         params = request.path_params
         name, version = params["model"], params.get("version")
-        service.model(name, version)  # 404 / 503 before reading the body
+        decoupled.refuse_unary(service.model(name, version), "http")  # 404 / 503 / 501 before reading the body
         body = rest_codec.decompress_body(await request.body(), request.headers.get("content-encoding"))
         header_length = rest_codec.parse_header_length(request.headers.get(rest_codec.HEADER_LENGTH), len(body))
         decoded = rest_codec.decode_request(body, header_length)
