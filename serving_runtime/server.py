@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvicorn
@@ -27,6 +27,10 @@ import uvicorn
 from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.protocol import grpc_service, rest
 from shipyard.serving_runtime.protocol.service import InferenceService
+from shipyard.serving_runtime.protocol.types import ManagerLike
+
+if TYPE_CHECKING:
+    from shipyard.serving_runtime.metrics import UtilizationSampler
 
 log = logging.getLogger("shipyard.serving_runtime")
 
@@ -90,7 +94,8 @@ def choose_grpc_frontend(requested: str) -> str:
 class ServerOptions:
     """Everything the command line configures (see ``cli.py`` for the flags)."""
 
-    repositories: Sequence[Path] = field(default_factory=list)
+    repositories: Sequence[Path | str] = field(default_factory=list)  # str: s3://, gs://, az:// (remote.py)
+    model_cache_dir: Path | None = None  # where remote repositories are cached (None: remote.default_cache_dir())
     control_mode: str = "none"
     repository_poll_secs: float = 15.0
     load_models: Sequence[str] = field(default_factory=list)
@@ -130,7 +135,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _metrics_source(manager: Any) -> tuple[Callable[[], tuple[bytes, str]], Any]:
+def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str]], UtilizationSampler]:
     """``GET /metrics``'s renderer (model stats + CPU/GPU utilization) and the sampler to stop."""
     from shipyard.serving_runtime import metrics
 
@@ -139,22 +144,28 @@ def _metrics_source(manager: Any) -> tuple[Callable[[], tuple[bytes, str]], Any]
     return (lambda: metrics.render(registry)), sampler
 
 
-def create_manager(options: ServerOptions) -> Any:
+def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
     from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.remote_store import is_remote
 
-    return ModelManager(
-        [str(p) for p in options.repositories],
+    settings: dict[str, Any] = dict(
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
     )
+    if any(is_remote(r) for r in options.repositories):  # object storage: served from a local cache (remote.py)
+        from shipyard.serving_runtime.remote import RepositoryMirrors
+        from shipyard.serving_runtime.remote_manager import MirroredModelManager
+
+        return MirroredModelManager(RepositoryMirrors(options.repositories, options.model_cache_dir), **settings)
+    return ModelManager([str(p) for p in options.repositories], **settings)
 
 
 class RuntimeServer:
     """REST + gRPC + model manager on the running event loop."""
 
-    def __init__(self, options: ServerOptions, manager: Any | None = None) -> None:
+    def __init__(self, options: ServerOptions, manager: ManagerLike | None = None) -> None:
         self.options = options
         self.manager = manager if manager is not None else create_manager(options)
         self.service = InferenceService(self.manager, strict_readiness=options.strict_readiness)
@@ -163,7 +174,7 @@ class RuntimeServer:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
         self._poll_task: asyncio.Task[None] | None = None
-        self._sampler: Any = None
+        self._sampler: UtilizationSampler | None = None
         self.http_port = options.http_port
         self.grpc_port = options.grpc_port
         self.grpc_frontend = "aio"
@@ -293,7 +304,7 @@ class RuntimeServer:
         log.info("stopped")
 
 
-async def serve(options: ServerOptions, manager: Any | None = None) -> int:
+async def serve(options: ServerOptions, manager: ManagerLike | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     loop = asyncio.get_running_loop()
     server = RuntimeServer(options, manager)

@@ -7,15 +7,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ModelNotReady
-from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput
+from shipyard.serving_runtime.protocol.shared_memory import SharedMemoryRegistry
+from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput, ManagerLike, ModelLike
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.stats import ModelStats
 
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 log = logging.getLogger(__name__)
+
+__all__ = ["EXTENSIONS", "InferResult", "InferenceService", "ManagerLike", "ModelLike", "parse_version"]
 
 SERVER_NAME = "shipyard"
 EXTENSIONS: tuple[str, ...] = (
@@ -25,23 +33,8 @@ EXTENSIONS: tuple[str, ...] = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "system_shared_memory",
 )
-
-
-class ManagerLike(Protocol):
-    """The parts of ``ModelManager`` the frontends use (see serving_runtime/manager.py)."""
-
-    def get(self, name: str, version: int | None = None) -> Any: ...
-
-    def index(self, ready_only: bool = False) -> list[dict[str, Any]]: ...
-
-    async def load(self, name: str, config_json: str | None = None) -> None: ...
-
-    async def unload(self, name: str) -> None: ...
-
-    def is_ready(self, strict: bool) -> bool: ...
-
-    def all_stats(self) -> list[ModelStats]: ...
 
 
 def server_version() -> str:
@@ -97,6 +90,7 @@ class InferenceService:
         self.strict_readiness = strict_readiness
         self.started = False
         self.shutting_down = False
+        self.shared_memory = SharedMemoryRegistry()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -109,7 +103,7 @@ class InferenceService:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
-    def model(self, name: str, version: str | int | None = None) -> Any:
+    def model(self, name: str, version: str | int | None = None) -> ModelLike:
         """The served model version. Raises: InvalidArgument (bad name), ModelNotFound (404),
         ModelNotReady (503)."""
         try:
@@ -129,9 +123,13 @@ class InferenceService:
         return True
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict[str, Any]:
-        return dict(self.model(name, version).metadata())
+        """Model metadata; asked for one version, ``versions`` lists only that one (as Triton's)."""
+        model = self.model(name, version)
+        if parse_version(name, version) is not None:
+            return dict(model.metadata([model.version]))
+        return dict(model.metadata())
 
-    def model_config(self, name: str, version: str | int | None = None) -> Any:
+    def model_config(self, name: str, version: str | int | None = None) -> ModelConfig:
         """The completed ``ModelConfig`` proto of the served version."""
         return self.model(name, version).config
 
@@ -146,16 +144,18 @@ class InferenceService:
         Raises: ModelNotFound, ModelNotReady, InvalidArgument, QueueFull, RequestTimeout,
         BackendError (see ``Scheduler.submit``).
         """
+        binding = self.shared_memory.bind(decoded)  # inputs read from, outputs held in, shared memory
         model, request, results = await self.execute(name, version, lambda m: build_request(m, decoded))
-        return InferResult(model.name, str(model.version), collect_outputs(model, request, results))
+        outputs = collect_outputs(model, request, results)
+        return InferResult(model.name, str(model.version), binding.write(outputs) if binding else outputs)
 
     async def execute(
         self,
         name: str,
         version: str | int | None,
-        build: Callable[[Any], InferenceRequest],
-        model: Any = None,
-    ) -> tuple[Any, InferenceRequest, dict[str, Any]]:
+        build: Callable[[ModelLike], InferenceRequest],
+        model: ModelLike | None = None,
+    ) -> tuple[ModelLike, InferenceRequest, dict[str, np.ndarray]]:
         """Run the request ``build(model)`` makes on the served version (``model`` when the
         caller already looked it up); returns the model that ran it, the request and its outputs.
 

@@ -10,31 +10,19 @@ client-side ``dims``; config ``reshape`` is applied by the model's instances (``
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
-from shipyard.serving_runtime.backends.base import TensorSpec
 from shipyard.serving_runtime.datatypes import numpy_to_triton, triton_to_numpy
 from shipyard.serving_runtime.errors import BackendError, InvalidArgument
-from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput
+from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput, ModelLike
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 # Request parameters the runtime interprets; the rest pass through to ``InferenceRequest.parameters``.
 _RESERVED = frozenset({"priority", "timeout", "binary_data_output"})
-
-
-class ModelLike(Protocol):
-    """What validation needs from a ``ServedModel``."""
-
-    name: str
-    version: int
-    config: Any
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    max_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -106,25 +94,31 @@ def _fixed_dtype(datatype: str) -> np.dtype | None:
         return None
 
 
-_CACHE: dict[int, tuple[ModelLike, ModelRules]] = {}
+# Rules per live model object (a reloaded version is a new object), keyed by id: the entry is
+# dropped when the model object dies, before its id can be reused.
+_RULES: dict[int, ModelRules] = {}
+# Models that cannot be weakly referenced keep a strong reference here (bounded).
+_STRONG: dict[int, tuple[ModelLike, ModelRules]] = {}
 
 
 def rules_for(model: ModelLike) -> ModelRules:
-    """``compile_rules`` cached per model object (a reloaded version is a new object): in the
-    model's ``protocol_cache`` dict when it has one (``ServedModel``), else in a module cache."""
-    cache = getattr(model, "protocol_cache", None)
-    if cache is not None:
-        rules = cache.get("rules")
-        if rules is None:
-            rules = cache["rules"] = compile_rules(model)
-        return rules  # type: ignore[no-any-return]
-    entry = _CACHE.get(id(model))
+    """``compile_rules`` cached per model object, for as long as that object lives."""
+    rules = _RULES.get(id(model))
+    if rules is not None:
+        return rules
+    entry = _STRONG.get(id(model))
     if entry is not None and entry[0] is model:
         return entry[1]
     rules = compile_rules(model)
-    if len(_CACHE) > 256:
-        _CACHE.clear()
-    _CACHE[id(model)] = (model, rules)
+    key = id(model)
+    try:
+        weakref.finalize(model, _RULES.pop, key, None)
+    except TypeError:  # not weakly referenceable
+        if len(_STRONG) > 256:
+            _STRONG.clear()
+        _STRONG[key] = (model, rules)
+        return rules
+    _RULES[key] = rules
     return rules
 
 

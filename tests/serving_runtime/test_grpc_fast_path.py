@@ -3,6 +3,7 @@ and leaves every unusual or invalid request to the general path (which owns the 
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +30,6 @@ class _Model:
     )
     outputs: tuple[TensorSpec, ...] = (TensorSpec("OUT0", "FP32", (16,)), TensorSpec("OUT1", "FP32", (16,)))
     max_batch_size: int = 8
-    protocol_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def _request(**arrays: np.ndarray) -> Any:
@@ -131,7 +131,11 @@ def test_other_requests_go_to_the_general_path(label: str, request_: Any) -> Non
         assert exc.message
 
 
-def test_rules_are_cached_on_the_model() -> None:
+def test_rules_are_cached_per_model_object() -> None:
     model = _Model()
     assert rules_for(model) is rules_for(model)
-    assert model.protocol_cache["rules"] is rules_for(model)
+    reloaded = _Model(max_batch_size=4)  # a reload is a new object: its own rules
+    assert rules_for(reloaded).max_batch_size == 4 and rules_for(model).max_batch_size == 8
+    del model
+    gc.collect()
+    assert rules_for(reloaded).max_batch_size == 4
