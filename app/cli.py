@@ -19,6 +19,7 @@ import typer
 _COMMAND_MODULES = (
     ("shipyard.components.cli", "register, export, optimize, validate, publish, promote"),
     ("shipyard.pipelines.cli", "pipeline run/compile/submit, deploy"),
+    ("shipyard.components.score.cli", "score"),
 )
 
 

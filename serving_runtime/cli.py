@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.protocol import http_limits
 from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
@@ -196,6 +197,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
+    http_limits.add_flags(parser.add_argument_group("REST limits"))
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--strict-readiness",
@@ -270,6 +272,10 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
             repositories.append(model_dir)
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
+    try:
+        limits = http_limits.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return ServerOptions(
         repositories=repositories,
         control_mode=args.model_control_mode,
@@ -283,6 +289,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
+        http_limits=limits,
         grpc_frontend=args.grpc_frontend,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

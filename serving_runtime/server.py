@@ -25,7 +25,8 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_service, rest
+from shipyard.serving_runtime.protocol import grpc_service, http_limits, rest
+from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ManagerLike
 
@@ -110,6 +111,7 @@ class ServerOptions:
     grpc_max_pending_rpcs: int = DEFAULT_GRPC_MAX_PENDING_RPCS  # 0: grpc's defaults
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
 
 
@@ -187,9 +189,10 @@ class RuntimeServer:
         render_metrics, self._sampler = _metrics_source(self.manager)
         await asyncio.to_thread(self._sampler.start)
         config = uvicorn.Config(
-            rest.build_app(self.service, render_metrics),
+            rest.build_app(self.service, render_metrics, opts.http_limits),
             loop="none",
-            http="httptools",
+            http=http_limits.protocol_class(opts.http_limits),
+            timeout_keep_alive=int(max(1, opts.http_limits.idle_timeout_s)),
             ws="none",
             lifespan="off",
             log_config=None,
