@@ -145,6 +145,11 @@ def build_app(
         body, content_type = metrics()
         return Response(body, media_type=content_type)
 
+    async def openapi_endpoint(request: Request) -> Response:
+        from shipyard.serving_runtime.protocol.openapi import openapi_document
+
+        return json_response(openapi_document(str(service.server_metadata().get("version", ""))))
+
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -156,6 +161,7 @@ def build_app(
         Route("/v2/repository/models/{model}/load", _guard(repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _guard(repository_unload), methods=["POST"]),
         Route("/metrics", _guard(metrics_endpoint), methods=["GET"]),
+        Route("/v2/openapi.json", _guard(openapi_endpoint), methods=["GET"]),
         *shm_endpoints.rest_routes(service, _guard, _json_body, json_response),
     ]
     for prefix in (model, version):
