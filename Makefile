@@ -131,8 +131,10 @@ $(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc benchmarks/cpp_client/clie
 bench-client-deps: native-deps
 
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
-bench: install native bench-env bench-client
+# BENCH_PY_ARGS: the Python-model and ensemble rows beside the real Triton (python -m benchmarks.python_models --help)
+bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)
 
 # Reliability (issue 19): the long fuzz (>= 10,000 REST requests from the server's OpenAPI document with
 # schemathesis, >= 2,000 malformed gRPC messages) and the long soak (300 load/unload cycles while another

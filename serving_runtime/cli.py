@@ -70,6 +70,15 @@ def _limit(value: str) -> int:
     return number
 
 
+def _cache_config(value: str) -> int:
+    from shipyard.serving_runtime.cache import parse_cache_config
+
+    try:
+        return parse_cache_config(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _is_model_dir(path: Path) -> bool:
     """A single model's directory (as opposed to a repository): config.pbtxt or numeric version folders."""
     if (path / "config.pbtxt").is_file():
@@ -208,6 +217,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
+        "--cache-config",
+        "--cache_config",
+        type=_cache_config,
+        default=0,
+        metavar="local,size=BYTES",
+        help="a response cache of BYTES, LRU, for models whose config says response_cache { enable: true } "
+        "(Triton's flag; default: no cache)",
+    )
+    behaviour.add_argument(
         "--strict-readiness",
         "--strict_readiness",
         type=_bool,
@@ -300,6 +318,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         http_limits=limits,
         grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
+        cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

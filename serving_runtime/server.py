@@ -114,6 +114,7 @@ class ServerOptions:
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
+    cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
 
 class _HttpServer(uvicorn.Server):
@@ -149,6 +150,7 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 
 def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
+    from shipyard.serving_runtime.cache import ResponseCache
     from shipyard.serving_runtime.manager import ModelManager
     from shipyard.serving_runtime.remote_store import is_remote
 
@@ -156,6 +158,7 @@ def create_manager(options: ServerOptions) -> ManagerLike:
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
+        response_cache=ResponseCache(options.cache_size_bytes) if options.cache_size_bytes else None,
     )
     if any(is_remote(r) for r in options.repositories):  # object storage: served from a local cache (remote.py)
         from shipyard.serving_runtime.remote import RepositoryMirrors
