@@ -330,7 +330,7 @@ class ModelManager:
         if definition.backend_name == ENSEMBLE_BACKEND:
             return load_ensemble(definition, version, self.get)
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
-        return ServedModel(
+        served = ServedModel(
             definition.name,
             version,
             definition.config,
@@ -338,6 +338,10 @@ class ModelManager:
             model_dir=definition.model_dir,
             response_cache=self.response_cache,
         )
+        for instance in served.instances:  # Python models call other models (BLS) through this manager
+            if hasattr(instance, "bind_server"):
+                instance.bind_server(self)
+        return served
 
     def _fail_model(self, record: ModelRecord, reason: str) -> None:
         if record.fail(reason):
