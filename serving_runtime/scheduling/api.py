@@ -8,7 +8,7 @@ own outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +36,9 @@ class InferenceRequest:
     timeout_us: int = 0
     request_id: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
+    # Decoupled models only: called from any thread with (outputs or None, error or None, final)
+    # for each response; the request's own future then resolves with {} when execute returns.
+    on_response: Callable[[dict[str, np.ndarray] | None, Exception | None, bool], None] | None = None
 
 
 class Scheduler(Protocol):
