@@ -1,0 +1,31 @@
+"""``create_scheduler``: the scheduler a model config asks for, over the model's instances.
+
+A new scheduler for models with instances plugs in here: implement ``api.Scheduler`` (``submit``,
+``pending_count``, ``drain``, ``close``, ``stats``) and return it for the config that selects
+it. A model without instances of its own (an ensemble) passes its scheduler to ``ServedModel``
+instead (``serving_runtime/ensemble.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shipyard.serving_runtime.backends.base import BackendInstance
+from shipyard.serving_runtime.scheduling.api import Scheduler
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher, settings_from_config
+
+
+def create_scheduler(config: object, instances: Sequence[BackendInstance], model_name: str, version: int) -> Scheduler:
+    """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
+
+    With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
+    queue delay, priority levels and queue policies). Without: requests run one by one on the
+    instances, as Triton does. One worker thread per instance in ``instances``; threads start
+    with the first request.
+
+    Raises: ModelConfigError naming the model and the bad ``dynamic_batching`` field;
+    ValueError when ``instances`` is empty.
+    """
+    where = f"model {model_name!r} version {version}"
+    batching, queueing = settings_from_config(config, where)
+    return DynamicBatcher(instances, model_name, version, batching, queueing)
