@@ -63,6 +63,16 @@ def _tags(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _read_example(path: Path) -> Any:
+    from shipyard.components.errors import ComponentError
+    from shipyard.components.optimize.calibration import read_numpy
+
+    loaded = read_numpy(path)
+    if isinstance(loaded, dict):
+        raise ComponentError(f"--input-example {path}: an .npz holds several arrays; give one .npy (batch first)")
+    return loaded
+
+
 def _register(source: str, name: str, example: Any, tags: dict[str, str], tracking_uri: str | None) -> Any:
     """Register ``source`` (runs:/..., zoo:NAME or a model file). Raises: ComponentError, registry errors."""
     from shipyard import registry
@@ -102,10 +112,8 @@ def register_cmd(
 ) -> None:
     """Register a trained PyTorch model as an MLflow model version (idempotent)."""
     with _errors():
-        import numpy as np
-
         tags = _tags(tag)
-        example = np.load(input_example) if input_example else None
+        example = _read_example(input_example) if input_example else None
         reg = _register(source, name, example, tags, tracking_uri)
         _err(f"{'registered' if reg.created else 'already registered as'} {reg.uri}")
         _emit({"model_uri": reg.uri, "version": reg.version, "created": reg.created, "run_id": reg.run_id})
@@ -123,7 +131,8 @@ def export_cmd(
         from shipyard.components.stages import export_stage
 
         result = export_stage(model, output, max_batch_size=max_batch_size, input_names=input_name or None,
-                              output_names=output_name or None, tracking_uri=tracking_uri)  # fmt: skip
+                              output_names=output_name or None, tracking_uri=tracking_uri,
+                              progress=_err)  # fmt: skip
         _emit({"path": result.path, "sha256": result.sha256, "opset": result.opset,
                "max_abs_diff": result.max_abs_diff, "checked_batches": result.checked_batches})  # fmt: skip
 

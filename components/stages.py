@@ -11,7 +11,7 @@ they are (see its docstring); heavy imports happen inside the functions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ def export_stage(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     tracking_uri: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Registered PyTorch model -> ONNX with a dynamic batch axis; the export records its own lineage.
 
@@ -49,7 +50,7 @@ def export_stage(
     from shipyard.components.export import export_registered
 
     return export_registered(model_uri, output_path, max_batch_size=max_batch_size, input_names=input_names,
-                             output_names=output_names, tracking_uri=tracking_uri)  # fmt: skip
+                             output_names=output_names, tracking_uri=tracking_uri, progress=progress)  # fmt: skip
 
 
 def optimize_stage(

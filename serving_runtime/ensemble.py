@@ -211,6 +211,9 @@ def prepare_ensemble(
     if not completed.name:
         completed.name = location.name
     completed.backend = ""
+    if not completed.HasField("version_policy"):
+        completed.version_policy.latest.num_versions = 1
+    completed.model_transaction_policy.decoupled = False  # presence: Triton reports the field
     if completed.instance_group:
         raise ModelConfigError(f"{source}: an ensemble has no instances of its own; remove instance_group")
     if completed.WhichOneof("scheduling_choice") not in (None, "ensemble_scheduling"):

@@ -25,7 +25,8 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_service, rest
+from shipyard.serving_runtime.protocol import grpc_service, http_limits, rest
+from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ManagerLike
 
@@ -94,7 +95,8 @@ def choose_grpc_frontend(requested: str) -> str:
 class ServerOptions:
     """Everything the command line configures (see ``cli.py`` for the flags)."""
 
-    repositories: Sequence[Path] = field(default_factory=list)
+    repositories: Sequence[Path | str] = field(default_factory=list)  # str: s3://, gs://, az:// (remote.py)
+    model_cache_dir: Path | None = None  # where remote repositories are cached (None: remote.default_cache_dir())
     control_mode: str = "none"
     repository_poll_secs: float = 15.0
     load_models: Sequence[str] = field(default_factory=list)
@@ -109,6 +111,7 @@ class ServerOptions:
     grpc_max_pending_rpcs: int = DEFAULT_GRPC_MAX_PENDING_RPCS  # 0: grpc's defaults
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
 
 
@@ -146,13 +149,19 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
     from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.remote_store import is_remote
 
-    return ModelManager(
-        [str(p) for p in options.repositories],
+    settings: dict[str, Any] = dict(
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
     )
+    if any(is_remote(r) for r in options.repositories):  # object storage: served from a local cache (remote.py)
+        from shipyard.serving_runtime.remote import RepositoryMirrors
+        from shipyard.serving_runtime.remote_manager import MirroredModelManager
+
+        return MirroredModelManager(RepositoryMirrors(options.repositories, options.model_cache_dir), **settings)
+    return ModelManager([str(p) for p in options.repositories], **settings)
 
 
 class RuntimeServer:
@@ -180,9 +189,10 @@ class RuntimeServer:
         render_metrics, self._sampler = _metrics_source(self.manager)
         await asyncio.to_thread(self._sampler.start)
         config = uvicorn.Config(
-            rest.build_app(self.service, render_metrics),
+            rest.build_app(self.service, render_metrics, opts.http_limits),
             loop="none",
-            http="httptools",
+            http=http_limits.protocol_class(opts.http_limits),
+            timeout_keep_alive=int(max(1, opts.http_limits.idle_timeout_s)),
             ws="none",
             lifespan="off",
             log_config=None,

@@ -123,7 +123,11 @@ class InferenceService:
         return True
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict[str, Any]:
-        return dict(self.model(name, version).metadata())
+        """Model metadata; asked for one version, ``versions`` lists only that one (as Triton's)."""
+        model = self.model(name, version)
+        if parse_version(name, version) is not None:
+            return dict(model.metadata([model.version]))
+        return dict(model.metadata())
 
     def model_config(self, name: str, version: str | int | None = None) -> ModelConfig:
         """The completed ``ModelConfig`` proto of the served version."""

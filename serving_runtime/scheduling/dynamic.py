@@ -91,8 +91,14 @@ class BatchingSettings:
                     f"{where}: dynamic_batching.preferred_batch_size {size} must be in 1..{self.max_batch_size} "
                     "(max_batch_size); lower it or raise max_batch_size"
                 )
-        if self.max_queue_delay_us < 0:
-            raise ModelConfigError(f"{where}: max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}")
+        if not 0 <= self.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+            raise ModelConfigError(
+                f"{where}: max_queue_delay_microseconds must be in 0..{MAX_QUEUE_DELAY_US} (60 s), got "
+                f"{self.max_queue_delay_us}; a batching delay is a few milliseconds at most"
+            )
+
+
+MAX_QUEUE_DELAY_US = 60_000_000  # a longer batching delay is a typo; it would also hold shutdown that long
 
 
 def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, QueueSettings]:
