@@ -70,6 +70,15 @@ def _limit(value: str) -> int:
     return number
 
 
+def _cache_config(value: str) -> int:
+    from shipyard.serving_runtime.cache import parse_cache_config
+
+    try:
+        return parse_cache_config(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _is_model_dir(path: Path) -> bool:
     """A single model's directory (as opposed to a repository): config.pbtxt or numeric version folders."""
     if (path / "config.pbtxt").is_file():
@@ -196,11 +205,28 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
+    net.add_argument(
+        "--grpc-watchdog-secs",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="native gRPC frontend: probe its port this often and restart it after 3 failed probes (grpc core "
+        "stops accepting after running out of file descriptors); 0: off (default: 5)",
+    )
 
 
 def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
     """Readiness, polling, logging and shutdown (``behaviour``)."""
     behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument(
+        "--cache-config",
+        "--cache_config",
+        type=_cache_config,
+        default=0,
+        metavar="local,size=BYTES",
+        help="a response cache of BYTES, LRU, for models whose config says response_cache { enable: true } "
+        "(Triton's flag; default: no cache)",
+    )
     behaviour.add_argument(
         "--strict-readiness",
         "--strict_readiness",
@@ -305,7 +331,9 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
         http_limits=limits,
+        grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
+        cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

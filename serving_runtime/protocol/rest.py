@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from shipyard.serving_runtime.config import config_to_dict
 from shipyard.serving_runtime.errors import InvalidArgument, ServingError
-from shipyard.serving_runtime.protocol import http_limits, rest_codec, shm_endpoints
+from shipyard.serving_runtime.protocol import decoupled, http_limits, rest_codec, shm_endpoints
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.rest_codec import json_dumps
 from shipyard.serving_runtime.protocol.service import InferenceService
@@ -103,7 +103,7 @@ def build_app(
     async def infer(request: Request) -> Response:
         params = request.path_params
         name, version = params["model"], params.get("version")
-        service.model(name, version)  # 404 / 503 before reading the body
+        decoupled.refuse_unary(service.model(name, version), "http")  # 404 / 503 / 501 before reading the body
         body = await _body(request, bounds)
         header_length = rest_codec.parse_header_length(request.headers.get(rest_codec.HEADER_LENGTH), len(body))
         decoded = rest_codec.decode_request(body, header_length)
@@ -145,6 +145,11 @@ def build_app(
         body, content_type = metrics()
         return Response(body, media_type=content_type)
 
+    async def openapi_endpoint(request: Request) -> Response:
+        from shipyard.serving_runtime.protocol.openapi import openapi_document
+
+        return json_response(openapi_document(str(service.server_metadata().get("version", ""))))
+
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -156,6 +161,7 @@ def build_app(
         Route("/v2/repository/models/{model}/load", _guard(repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _guard(repository_unload), methods=["POST"]),
         Route("/metrics", _guard(metrics_endpoint), methods=["GET"]),
+        Route("/v2/openapi.json", _guard(openapi_endpoint), methods=["GET"]),
         *shm_endpoints.rest_routes(service, _guard, _json_body, json_response),
     ]
     for prefix in (model, version):

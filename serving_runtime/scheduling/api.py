@@ -13,6 +13,7 @@ batch is handed to an instance's worker thread with ``InstanceWorker.hand_off`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,9 @@ class InferenceRequest:
     timeout_us: int = 0
     request_id: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
+    # Decoupled models only: called from any thread with (outputs or None, error or None, final)
+    # for each response; the request's own future then resolves with {} when execute returns.
+    on_response: Callable[[dict[str, np.ndarray] | None, Exception | None, bool], None] | None = None
 
 
 class Scheduler(Protocol):

@@ -237,7 +237,10 @@ class DynamicBatcher:
             raise batch.error
         stats.record_execution(size, compute_ns)
         stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
-        return batch.results[0]
+        result = batch.results[0]
+        if isinstance(result, ServingError):
+            raise result
+        return result
 
     def _observe_compute(self, compute_ns: int, size: int, inline: bool = False) -> None:
         per_item = compute_ns / max(size, 1)
@@ -384,7 +387,11 @@ class DynamicBatcher:
             stats.record_execution(batch.size, compute_ns)
             for envelope, outputs in zip(batch.envelopes, batch.results, strict=True):
                 future = envelope.future
-                if not future.done():
+                if isinstance(outputs, ServingError):  # this request's own error
+                    if not future.done():
+                        set_exception(future, outputs)
+                        stats.record_failure(outputs.reason, end - envelope.enqueue_ns)
+                elif not future.done():
                     set_result(future, outputs)
                     stats.record_success(
                         envelope.batch_size,
