@@ -155,9 +155,15 @@ def test_columns_feed_inputs() -> None:
     features = pa.table({"id": [1, 2], **{f"c{i}": [i, 10 + i] for i in range(4)}})  # one column per feature
     arrays = model_inputs(features, INFO, plan_inputs(INFO, features.column_names, "id"), "id")
     assert arrays["x"][1].reshape(-1).tolist() == [10, 11, 12, 13]
-    with pytest.raises(ScoreError, match="needs 4 values per row; the data set has 3 feature columns"):
+    with pytest.raises(ScoreError, match=r"needs 4 values per row; the data set's columns but the key .* hold 3"):
         narrow = features.drop_columns(["c3"])
         model_inputs(narrow, INFO, plan_inputs(INFO, narrow.column_names, "id"), "id")
+    listed = pa.table({"id": [1, 2], "feats": numpy_to_arrow(np.arange(8).reshape(2, 4))})  # any name, one input
+    arrays = model_inputs(listed, INFO, plan_inputs(INFO, listed.column_names, "id"), "id")
+    assert arrays["x"][1].reshape(-1).tolist() == [4, 5, 6, 7]
+    ragged = pa.table({"x": pa.array([[1.0, 2.0, 3.0, 4.0], [1.0]])})
+    with pytest.raises(ScoreError, match=r"column 'x' holds lists of 1\.\.4 values per row; 4 are needed"):
+        model_inputs(ragged, INFO, plan_inputs(INFO, ragged.column_names, None), None)
     two = ModelInfo("m", 1, (TensorInfo("a", "FP32", (1,)), TensorInfo("b", "FP32", (1,))), (), 8)
     with pytest.raises(ScoreError, match=r"model input b FP32 \[1\] has no column"):
         plan_inputs(two, ["a", "c"], None)
