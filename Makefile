@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
 
 install: $(STAMP)
 
@@ -131,8 +131,10 @@ $(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc benchmarks/cpp_client/clie
 bench-client-deps: native-deps
 
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
-bench: install native bench-env bench-client
+# BENCH_PY_ARGS: the Python-model and ensemble rows beside the real Triton (python -m benchmarks.python_models --help)
+bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)
 
 # Reliability (issue 19): the long fuzz (>= 10,000 REST requests from the server's OpenAPI document with
 # schemathesis, >= 2,000 malformed gRPC messages) and the long soak (300 load/unload cycles while another
@@ -145,6 +147,10 @@ fuzz: install native
 
 soak: install native
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
+
+# batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
+bench-score: install native
+	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache serving_runtime/protocol/_grpc_native*.so

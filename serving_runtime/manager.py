@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shipyard.serving_runtime.cache import ResponseCache
-from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, load_ensemble, load_waves
+from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, dependencies_to_load, load_ensemble, load_waves
 from shipyard.serving_runtime.errors import (
     InvalidArgument,
     ModelLoadError,
@@ -211,6 +211,9 @@ class ModelManager:
             from shipyard.serving_runtime.config import config_from_json
 
             override = config_from_json(config_json, source=f"load request config for model {name!r}")
+        # An ensemble's composing models load first, as Triton does (their failures: the ensemble's error names them).
+        for wave in dependencies_to_load(name, scan, lambda model: bool(self.versions(model)), override):
+            await asyncio.gather(*(self._sync(model, scan) for model in wave))
         error = await self._sync(name, scan, override=override, explicit=True)
         if error is not None:
             raise error
@@ -327,7 +330,7 @@ class ModelManager:
         if definition.backend_name == ENSEMBLE_BACKEND:
             return load_ensemble(definition, version, self.get)
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
-        return ServedModel(
+        served = ServedModel(
             definition.name,
             version,
             definition.config,
@@ -335,6 +338,10 @@ class ModelManager:
             model_dir=definition.model_dir,
             response_cache=self.response_cache,
         )
+        for instance in served.instances:  # Python models call other models (BLS) through this manager
+            if hasattr(instance, "bind_server"):
+                instance.bind_server(self)
+        return served
 
     def _fail_model(self, record: ModelRecord, reason: str) -> None:
         if record.fail(reason):

@@ -186,7 +186,7 @@ def load_instances(definition: ModelDefinition, version: int, gpu_count: int) ->
     needs_reshape = any(t.HasField("reshape") for t in (*config.input, *config.output))
     instances: list[BackendInstance] = []
     try:
-        for device in devices:
+        for index, device in enumerate(devices):
             settings = InstanceSettings(
                 device=device,
                 parameters=parameters,
@@ -194,6 +194,9 @@ def load_instances(definition: ModelDefinition, version: int, gpu_count: int) ->
                 inputs=inputs,
                 outputs=outputs,
                 optimization=optimization,
+                config=config,
+                version=version,
+                instance_index=index,
             )
             instance: BackendInstance = backend.load(model_path, settings)
             instances.append(ReshapingInstance(instance, config) if needs_reshape else instance)
@@ -245,6 +248,9 @@ class ServedModel:
         self.backend = str(config.backend)
         self.model_dir = model_dir
         self.instances = tuple(instances)
+        # model_transaction_policy { decoupled: true }: any number of responses per request,
+        # served over gRPC streams only (protocol/decoupled.py).
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
         # Set by the manager: every ready version of this model (for metadata's "versions").
         self.versions_source: Callable[[], Sequence[int]] | None = None
         # Set by the manager when a reload replaces this version: requests that reach a

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from shipyard.serving_runtime.config import config_to_dict
 from shipyard.serving_runtime.errors import InvalidArgument, ServingError
-from shipyard.serving_runtime.protocol import http_limits, rest_codec, shm_endpoints
+from shipyard.serving_runtime.protocol import decoupled, http_limits, rest_codec, shm_endpoints
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.rest_codec import json_dumps
 from shipyard.serving_runtime.protocol.service import InferenceService
@@ -103,7 +103,7 @@ def build_app(
     async def infer(request: Request) -> Response:
         params = request.path_params
         name, version = params["model"], params.get("version")
-        service.model(name, version)  # 404 / 503 before reading the body
+        decoupled.refuse_unary(service.model(name, version), "http")  # 404 / 503 / 501 before reading the body
         body = await _body(request, bounds)
         header_length = rest_codec.parse_header_length(request.headers.get(rest_codec.HEADER_LENGTH), len(body))
         decoded = rest_codec.decode_request(body, header_length)

@@ -237,7 +237,10 @@ class DynamicBatcher:
             raise batch.error
         stats.record_execution(size, compute_ns)
         stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
-        return batch.results[0]
+        result = batch.results[0]
+        if isinstance(result, ServingError):
+            raise result
+        return result
 
     def _observe_compute(self, compute_ns: int, size: int, inline: bool = False) -> None:
         per_item = compute_ns / max(size, 1)
@@ -341,7 +344,7 @@ class DynamicBatcher:
                 for envelope in envelopes:
                     envelope.dispatch_ns = now
                 worker = self._idle.pop()
-                worker.submit(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
+                worker.hand_off(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
@@ -384,7 +387,11 @@ class DynamicBatcher:
             stats.record_execution(batch.size, compute_ns)
             for envelope, outputs in zip(batch.envelopes, batch.results, strict=True):
                 future = envelope.future
-                if not future.done():
+                if isinstance(outputs, ServingError):  # this request's own error
+                    if not future.done():
+                        set_exception(future, outputs)
+                        stats.record_failure(outputs.reason, end - envelope.enqueue_ns)
+                elif not future.done():
                     set_result(future, outputs)
                     stats.record_success(
                         envelope.batch_size,
