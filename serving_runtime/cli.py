@@ -207,6 +207,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
     http_limits.add_flags(parser.add_argument_group("REST limits"))
+    net.add_argument(
+        "--grpc-watchdog-secs",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="native gRPC frontend: probe its port this often and restart it after 3 failed probes (grpc core "
+        "stops accepting after running out of file descriptors); 0: off (default: 5)",
+    )
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--cache-config",
@@ -308,6 +316,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
         http_limits=limits,
+        grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
         cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
