@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shipyard.serving_runtime.cache import ResponseCache
-from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, load_ensemble, load_waves
+from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, dependencies_to_load, load_ensemble, load_waves
 from shipyard.serving_runtime.errors import (
     InvalidArgument,
     ModelLoadError,
@@ -211,6 +211,9 @@ class ModelManager:
             from shipyard.serving_runtime.config import config_from_json
 
             override = config_from_json(config_json, source=f"load request config for model {name!r}")
+        # An ensemble's composing models load first, as Triton does (their failures: the ensemble's error names them).
+        for wave in dependencies_to_load(name, scan, lambda model: bool(self.versions(model)), override):
+            await asyncio.gather(*(self._sync(model, scan) for model in wave))
         error = await self._sync(name, scan, override=override, explicit=True)
         if error is not None:
             raise error

@@ -267,8 +267,8 @@ class UtilizationSampler(Collector):
         while not self._stop.wait(self.interval_s):
             try:
                 self._sample()
-            except Exception:  # keep sampling; a failed sample leaves the previous one
-                log.warning("utilization sample failed", exc_info=True)
+            except Exception as exc:  # keep sampling; a failed sample leaves the previous one
+                log.warning("utilization sample failed: %s", exc)  # e.g. out of file descriptors: no traceback
 
     def describe(self) -> Iterable[Metric]:
         return ()

@@ -25,7 +25,7 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_service, http_limits, rest
+from shipyard.serving_runtime.protocol import grpc_service, grpc_watchdog, http_limits, rest
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ManagerLike
@@ -112,6 +112,7 @@ class ServerOptions:
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
     cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
@@ -178,6 +179,7 @@ class RuntimeServer:
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
+        self._grpc_watchdog: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._sampler: UtilizationSampler | None = None
         self.http_port = options.http_port
@@ -216,6 +218,11 @@ class RuntimeServer:
         self.grpc_frontend = choose_grpc_frontend(opts.grpc_frontend)
         if self.grpc_frontend == "native":
             port = self._start_native_grpc(address)
+            if opts.grpc_watchdog_secs > 0:
+                self._grpc_watchdog = asyncio.create_task(
+                    grpc_watchdog.watch(opts.host, port, self._restart_native_grpc, opts.grpc_watchdog_secs),
+                    name="grpc-watchdog",
+                )
         else:
             port = await self._start_aio_grpc(address)
         self.grpc_port = port
@@ -239,6 +246,13 @@ class RuntimeServer:
         )
         log.info("gRPC on grpc++ %s (native frontend)", self._grpc.grpc_version)
         return self._grpc.start(address)
+
+    async def _restart_native_grpc(self) -> None:
+        """A new grpc++ server on the same port (grpc_watchdog.py: grpc core stopped accepting)."""
+        host = self.options.host
+        address = f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+        await self._grpc.stop(1.0)
+        self._start_native_grpc(address)
 
     async def _start_aio_grpc(self, address: str) -> int:
         opts = self.options
@@ -288,6 +302,8 @@ class RuntimeServer:
     async def shutdown(self) -> None:
         """Stop accepting, let accepted requests finish, drain and close the models."""
         self.service.shutting_down = True
+        if self._grpc_watchdog is not None:
+            self._grpc_watchdog.cancel()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -212,9 +212,7 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
         )
     out += inflater.flush()
     if len(out) > limit:
-        raise PayloadTooLarge(
-            _too_large("decompressed request body", len(out), limit, "--http-max-decompressed-bytes")
-        )
+        raise PayloadTooLarge(_too_large("decompressed request body", len(out), limit, "--http-max-decompressed-bytes"))
     if not inflater.eof:
         raise InvalidArgument("request body is truncated compressed data")
     return out

@@ -50,8 +50,11 @@ _SCHEMAS: dict[str, Any] = {
     "ShmRegister": {
         "type": "object",
         "required": ["key", "byte_size"],
-        "properties": {"key": {"type": "string"}, "offset": {"type": "integer", "minimum": 0},
-                       "byte_size": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "key": {"type": "string"},
+            "offset": {"type": "integer", "minimum": 0},
+            "byte_size": {"type": "integer", "minimum": 0},
+        },
     },
 }
 
@@ -118,8 +121,10 @@ def openapi_document(server_version: str = "") -> dict[str, Any]:
     """The OpenAPI 3.0 document of the REST endpoints (a fresh dict each call)."""
     return {
         "openapi": "3.0.3",
-        "info": {"title": "shipyard serving runtime (Open Inference Protocol v2 + Triton extensions)",
-                 "version": server_version or "0"},
+        "info": {
+            "title": "shipyard serving runtime (Open Inference Protocol v2 + Triton extensions)",
+            "version": server_version or "0",
+        },
         "paths": _paths(),
         "components": {"schemas": _SCHEMAS},
     }
