@@ -294,7 +294,7 @@ class ServedModel:
         return {
             "name": self.name,
             "versions": [str(v) for v in versions],
-            "platform": self.platform,
+            "platform": self.platform or self.backend,  # Triton: the backend name when no platform
             "inputs": tensors(self.inputs),
             "outputs": tensors(self.outputs),
         }
