@@ -110,12 +110,12 @@ def deploy_flow(
     registry.record_lineage(model_uri, optimized.lineage_tags(), tracking_uri)
 
     if held_out_inputs is None:
-        _, example = (
-            registry.load_torch_model(model_uri, tracking_uri) if input_example is None else (None, input_example)
-        )
-        if example is None:
+        if input_example is not None:
+            held_out_inputs = {exported.input_names[0]: np.asarray(input_example)}
+        elif exported.example_feeds is not None:
+            held_out_inputs = dict(exported.example_feeds)
+        else:
             raise ComponentError(f"no held-out data and {model_uri} has no input example; pass held_out_inputs")
-        held_out_inputs = {exported.input_names[0]: np.asarray(example)}
     try:
         report = validate(
             exported.path, optimized.path, held_out_inputs, held_out_labels, precision=precision,
