@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean triton-env
+.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean triton-env emulators
 
 install: $(STAMP)
 
@@ -54,10 +54,10 @@ lint: install
 
 # kserve's and tritonclient's gRPC protos share the `inference` package and cannot be imported into
 # one process, so tests that import the kserve SDK (marker kserve_sdk) run in a second session.
-unit: install triton-env
+unit: install triton-env emulators
 	@$(MAKE) --no-print-directory native || echo "note: the native gRPC frontend was not built; its tests will skip"
 	@$(MAKE) --no-print-directory bench-client || echo "note: the native benchmark client was not built; its tests will skip"
-	$(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
+	SHIPYARD_REQUIRE_TRITON=1 $(BIN)/python -m pytest -m "not kserve_sdk" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint unit
@@ -94,6 +94,20 @@ $(TRITON_STAMP): Makefile
 	if LD_LIBRARY_PATH=$$site/nvidia_pytriton.libs ldd $$site/pytriton/tritonserver/backends/python/triton_python_backend_stub | grep -q "not found"; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libpython$$pyver; fi
 	touch $(TRITON_STAMP)
+
+# Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and
+# gcp-storage-emulator (GCS) come with the dev extra; Azurite (Azure Blob) is an npm package, installed
+# here into build/emulators (needs node and npm: installed with apt-get when missing).
+AZURITE_VERSION ?= 3.37.0
+AZURITE := build/emulators/node_modules/.bin/azurite-blob
+
+emulators: $(AZURITE)
+
+$(AZURITE):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	mkdir -p build/emulators
+	npm install --prefix build/emulators --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+	test -x $(AZURITE)
 
 # The benchmark's gRPC and REST load clients, in C++ so that it leaves the shared CPUs to the server under test
 # (benchmarks/native_client.py). Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev), which

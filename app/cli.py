@@ -7,7 +7,11 @@ file stays a table of contents; heavy imports happen inside the command bodies.
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 import sys
+import traceback
+import warnings
 
 import typer
 
@@ -15,11 +19,36 @@ import typer
 _COMMAND_MODULES = (
     ("shipyard.components.cli", "register, export, optimize, validate, publish, promote"),
     ("shipyard.pipelines.cli", "pipeline run/compile/submit, deploy"),
+    ("shipyard.components.score.cli", "score"),
 )
+
+
+# --help needs room for option names and their help; rich would otherwise fit it into 80 columns when
+# the output is not a terminal (pipes, CI logs) and cut names such as --prometheus-url.
+HELP_MIN_WIDTH = 120
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"shipyard {version('shipyard')}")
+        except PackageNotFoundError:
+            typer.echo("shipyard (not installed as a package)")
+        raise typer.Exit(0)
+
+
+def _widen_help() -> None:
+    import typer.rich_utils
+
+    if not os.environ.get("TERMINAL_WIDTH"):
+        typer.rich_utils.MAX_WIDTH = max(shutil.get_terminal_size((HELP_MIN_WIDTH, 24)).columns, HELP_MIN_WIDTH)
 
 
 def build_app() -> typer.Typer:
     """Assemble the CLI. Nothing runs until the returned app is called."""
+    _widen_help()
     app = typer.Typer(
         name="shipyard",
         help="Take a trained model to production: MLflow -> ONNX/TensorRT -> model repository -> KServe.",
@@ -27,6 +56,13 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def options(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+        debug: bool = typer.Option(False, "--debug", help="On an error, print the traceback too."),
+    ) -> None:
+        """Take a trained model to production: MLflow -> ONNX/TensorRT -> model repository -> KServe."""
 
     @app.command(
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
@@ -62,5 +98,25 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    build_app()(args=argv if argv is not None else sys.argv[1:], prog_name="shipyard")
+    """Console-script entry point: one line and exit code 2 for a user error, 3 for a failed gate, 1 for a bug.
+
+    ``--debug`` (before the command) or ``SHIPYARD_DEBUG=1`` also prints the traceback.
+    """
+    from shipyard.components.user_errors import classify
+
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = bool(os.environ.get("SHIPYARD_DEBUG")) or "--debug" in args
+    try:
+        with warnings.catch_warnings():
+            if not debug:  # libraries' deprecation notes are not the user's business; --debug shows them
+                warnings.simplefilter("ignore")
+            build_app()(args=args, prog_name="shipyard")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # the one place every command's errors end up
+        outcome = classify(exc)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {outcome.message}", file=sys.stderr)
+        sys.exit(outcome.code)

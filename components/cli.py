@@ -70,6 +70,16 @@ def _tags(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _read_example(path: Path) -> Any:
+    from shipyard.components.errors import ComponentError
+    from shipyard.components.optimize.calibration import read_numpy
+
+    loaded = read_numpy(path)
+    if isinstance(loaded, dict):
+        raise ComponentError(f"--input-example {path}: an .npz holds several arrays; give one .npy (batch first)")
+    return loaded
+
+
 def register_commands(app: typer.Typer) -> None:
     """Add the model pipeline commands to ``app``."""
 
@@ -88,13 +98,11 @@ def register_commands(app: typer.Typer) -> None:
     ) -> None:
         """Register a trained PyTorch model as an MLflow model version (idempotent)."""
         with _errors():
-            import numpy as np
-
             from shipyard import registry
             from shipyard.components.errors import ComponentError
 
             tags = _tags(tag)
-            example = np.load(input_example) if input_example else None
+            example = _read_example(input_example) if input_example else None
             if source.startswith("runs:/"):
                 run_id, _, artifact = source[len("runs:/") :].partition("/")
                 reg = registry.register_run(run_id, name, artifact_name=artifact or "model", tags=tags,
@@ -132,7 +140,8 @@ def register_commands(app: typer.Typer) -> None:
             from shipyard.components.export import export_registered
 
             result = export_registered(model, output, max_batch_size=max_batch_size, input_names=input_name or None,
-                                       output_names=output_name or None, tracking_uri=tracking_uri)  # fmt: skip
+                                       output_names=output_name or None, tracking_uri=tracking_uri,
+                                       progress=_err)  # fmt: skip
             _emit({"path": result.path, "sha256": result.sha256, "opset": result.opset,
                    "max_abs_diff": result.max_abs_diff, "checked_batches": result.checked_batches})  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import Enum
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 import typer
 
 EXIT_USER_ERROR = 2  # bad settings, nothing deployed
-EXIT_DEPLOY_FAILED = 1  # the cluster or the runtime refused / did not become ready
+EXIT_DEPLOY_FAILED = 2  # the cluster or the runtime refused / did not become ready: the line says why
 
 
 class Target(str, Enum):
@@ -54,6 +55,9 @@ def deploy(
     http_port: int = typer.Option(8080, help="Local target: REST port."),
     grpc_port: int = typer.Option(8081, help="Local target: gRPC port."),
     state_dir: Optional[str] = typer.Option(None, help="Local target: where deployments are recorded."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Local target: stop a running deployment of this name and start it afresh."
+    ),
 ) -> None:
     """Deploy a published model repository and print where it serves."""
     from shipyard.components.deploy import (
@@ -71,6 +75,8 @@ def deploy(
             typer.echo(" ".join(LocalTarget(state_dir).command(source, http_port, grpc_port)))
             return
         try:
+            if replace and LocalTarget(state_dir).find(name) is not None:
+                LocalTarget(state_dir).stop(name)
             result = deploy_local(
                 name, source, http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, timeout_s=timeout
             )
@@ -81,7 +87,8 @@ def deploy(
         typer.echo(f"{name}: ready")
         typer.echo(f"  REST  {result.url}  (curl {result.url}/v2/health/ready)")
         typer.echo(f"  gRPC  {result.grpc_url}")
-        typer.echo(f"  stop: shipyard undeploy {name} --target local")
+        where = f" --state-dir {shlex.quote(state_dir)}" if state_dir else ""
+        typer.echo(f"  stop: shipyard undeploy {name} --target local{where}")
         return
 
     try:

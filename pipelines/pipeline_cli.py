@@ -28,6 +28,7 @@ def _pipeline(name: str, gpu: bool) -> Any:
 def parse_params(pipeline: Any, params: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> typed arguments of ``pipeline`` (its Python function's annotations).
 
+    ``deployment_name``, when the pipeline has one and it is not given, defaults to ``model_name``.
     Raises: typer.BadParameter naming an unknown key, a malformed pair, a bad number, or a missing required one.
     """
     signature = inspect.signature(pipeline.pipeline_func)
@@ -43,6 +44,8 @@ def parse_params(pipeline: Any, params: list[str]) -> dict[str, Any]:
             values[key] = int(raw) if kind is int else float(raw) if kind is float else raw
         except ValueError:
             raise typer.BadParameter(f"--param {key}={raw!r}: expected {kind.__name__}") from None
+    if "deployment_name" in signature.parameters and not values.get("deployment_name") and values.get("model_name"):
+        values["deployment_name"] = values["model_name"]  # the deployment is named after the model unless told
     missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in values]
     if missing:
         raise typer.BadParameter(f"missing --param for: {', '.join(missing)}")

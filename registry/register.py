@@ -23,6 +23,7 @@ Public functions:
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ def register_module(
     _check_name(name)
     if input_example is None:
         raise RegistryError(f"register {name!r}: an input_example is required (a batch-first numpy array)")
+    if np.ndim(_as_example(input_example)) == 0:
+        raise RegistryError(f"register {name!r}: the input example is a scalar; give a batch-first array (batch >= 1)")
     from shipyard.registry.flavors import digest, flavor_of
 
     flavor = flavor_of(module)
@@ -137,7 +140,12 @@ def register_module(
     experiment_id = ensure_experiment(experiment, tracking_uri)
     if flavor != "pytorch":
         return _register_flavor(module, flavor, input_example, name, all_tags, experiment_id)
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # a torch.export program's module (.pt2) is already in inference form and refuses eval()
+    if serialization_format is None and _is_torchscript(module):
+        serialization_format = "pickle"  # MLflow's pt2 format refuses TorchScript; pickle saves it with torch.jit
     example = _as_example(input_example)
     if isinstance(example, np.ndarray) and example.ndim > 0 and example.shape[0] == 1:
         # torch.export (MLflow's pt2 format) specializes size-1 dimensions: a batch of one would
@@ -172,6 +180,12 @@ def _register_flavor(
     return RegisteredVersion(name, int(version.version), run.info.run_id, tags[SOURCE_KEY], True, dict(tags))
 
 
+def _is_torchscript(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.jit.ScriptModule)
+
+
 def _torch_version() -> str:
     import torch
 
@@ -190,12 +204,29 @@ def load_module_file(path: str | Path) -> torch.nn.Module:
     if not path.is_file():
         raise RegistryError(f"model file not found: {path}")
     if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module()  # type: ignore[no-any-return]
+        try:
+            return torch.export.load(str(path)).module()  # type: ignore[no-any-return]
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            raise RegistryError(
+                f"{path} is not a torch.export program ({' '.join(str(exc).split())[:200]}): save one with "
+                "torch.export.save(torch.export.export(model, example), 'model.pt2')"
+            ) from None
     try:
         return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-any-return]
     except (RuntimeError, ValueError):
         pass
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError) as exc:  # the pickled module's class is not importable here
+        raise RegistryError(
+            f"{path} is a pickled module whose code cannot be imported here ({exc}): save it with torch.export "
+            "(.pt2) or torch.jit.save (TorchScript), or run from where its class is importable"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise RegistryError(
+            f"{path} is not a model file torch can read ({' '.join(str(exc).split())[:200]}): give a .pt2 "
+            "(torch.export.save), a TorchScript file (torch.jit.save) or a pickled module (torch.save(model))"
+        ) from None
     if isinstance(obj, torch.nn.Module):
         return obj
     raise RegistryError(

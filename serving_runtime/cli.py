@@ -99,7 +99,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a model repository (repeatable); a model name found in two repositories fails for that model",
+        help="a model repository (repeatable): a directory, or s3://BUCKET/PREFIX, gs://..., az://CONTAINER/PREFIX "
+        "(read through a local cache; extras s3, gcs, azure); a model name found in two repositories fails "
+        "for that model",
     )
     repo.add_argument(
         "--model_dir",
@@ -131,6 +133,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=15.0,
         metavar="N",
         help="seconds between repository scans in poll mode (default: 15)",
+    )
+    repo.add_argument(
+        "--model-cache-dir",
+        "--model_cache_dir",
+        metavar="DIR",
+        help="where repositories in object storage (s3://, gs://, az://) are cached "
+        "(default: $SHIPYARD_MODEL_CACHE_DIR, else ~/.cache/shipyard/model-repositories)",
     )
     repo.add_argument(
         "--load-model",
@@ -231,8 +240,19 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
     args = parser.parse_args(argv)
     if not args.repositories and not args.model_dirs:
         parser.error("give at least one --model-repository DIR")
-    repositories = [Path(p) for p in args.repositories]
-    for path in [*repositories, *(Path(p) for p in args.model_dirs)]:
+    repositories: list[Path | str] = []
+    for raw in args.repositories:
+        if "://" in raw:  # object storage (serving_runtime/remote.py)
+            from shipyard.serving_runtime.remote_store import check_support
+
+            try:
+                check_support(raw)
+            except ServingError as exc:
+                parser.error(exc.message)
+            repositories.append(raw.rstrip("/"))
+        else:
+            repositories.append(Path(raw))
+    for path in [*(p for p in repositories if isinstance(p, Path)), *(Path(p) for p in args.model_dirs)]:
         if not path.is_dir():
             parser.error(f"model repository {str(path)!r} is not a directory")
     for model_dir in (Path(p) for p in args.model_dirs):
@@ -254,6 +274,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         repositories=repositories,
         control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs,
+        model_cache_dir=Path(args.model_cache_dir) if args.model_cache_dir else None,
         load_models=list(args.load_models),
         host=args.host,
         http_port=args.http_port,

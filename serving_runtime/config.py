@@ -261,17 +261,33 @@ def complete_config(
 
     use_gpu = supports_gpu and gpu_count > 0
     if not completed.instance_group:
-        completed.instance_group.add()
+        completed.instance_group.add().name = completed.name  # Triton names its default group so
     for index, group in enumerate(completed.instance_group):
         if not group.name:
-            group.name = f"{completed.name}_{index}" if len(completed.instance_group) > 1 else completed.name
+            group.name = f"{completed.name}_{index}"  # ... and a listed group without a name so
         if group.count == 0:
             group.count = 1
         if group.kind in (pb.ModelInstanceGroup.KIND_AUTO, pb.ModelInstanceGroup.KIND_MODEL):
             group.kind = pb.ModelInstanceGroup.KIND_GPU if use_gpu else pb.ModelInstanceGroup.KIND_CPU
         if group.kind == pb.ModelInstanceGroup.KIND_GPU and not group.gpus and gpu_count > 0:
             group.gpus.extend(range(gpu_count))
+    normalize_like_triton(completed)
     return completed
+
+
+def normalize_like_triton(config: ModelConfig) -> None:
+    """Defaults Triton's config normalization writes into every served config (so the model-config
+    endpoint reports what Triton reports; none changes how shipyard schedules): an empty
+    ``preferred_batch_size`` becomes ``[max_batch_size]`` (the same batches), pinned input and
+    output memory are on (no effect on CPU), an absent ``version_policy`` is ``latest { 1 }``."""
+    if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+        if not config.dynamic_batching.preferred_batch_size:
+            config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    if not config.HasField("optimization"):
+        config.optimization.input_pinned_memory.enable = True
+        config.optimization.output_pinned_memory.enable = True
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
 
 
 def validate_config(config: ModelConfig, *, name: str, source: str) -> None:

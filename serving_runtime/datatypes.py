@@ -49,9 +49,7 @@ def triton_to_numpy(datatype: str) -> np.dtype:
     try:
         return _TRITON_TO_NUMPY[datatype]
     except KeyError:
-        raise InvalidArgument(
-            f"unsupported datatype {datatype!r}; supported: {', '.join(TRITON_DATATYPES)}"
-        ) from None
+        raise InvalidArgument(f"unsupported datatype {datatype!r}; supported: {', '.join(TRITON_DATATYPES)}") from None
 
 
 def numpy_to_triton(dtype: np.dtype) -> str:

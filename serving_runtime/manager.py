@@ -8,6 +8,9 @@ Control modes, as Triton's:
   files or ``config.pbtxt``.
 - ``explicit``: load ``startup_models`` (``*`` for all) at start; ``load``/``unload`` on request.
 
+Which models and versions to load, keep and retire is decided by the pure functions of
+``version_plan.py``; this module does the scanning, loading and swapping, under a lock per model.
+
 A (re)load never interrupts serving: files are read and instances created in worker threads;
 the new version is swapped in only once it is loaded and warmed up; the version it replaces
 stops taking requests, finishes the ones it accepted (``Scheduler.drain``), and is closed.
@@ -20,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, load_ensemble, load_waves
 from shipyard.serving_runtime.errors import (
     InvalidArgument,
     ModelLoadError,
@@ -32,6 +35,7 @@ from shipyard.serving_runtime.errors import (
     ServingError,
 )
 from shipyard.serving_runtime.model import ServedModel, load_instances
+from shipyard.serving_runtime.model_records import ModelRecord, all_available, index_entries, lookup
 from shipyard.serving_runtime.repository import (
     ModelDefinition,
     ModelFingerprint,
@@ -42,6 +46,16 @@ from shipyard.serving_runtime.repository import (
     scan_repositories,
 )
 from shipyard.serving_runtime.stats import ModelStats
+from shipyard.serving_runtime.version_plan import (
+    UNLOADED,
+    UNLOADING,
+    KnownModel,
+    VersionStatus,
+    plan_loads,
+    plan_swap,
+    poll_changes,
+    startup_selection,
+)
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -51,38 +65,9 @@ log = logging.getLogger(__name__)
 ControlMode = Literal["none", "poll", "explicit"]
 CONTROL_MODES: tuple[str, ...] = ("none", "poll", "explicit")
 
-READY = "READY"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
-UNAVAILABLE = "UNAVAILABLE"
-UNLOADED_REASON = "unloaded"
-
 
 class ExplicitModeRequired(InvalidArgument):
     """``load``/``unload`` asked of a server not in explicit model control mode."""
-
-
-@dataclass
-class _VersionStatus:
-    state: str
-    reason: str = ""
-
-
-@dataclass
-class _ModelRecord:
-    name: str
-    served: dict[int, ServedModel] = field(default_factory=dict)
-    status: dict[int, _VersionStatus] = field(default_factory=dict)
-    reason: str = ""  # model-level failure (config, duplicate, no versions) when nothing serves
-    last_error: str = ""  # the latest failure, also when an older version kept serving
-    definition: ModelDefinition | None = None
-    fingerprint: ModelFingerprint | None = None
-    stamps: dict[int, object] = field(default_factory=dict)  # version -> files it was loaded from
-    override: ModelConfig | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def ready_versions(self) -> list[int]:
-        return sorted(self.served)
 
 
 def _reason(exc: BaseException) -> str:
@@ -121,7 +106,7 @@ class ModelManager:
         self.startup_models = tuple(startup_models)
         self.exit_on_error = exit_on_error
         self._gpu_count = gpu_count
-        self._records: dict[str, _ModelRecord] = {}
+        self._records: dict[str, ModelRecord] = {}
         self._started = False
         self._stopping = False
         self._poll_lock = asyncio.Lock()
@@ -143,29 +128,17 @@ class ModelManager:
 
             self._gpu_count = await asyncio.to_thread(gpu_count)
         scan = await asyncio.to_thread(scan_repositories, self.repositories)
-        if self.control_mode == "explicit":
-            names = sorted(scan.names()) if "*" in self.startup_models else list(dict.fromkeys(self.startup_models))
-        else:
-            names = sorted(scan.names())
-        for name in names:
-            if name not in scan.names():
-                record = self._records.setdefault(name, _ModelRecord(name))
-                record.reason = record.last_error = (
-                    f"model {name!r} (--load-model) is not in any model repository ({self._repo_list()})"
-                )
-        await asyncio.gather(*(self._sync(name, scan) for name in names if name in scan.names()))
+        selection = startup_selection(self.control_mode, scan.names(), self.startup_models)
+        for name in selection.absent:
+            record = self._records.setdefault(name, ModelRecord(name))
+            record.reason = record.last_error = (
+                f"model {name!r} (--load-model) is not in any model repository ({self._repo_list()})"
+            )
+        present = [name for name in selection.names if name not in selection.absent]
+        for wave in load_waves(present, scan):  # ensembles after their models
+            await asyncio.gather(*(self._sync(name, scan) for name in wave))
         self._started = True
-        failures: list[str] = []
-        for name in names:
-            record = self._records[name]
-            if not record.served:
-                failures.append(f"{name}: {self._not_ready_reason(record)}")
-            else:
-                failures.extend(
-                    f"{name} version {v}: {s.reason}"
-                    for v, s in sorted(record.status.items())
-                    if s.state == UNAVAILABLE and s.reason != UNLOADED_REASON
-                )
+        failures = [failure for name in selection.names for failure in self._records[name].failures()]
         for failure in failures:
             log.error("model failed to load: %s", failure)
         if failures and self.exit_on_error:
@@ -185,22 +158,18 @@ class ModelManager:
             except ServingError as exc:
                 log.error("repository poll failed, keeping the current models: %s", exc.message)
                 return
-            names = scan.names()
-            removed = [name for name in self._records if name not in names]
             fingerprints = await asyncio.to_thread(
                 lambda: {name: model_fingerprint(loc.path) for name, loc in scan.models.items()}
             )
-            changed = []
-            for name in sorted(names):
-                record = self._records.get(name)
-                if record is None or name in scan.duplicates:
-                    if record is None or record.last_error != scan.duplicate_reason(name):
-                        changed.append(name)
-                elif record.fingerprint != fingerprints.get(name):
-                    changed.append(name)
-            tasks = [self._remove(name) for name in removed] + [self._sync(name, scan) for name in changed]
-            if tasks:
-                await asyncio.gather(*tasks)
+            removed, changed = poll_changes(
+                {name: KnownModel(r.fingerprint, r.last_error) for name, r in self._records.items()},
+                scan.names(),
+                fingerprints,
+                {name: scan.duplicate_reason(name) for name in scan.duplicates},
+            )
+            await asyncio.gather(*(self._remove(name) for name in removed))
+            for wave in load_waves(changed, scan):  # ensembles after their models
+                await asyncio.gather(*(self._sync(name, scan) for name in wave))
 
     async def shutdown(self) -> None:
         """Stop every model: each finishes the requests it accepted, then closes its instances."""
@@ -208,12 +177,12 @@ class ModelManager:
         retiring: list[ServedModel] = []
         for record in self._records.values():
             for version, model in record.served.items():
-                record.status[version] = _VersionStatus(UNLOADING)
+                record.status[version] = VersionStatus(UNLOADING)
                 retiring.append(model)
         await asyncio.gather(*(self._retire(model) for model in retiring))
         for record in self._records.values():
             for version in record.served:
-                record.status[version] = _VersionStatus(UNAVAILABLE, UNLOADED_REASON)
+                record.status[version] = UNLOADED
             record.served = {}
 
     # ---------------------------------------------------------------- explicit control
@@ -260,15 +229,9 @@ class ModelManager:
             retiring = record.served
             record.served = {}
             for version in retiring:
-                record.status[version] = _VersionStatus(UNLOADING)
+                record.status[version] = VersionStatus(UNLOADING)
             await asyncio.gather(*(self._retire(model) for model in retiring.values()))
-            record.status = {v: _VersionStatus(UNAVAILABLE, UNLOADED_REASON) for v in record.status}
-            if not record.status:
-                record.reason = UNLOADED_REASON
-            record.definition = None
-            record.fingerprint = None
-            record.stamps = {}
-            record.override = None
+            record.forget()
         log.info("unloaded model %s", name)
 
     # ---------------------------------------------------------------- queries
@@ -279,22 +242,7 @@ class ModelManager:
         Raises: ModelNotFound (unknown model or version), ModelNotReady (known but not loaded,
         with the reason).
         """
-        record = self._records.get(name)
-        if record is None:
-            raise ModelNotFound(f"unknown model {name!r}")
-        if version is None:
-            if record.served:
-                return record.served[max(record.served)]
-            raise ModelNotReady(f"model {name!r} is not ready: {self._not_ready_reason(record)}")
-        model = record.served.get(int(version))
-        if model is not None:
-            return model
-        status = record.status.get(int(version))
-        if status is not None:
-            detail = f": {status.reason}" if status.reason else ""
-            raise ModelNotReady(f"model {name!r} version {version} is {status.state}{detail}")
-        ready = record.ready_versions()
-        raise ModelNotFound(f"model {name!r} has no version {version}; ready versions: {ready or 'none'}")
+        return lookup(self._records, name, version)
 
     def versions(self, name: str) -> list[int]:
         """Ready versions of a model, ascending (empty when unknown)."""
@@ -313,34 +261,13 @@ class ModelManager:
         UNLOADING, UNAVAILABLE) and ``reason``. In explicit mode, models in the repositories that
         were never loaded are listed by name only.
         """
-        entries: list[dict[str, str]] = []
         names = set(self._records)
         if self.control_mode == "explicit" and not ready_only:
             try:
                 names |= scan_repositories(self.repositories).names()
             except ServingError as exc:
                 log.warning("index: repository scan failed: %s", exc.message)
-        for name in sorted(names):
-            record = self._records.get(name)
-            if record is None:
-                entries.append({"name": name})
-                continue
-            if not record.status:
-                if ready_only:
-                    continue
-                if record.reason:
-                    entries.append({"name": name, "state": UNAVAILABLE, "reason": record.reason})
-                else:
-                    entries.append({"name": name})
-                continue
-            for version, status in sorted(record.status.items()):
-                if ready_only and status.state != READY:
-                    continue
-                entry = {"name": name, "version": str(version), "state": status.state}
-                if status.reason:
-                    entry["reason"] = status.reason
-                entries.append(entry)
-        return entries
+        return index_entries(self._records, names, ready_only)
 
     def is_ready(self, strict: bool = False) -> bool:
         """Server readiness. Non-strict: started and not shutting down. Strict (Triton's
@@ -349,23 +276,11 @@ class ModelManager:
             return False
         if not strict:
             return True
-        for record in self._records.values():
-            if record.reason and record.reason != UNLOADED_REASON and not record.served:
-                return False
-            for status in record.status.values():
-                if status.state == LOADING:
-                    return False
-                if status.state == UNAVAILABLE and status.reason != UNLOADED_REASON:
-                    return False
-        return True
+        return all_available(self._records.values())
 
     def all_stats(self) -> list[ModelStats]:
         """Statistics of every loaded version."""
-        return [
-            model.scheduler.stats
-            for name in sorted(self._records)
-            for _, model in sorted(self._records[name].served.items())
-        ]
+        return [model.scheduler.stats for model in self.loaded_models()]
 
     def loaded_models(self) -> list[ServedModel]:
         """Every loaded version, sorted by name then version."""
@@ -383,16 +298,6 @@ class ModelManager:
                 "start the server with --model-control-mode explicit to load and unload models on request"
             )
 
-    @staticmethod
-    def _not_ready_reason(record: _ModelRecord) -> str:
-        if record.reason:
-            return record.reason
-        reasons = [
-            f"version {v} {s.state}: {s.reason}" if s.reason else f"version {v} {s.state}"
-            for v, s in sorted(record.status.items())
-        ]
-        return "; ".join(reasons) or "not loaded"
-
     async def _retire(self, model: ServedModel) -> None:
         try:
             await model.retire()
@@ -408,23 +313,22 @@ class ModelManager:
             retiring = list(record.served.values())
             record.served = {}
             for version in record.status:
-                record.status[version] = _VersionStatus(UNLOADING)
+                record.status[version] = VersionStatus(UNLOADING)
             await asyncio.gather(*(self._retire(model) for model in retiring))
             if self._records.get(name) is record:
                 del self._records[name]
         log.info("model %s removed from the repository: unloaded", name)
 
     async def _load_version(self, definition: ModelDefinition, version: int) -> ServedModel:
+        if definition.backend_name == ENSEMBLE_BACKEND:
+            return load_ensemble(definition, version, self.get)
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
         return ServedModel(definition.name, version, definition.config, instances, model_dir=definition.model_dir)
 
-    def _fail_model(self, record: _ModelRecord, reason: str) -> None:
-        record.last_error = reason
-        if record.served:
+    def _fail_model(self, record: ModelRecord, reason: str) -> None:
+        if record.fail(reason):
             log.error("reload of model %s failed, previous versions keep serving: %s", record.name, reason)
         else:
-            record.reason = reason
-            record.status = {v: s for v, s in record.status.items() if s.state == READY}
             log.error("model %s is unavailable: %s", record.name, reason)
 
     async def _sync(
@@ -432,7 +336,7 @@ class ModelManager:
     ) -> ServingError | None:
         """Bring one model in line with the repository. Returns the error when nothing new
         loaded (for an explicit load to report); never raises for the model's own problems."""
-        record = self._records.setdefault(name, _ModelRecord(name))
+        record = self._records.setdefault(name, ModelRecord(name))
         async with record.lock:
             if self._stopping:
                 return ModelNotReady("the server is shutting down")
@@ -452,76 +356,74 @@ class ModelManager:
                 self._fail_model(record, _reason(exc))
                 return exc if isinstance(exc, ServingError) else ModelLoadError(_reason(exc))
             record.reason = ""
-            old = record.definition
-            config_changed = old is None or old.config != definition.config
-            to_load = [
-                v
-                for v in definition.versions
-                if config_changed or v not in record.served or record.stamps.get(v) != fingerprint.versions.get(v)
-            ]
-            for version in to_load:
-                if version not in record.served:
-                    record.status[version] = _VersionStatus(LOADING)
-            for version, why in definition.missing.items():
-                if version not in record.served:
-                    record.status[version] = _VersionStatus(UNAVAILABLE, why)
-            results = await asyncio.gather(
-                *(self._load_version(definition, v) for v in to_load), return_exceptions=True
-            )
-            if self._stopping:  # shutdown began while loading: close what just loaded
-                await asyncio.gather(*(self._retire(r) for r in results if isinstance(r, ServedModel)))
-                return ModelNotReady("the server is shutting down")
-            served = dict(record.served)
-            retiring: list[ServedModel] = []
-            errors: list[str] = []
-            loaded_any = False
-            for version, result in zip(to_load, results, strict=True):
-                if isinstance(result, BaseException):
-                    if not isinstance(result, Exception):
-                        raise result
-                    reason = _reason(result)
-                    errors.append(f"version {version}: {reason}")
-                    if version in served:
-                        log.error(
-                            "reload of %s version %d failed, the loaded one keeps serving: %s", name, version, reason
-                        )
-                    else:
-                        record.status[version] = _VersionStatus(UNAVAILABLE, reason)
-                        log.error("model %s version %d failed to load: %s", name, version, reason)
-                    continue
-                loaded_any = True
-                previous = served.get(version)
-                if previous is not None:
-                    retiring.append(previous)
-                    previous.successor = result
-                served[version] = result
-                record.status[version] = _VersionStatus(READY)
-                record.stamps[version] = fingerprint.versions.get(version)
-                log.info("model %s version %d loaded (%s)", name, version, definition.backend_name)
-            selected_ready = any(v in served for v in definition.versions)
-            if selected_ready:
-                # Only once a selected version serves do versions outside the policy retire.
-                for version in [v for v in served if v not in definition.versions]:
-                    retiring.append(served.pop(version))
-                    record.status[version] = _VersionStatus(UNAVAILABLE, UNLOADED_REASON)
-                    record.stamps.pop(version, None)
-            elif served:
-                log.error("model %s: no newly selected version loaded; versions %s keep serving", name, sorted(served))
-            for version in list(record.status):
-                if version in served or version in definition.versions or version in definition.missing:
-                    continue
-                if version in fingerprint.versions:
-                    record.status[version] = _VersionStatus(UNAVAILABLE, UNLOADED_REASON)
-                else:  # its directory is gone
-                    del record.status[version]
-            for model in served.values():
-                model.versions_source = record.ready_versions
-            record.served = served  # the swap: new requests go to the new versions from here on
-            if loaded_any or not to_load:
-                record.definition = definition
-            record.fingerprint = fingerprint
-            record.last_error = "; ".join(errors)
-            await asyncio.gather(*(self._retire(model) for model in retiring))
-            if errors and (not loaded_any or explicit):
-                return ModelLoadError(f"model {name!r} failed to load: " + "; ".join(errors))
-            return None
+            return await self._load_and_swap(record, definition, fingerprint, explicit)
+
+    async def _load_and_swap(
+        self, record: ModelRecord, definition: ModelDefinition, fingerprint: ModelFingerprint, explicit: bool
+    ) -> ServingError | None:
+        """Load the versions ``plan_loads`` picks, then apply ``plan_swap`` (call under ``record.lock``)."""
+        name = record.name
+        old = record.definition
+        plan = plan_loads(
+            definition.versions,
+            definition.missing,
+            set(record.served),
+            record.stamps,
+            fingerprint.versions,
+            config_changed=old is None or old.config != definition.config,
+        )
+        record.status.update(plan.status)
+        results = await asyncio.gather(*(self._load_version(definition, v) for v in plan.load), return_exceptions=True)
+        if self._stopping:  # shutdown began while loading: close what just loaded
+            await asyncio.gather(*(self._retire(r) for r in results if isinstance(r, ServedModel)))
+            return ModelNotReady("the server is shutting down")
+        loaded: dict[int, ServedModel] = {}
+        outcomes: dict[int, str | None] = {}
+        for version, result in zip(plan.load, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            if isinstance(result, ServedModel):
+                loaded[version] = result
+                outcomes[version] = None
+            else:
+                outcomes[version] = _reason(result)
+        on_disk = set(fingerprint.versions)
+        swap = plan_swap(definition.versions, definition.missing, set(record.served), outcomes, record.status, on_disk)
+        served = dict(record.served)
+        retiring: list[ServedModel] = []
+        for version in swap.installed:
+            previous = served.get(version)
+            if previous is not None:
+                retiring.append(previous)
+                previous.successor = loaded[version]
+            served[version] = loaded[version]
+            record.stamps[version] = fingerprint.versions.get(version)
+            log.info("model %s version %d loaded (%s)", name, version, definition.backend_name)
+        for version in swap.retired:
+            retiring.append(served.pop(version))
+            record.stamps.pop(version, None)
+        self._log_failures(name, outcomes, swap.kept)
+        if not swap.selected_serving and served:
+            log.error("model %s: no newly selected version loaded; versions %s keep serving", name, sorted(served))
+        for model in served.values():
+            model.versions_source = record.ready_versions
+        record.served = served  # the swap: new requests go to the new versions from here on
+        record.status = dict(swap.status)
+        if swap.adopt_definition(len(plan.load)):
+            record.definition = definition
+        record.fingerprint = fingerprint
+        record.last_error = "; ".join(swap.errors)
+        await asyncio.gather(*(self._retire(model) for model in retiring))
+        if swap.reported_error(explicit):
+            return ModelLoadError(f"model {name!r} failed to load: " + "; ".join(swap.errors))
+        return None
+
+    @staticmethod
+    def _log_failures(name: str, outcomes: dict[int, str | None], kept: Sequence[int]) -> None:
+        for version, reason in outcomes.items():
+            if reason is None:
+                continue
+            if version in kept:
+                log.error("reload of %s version %d failed, the loaded one keeps serving: %s", name, version, reason)
+            else:
+                log.error("model %s version %d failed to load: %s", name, version, reason)

@@ -226,8 +226,10 @@ class ServedModel:
         instances: Sequence[BackendInstance],
         *,
         model_dir: Path | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
-        """Wrap loaded instances in the config's scheduler (call on the event loop thread).
+        """Wrap loaded instances in the config's scheduler (call on the event loop thread);
+        ``scheduler`` replaces it (an ensemble's, which has no instances of its own).
 
         Raises: ModelConfigError when the scheduler rejects the config (instances are closed).
         """
@@ -245,8 +247,11 @@ class ServedModel:
         # Set by the manager when a reload replaces this version: requests that reach a
         # draining scheduler go there instead of failing.
         self.successor: ServedModel | None = None
+        if scheduler is not None:
+            self.scheduler: Scheduler = scheduler
+            return
         try:
-            self.scheduler: Scheduler = create_scheduler(config, self.instances, name, self.version)
+            self.scheduler = create_scheduler(config, self.instances, name, self.version)
         except Exception as exc:
             for instance in self.instances:
                 instance.close()

@@ -262,6 +262,11 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
         )
     if not selected:
         raise ModelConfigError(f"{source}: version_policy selects no version; versions on disk: {sorted(available)}")
+    reasons = {v: f"version {v} is named by version_policy but {model_dir / str(v)} does not exist" for v in missing}
+    if config.platform == "ensemble":
+        from shipyard.serving_runtime.ensemble import prepare_ensemble
+
+        return prepare_ensemble(location, config, source, selected, reasons)
     newest = selected[-1]
     backend_name = resolve_backend_name(
         config.platform,
@@ -298,5 +303,4 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
     validate_config(completed, name=location.name, source=source)
     if signature is not None:
         check_against_model(completed, signature, source=source, model_path=available[newest] / filename)
-    reasons = {v: f"version {v} is named by version_policy but {model_dir / str(v)} does not exist" for v in missing}
     return ModelDefinition(location.name, model_dir, completed, backend_name, source, selected, reasons)

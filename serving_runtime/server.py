@@ -94,7 +94,8 @@ def choose_grpc_frontend(requested: str) -> str:
 class ServerOptions:
     """Everything the command line configures (see ``cli.py`` for the flags)."""
 
-    repositories: Sequence[Path] = field(default_factory=list)
+    repositories: Sequence[Path | str] = field(default_factory=list)  # str: s3://, gs://, az:// (remote.py)
+    model_cache_dir: Path | None = None  # where remote repositories are cached (None: remote.default_cache_dir())
     control_mode: str = "none"
     repository_poll_secs: float = 15.0
     load_models: Sequence[str] = field(default_factory=list)
@@ -146,13 +147,19 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
     from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.remote_store import is_remote
 
-    return ModelManager(
-        [str(p) for p in options.repositories],
+    settings: dict[str, Any] = dict(
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
     )
+    if any(is_remote(r) for r in options.repositories):  # object storage: served from a local cache (remote.py)
+        from shipyard.serving_runtime.remote import RepositoryMirrors
+        from shipyard.serving_runtime.remote_manager import MirroredModelManager
+
+        return MirroredModelManager(RepositoryMirrors(options.repositories, options.model_cache_dir), **settings)
+    return ModelManager([str(p) for p in options.repositories], **settings)
 
 
 class RuntimeServer:

@@ -116,6 +116,7 @@ class ModelStats:
                 "cache_hit": {"count": 0, "ns": 0},
                 "cache_miss": {"count": 0, "ns": 0},
             },
+            "response_stats": {},  # Triton's per-response statistics (decoupled models): none kept
             "batch_stats": [
                 {
                     "batch_size": size,
@@ -125,4 +126,5 @@ class ModelStats:
                 }
                 for size, d in sorted(self.batch_stats.items())
             ],
+            "memory_usage": [],
         }

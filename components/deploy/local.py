@@ -97,6 +97,16 @@ def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def _failure_line(log_tail: str) -> str:
+    """The line of a runtime log that says why it stopped (a model load failure, else the last line)."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for marker in ("models failed to load", "model failed to load", "error:", "Error:"):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else "(the log is empty)"
+
+
 class LocalTarget:
     """Start, find, list and stop local runtime processes, one per deployment name.
 
@@ -119,13 +129,21 @@ class LocalTarget:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
     ) -> list[str]:
-        """The runtime's command line for a repository, address and ports."""
+        """The runtime's command line for a repository, address and ports.
+
+        ``--exit-on-error`` unless ``extra_args`` set it: a model that fails to load ends the start-up at
+        once (the deployment fails with the runtime's reason) instead of serving nothing until a timeout.
+        """
+        fail_fast = [] if any(a.startswith(("--exit-on-error", "--exit_on_error")) for a in extra_args) else [
+            "--exit-on-error"
+        ]
         return [
             self.python, "-m", "shipyard.serving_runtime",
             "--model-repository", str(repository),
             "--host", host,
             "--http-port", str(http_port),
             "--grpc-port", str(grpc_port),
+            *fail_fast,
             *extra_args,
         ]  # fmt: skip
 
@@ -155,10 +173,13 @@ class LocalTarget:
         if existing is not None and existing.is_running():
             raise DeployError(
                 f"local deployment {name!r} is already running at {existing.http_url} (pid {existing.pid}): "
-                "update or delete it first"
+                f"replace it (`shipyard deploy ... --replace`, or `mlflow deployments update`) or stop it first "
+                f"(`shipyard undeploy {name} --target local`)"
             )
-        repo = Path(repository).expanduser().resolve()
-        if not repo.is_dir():
+        from shipyard.serving_runtime.remote_store import is_remote
+
+        repo: str | Path = str(repository) if is_remote(repository) else Path(repository).expanduser().resolve()
+        if isinstance(repo, Path) and not repo.is_dir():
             raise DeployError(f"model repository {str(repo)!r} is not a directory: publish a model into it first")
         for port in (http_port, grpc_port):
             if not port_is_free(host, port):
@@ -190,8 +211,8 @@ class LocalTarget:
             if proc.poll() is not None:
                 state_path.unlink(missing_ok=True)
                 raise DeployError(
-                    f"the runtime for {name!r} exited with code {proc.returncode} during start-up; log tail:\n"
-                    + deployment.log_tail()
+                    f"the runtime for {name!r} exited with code {proc.returncode} during start-up: "
+                    f"{_failure_line(deployment.log_tail())} (full log: {log_path})"
                 )
             if time.monotonic() >= deadline:
                 self.stop(name)

@@ -10,14 +10,23 @@ model version and restarts the runtime on the repository; ``delete`` stops it. C
 ``repository``, ``http_port``, ``grpc_port``, ``data_path`` (held-out .npz; default: the logged input
 example), ``optimize_target``, ``precision``, ``max_batch_size``, ``tracking_uri``, ``timeout_s``. Deployments are
 recorded under ``$SHIPYARD_HOME/deployments`` (default ``~/.shipyard``), where ``get``/``list`` find them.
+
+``predict --input-path FILE.json`` takes, for a model with one input, ``{"inputs": [ROW, ROW, ...]}`` or
+a bare list of rows ``[ROW, ...]`` (each ROW one sample, e.g. ``[0.1, 0.2, 0.3, 0.4]``: the batch is
+the number of rows); for several inputs, ``{"INPUT_A": [ROW, ...], "INPUT_B": [ROW, ...]}``. Values are
+converted to the served input's datatype. Errors end as one line (exit code 2 for a user error).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 import numpy as np
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
@@ -27,6 +36,39 @@ from shipyard.components.deploy.spec import GRPC_PORT, HTTP_PORT
 
 TARGET = "shipyard"
 _INT_KEYS = ("http_port", "grpc_port", "max_batch_size")
+
+
+class PluginError(MlflowException, click.ClickException):  # type: ignore[misc]
+    """An error of this plugin: an MlflowException for Python callers, one line and exit 2 in the mlflow CLI."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        MlflowException.__init__(self, message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_error_style(method: _F) -> _F:
+    """Turn whatever ``method`` raises into a PluginError with one line and the CLI's exit code."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from shipyard.components.user_errors import classify
+
+        try:
+            return method(*args, **kwargs)
+        except PluginError:
+            raise
+        except MlflowException as exc:
+            raise PluginError(" ".join(str(exc.message).split())) from None
+        except Exception as exc:
+            outcome = classify(exc)
+            raise PluginError(outcome.message, outcome.code) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def target_help() -> str:
@@ -101,24 +143,39 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
             "pid": deployment.pid,
         }
 
+    @_one_error_style
     def create_deployment(
         self, name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None,
         endpoint: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """Optimize, validate and publish ``model_uri``, then serve it. Raises MlflowException (name taken)."""
+        """Optimize, validate and publish ``model_uri``, then serve it. Raises PluginError (an MlflowException).
+
+        A failed create leaves nothing behind: the deployment's own folder (when this call made it) is removed.
+        """
         cfg = self._config(config)
         local = LocalTarget()
         existing = local.find(name)
         if existing is not None and existing.is_running():
-            raise MlflowException(f"deployment {name!r} exists and is running: use update or delete")
+            raise PluginError(
+                f"deployment {name!r} exists and is running: `mlflow deployments update -t shipyard --name {name} "
+                f"-m MODEL_URI` replaces its model, `mlflow deployments delete -t shipyard --name {name}` stops it"
+            )
         repository = self._repository(name, cfg)
-        result = self._publish(name, model_uri, cfg, repository)
-        if existing is not None:
-            local.stop(name)
-        local.start(name, repository, http_port=cfg.get("http_port", HTTP_PORT),
-                    grpc_port=cfg.get("grpc_port", GRPC_PORT), timeout_s=cfg.get("timeout_s", 120.0))  # fmt: skip
+        own_folder = None if cfg.get("repository") else repository.parent
+        made_here = own_folder is not None and not own_folder.exists()
+        try:
+            result = self._publish(name, model_uri, cfg, repository)
+            if existing is not None:
+                local.stop(name)
+            local.start(name, repository, http_port=cfg.get("http_port", HTTP_PORT),
+                        grpc_port=cfg.get("grpc_port", GRPC_PORT), timeout_s=cfg.get("timeout_s", 120.0))  # fmt: skip
+        except BaseException:
+            if made_here and own_folder is not None:
+                shutil.rmtree(own_folder, ignore_errors=True)
+            raise
         return {**self._describe(name), "model_uri": result.model_uri, "version": result.published.version}
 
+    @_one_error_style
     def update_deployment(
         self, name: str, model_uri: str | None = None, flavor: str | None = None, config: dict[str, Any] | None = None,
         endpoint: str | None = None,
@@ -140,55 +197,92 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
             info.update(model_uri=published.model_uri, version=published.published.version)
         return info
 
+    @_one_error_style
     def delete_deployment(self, name: str, config: dict[str, Any] | None = None, endpoint: str | None = None) -> None:
         """Stop the runtime and forget the deployment (its repository stays on disk)."""
         LocalTarget().stop(name)
 
+    @_one_error_style
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         return [self._describe(d.name) for d in LocalTarget().list()]
 
+    @_one_error_style
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         return self._describe(name)
 
+    @_one_error_style
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
         """Infer over OIP v2 REST. ``inputs``: an array (the model's single input), a dict name -> array,
         a pandas DataFrame (one input, rows = batch), or ``{"inputs": ...}`` as read from ``--input-path``."""
         import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
         if deployment_name is None:
-            raise MlflowException("predict needs the deployment name")
-        url = self._describe(deployment_name)["url"]
-        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-        meta = client.get_model_metadata(deployment_name)
+            raise PluginError("predict needs the deployment name (--name)")
+        described = self._describe(deployment_name)
+        if not described["running"]:
+            raise PluginError(f"deployment {deployment_name!r} is not running: create or update it again")
+        client = httpclient.InferenceServerClient(described["url"].removeprefix("http://"))
+        try:
+            meta = client.get_model_metadata(deployment_name)
+        except InferenceServerException as exc:
+            raise PluginError(f"deployment {deployment_name!r}: the runtime says {exc.message()}") from None
         feeds = _as_feeds(inputs, [i["name"] for i in meta["inputs"]])
         tensors = []
         for spec in meta["inputs"]:
-            array = np.asarray(feeds[spec["name"]], dtype=np.float32 if spec["datatype"] == "FP32" else None)
+            try:
+                array = np.asarray(feeds[spec["name"]], dtype=triton_to_np_dtype(spec["datatype"]))
+            except (ValueError, TypeError) as exc:
+                raise PluginError(f"input {spec['name']!r}: cannot be read as {spec['datatype']} ({exc})") from None
             tensor = httpclient.InferInput(spec["name"], list(array.shape), spec["datatype"])
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
-        answer = client.infer(deployment_name, tensors)
+        try:
+            answer = client.infer(deployment_name, tensors)
+        except InferenceServerException as exc:
+            raise PluginError(f"the runtime refused the request: {exc.message()}") from None
         outputs = {o["name"]: answer.as_numpy(o["name"]) for o in meta["outputs"]}
         if len(outputs) == 1:
             return PredictionsResponse({"predictions": next(iter(outputs.values())).tolist()})
         return PredictionsResponse({"predictions": {k: v.tolist() for k, v in outputs.items()}})
 
 
+def _rows(values: Any, what: str) -> np.ndarray:
+    """A list of rows (or an array) as one array, batch first; ragged rows are a PluginError."""
+    try:
+        return np.asarray([np.asarray(v) for v in values] if isinstance(values, (list, tuple)) else values)
+    except ValueError:
+        raise PluginError(f"{what}: the rows differ in length; give one row of the same shape per sample") from None
+
+
+def _frame_feeds(frame: Any, names: list[str]) -> dict[str, Any]:
+    """A DataFrame as ``mlflow deployments predict`` reads it: columns named by inputs (or ``inputs``), cells
+    holding rows; or plain numeric columns (one input, a row per sample)."""
+    columns = [str(c) for c in frame.columns]
+    if columns == ["inputs"] and len(names) == 1:
+        return {names[0]: _rows(list(frame["inputs"]), "inputs")}
+    if set(columns) <= set(names) and columns:
+        return {str(c): _rows(list(frame[c]), str(c)) for c in frame.columns}
+    if len(names) == 1:
+        return {names[0]: frame.to_numpy()}
+    raise PluginError(f"the model takes inputs {names}: give {{\"{names[0]}\": [ROW, ...], ...}} (columns {columns})")
+
+
 def _as_feeds(inputs: Any, names: list[str]) -> dict[str, Any]:
-    """Normalise predict inputs to {input name: array}. Raises MlflowException naming the expected inputs."""
+    """Normalise predict inputs to {input name: array}. Raises PluginError naming the expected inputs."""
     if isinstance(inputs, (str, bytes)):
         inputs = json.loads(inputs)
+    if hasattr(inputs, "to_numpy"):  # pandas DataFrame (the mlflow CLI reads --input-path with pandas.read_json)
+        inputs = _frame_feeds(inputs, names)
     if isinstance(inputs, dict) and set(inputs) == {"inputs"}:
         inputs = inputs["inputs"]
-    if hasattr(inputs, "to_numpy"):  # pandas DataFrame
-        inputs = inputs.to_numpy()
     if isinstance(inputs, dict):
         missing = [n for n in names if n not in inputs]
         if missing:
-            raise MlflowException(f"inputs lack {missing}: the model takes {names}")
-        return {n: np.asarray(inputs[n]) for n in names}
+            raise PluginError(f"inputs lack {missing}: the model takes {names}")
+        return {n: _rows(inputs[n], n) for n in names}
     if len(names) != 1:
-        raise MlflowException(f"the model takes {len(names)} inputs {names}: pass a dict name -> array")
-    return {names[0]: np.asarray(inputs)}
+        raise PluginError(f"the model takes {len(names)} inputs {names}: pass a dict name -> rows")
+    return {names[0]: _rows(inputs, names[0])}

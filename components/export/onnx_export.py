@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,25 @@ def _torch_outputs(module: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray
     return [o.detach().cpu().numpy() for o in out]
 
 
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _save_single_file(model: Any, path: Path) -> None:
+    """Save ``model`` as one file when it fits protobuf's 2 GiB, removing the exporter's ``.data`` side file.
+
+    The dynamo exporter writes weights to ``<name>.data``; ``onnx.load`` already read them into the
+    model, so a model under the limit is saved inline and the side file would only be an unused copy.
+    """
+    import onnx
+
+    side = path.with_name(path.name + ".data")
+    if model.ByteSize() >= _PROTOBUF_LIMIT:
+        onnx.save(model, str(path), save_as_external_data=True, location=side.name)
+        return
+    onnx.save(model, str(path))
+    side.unlink(missing_ok=True)
+
+
 def export_onnx(
     module: torch.nn.Module,
     input_example: Any,
@@ -100,12 +119,14 @@ def export_onnx(
     opset: int | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``module`` to ONNX with a dynamic batch axis (1..max_batch_size) and check it.
 
     Checks: ``onnx.checker.check_model(full_check=True)``; ONNX Runtime at batch 1, at the example's batch
     and at ``max_batch_size`` matches torch within ``atol + rtol*|torch|``. Uses the dynamo exporter
     (torch.export), falling back to the TorchScript exporter when dynamo cannot trace the module.
+    ``progress`` receives one line per stage (the CLI prints them on stderr).
     Raises: ExportError (bad example, export failure, checker failure, outputs differ).
     """
     import onnx
@@ -131,6 +152,8 @@ def export_onnx(
     path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     exporter = "dynamo"
+    say = progress or (lambda _line: None)
+    say(f"exporting {type(module).__name__} to ONNX with torch.export (dynamic batch 1..{max_batch_size})")
     batch = torch.export.Dim("batch", min=1, max=max(max_batch_size, trace_batch))
     try:
         with warnings.catch_warnings():
@@ -143,6 +166,7 @@ def export_onnx(
     except Exception as exc:  # torch.export could not trace: try the TorchScript exporter
         log.warning("dynamo export failed (%s); falling back to the TorchScript exporter", str(exc)[:300])
         exporter = "torchscript"
+        say("torch.export could not trace the model; exporting with the TorchScript exporter")
         try:
             torch.onnx.export(
                 module, tuple(traced), str(path), input_names=names, output_names=out_names,
@@ -158,7 +182,8 @@ def export_onnx(
         meta[MAX_BATCH_METADATA_KEY].value = str(max_batch_size)
     else:
         model.metadata_props.add(key=MAX_BATCH_METADATA_KEY, value=str(max_batch_size))
-    onnx.save(model, str(path))
+    _save_single_file(model, path)
+    say(f"checking {path} (onnx checker, full check)")
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
@@ -168,6 +193,7 @@ def export_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     checked: list[int] = []
+    say(f"comparing ONNX Runtime with torch at batch sizes {sorted({1, arrays[0].shape[0], max_batch_size})}")
     for b in sorted({1, arrays[0].shape[0], max_batch_size}):
         batch_arrays = [_tile_batch(a, b) for a in arrays]
         expected = _torch_outputs(module, batch_arrays)
@@ -202,6 +228,7 @@ def export_registered(
     output_names: Sequence[str] | None = None,
     tracking_uri: str | None = None,
     record_lineage: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a registered model version of any supported flavor (its logged input example drives the export).
 
@@ -216,6 +243,8 @@ def export_registered(
     from shipyard.registry import load_torch_model, resolve_model
     from shipyard.registry import record_lineage as record
 
+    if progress is not None:
+        progress(f"loading {model_uri} from MLflow")
     resolved = resolve_model(model_uri, tracking_uri=tracking_uri)
     flavor = detect_flavor(resolved.local_path)
     if flavor == "pytorch":
@@ -224,7 +253,7 @@ def export_registered(
             raise ExportError(f"{model_uri} has no logged input example; re-register it with input_example=...")
         result = export_onnx(
             module, example, output_path, max_batch_size=max_batch_size, input_names=input_names,
-            output_names=output_names,
+            output_names=output_names, progress=progress,
         )  # fmt: skip
         result = dataclasses.replace(result, example_feeds={result.input_names[0]: np.asarray(example)})
     else:

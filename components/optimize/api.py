@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.components.digest import sha256_file
-from shipyard.components.errors import ComponentError
+from shipyard.components.errors import ComponentError, OptimizeError
 from shipyard.components.optimize.result import OptimizeResult
 from shipyard.components.optimize.targets import Probe, select_target
 
@@ -39,7 +39,10 @@ def _progress(enabled: bool, title: str) -> Iterator[Callable[[str], None]]:
 def _max_batch_from_onnx(onnx_path: Path) -> int | None:
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise OptimizeError(f"{onnx_path} is not a valid ONNX model ({' '.join(str(exc).split())[:200]})") from None
     for prop in model.metadata_props:
         if prop.key == "shipyard.max_batch_size":
             return int(prop.value)

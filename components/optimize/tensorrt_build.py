@@ -181,7 +181,7 @@ def build_tensorrt_engine(
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     gpu = gpu_description()
     # model.plan.json: the serving runtime checks TensorRT version and compute capability before loading.
-    from shipyard.serving_runtime.backends.tensorrt import parse_engine_record, write_engine_record
+    from shipyard.serving_runtime.backends.tensorrt_engine import parse_engine_record, write_engine_record
 
     write_engine_record(out, parse_engine_record({"tensorrt_version": str(trt.__version__), "gpu": gpu}, str(out)))
     return {

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 PLATFORM_BY_SUFFIX = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".pt": "pytorch_libtorch"}
+PRIORITY_LEVELS = 2  # generated configs: level 1 real-time (the default), level 2 batch scoring
+DEFAULT_PRIORITY_LEVEL = 1
 FILENAME_BY_PLATFORM = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
 
 
@@ -70,7 +72,8 @@ def build_config(
     """A ``ModelConfig``: tensors (batch dim stripped when batching), instance group, dynamic batching.
 
     ``batching``: ``preferred_batch_size`` (int or list) and ``max_queue_delay_microseconds``; when None and
-    ``max_batch_size > 1``, plain ``dynamic_batching {}``.
+    ``max_batch_size > 1``, plain ``dynamic_batching {}``. Batching configs get two priority levels (requests
+    without a priority at level 1; ``shipyard score`` sends level 2).
     Raises: PublishError (a tensor's first dim is not the batch dim, or the runtime rejects the config).
     """
     from tritonclient.grpc import model_config_pb2 as pb
@@ -102,6 +105,10 @@ def build_config(
     group.kind = pb.ModelInstanceGroup.Kind.Value(instance_kind)
     if max_batch_size > 1:
         config.dynamic_batching.SetInParent()
+        # two priority levels: real-time requests (no priority given) at level 1, batch jobs at level 2
+        # (``shipyard score`` sends the lowest level), so batch work only fills the gaps
+        config.dynamic_batching.priority_levels = PRIORITY_LEVELS
+        config.dynamic_batching.default_priority_level = DEFAULT_PRIORITY_LEVEL
         if batching:
             preferred = batching.get("preferred_batch_size")
             if preferred:

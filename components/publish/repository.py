@@ -16,10 +16,15 @@ Local paths and ``file://`` (a polling server must never see a half-written vers
 A publish killed at any point leaves at most a dot-prefixed directory (removed by a later publish after
 ``STALE_STAGING_S``), never a numeric version.
 
-Object stores (``s3://``, ``gs://``, other fsspec URLs) have no rename: the version's files are uploaded,
-then ``config.pbtxt``, and the completion marker ``<model>/<n>/.shipyard-complete`` is written LAST. Readers of
-an object store that may race a publish (a syncing sidecar, a custom loader) must ignore a numeric version
-without that marker; KServe's storage initializer copies the repository once at pod start.
+Object stores (``s3://``, ``gs://``, ``az://``, other fsspec URLs) have no rename:
+
+1. the version number is claimed by creating ``<model>/<n>/.shipyard-claim`` with the store's create-only
+   write (a concurrent publisher that loses moves to ``n+1``; a killed one leaves its number taken);
+2. the version's files are uploaded, then ``config.pbtxt``;
+3. the completion marker ``<model>/<n>/.shipyard-complete`` is written LAST.
+
+The serving runtime reading the store (``serving_runtime/remote.py``) mirrors only versions that carry
+the marker, so a version appears to it whole or not at all.
 
 Public: ``PublishResult``, ``publish_files(files, repository, model_name, config_text, *, keep_versions=None,
 record=None) -> PublishResult``, ``next_version(repository, model_name) -> int``,
@@ -39,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.components.errors import PublishError
+from shipyard.serving_runtime.remote_store import COMPLETE_MARKER
 
 CONFIG_FILENAME = "config.pbtxt"
-COMPLETE_MARKER = ".shipyard-complete"
+CLAIM_FILE = ".shipyard-claim"  # first object of a version on an object store, created only if absent
 RECORD_FILE = ".shipyard-publish.json"
 STAGING_PREFIX = ".publish-"
 RETIRED_PREFIX = ".retired-"
@@ -68,7 +74,12 @@ def _fs(repository: str | Path) -> tuple[Any, str, bool]:
     import fsspec
 
     text = str(repository)
-    fs, root = fsspec.core.url_to_fs(text)
+    try:
+        fs, root = fsspec.core.url_to_fs(text)
+    except ValueError as exc:  # "Protocol not known: ..."
+        raise PublishError(
+            f"repository {text!r}: {exc}; use a local path, file://, s3://, gs:// or another fsspec URL"
+        ) from None
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     local = "file" in protocols or "local" in protocols
     if local:
@@ -198,14 +209,32 @@ def _publish_local(
     return version, _retire_local(model_dir, keep)
 
 
+def _claim_version(fs: Any, model_path: str) -> int:
+    """Claim the next free version number with a create-only write of ``<n>/.shipyard-claim``.
+
+    The store's conditional write (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``, Azure
+    ``overwrite=False``) lets exactly one of several concurrent publishers create it; the others move
+    on to the next number. Raises: PublishError after 100 numbers taken by others.
+    """
+    version = next_version_fs(fs, model_path)
+    claim = json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "id": uuid.uuid4().hex}).encode()
+    for _attempt in range(100):
+        try:
+            fs.pipe_file(f"{model_path}/{version}/{CLAIM_FILE}", claim, mode="create")
+            return version
+        except FileExistsError:  # another publisher holds this number
+            version += 1
+    raise PublishError(f"could not claim a version number under {model_path} after 100 attempts")
+
+
 def _publish_remote(
     fs: Any, files: Mapping[str, Path], root: str, model_name: str, config_text: str, keep: int | None,
     record: dict[str, Any],
 ) -> tuple[int, tuple[int, ...]]:  # fmt: skip
     model_path = f"{root}/{model_name}"
-    version = next_version_fs(fs, model_path)
+    fs.invalidate_cache()
+    version = _claim_version(fs, model_path)
     version_path = f"{model_path}/{version}"
-    fs.makedirs(version_path, exist_ok=True)
     for filename, src in files.items():
         fs.put_file(str(src), f"{version_path}/{filename}")
     fs.pipe_file(f"{version_path}/{RECORD_FILE}", json.dumps(record, indent=2).encode())
@@ -264,8 +293,7 @@ def publish_files(
             version_uri = (Path(root) / model_name / str(version)).as_uri()
         else:
             version, removed = _publish_remote(fs, sources, root, model_name, config_text, keep_versions, data)
-            protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-            version_uri = f"{protocol}://{root}/{model_name}/{version}"
+            version_uri = f"{str(repository).rstrip('/')}/{model_name}/{version}"  # in the caller's spelling
     except OSError as exc:
         raise PublishError(f"publishing {model_name!r} into {repository} failed: {exc}") from exc
     return PublishResult(str(repository), model_name, version, version_uri, config_text, removed)

@@ -33,16 +33,36 @@ class OnnxRunner:
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if not Path(path).is_file():
+            raise ComponentError(f"model file not found: {path}: check the path")
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own classes for a corrupt or unsupported file
+            raise ComponentError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
+        self.path = Path(path)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: inputs[name] for name in self.input_names}
+        for spec in self._session.get_inputs():
+            _check_shape(self.path, spec.name, list(spec.shape), feeds[spec.name].shape)
         return dict(zip(self.output_names, self._session.run(list(self.output_names), feeds), strict=True))
 
     def close(self) -> None:
         del self._session
+
+
+def _check_shape(path: Path, name: str, expected: list[Any], got: tuple[int, ...]) -> None:
+    """Raise ComponentError when ``got`` cannot feed an input declared as ``expected`` (symbolic dims match any)."""
+    fixed = [isinstance(e, int) and e >= 0 for e in expected]
+    fits = len(expected) == len(got) and all(not f or e == g for f, e, g in zip(fixed, expected, got, strict=True))
+    if not fits:
+        pairs = enumerate(zip(fixed, expected, strict=True))
+        shown = tuple(e if f else "batch" if i == 0 else "?" for i, (f, e) in pairs)
+        raise ComponentError(
+            f"input {name!r} has shape {tuple(got)} but {path.name} expects {shown}: give data of that shape"
+        )
 
 
 class TensorRTRunner:

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2
 
 from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import InvalidArgument
+from shipyard.serving_runtime.protocol.shared_memory import NO_DATA, parse_ref, shm_parameters
 from shipyard.serving_runtime.protocol.tensors import (
     check_dims,
     decode_bytes_list,
@@ -81,34 +82,40 @@ def decode_infer_request(request: Any) -> DecodedRequest:
     """Decode a ``ModelInferRequest``.
 
     Raises: InvalidArgument when raw contents do not match the inputs one to one, a size does
-    not fit shape and datatype, an input has no data, or shared memory is requested.
+    not fit shape and datatype, an input has no data, or shared-memory parameters are incomplete.
     """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    refs = [
+        parse_ref(f"input {t.name!r}", parameters_to_dict(t.parameters)) if t.parameters else None
+        for t in request.inputs
+    ]
+    with_data = sum(ref is None for ref in refs)  # inputs in shared memory have no raw entry
+    if raw and len(raw) != with_data:
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-            "send one entry per input, in input order"
+            f"raw_input_contents has {len(raw)} entries for {with_data} inputs; "
+            "send one entry per input not in shared memory, in input order"
         )
     inputs: list[DecodedInput] = []
-    for index, tensor in enumerate(request.inputs):
+    index = 0
+    for tensor, shm in zip(request.inputs, refs, strict=True):
         name = tensor.name
         shape = check_dims(name, tensor.shape)
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
-        if raw:
+        if shm is not None:
+            array = NO_DATA  # read from the region when the request binds it (shared_memory.py)
+        elif raw:
             array = decode_raw(name, tensor.datatype, shape, raw[index])
+            index += 1
         elif tensor.HasField("contents"):
             array = _typed_contents(tensor, shape)
         else:
             raise InvalidArgument(f"input {name!r} has no data: use raw_input_contents or contents")
-        inputs.append(DecodedInput(name, tensor.datatype, shape, array))
+        inputs.append(DecodedInput(name, tensor.datatype, shape, array, shm))
     outputs: list[RequestedOutput] = []
     for out in request.outputs:
-        if "shared_memory_region" in out.parameters:
-            raise InvalidArgument(f"output {out.name!r}: shared memory is not supported by this server")
         if "classification" in out.parameters:
             raise InvalidArgument(f"output {out.name!r}: the classification extension is not supported")
-        outputs.append(RequestedOutput(out.name))
+        shm = parse_ref(f"output {out.name!r}", parameters_to_dict(out.parameters)) if out.parameters else None
+        outputs.append(RequestedOutput(out.name, shm=shm))
     return DecodedRequest(
         inputs=inputs,
         outputs=outputs,
@@ -190,7 +197,12 @@ def encode_infer_response(
     add = response.outputs.add
     contents = response.raw_output_contents
     for out in outputs:
-        add(name=out.name, datatype=out.datatype, shape=out.shape)
+        entry = add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.shm is not None:  # written to shared memory: its parameters, and no data
+            for key, value in shm_parameters(out.shm).items():
+                _set_parameter(entry.parameters, key, value)
+            contents.append(b"")  # keeps raw_output_contents aligned with outputs
+            continue
         contents.append(raw_contents(out.data, out.datatype))
     return response
 

@@ -1,7 +1,8 @@
 """The gRPC frontend: tritonclient's ``inference.GRPCInferenceService`` on grpc.aio.
 
-Each ``ServingError`` becomes its gRPC status (``grpc_code``) with the message. Shared memory,
-tracing and log settings are not implemented (UNIMPLEMENTED from the generated base class).
+Each ``ServingError`` becomes its gRPC status (``grpc_code``) with the message. System shared
+memory's RPCs come from ``shm_endpoints.SharedMemoryServicer``; tracing and log settings are not
+implemented (UNIMPLEMENTED from the generated base class).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ServingError
 from shipyard.serving_runtime.protocol import grpc_codec
 from shipyard.serving_runtime.protocol.service import InferenceService
+from shipyard.serving_runtime.protocol.shared_memory import ShmBinding
+from shipyard.serving_runtime.protocol.shm_endpoints import SharedMemoryServicer
 from shipyard.serving_runtime.protocol.types import DecodedRequest, ModelLike
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs, rules_for
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
@@ -77,7 +80,7 @@ def _parameter_value(param: Any) -> object:
     return getattr(param, which) if which else None
 
 
-class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class GrpcInferenceServicer(SharedMemoryServicer, service_pb2_grpc.GRPCInferenceServiceServicer):
     """Adapts ``InferenceService`` to the generated servicer interface."""
 
     def __init__(self, service: InferenceService) -> None:
@@ -156,18 +159,22 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         name, version = request.model_name, request.model_version
         model = service.model(name, version)  # 404 before decoding
         decoded: DecodedRequest | None = None
+        binding: ShmBinding | None = None
 
         def build(served: ModelLike) -> InferenceRequest:
-            nonlocal decoded
+            nonlocal decoded, binding
             fast = grpc_codec.fast_request(rules_for(served), request)
             if fast is not None:
                 return fast
             if decoded is None:
                 decoded = grpc_codec.decode_infer_request(request)
+                binding = service.shared_memory.bind(decoded)
             return build_request(served, decoded)
 
         model, built, results = await service.execute(name, version, build, model)
         outputs = collect_outputs(model, built, results)
+        if binding is not None:
+            outputs = binding.write(outputs)
         return grpc_codec.encode_infer_response(model.name, str(model.version), request.id or None, outputs)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from shipyard.serving_runtime.config import config_to_dict
 from shipyard.serving_runtime.errors import InvalidArgument, ServingError
-from shipyard.serving_runtime.protocol import rest_codec
+from shipyard.serving_runtime.protocol import rest_codec, shm_endpoints
 from shipyard.serving_runtime.protocol.rest_codec import json_dumps
 from shipyard.serving_runtime.protocol.service import InferenceService
 
@@ -145,6 +145,7 @@ def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]
         Route("/v2/repository/models/{model}/load", _guard(repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _guard(repository_unload), methods=["POST"]),
         Route("/metrics", _guard(metrics_endpoint), methods=["GET"]),
+        *shm_endpoints.rest_routes(service, _guard, _json_body, json_response),
     ]
     for prefix in (model, version):
         routes += [

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shipyard.serving_runtime.errors import InvalidArgument
+from shipyard.serving_runtime.protocol.shared_memory import NO_DATA, parse_ref, shm_parameters
 from shipyard.serving_runtime.protocol.tensors import check_shape, decode_raw, decode_values, json_values, raw_bytes
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
 
@@ -104,12 +105,11 @@ def _requested_outputs(obj: dict[str, Any]) -> list[RequestedOutput]:
         params = out.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"output {out['name']!r}: 'parameters' must be an object")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"output {out['name']!r}: shared memory is not supported by this server")
         if "classification" in params:
             raise InvalidArgument(f"output {out['name']!r}: the classification extension is not supported")
         binary = params.get("binary_data")
-        result.append(RequestedOutput(out["name"], None if binary is None else bool(binary)))
+        shm = parse_ref(f"output {out['name']!r}", params)
+        result.append(RequestedOutput(out["name"], None if binary is None else bool(binary), shm))
     return result
 
 
@@ -149,10 +149,11 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         params = tensor.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"input {name!r}: 'parameters' must be an object")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"input {name!r}: shared memory is not supported by this server")
+        shm = parse_ref(f"input {name!r}", params)
         size = params.get("binary_data_size")
-        if size is not None:
+        if shm is not None:
+            array = NO_DATA  # read from the region when the request binds it (shared_memory.py)
+        elif size is not None:
             if header_length is None:
                 raise InvalidArgument(
                     f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length"
@@ -168,7 +169,7 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
             array = decode_values(name, datatype, shape, tensor["data"])
         else:
             raise InvalidArgument(f"input {name!r} has no data: give 'data' or parameters.binary_data_size")
-        inputs.append(DecodedInput(name, datatype, shape, array))
+        inputs.append(DecodedInput(name, datatype, shape, array, shm))
     if offset != len(view):
         raise InvalidArgument(
             f"request body has {len(view) - offset} bytes of binary data that no input claims "
@@ -197,6 +198,10 @@ def encode_response(
     chunks: list[bytes | memoryview] = []
     for out in outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        if out.shm is not None:
+            entry["parameters"] = shm_parameters(out.shm)
+            entries.append(entry)
+            continue
         binary = per_output.get(out.name)
         if binary is None:
             binary = default_binary

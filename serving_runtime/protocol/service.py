@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ModelNotReady
+from shipyard.serving_runtime.protocol.shared_memory import SharedMemoryRegistry
 from shipyard.serving_runtime.protocol.types import DecodedRequest, EncodedOutput, ManagerLike, ModelLike
 from shipyard.serving_runtime.protocol.validate import build_request, collect_outputs
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
@@ -32,6 +33,7 @@ EXTENSIONS: tuple[str, ...] = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "system_shared_memory",
 )
 
 
@@ -88,6 +90,7 @@ class InferenceService:
         self.strict_readiness = strict_readiness
         self.started = False
         self.shutting_down = False
+        self.shared_memory = SharedMemoryRegistry()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -120,7 +123,11 @@ class InferenceService:
         return True
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict[str, Any]:
-        return dict(self.model(name, version).metadata())
+        """Model metadata; asked for one version, ``versions`` lists only that one (as Triton's)."""
+        model = self.model(name, version)
+        if parse_version(name, version) is not None:
+            return dict(model.metadata([model.version]))
+        return dict(model.metadata())
 
     def model_config(self, name: str, version: str | int | None = None) -> ModelConfig:
         """The completed ``ModelConfig`` proto of the served version."""
@@ -137,8 +144,10 @@ class InferenceService:
         Raises: ModelNotFound, ModelNotReady, InvalidArgument, QueueFull, RequestTimeout,
         BackendError (see ``Scheduler.submit``).
         """
+        binding = self.shared_memory.bind(decoded)  # inputs read from, outputs held in, shared memory
         model, request, results = await self.execute(name, version, lambda m: build_request(m, decoded))
-        return InferResult(model.name, str(model.version), collect_outputs(model, request, results))
+        outputs = collect_outputs(model, request, results)
+        return InferResult(model.name, str(model.version), binding.write(outputs) if binding else outputs)
 
     async def execute(
         self,

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 
+@dataclass(frozen=True)
+class ShmRef:
+    """A tensor in a registered shared-memory region: ``byte_size`` bytes at ``offset`` of ``region``."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
 @dataclass
 class DecodedInput:
     """One input tensor as the client sent it: ``data`` already has ``shape`` and the datatype's dtype."""
@@ -28,6 +37,7 @@ class DecodedInput:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    shm: ShmRef | None = None  # data comes from shared memory (read when the request binds it)
 
 
 @dataclass
@@ -36,6 +46,7 @@ class RequestedOutput:
 
     name: str
     binary: bool | None = None
+    shm: ShmRef | None = None  # write the output into this shared-memory window
 
 
 @dataclass
@@ -56,6 +67,7 @@ class EncodedOutput:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    shm: ShmRef | None = None  # written to shared memory: send these parameters, not the data
 
 
 class ModelLike(Protocol):

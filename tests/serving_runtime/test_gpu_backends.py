@@ -170,7 +170,7 @@ def test_tensorrt_version_and_compute_capability_mismatch_fail_before_deserializ
     import tensorrt as trt
 
     from shipyard.components.optimize.tensorrt_build import build_tensorrt_engine
-    from shipyard.serving_runtime.backends.tensorrt import EngineRecord, read_engine_record, write_engine_record
+    from shipyard.serving_runtime.backends.tensorrt_engine import EngineRecord, read_engine_record, write_engine_record
 
     plan = tmp_path / "model.plan"
     build_tensorrt_engine(scale_model(tmp_path / "m.onnx", 2.0), plan, precision="fp32", max_batch_size=8)

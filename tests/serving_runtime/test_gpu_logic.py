@@ -18,7 +18,7 @@ from shipyard.serving_runtime.backends.base import Device, InstanceSettings, Ten
 from shipyard.serving_runtime.backends.cuda import ALIGNMENT, MIN_CAPACITY, grown_capacity
 from shipyard.serving_runtime.backends.onnxruntime import OnnxRuntimeInstance, execution_providers
 from shipyard.serving_runtime.backends.registry import get_backend, resolve_backend_name
-from shipyard.serving_runtime.backends.tensorrt import (
+from shipyard.serving_runtime.backends.tensorrt_engine import (
     EngineRecord,
     GraphPolicy,
     check_engine_compatible,

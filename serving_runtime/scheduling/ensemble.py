@@ -1,0 +1,184 @@
+"""The ensemble scheduler: runs an ensemble request as requests to its composing models.
+
+``serving_runtime/ensemble.py`` builds and checks the plan (which step reads and writes which
+tensor); this module runs it. Each step is submitted to its composing model (``model.infer``, the
+model's own scheduler, so it batches with that model's other traffic); a step starts as soon as
+its input tensors exist, so steps that do not depend on each other run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shipyard.serving_runtime.errors import InvalidArgument, ModelNotReady
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
+from shipyard.serving_runtime.stats import ModelStats
+
+# (model name, version or None for the latest) -> a loaded model (ServedModel-like)
+Resolver = Callable[[str, "int | None"], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``ensemble_scheduling.step``."""
+
+    index: int
+    model_name: str
+    version: int | None  # None: the latest ready version (model_version -1)
+    input_map: Mapping[str, str]  # composing model input -> ensemble tensor
+    output_map: Mapping[str, str]  # composing model output -> ensemble tensor
+
+    def label(self, ensemble: str) -> str:
+        return f"ensemble {ensemble!r} step {self.index} (model {self.model_name!r})"
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """The steps of an ensemble and which step produces each tensor (-1: the request)."""
+
+    name: str
+    steps: tuple[Step, ...]
+    producers: Mapping[str, int]
+    outputs: tuple[str, ...]
+
+    def models(self) -> list[str]:
+        """Composing model names, in step order, each once."""
+        return list(dict.fromkeys(step.model_name for step in self.steps))
+
+
+class EnsembleScheduler:
+    """Runs an ensemble request: each step through its composing model's own scheduler."""
+
+    def __init__(self, plan: EnsemblePlan, resolve: Resolver, version: int) -> None:
+        self.plan = plan
+        self._resolve = resolve
+        self.stats = ModelStats(plan.name, version)
+        self._pending = 0
+        self._accepting = True
+        self._drained: asyncio.Future[None] | None = None
+
+    async def submit(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        """Run every step (independent ones concurrently); return the requested ensemble outputs.
+
+        Raises: ModelNotReady (draining, or a composing model is not loaded), and whatever a step
+        raises (its model's error, named by the step).
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"ensemble {self.plan.name!r} is unloading; retry against the new version")
+        self._pending += 1
+        self.stats.pending = self._pending
+        start = time.monotonic_ns()
+        try:
+            tensors = await self._run(request)
+        except BaseException as exc:
+            reason = getattr(exc, "reason", "BACKEND")
+            self.stats.record_failure(str(reason), time.monotonic_ns() - start)
+            raise
+        finally:
+            self._release()
+        elapsed = time.monotonic_ns() - start
+        self.stats.record_execution(request.batch_size, elapsed)
+        self.stats.record_success(request.batch_size, elapsed, 0, elapsed)
+        wanted = request.outputs or self.plan.outputs
+        return {name: tensors[name] for name in wanted}
+
+    async def _run(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        tensors: dict[str, np.ndarray] = dict(request.inputs)
+        waiting = list(self.plan.steps)
+        running: dict[asyncio.Task[dict[str, np.ndarray]], Step] = {}
+        try:
+            while waiting or running:
+                for step in [s for s in waiting if all(t in tensors for t in s.input_map.values())]:
+                    waiting.remove(step)
+                    task = asyncio.ensure_future(self._step(step, request, tensors))
+                    running[task] = step
+                if not running:  # cannot happen for a planned ensemble; never spin
+                    raise ModelNotReady(f"ensemble {self.plan.name!r}: steps {[s.index for s in waiting]} cannot start")
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    results = task.result()  # raises the step's error
+                    for model_output, tensor in step.output_map.items():
+                        tensors[tensor] = results[model_output]
+        finally:
+            for task in running:
+                task.cancel()
+        return tensors
+
+    async def _step(
+        self, step: Step, request: InferenceRequest, tensors: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        model = self._resolve(step.model_name, step.version)
+        inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
+        _check_step_inputs(self.plan.name, step, model, inputs)
+        batch = request.batch_size
+        if int(model.max_batch_size) > 0 and inputs:
+            batch = int(next(iter(inputs.values())).shape[0])
+        sub = InferenceRequest(
+            inputs=inputs,
+            outputs=tuple(step.output_map),
+            batch_size=batch,
+            priority=request.priority,
+            timeout_us=request.timeout_us,
+            request_id=request.request_id,
+            parameters=dict(request.parameters),
+        )
+        results: dict[str, np.ndarray] = await model.infer(sub)
+        missing = [name for name in step.output_map if name not in results]
+        if missing:
+            raise InvalidArgument(f"{step.label(self.plan.name)}: the model returned no output(s) {', '.join(missing)}")
+        return results
+
+    def pending_count(self) -> int:
+        return self._pending
+
+    def _release(self) -> None:
+        self._pending -= 1
+        self.stats.pending = self._pending
+        if self._pending == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self) -> None:
+        """Stop accepting; return when every accepted request has finished."""
+        self._accepting = False
+        if self._pending == 0:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def close(self) -> None:
+        """Nothing to release: the composing models own their instances."""
+
+
+def _check_step_inputs(ensemble: str, step: Step, model: Any, inputs: Mapping[str, np.ndarray]) -> None:
+    """What the protocol layer checks for a client request, for the tensors a step passes on.
+
+    Raises: InvalidArgument naming the step and the input.
+    """
+    from shipyard.serving_runtime.datatypes import numpy_to_triton
+
+    specs = {s.name: s for s in model.inputs}
+    batching = int(model.max_batch_size) > 0
+    for name, array in inputs.items():
+        spec = specs[name]
+        datatype = numpy_to_triton(array.dtype)
+        if datatype != spec.datatype:
+            raise InvalidArgument(f"{step.label(ensemble)}: input {name!r} got {datatype}, expected {spec.datatype}")
+        shape = array.shape[1:] if batching else array.shape
+        if batching and array.shape[0] > int(model.max_batch_size):
+            raise InvalidArgument(
+                f"{step.label(ensemble)}: input {name!r} has batch size {array.shape[0]}, above the model's "
+                f"max_batch_size {model.max_batch_size}"
+            )
+        if len(shape) != len(spec.dims) or any(d not in (-1, s) for s, d in zip(shape, spec.dims, strict=True)):
+            expected = [-1, *spec.dims] if batching else list(spec.dims)
+            raise InvalidArgument(
+                f"{step.label(ensemble)}: input {name!r} has shape {list(array.shape)}, the model expects {expected}"
+            )

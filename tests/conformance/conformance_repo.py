@@ -1,0 +1,209 @@
+"""The model repositories the conformance suite serves with the real Triton and with shipyard.
+
+Every model is a Python model (``model.py``, Triton's API) with one ``config.pbtxt``. Triton serves
+them as they are. shipyard serves the very same directories when it has a Python backend; until
+then it serves, for each Python model, an ONNX model computing the same thing bit for bit
+(elementwise add/subtract, identity) under the same config, with only the backend line changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SIMPLE_CONFIG = """
+backend: "python"
+max_batch_size: 8
+version_policy: { all { } }
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+SIMPLE_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """OUTPUT0 = INPUT0 + INPUT1 + OFFSET, OUTPUT1 = INPUT0 - INPUT1 (FP32, batched)."""
+
+    OFFSET = {offset}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            total = a + b
+            if self.OFFSET:
+                total = total + a.dtype.type(self.OFFSET)
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", total), pb_utils.Tensor("OUTPUT1", a - b)])
+            )
+        return responses
+'''
+
+# Identity per datatype, no batching, one variable dimension.
+TYPED = {
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "UINT8": "TYPE_UINT8",
+    "BOOL": "TYPE_BOOL",
+    "BYTES": "TYPE_STRING",
+}
+
+
+def typed_config() -> str:
+    inputs = ",\n".join(f'  {{ name: "IN_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED.items())
+    outputs = ",\n".join(f'  {{ name: "OUT_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED.items())
+    return f'backend: "python"\nmax_batch_size: 0\ninput [\n{inputs}\n]\noutput [\n{outputs}\n]\n'
+
+
+TYPED_PY = '''
+import triton_python_backend_utils as pb_utils
+
+TYPES = {types!r}
+
+
+class TritonPythonModel:
+    """OUT_<T> = IN_<T> for every datatype."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            outputs = []
+            for t in TYPES:
+                tensor = pb_utils.get_input_tensor_by_name(request, "IN_" + t)
+                outputs.append(pb_utils.Tensor("OUT_" + t, tensor.as_numpy()))
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+'''
+
+# Two simple steps: S = A + B, D = A - B; then OUT_SUM = S + D = 2A, OUT_DIFF = S - D = 2B.
+ENSEMBLE_CONFIG = """
+platform: "ensemble"
+max_batch_size: 8
+input [
+  { name: "A" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "B" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUT_SUM" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUT_DIFF" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "simple"
+      model_version: 1
+      input_map [ { key: "INPUT0" value: "A" }, { key: "INPUT1" value: "B" } ]
+      output_map [ { key: "OUTPUT0" value: "S" }, { key: "OUTPUT1" value: "D" } ]
+    },
+    {
+      model_name: "simple"
+      model_version: 1
+      input_map [ { key: "INPUT0" value: "S" }, { key: "INPUT1" value: "D" } ]
+      output_map [ { key: "OUTPUT0" value: "OUT_SUM" }, { key: "OUTPUT1" value: "OUT_DIFF" } ]
+    }
+  ]
+}
+"""
+
+MODELS = ("simple", "typed", "pipeline")
+
+
+def python_backend_available() -> bool:
+    """Whether shipyard serves ``backend: "python"`` (the Python backend has landed)."""
+    from shipyard.serving_runtime.backends.registry import BACKEND_NAMES
+
+    return "python" in BACKEND_NAMES
+
+
+def _simple_onnx(offset: float) -> bytes:
+    from onnx import TensorProto, checker, helper
+
+    def tensor(name: str) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
+
+    nodes = [helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum" if offset else "OUTPUT0"])]
+    initializers = []
+    if offset:
+        nodes.append(helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]))
+        initializers.append(helper.make_tensor("offset", TensorProto.FLOAT, [], [offset]))
+    nodes.append(helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]))
+    graph = helper.make_graph(
+        nodes, "simple", [tensor("INPUT0"), tensor("INPUT1")], [tensor("OUTPUT0"), tensor("OUTPUT1")], initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _typed_onnx() -> bytes:
+    from onnx import TensorProto, checker, helper
+
+    kinds = {
+        "FP16": TensorProto.FLOAT16,
+        "FP32": TensorProto.FLOAT,
+        "FP64": TensorProto.DOUBLE,
+        "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16,
+        "INT32": TensorProto.INT32,
+        "INT64": TensorProto.INT64,
+        "UINT8": TensorProto.UINT8,
+        "BOOL": TensorProto.BOOL,
+        "BYTES": TensorProto.STRING,
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in kinds],
+        "typed",
+        [helper.make_tensor_value_info(f"IN_{t}", k, ["n"]) for t, k in kinds.items()],
+        [helper.make_tensor_value_info(f"OUT_{t}", k, ["n"]) for t, k in kinds.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+
+
+def build_repository(root: Path, python: bool) -> Path:
+    """Write the repository under ``root``: Python models when ``python``, else the ONNX twins.
+
+    ``simple`` has versions 1 (offset 0) and 2 (offset 1), policy all; ``typed`` is unbatched;
+    ``pipeline`` is an ensemble of two ``simple`` version 1 steps.
+    """
+    for version, offset in ((1, 0.0), (2, 1.0)):
+        if python:
+            _write(root / "simple" / str(version) / "model.py", SIMPLE_PY.format(offset=offset))
+        else:
+            _write(root / "simple" / str(version) / "model.onnx", _simple_onnx(offset))
+    if python:
+        _write(root / "typed" / "1" / "model.py", TYPED_PY.format(types=list(TYPED)))
+    else:
+        _write(root / "typed" / "1" / "model.onnx", _typed_onnx())
+    backend = 'backend: "python"' if python else 'backend: "onnxruntime"'
+    _write(root / "simple" / "config.pbtxt", SIMPLE_CONFIG.replace('backend: "python"', backend))
+    _write(root / "typed" / "config.pbtxt", typed_config().replace('backend: "python"', backend))
+    (root / "pipeline" / "1").mkdir(parents=True, exist_ok=True)
+    _write(root / "pipeline" / "config.pbtxt", ENSEMBLE_CONFIG)
+    return root
