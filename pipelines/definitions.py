@@ -156,4 +156,10 @@ def make_promotion_pipeline(gpu: bool = False) -> Any:
     return promotion_pipeline
 
 
-PIPELINES = {"deploy": make_deploy_pipeline, "promotion": make_promotion_pipeline}
+def _score_pipeline(gpu: bool = False) -> Any:
+    from shipyard.pipelines.scoring import make_score_pipeline
+
+    return make_score_pipeline(gpu=gpu)
+
+
+PIPELINES = {"deploy": make_deploy_pipeline, "promotion": make_promotion_pipeline, "score": _score_pipeline}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.protocol import http_limits
 from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
@@ -67,6 +68,15 @@ def _limit(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive limit, got {value!r}")
     return number
+
+
+def _cache_config(value: str) -> int:
+    from shipyard.serving_runtime.cache import parse_cache_config
+
+    try:
+        return parse_cache_config(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -196,7 +206,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
+    http_limits.add_flags(parser.add_argument_group("REST limits"))
+    net.add_argument(
+        "--grpc-watchdog-secs",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="native gRPC frontend: probe its port this often and restart it after 3 failed probes (grpc core "
+        "stops accepting after running out of file descriptors); 0: off (default: 5)",
+    )
     behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument(
+        "--cache-config",
+        "--cache_config",
+        type=_cache_config,
+        default=0,
+        metavar="local,size=BYTES",
+        help="a response cache of BYTES, LRU, for models whose config says response_cache { enable: true } "
+        "(Triton's flag; default: no cache)",
+    )
     behaviour.add_argument(
         "--strict-readiness",
         "--strict_readiness",
@@ -270,6 +298,10 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
             repositories.append(model_dir)
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
+    try:
+        limits = http_limits.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return ServerOptions(
         repositories=repositories,
         control_mode=args.model_control_mode,
@@ -283,7 +315,10 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
+        http_limits=limits,
+        grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
+        cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

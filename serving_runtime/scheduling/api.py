@@ -8,8 +8,9 @@ own outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +36,9 @@ class InferenceRequest:
     timeout_us: int = 0
     request_id: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
+    # Decoupled models only: called from any thread with (outputs or None, error or None, final)
+    # for each response; the request's own future then resolves with {} when execute returns.
+    on_response: Callable[[dict[str, np.ndarray] | None, Exception | None, bool], None] | None = None
 
 
 class Scheduler(Protocol):
@@ -64,10 +68,17 @@ class Scheduler(Protocol):
         ...
 
 
-def create_scheduler(config: object, instances: Sequence[BackendInstance], model_name: str, version: int) -> Scheduler:
+def create_scheduler(
+    config: object,
+    instances: Sequence[BackendInstance],
+    model_name: str,
+    version: int,
+    model_dir: Path | None = None,
+) -> Scheduler:
     """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
 
-    With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
+    With ``sequence_batching`` set: the sequence batcher (``sequence.py``; ``model_dir`` holds
+    ``initial_state`` files). With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
     queue delay, priority levels and queue policies). Without: requests run one by one on the
     instances, as Triton does. One worker thread per instance in ``instances``; threads start
     with the first request.
@@ -78,5 +89,11 @@ def create_scheduler(config: object, instances: Sequence[BackendInstance], model
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher, settings_from_config
 
     where = f"model {model_name!r} version {version}"
+    if config.HasField("sequence_batching"):  # type: ignore[attr-defined]
+        from shipyard.serving_runtime.scheduling.sequence import SequenceBatcher
+        from shipyard.serving_runtime.scheduling.sequence_config import settings_from_config as sequence_settings
+
+        settings = sequence_settings(config, len(instances), model_dir, where)
+        return SequenceBatcher(instances, model_name, version, settings)
     batching, queueing = settings_from_config(config, where)
     return DynamicBatcher(instances, model_name, version, batching, queueing)
