@@ -15,7 +15,7 @@ from typing import Any
 
 from kfp import dsl
 
-from shipyard.components.kfp import components as c
+from shipyard.pipelines import kfp_components as c
 
 DEPLOY_PIPELINE_NAME = "shipyard-deploy"
 PROMOTION_PIPELINE_NAME = "shipyard-promotion"

@@ -94,13 +94,8 @@ def _single_model_repository(model_dir: Path, name: str) -> Path:
     return root
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser (nothing is parsed here)."""
-    parser = argparse.ArgumentParser(
-        prog=prog or "python -m shipyard.serving_runtime",
-        description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
-        allow_abbrev=False,
-    )
+def _add_repository_options(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and which load (``model repository``)."""
     repo = parser.add_argument_group("model repository")
     repo.add_argument(
         "--model-repository",
@@ -160,6 +155,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="NAME",
         help="explicit mode: a model to load at start (repeatable; '*' loads all)",
     )
+
+
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    """Ports, frontends and connection limits (``endpoints``)."""
     net = parser.add_argument_group("endpoints")
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     net.add_argument("--http-port", "--http_port", type=_port, default=8080, help="REST port (default: 8080)")
@@ -206,7 +205,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
-    http_limits.add_flags(parser.add_argument_group("REST limits"))
     net.add_argument(
         "--grpc-watchdog-secs",
         type=float,
@@ -215,6 +213,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="native gRPC frontend: probe its port this often and restart it after 3 failed probes (grpc core "
         "stops accepting after running out of file descriptors); 0: off (default: 5)",
     )
+
+
+def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
+    """Readiness, polling, logging and shutdown (``behaviour``)."""
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--cache-config",
@@ -255,6 +257,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     behaviour.add_argument(
         "--log-level", "--log_level", type=str.lower, choices=_LOG_LEVELS, default="info", help="(default: info)"
     )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (nothing is parsed here)."""
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m shipyard.serving_runtime",
+        description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
+        allow_abbrev=False,
+    )
+    _add_repository_options(parser)
+    _add_endpoint_options(parser)
+    http_limits.add_flags(parser.add_argument_group("REST limits"))
+    _add_behaviour_options(parser)
     return parser
 
 

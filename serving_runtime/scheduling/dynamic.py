@@ -344,7 +344,7 @@ class DynamicBatcher:
                 for envelope in envelopes:
                     envelope.dispatch_ns = now
                 worker = self._idle.pop()
-                worker.submit(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
+                worker.hand_off(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)

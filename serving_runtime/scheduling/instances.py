@@ -85,7 +85,7 @@ class InstanceWorker:
     def started(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, batch: Batch, handoff_s: float = 0.0) -> None:
+    def hand_off(self, batch: Batch, handoff_s: float = 0.0) -> None:
         """Hand ``batch`` to this worker (it must be idle); block, with the GIL released, until the
         worker has entered the backend or ``handoff_s`` has passed (0: do not wait)."""
         batch.worker = self

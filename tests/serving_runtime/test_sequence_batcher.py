@@ -1,5 +1,5 @@
 """The sequence batcher against a real server, driven by tritonclient's sequence API (http, grpc and
-grpc streaming): an ONNX accumulator whose running sum lives in Triton-style implicit state, the
+grpc streaming): the zoo's ONNX accumulator, whose running sum lives in implicit state, the
 control inputs the model receives, in-order execution of interleaved sequences, the backlog, idle
 release, and Triton's errors."""
 
@@ -19,100 +19,31 @@ import tritonclient.http as httpclient
 from server_harness import ServerProcess, start_server, write_model
 from tritonclient.utils import InferenceServerException
 
+from shipyard.zoo.onnx_models import accumulator_config, accumulator_model
+
 pytestmark = pytest.mark.timeout(180)
 
 
 def accumulator_onnx(corrid_string: bool = False) -> bytes:
-    """OUTPUT = (STATE_IN * (1 - START) + INPUT) * READY; STATE_OUT = OUTPUT; CORRID_OUT = CORRID;
-    END_OUT = END. FP32 [batch, 1] (CORRID UINT64 or STRING)."""
-    from onnx import TensorProto, checker, helper
-
-    def fp32(name: str) -> Any:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1])
-
-    corr_type = TensorProto.STRING if corrid_string else TensorProto.UINT64
-    graph = helper.make_graph(
-        [
-            helper.make_node("Sub", ["one", "START"], ["keep"]),
-            helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
-            helper.make_node("Add", ["kept", "INPUT"], ["sum"]),
-            helper.make_node("Mul", ["sum", "READY"], ["OUTPUT"]),
-            helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
-            helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]),
-            helper.make_node("Identity", ["END"], ["END_OUT"]),
-        ],
-        "accumulator",
-        [
-            fp32("INPUT"),
-            fp32("START"),
-            fp32("END"),
-            fp32("READY"),
-            fp32("STATE_IN"),
-            helper.make_tensor_value_info("CORRID", corr_type, ["batch", 1]),
-        ],
-        [
-            fp32("OUTPUT"),
-            fp32("STATE_OUT"),
-            fp32("END_OUT"),
-            helper.make_tensor_value_info("CORRID_OUT", corr_type, ["batch", 1]),
-        ],
-        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
-def accumulator_config(
-    name: str,
-    *,
-    corrid: str = "TYPE_UINT64",
-    strategy: str = "direct { }",
-    idle_us: int = 5_000_000,
-    max_batch_size: int = 8,
-    instances: int = 2,
-) -> str:
-    fp32 = "fp32_false_true: [ 0, 1 ]"
-    return f"""
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch_size}
-input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-output [
-  {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "END_OUT" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "CORRID_OUT" data_type: {corrid} dims: [ 1 ] }}
-]
-sequence_batching {{
-  max_sequence_idle_microseconds: {idle_us}
-  {strategy}
-  control_input [
-    {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START {fp32} }} ] }},
-    {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END {fp32} }} ] }},
-    {{ name: "READY" control [ {{ kind: CONTROL_SEQUENCE_READY {fp32} }} ] }},
-    {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: {corrid} }} ] }}
-  ]
-  state [ {{
-    input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ 1 ]
-    initial_state {{ data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zero" }}
-  }} ]
-}}
-instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
-"""
+    return bytes(accumulator_model(corrid_string).SerializeToString())
 
 
 @pytest.fixture(scope="module")
 def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("seq-repo")
-    write_model(repo, "accum", {1: accumulator_onnx()}, accumulator_config("accum"))
+    write_model(repo, "accum", {1: accumulator_onnx()}, accumulator_config("accum", instances=2))
     write_model(
         repo,
         "accum_oldest",
         {1: accumulator_onnx()},
-        accumulator_config("accum_oldest", strategy="oldest { max_candidate_sequences: 4 }"),
+        accumulator_config("accum_oldest", strategy="oldest { max_candidate_sequences: 4 }", instances=2),
     )
-    write_model(repo, "accum_str", {1: accumulator_onnx(True)}, accumulator_config("accum_str", corrid="TYPE_STRING"))
+    write_model(
+        repo,
+        "accum_str",
+        {1: accumulator_onnx(True)},
+        accumulator_config("accum_str", corrid="TYPE_STRING", instances=2),
+    )
     write_model(
         repo, "accum_idle", {1: accumulator_onnx()}, accumulator_config("accum_idle", idle_us=300_000, instances=1)
     )
