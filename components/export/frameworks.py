@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.components.digest import sha256_file
 from shipyard.components.errors import ExportError
 from shipyard.components.export.onnx_export import MAX_BATCH_METADATA_KEY, ExportResult
+from shipyard.registry.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
