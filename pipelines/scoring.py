@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 
-from shipyard.components.kfp.components import PIPELINE_IMAGE
+from shipyard.pipelines.kfp_components import PIPELINE_IMAGE
 
 SCORE_PIPELINE_NAME = "shipyard-score"
 

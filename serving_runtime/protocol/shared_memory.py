@@ -42,9 +42,9 @@ class RegionNotFound(ServingError):
 
 
 class RegionExists(ServingError):
-    """A region name registered twice (Triton: TRITONSERVER_ERROR_ALREADY_EXISTS)."""
+    """A region name registered twice (Triton: TRITONSERVER_ERROR_ALREADY_EXISTS; 400 over REST)."""
 
-    http_status = 409
+    http_status = 400
     grpc_code = "ALREADY_EXISTS"
     reason = "REJECTED"
 

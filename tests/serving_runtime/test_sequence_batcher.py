@@ -1,5 +1,5 @@
 """The sequence batcher against a real server, driven by tritonclient's sequence API (http, grpc and
-grpc streaming): an ONNX accumulator whose running sum lives in Triton-style implicit state, the
+grpc streaming): the zoo's ONNX accumulator, whose running sum lives in implicit state, the
 control inputs the model receives, in-order execution of interleaved sequences, the backlog, idle
 release, and Triton's errors."""
 
@@ -19,100 +19,55 @@ import tritonclient.http as httpclient
 from server_harness import ServerProcess, start_server, write_model
 from tritonclient.utils import InferenceServerException
 
+from shipyard.zoo.onnx_models import accumulator_config, accumulator_model
+
 pytestmark = pytest.mark.timeout(180)
 
 
 def accumulator_onnx(corrid_string: bool = False) -> bytes:
-    """OUTPUT = (STATE_IN * (1 - START) + INPUT) * READY; STATE_OUT = OUTPUT; CORRID_OUT = CORRID;
-    END_OUT = END. FP32 [batch, 1] (CORRID UINT64 or STRING)."""
-    from onnx import TensorProto, checker, helper
-
-    def fp32(name: str) -> Any:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1])
-
-    corr_type = TensorProto.STRING if corrid_string else TensorProto.UINT64
-    graph = helper.make_graph(
-        [
-            helper.make_node("Sub", ["one", "START"], ["keep"]),
-            helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
-            helper.make_node("Add", ["kept", "INPUT"], ["sum"]),
-            helper.make_node("Mul", ["sum", "READY"], ["OUTPUT"]),
-            helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
-            helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]),
-            helper.make_node("Identity", ["END"], ["END_OUT"]),
-        ],
-        "accumulator",
-        [
-            fp32("INPUT"),
-            fp32("START"),
-            fp32("END"),
-            fp32("READY"),
-            fp32("STATE_IN"),
-            helper.make_tensor_value_info("CORRID", corr_type, ["batch", 1]),
-        ],
-        [
-            fp32("OUTPUT"),
-            fp32("STATE_OUT"),
-            fp32("END_OUT"),
-            helper.make_tensor_value_info("CORRID_OUT", corr_type, ["batch", 1]),
-        ],
-        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model)
-    return bytes(model.SerializeToString())
+    return bytes(accumulator_model(corrid_string).SerializeToString())
 
 
-def accumulator_config(
-    name: str,
-    *,
-    corrid: str = "TYPE_UINT64",
-    strategy: str = "direct { }",
-    idle_us: int = 5_000_000,
-    max_batch_size: int = 8,
-    instances: int = 2,
-) -> str:
-    fp32 = "fp32_false_true: [ 0, 1 ]"
-    return f"""
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch_size}
-input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-output [
-  {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "END_OUT" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "CORRID_OUT" data_type: {corrid} dims: [ 1 ] }}
-]
-sequence_batching {{
-  max_sequence_idle_microseconds: {idle_us}
-  {strategy}
-  control_input [
-    {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START {fp32} }} ] }},
-    {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END {fp32} }} ] }},
-    {{ name: "READY" control [ {{ kind: CONTROL_SEQUENCE_READY {fp32} }} ] }},
-    {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: {corrid} }} ] }}
-  ]
-  state [ {{
-    input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ 1 ]
-    initial_state {{ data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zero" }}
-  }} ]
-}}
-instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+ACCUM_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    # the zoo accumulator's arithmetic, its running sum in the server's implicit state
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            def get(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+            total = ((get("STATE_IN") * (1 - get("START")) + get("INPUT")) * get("READY")).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT", total),
+                pb_utils.Tensor("STATE_OUT", total),
+                pb_utils.Tensor("END_OUT", get("END").astype(np.float32)),
+                pb_utils.Tensor("CORRID_OUT", get("CORRID").astype(np.uint64)),
+            ]))
+        return responses
 """
 
 
 @pytest.fixture(scope="module")
 def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("seq-repo")
-    write_model(repo, "accum", {1: accumulator_onnx()}, accumulator_config("accum"))
+    write_model(repo, "accum", {1: accumulator_onnx()}, accumulator_config("accum", instances=2))
     write_model(
         repo,
         "accum_oldest",
         {1: accumulator_onnx()},
-        accumulator_config("accum_oldest", strategy="oldest { max_candidate_sequences: 4 }"),
+        accumulator_config("accum_oldest", strategy="oldest { max_candidate_sequences: 4 }", instances=2),
     )
-    write_model(repo, "accum_str", {1: accumulator_onnx(True)}, accumulator_config("accum_str", corrid="TYPE_STRING"))
+    write_model(
+        repo,
+        "accum_str",
+        {1: accumulator_onnx(True)},
+        accumulator_config("accum_str", corrid="TYPE_STRING", instances=2),
+    )
     write_model(
         repo, "accum_idle", {1: accumulator_onnx()}, accumulator_config("accum_idle", idle_us=300_000, instances=1)
     )
@@ -122,7 +77,11 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         {1: accumulator_onnx()},
         accumulator_config("accum_small", max_batch_size=2, instances=1),
     )
-    server = start_server(tmp_path_factory.mktemp("seq-server"), [repo], wait_models=("accum", "accum_str"))
+    python_config = accumulator_config("accum_py").replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+    (repo / "accum_py" / "1").mkdir(parents=True)
+    (repo / "accum_py" / "1" / "model.py").write_text(ACCUM_PY)
+    (repo / "accum_py" / "config.pbtxt").write_text(python_config)
+    server = start_server(tmp_path_factory.mktemp("seq-server"), [repo], wait_models=("accum", "accum_str", "accum_py"))
     yield server
     server.stop()
 
@@ -133,7 +92,7 @@ def _input(module: Any, value: float) -> Any:
     return tensor
 
 
-@pytest.mark.parametrize("model", ["accum", "accum_oldest"])
+@pytest.mark.parametrize("model", ["accum", "accum_oldest", "accum_py"])
 def test_grpc_sequence_accumulates_with_controls(seq_server: ServerProcess, model: str) -> None:
     client = grpcclient.InferenceServerClient(seq_server.grpc_host)
     sums = []

@@ -4,6 +4,7 @@ store's resume rules, URL parsing, backoff; whole runs in-process on every forma
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,18 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     delays = list(itertools.islice(backoff_delays(0.1, 1.0), 8))
     assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
     assert all(0.5 <= d <= 1.0 for d in delays[4:])
+
+
+def test_progress_lines_show_rate_and_eta_off_a_terminal() -> None:
+    import io
+
+    from shipyard.components.score.progress import ScoreProgress
+
+    stream = io.StringIO()
+    with ScoreProgress(1000, interval_s=0.0, stream=stream) as progress:
+        progress.advance(200, scored=False)  # resumed rows count as done, not towards the rate
+        time.sleep(0.05)
+        progress.advance(300)
+    line = stream.getvalue().strip().splitlines()[-1]
+    assert line.startswith("scored 500/1,000 rows, ") and " rows/s, ETA 0:0" in line
+    assert 300 / 0.5 < progress.rate() < 300 / 0.05 + 1
