@@ -276,6 +276,8 @@ def complete_config(
             group.kind = pb.ModelInstanceGroup.KIND_GPU if use_gpu else pb.ModelInstanceGroup.KIND_CPU
         if group.kind == pb.ModelInstanceGroup.KIND_GPU and not group.gpus and gpu_count > 0:
             group.gpus.extend(range(gpu_count))
+    if backend_name == "python" and not completed.default_model_filename:
+        completed.default_model_filename = "model.py"  # Triton's Python backend reports the file it runs
     normalize_like_triton(completed)
     return completed
 

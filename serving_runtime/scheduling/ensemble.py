@@ -164,10 +164,11 @@ def _in_ensemble(name: str, exc: ServingError) -> ServingError:
     prefix = f"in ensemble {name!r}, "
     if exc.message.startswith(prefix):
         return exc
-    try:
-        wrapped = type(exc)(prefix + exc.message)
-    except TypeError:  # a subclass with another constructor: keep it as it is
-        return exc
+    cls = type(exc)
+    wrapped: ServingError = ServingError.__new__(cls)  # a copy: subclasses may take other constructor arguments
+    wrapped.__dict__.update(exc.__dict__)
+    wrapped.message = prefix + exc.message
+    wrapped.args = (wrapped.message,)
     return wrapped
 
 
