@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-env bench-client bench-client-deps clean triton-env emulators image-check
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
 
 install: $(STAMP)
 
@@ -136,8 +136,31 @@ $(BENCH_CLIENT): benchmarks/cpp_client/closed_loop.cc benchmarks/cpp_client/clie
 bench-client-deps: native-deps
 
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
-bench: install native bench-env bench-client
+# BENCH_PY_ARGS: the Python-model and ensemble rows beside the real Triton (python -m benchmarks.python_models --help)
+bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)
+
+# Reliability (issue 19): the long fuzz (>= 10,000 REST requests from the server's OpenAPI document with
+# schemathesis, >= 2,000 malformed gRPC messages) and the long soak (300 load/unload cycles while another
+# model serves; 500 idle HTTP + 200 idle gRPC + slowloris connections). Both print their figures; the
+# tests run short versions (tests/serving_runtime/test_fuzz_soak.py).
+FUZZ_ARGS ?=
+SOAK_ARGS ?=
+fuzz: install native
+	$(BIN)/python -m benchmarks.fuzz $(FUZZ_ARGS)
+
+soak: install native
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
+
+# batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
+bench-score: install native
+	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
+
+# Issue 16's targets: shm vs REST binary vs gRPC, cache hit vs miss and its bound, 64 sequences x 50 steps
+# (python -m benchmarks.stateful --help)
+bench-stateful: install native
+	$(BIN)/python -m benchmarks.stateful $(STATEFUL_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache serving_runtime/protocol/_grpc_native*.so

@@ -5,12 +5,14 @@ work_dir=None, target="auto", precision="fp32", quantization="dynamic", calibrat
 max_batch_size=64, latency_budget_ms=20.0, tolerances=None, input_names=None, output_names=None,
 keep_versions=3, alias=None, tracking_uri=None, profile=True, progress=False) -> FlowResult``
 
-register -> export -> optimize -> validate -> publish -> (promote ``alias``). ``model`` is an ``nn.Module``
-(registered with ``input_example``), a saved model file, or a ``models:/NAME/VERSION|@ALIAS`` URI already in
-the registry. Held-out data defaults to the input example (no labels); pass real held-out data and labels to
-gate on task accuracy. Static INT8 needs ``calibration_inputs``. When the gate fails, the version is tagged
-``shipyard.validation.passed=false``, nothing is published, nothing is promoted, and ValidationFailed is raised
-(its ``.text`` is the readable report; the report files are in ``work_dir/validation``).
+register -> export -> optimize -> validate -> publish -> (promote ``alias``), each stage through
+``components/stages.py`` (the same layer the CLI commands and the KFP pipeline steps call).
+``model`` is an ``nn.Module`` (registered with ``input_example``), a saved model file, or a
+``models:/NAME/VERSION|@ALIAS`` URI already in the registry. Held-out data defaults to the input
+example (no labels); pass real held-out data and labels to gate on task accuracy. Static INT8 needs
+``calibration_inputs``. When the gate fails, the version is tagged ``shipyard.validation.passed=false``,
+nothing is published, nothing is promoted, and ValidationFailed is raised (its ``.text`` is the
+readable report; the report files are in ``work_dir/validation``).
 
 Raises: ValidationFailed, ComponentError subclasses (ExportError, TargetUnavailable, OptimizeError,
 PublishError), registry errors (RegistryError, PromotionRefused).
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.components.errors import ComponentError, ValidationFailed
+from shipyard.components.errors import ComponentError
 
 if TYPE_CHECKING:
     from shipyard.components.export import ExportResult
@@ -89,26 +91,21 @@ def deploy_flow(
 ) -> FlowResult:
     """Run every step; see the module docstring."""
     from shipyard import registry
-    from shipyard.components.export import export_registered
-    from shipyard.components.optimize import optimize
-    from shipyard.components.publish import publish
-    from shipyard.components.validate import validate
+    from shipyard.components import stages
 
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"shipyard-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
     model_uri, reg = _register(model, name, input_example, tracking_uri)
+    lineage = {"model_uri": model_uri, "tracking_uri": tracking_uri}
 
-    exported = export_registered(
+    exported = stages.export_stage(
         model_uri, work / "export" / "model.onnx", max_batch_size=max_batch_size, input_names=input_names,
         output_names=output_names, tracking_uri=tracking_uri,
     )  # fmt: skip
-
-    optimized = optimize(
+    optimized = stages.optimize_stage(
         exported.path, work / "optimized", target=target, precision=precision, quantization=quantization,
-        calibration_inputs=calibration_inputs, max_batch_size=max_batch_size, progress=progress,
+        calibration_inputs=calibration_inputs, max_batch_size=max_batch_size, progress=progress, **lineage,
     )  # fmt: skip
-    registry.record_lineage(model_uri, optimized.lineage_tags(), tracking_uri)
-
     if held_out_inputs is None:
         _, example = (
             registry.load_torch_model(model_uri, tracking_uri) if input_example is None else (None, input_example)
@@ -116,24 +113,15 @@ def deploy_flow(
         if example is None:
             raise ComponentError(f"no held-out data and {model_uri} has no input example; pass held_out_inputs")
         held_out_inputs = {exported.input_names[0]: np.asarray(example)}
-    try:
-        report = validate(
-            exported.path, optimized.path, held_out_inputs, held_out_labels, precision=precision,
-            tolerances=tolerances, profile=profile, max_batch_size=max_batch_size,
-            latency_budget_ms=latency_budget_ms, report_dir=work / "validation",
-        )  # fmt: skip
-    except ValidationFailed as failed:
-        if failed.report is not None:
-            registry.record_lineage(model_uri, failed.report.lineage_tags(), tracking_uri)
-        raise
-    registry.record_lineage(model_uri, report.lineage_tags(), tracking_uri)
-
-    published = publish(
+    report = stages.validate_stage(
+        exported.path, optimized.path, held_out_inputs, held_out_labels, precision=precision,
+        tolerances=tolerances, profile=profile, max_batch_size=max_batch_size,
+        latency_budget_ms=latency_budget_ms, report_dir=work / "validation", **lineage,
+    )  # fmt: skip
+    published = stages.publish_stage(
         optimized.path, repository, name, batching=report.recommendation,
         max_batch_size=None if report.recommendation else max_batch_size, io_model=exported.path,
-        keep_versions=keep_versions, mlflow_model_uri=model_uri,
+        keep_versions=keep_versions, **lineage,
     )  # fmt: skip
-    registry.record_lineage(model_uri, published.lineage_tags(), tracking_uri)
-
-    promoted = registry.promote(model_uri, alias, tracking_uri=tracking_uri) if alias else None
+    promoted = stages.promote_stage(model_uri, alias, tracking_uri=tracking_uri) if alias else None
     return FlowResult(model_uri, reg, exported, optimized, report, published, promoted, work)

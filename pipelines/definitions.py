@@ -15,7 +15,7 @@ from typing import Any
 
 from kfp import dsl
 
-from shipyard.components.kfp import components as c
+from shipyard.pipelines import kfp_components as c
 from shipyard.pipelines.cluster import use_cluster_secrets
 
 DEPLOY_PIPELINE_NAME = "shipyard-deploy"
@@ -167,4 +167,10 @@ def make_promotion_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
     return promotion_pipeline
 
 
-PIPELINES = {"deploy": make_deploy_pipeline, "promotion": make_promotion_pipeline}
+def _score_pipeline(gpu: bool = False) -> Any:
+    from shipyard.pipelines.scoring import make_score_pipeline
+
+    return make_score_pipeline(gpu=gpu)
+
+
+PIPELINES = {"deploy": make_deploy_pipeline, "promotion": make_promotion_pipeline, "score": _score_pipeline}

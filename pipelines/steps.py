@@ -1,8 +1,10 @@
-"""The pipeline steps as plain functions: what each KFP component calls, testable without KFP.
+"""The pipeline steps as plain functions: what each KFP component (``kfp_components.py``) calls,
+testable without KFP.
 
-Each step calls the library of its stage (registry, export, optimize, validate, publish, deploy),
-records lineage on the MLflow model version where the stage has something to say, and returns a
-small JSON-able dict for the component's outputs. Heavy imports happen inside the functions.
+Each step runs its stage through ``components/stages.py`` (the layer the CLI also uses: the
+library call and its lineage on the MLflow model version) and returns a small JSON-able dict for
+the component's outputs; deploy, smoke test and alias lookup are pipeline-only. Heavy imports
+happen inside the functions.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ def export_step(
     model_uri: str, onnx_path: str, *, tracking_uri: str | None = None, max_batch_size: int = 64
 ) -> dict[str, Any]:
     """Registered PyTorch model -> ONNX (dynamic batch), lineage recorded. Raises: export/registry errors."""
-    from shipyard.components.export import export_registered
+    from shipyard.components.stages import export_stage
 
-    result = export_registered(model_uri, onnx_path, max_batch_size=max_batch_size, tracking_uri=tracking_uri)
+    result = export_stage(model_uri, onnx_path, max_batch_size=max_batch_size, tracking_uri=tracking_uri)
     return {
         "onnx_sha256": result.sha256,
         "opset": result.opset,
@@ -46,13 +48,10 @@ def optimize_step(
 
     Raises: ComponentError / TargetUnavailable / OptimizeError from ``optimize``.
     """
-    from shipyard.components.optimize import optimize
-    from shipyard.registry import record_lineage
+    from shipyard.components.stages import optimize_stage
 
-    result = optimize(onnx_path, output_dir, target=target, precision=precision, quantization=quantization,
-                      progress=False)  # fmt: skip
-    if model_uri:
-        record_lineage(model_uri, result.lineage_tags(), tracking_uri)
+    result = optimize_stage(onnx_path, output_dir, model_uri=model_uri, tracking_uri=tracking_uri, target=target,
+                            precision=precision, quantization=quantization, progress=False)  # fmt: skip
     return {
         "path": str(result.path),
         "target": result.target,
@@ -106,21 +105,14 @@ def validate_step(
 
     Raises: ValidationFailed (after recording the failed verdict, so promotion refuses the version).
     """
-    from shipyard.components.errors import ValidationFailed
-    from shipyard.components.validate import validate
-    from shipyard.registry import record_lineage
+    from shipyard.components.stages import validate_stage
 
     inputs, labels = validation_data(model_uri, input_names, tracking_uri=tracking_uri, data_path=data_path)
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        report = validate(reference, candidate, inputs, labels, precision=precision, max_batch_size=max_batch_size,
-                          latency_budget_ms=latency_budget_ms, report_dir=out, max_seconds_per_batch=0.2)  # fmt: skip
-    except ValidationFailed as exc:
-        if exc.report is not None:
-            record_lineage(model_uri, exc.report.lineage_tags(), tracking_uri)
-        raise
-    record_lineage(model_uri, report.lineage_tags(), tracking_uri)
+    report = validate_stage(reference, candidate, inputs, labels, model_uri=model_uri, tracking_uri=tracking_uri,
+                            precision=precision, max_batch_size=max_batch_size, latency_budget_ms=latency_budget_ms,
+                            report_dir=out, max_seconds_per_batch=0.2)  # fmt: skip
     data = report.as_dict()
     (out / "validation.json").write_text(json.dumps(data, indent=2, default=str))
     data["report_md"] = str(report.report_md) if report.report_md else None
@@ -143,15 +135,12 @@ def publish_step(
 
     Raises: PublishError, ComponentError (a validation.json without a recommendation).
     """
-    from shipyard.components.publish import publish
+    from shipyard.components.stages import publish_stage
     from shipyard.components.validate import load_recommendation
-    from shipyard.registry import record_lineage
 
     batching = load_recommendation(validation_json) if validation_json else None
-    result = publish(model_file, repository, model_name, batching=batching, io_model=io_model,
-                     keep_versions=keep_versions, mlflow_model_uri=model_uri)  # fmt: skip
-    if model_uri:
-        record_lineage(model_uri, result.lineage_tags(), tracking_uri)
+    result = publish_stage(model_file, repository, model_name, model_uri=model_uri, tracking_uri=tracking_uri,
+                           batching=batching, io_model=io_model, keep_versions=keep_versions)  # fmt: skip
     return {
         "repository": result.repository,
         "model_name": result.model_name,
@@ -253,10 +242,11 @@ def promote_step(model_uri: str, alias: str, *, tracking_uri: str | None = None)
 
     Returns the versioned URI. Raises: PromotionRefused (alias unchanged), registry errors.
     """
-    from shipyard.registry import Gate, promote
+    from shipyard.components.stages import promote_stage
+    from shipyard.registry import Gate
 
-    return promote(model_uri, alias, gate=Gate(require_validation=True, require_published=True),
-                   tracking_uri=tracking_uri)  # fmt: skip
+    return promote_stage(model_uri, alias, gate=Gate(require_validation=True, require_published=True),
+                         tracking_uri=tracking_uri)  # fmt: skip
 
 
 def alias_version(model_name: str, alias: str, *, tracking_uri: str | None = None) -> int | None:

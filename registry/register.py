@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.components.digest import sha256_file
+from shipyard.registry.digest import sha256_file
 from shipyard.registry.errors import RegistryError
 from shipyard.registry.lineage import SOURCE_KEY, SOURCE_KIND, SOURCE_RUN_ID, SOURCE_SHA256, stringify_tags
 from shipyard.registry.store import DEFAULT_EXPERIMENT, ensure_experiment, get_client

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.protocol import http_limits
 from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
@@ -69,6 +70,15 @@ def _limit(value: str) -> int:
     return number
 
 
+def _cache_config(value: str) -> int:
+    from shipyard.serving_runtime.cache import parse_cache_config
+
+    try:
+        return parse_cache_config(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _is_model_dir(path: Path) -> bool:
     """A single model's directory (as opposed to a repository): config.pbtxt or numeric version folders."""
     if (path / "config.pbtxt").is_file():
@@ -84,13 +94,8 @@ def _single_model_repository(model_dir: Path, name: str) -> Path:
     return root
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser (nothing is parsed here)."""
-    parser = argparse.ArgumentParser(
-        prog=prog or "python -m shipyard.serving_runtime",
-        description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
-        allow_abbrev=False,
-    )
+def _add_repository_options(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and which load (``model repository``)."""
     repo = parser.add_argument_group("model repository")
     repo.add_argument(
         "--model-repository",
@@ -150,6 +155,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="NAME",
         help="explicit mode: a model to load at start (repeatable; '*' loads all)",
     )
+
+
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    """Ports, frontends and connection limits (``endpoints``)."""
     net = parser.add_argument_group("endpoints")
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     net.add_argument("--http-port", "--http_port", type=_port, default=8080, help="REST port (default: 8080)")
@@ -196,7 +205,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="REST connections and requests in progress at most; beyond it a request gets 503 at once "
         "(uvicorn's limit_concurrency; note it counts open keep-alive connections too); 0: no limit (default: 0)",
     )
+    net.add_argument(
+        "--grpc-watchdog-secs",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="native gRPC frontend: probe its port this often and restart it after 3 failed probes (grpc core "
+        "stops accepting after running out of file descriptors); 0: off (default: 5)",
+    )
+
+
+def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
+    """Readiness, polling, logging and shutdown (``behaviour``)."""
     behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument(
+        "--cache-config",
+        "--cache_config",
+        type=_cache_config,
+        default=0,
+        metavar="local,size=BYTES",
+        help="a response cache of BYTES, LRU, for models whose config says response_cache { enable: true } "
+        "(Triton's flag; default: no cache)",
+    )
     behaviour.add_argument(
         "--strict-readiness",
         "--strict_readiness",
@@ -227,6 +257,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     behaviour.add_argument(
         "--log-level", "--log_level", type=str.lower, choices=_LOG_LEVELS, default="info", help="(default: info)"
     )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (nothing is parsed here)."""
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m shipyard.serving_runtime",
+        description="Serve a Triton-layout model repository over the Open Inference Protocol (REST + gRPC).",
+        allow_abbrev=False,
+    )
+    _add_repository_options(parser)
+    _add_endpoint_options(parser)
+    http_limits.add_flags(parser.add_argument_group("REST limits"))
+    _add_behaviour_options(parser)
     return parser
 
 
@@ -270,6 +313,10 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
             repositories.append(model_dir)
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
+    try:
+        limits = http_limits.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return ServerOptions(
         repositories=repositories,
         control_mode=args.model_control_mode,
@@ -283,7 +330,10 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_pending_rpcs=args.grpc_max_pending_rpcs,
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
+        http_limits=limits,
+        grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
+        cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         graceful_shutdown_secs=args.graceful_shutdown_secs,

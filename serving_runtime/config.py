@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import text_format
 
 from shipyard.serving_runtime.errors import ModelConfigError
+from shipyard.serving_runtime.scheduling.sequence_config import hidden_tensors
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -255,9 +256,13 @@ def complete_config(
                         tensor.dims.append(1)
                         tensor.reshape.SetInParent()
 
-        # Triton adds model tensors only when the config lists none of that kind.
-        fill(completed.input, signature.inputs, add_missing=len(completed.input) == 0)
-        fill(completed.output, signature.outputs, add_missing=len(completed.output) == 0)
+        # Triton adds model tensors only when the config lists none of that kind; a sequence
+        # model's control and state tensors are the server's, not the clients'.
+        hidden_in, hidden_out = hidden_tensors(completed)
+        model_inputs = [spec for spec in signature.inputs if spec.name not in hidden_in]
+        model_outputs = [spec for spec in signature.outputs if spec.name not in hidden_out]
+        fill(completed.input, model_inputs, add_missing=len(completed.input) == 0)
+        fill(completed.output, model_outputs, add_missing=len(completed.output) == 0)
 
     use_gpu = supports_gpu and gpu_count > 0
     if not completed.instance_group:
@@ -271,6 +276,8 @@ def complete_config(
             group.kind = pb.ModelInstanceGroup.KIND_GPU if use_gpu else pb.ModelInstanceGroup.KIND_CPU
         if group.kind == pb.ModelInstanceGroup.KIND_GPU and not group.gpus and gpu_count > 0:
             group.gpus.extend(range(gpu_count))
+    if backend_name == "python" and not completed.default_model_filename:
+        completed.default_model_filename = "model.py"  # Triton's Python backend reports the file it runs
     normalize_like_triton(completed)
     return completed
 
@@ -424,6 +431,7 @@ def check_against_model(config: ModelConfig, signature: ModelSignature, *, sourc
                 )
         if kind == "input":
             listed = {t.name for t in tensors}
+            listed |= hidden_tensors(config)[0]  # sequence controls and states: the server feeds them
             missing = [s for s in model_specs if s.name not in listed]
             if missing:
                 raise ModelConfigError(

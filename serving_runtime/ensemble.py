@@ -285,3 +285,36 @@ def load_waves(names: Sequence[str], scan: RepositoryScan) -> list[list[str]]:
         placed.update(wave)
         left = [n for n in left if n not in placed]
     return [wave for wave in waves if wave]
+
+
+def dependencies_to_load(
+    name: str, scan: RepositoryScan, is_loaded: Callable[[str], bool], override: ModelConfig | None = None
+) -> list[list[str]]:
+    """The composing models (of nested ensembles too) that loading ``name`` needs and that are not
+    loaded, in waves to load one after another (explicit mode loads them first, as Triton does).
+    Empty when ``name`` is not an ensemble. Models missing from the repositories are left to the
+    ensemble's own checks, which name them."""
+    if override is not None:
+        found = composing_models(override) if is_ensemble(override) else None
+    else:
+        location = scan.models.get(name)
+        found = _peek_dependencies(location) if location is not None else None
+    if not found:
+        return []
+    seen = {name}
+    needed: list[str] = []
+
+    def visit(dependencies: Sequence[str]) -> None:
+        for dependency in dependencies:
+            location = scan.models.get(dependency)
+            if dependency in seen or location is None:
+                continue
+            seen.add(dependency)
+            nested = _peek_dependencies(location)
+            if nested:
+                visit(nested)
+            if not is_loaded(dependency):
+                needed.append(dependency)
+
+    visit(found)
+    return load_waves(needed, scan)

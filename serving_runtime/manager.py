@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, load_ensemble, load_waves
+from shipyard.serving_runtime.cache import ResponseCache
+from shipyard.serving_runtime.ensemble import ENSEMBLE_BACKEND, dependencies_to_load, load_ensemble, load_waves
 from shipyard.serving_runtime.errors import (
     InvalidArgument,
     ModelLoadError,
@@ -89,8 +90,10 @@ class ModelManager:
         startup_models: Sequence[str] = (),
         exit_on_error: bool = False,
         gpu_count: int | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
-        """``gpu_count`` overrides GPU detection (None: ask NVML at start).
+        """``gpu_count`` overrides GPU detection (None: ask NVML at start); ``response_cache`` is
+        the server's (``--cache-config``), for models whose config enables it.
 
         Raises: ValueError for an unknown control mode, no repositories, or startup models
         outside explicit mode.
@@ -106,6 +109,7 @@ class ModelManager:
         self.startup_models = tuple(startup_models)
         self.exit_on_error = exit_on_error
         self._gpu_count = gpu_count
+        self.response_cache = response_cache
         self._records: dict[str, ModelRecord] = {}
         self._started = False
         self._stopping = False
@@ -207,6 +211,9 @@ class ModelManager:
             from shipyard.serving_runtime.config import config_from_json
 
             override = config_from_json(config_json, source=f"load request config for model {name!r}")
+        # An ensemble's composing models load first, as Triton does (their failures: the ensemble's error names them).
+        for wave in dependencies_to_load(name, scan, lambda model: bool(self.versions(model)), override):
+            await asyncio.gather(*(self._sync(model, scan) for model in wave))
         error = await self._sync(name, scan, override=override, explicit=True)
         if error is not None:
             raise error
@@ -323,7 +330,18 @@ class ModelManager:
         if definition.backend_name == ENSEMBLE_BACKEND:
             return load_ensemble(definition, version, self.get)
         instances = await asyncio.to_thread(load_instances, definition, version, self.gpu_count)
-        return ServedModel(definition.name, version, definition.config, instances, model_dir=definition.model_dir)
+        served = ServedModel(
+            definition.name,
+            version,
+            definition.config,
+            instances,
+            model_dir=definition.model_dir,
+            response_cache=self.response_cache,
+        )
+        for instance in served.instances:  # Python models call other models (BLS) through this manager
+            if hasattr(instance, "bind_server"):
+                instance.bind_server(self)
+        return served
 
     def _fail_model(self, record: ModelRecord, reason: str) -> None:
         if record.fail(reason):

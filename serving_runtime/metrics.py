@@ -48,6 +48,10 @@ TRITON_COUNTERS: dict[str, str] = {
     "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
     "nv_inference_queue_duration_us": "Cumulative inference queuing duration in microseconds",
     "nv_inference_compute_infer_duration_us": "Cumulative compute inference duration in microseconds",
+    "nv_cache_num_hits_per_model": "Number of cache hits per model",
+    "nv_cache_num_misses_per_model": "Number of cache misses per model",
+    "nv_cache_hit_duration_per_model": "Total cache hit duration per model, in microseconds",
+    "nv_cache_miss_duration_per_model": "Total cache miss (insertion) duration per model, in microseconds",
 }
 
 
@@ -107,6 +111,22 @@ def _model_families(all_stats: Iterable[ModelStats]) -> Iterator[Metric]:
             stats.batch_size.total,
         )
     yield from (success, failure, count, exec_count, request_us, queue_us, compute_us, pending, latency, batch_size)
+    yield from _cache_families(all_stats)
+
+
+def _cache_families(all_stats: Iterable[ModelStats]) -> Iterator[Metric]:
+    """Triton's per-model response cache counters, for the versions that cache (cache.py)."""
+    labels = ("model", "version")
+    families = {name: _counter(name, labels) for name in TRITON_COUNTERS if name.startswith("nv_cache_")}
+    for stats in all_stats:
+        if not stats.cache_enabled:
+            continue
+        key = (stats.name, str(stats.version))
+        families["nv_cache_num_hits_per_model"][1](key, stats.cache_hit.count)
+        families["nv_cache_num_misses_per_model"][1](key, stats.cache_miss.count)
+        families["nv_cache_hit_duration_per_model"][1](key, stats.cache_hit.ns // 1000)
+        families["nv_cache_miss_duration_per_model"][1](key, stats.cache_miss.ns // 1000)
+    yield from (metric for metric, _ in families.values())
 
 
 class ModelStatsCollector(Collector):
@@ -247,8 +267,8 @@ class UtilizationSampler(Collector):
         while not self._stop.wait(self.interval_s):
             try:
                 self._sample()
-            except Exception:  # keep sampling; a failed sample leaves the previous one
-                log.warning("utilization sample failed", exc_info=True)
+            except Exception as exc:  # keep sampling; a failed sample leaves the previous one
+                log.warning("utilization sample failed: %s", exc)  # e.g. out of file descriptors: no traceback
 
     def describe(self) -> Iterable[Metric]:
         return ()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.serving_runtime.backends.base import BackendInstance, Device, InstanceSettings
+from shipyard.serving_runtime.cache import ResponseCache, with_cache
 from shipyard.serving_runtime.config import check_against_model, config_to_dict, model_side_specs, tensor_specs
 from shipyard.serving_runtime.datatypes import config_to_triton, deserialize_bytes_tensor, triton_to_numpy
 from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError, ModelNotReady
@@ -185,7 +186,7 @@ def load_instances(definition: ModelDefinition, version: int, gpu_count: int) ->
     needs_reshape = any(t.HasField("reshape") for t in (*config.input, *config.output))
     instances: list[BackendInstance] = []
     try:
-        for device in devices:
+        for index, device in enumerate(devices):
             settings = InstanceSettings(
                 device=device,
                 parameters=parameters,
@@ -193,6 +194,9 @@ def load_instances(definition: ModelDefinition, version: int, gpu_count: int) ->
                 inputs=inputs,
                 outputs=outputs,
                 optimization=optimization,
+                config=config,
+                version=version,
+                instance_index=index,
             )
             instance: BackendInstance = backend.load(model_path, settings)
             instances.append(ReshapingInstance(instance, config) if needs_reshape else instance)
@@ -227,9 +231,11 @@ class ServedModel:
         *,
         model_dir: Path | None = None,
         scheduler: Scheduler | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         """Wrap loaded instances in the config's scheduler (call on the event loop thread);
-        ``scheduler`` replaces it (an ensemble's, which has no instances of its own).
+        ``scheduler`` replaces it (an ensemble's, which has no instances of its own);
+        ``response_cache`` is the server's, used when the config enables ``response_cache``.
 
         Raises: ModelConfigError when the scheduler rejects the config (instances are closed).
         """
@@ -238,10 +244,13 @@ class ServedModel:
         self.config = config
         self.inputs, self.outputs = tensor_specs(config)
         self.max_batch_size = int(config.max_batch_size)
-        self.platform = str(config.platform)
+        self.platform = str(config.platform) or str(config.backend)  # Triton: "python" for Python models
         self.backend = str(config.backend)
         self.model_dir = model_dir
         self.instances = tuple(instances)
+        # model_transaction_policy { decoupled: true }: any number of responses per request,
+        # served over gRPC streams only (protocol/decoupled.py).
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
         # Set by the manager: every ready version of this model (for metadata's "versions").
         self.versions_source: Callable[[], Sequence[int]] | None = None
         # Set by the manager when a reload replaces this version: requests that reach a
@@ -251,13 +260,14 @@ class ServedModel:
             self.scheduler: Scheduler = scheduler
             return
         try:
-            self.scheduler = create_scheduler(config, self.instances, name, self.version)
+            self.scheduler = create_scheduler(config, self.instances, name, self.version, model_dir)
         except Exception as exc:
             for instance in self.instances:
                 instance.close()
             if isinstance(exc, (ModelConfigError, ModelLoadError)):
                 raise
             raise ModelConfigError(f"model {name!r} version {version}: cannot build the scheduler: {exc}") from exc
+        self.scheduler = with_cache(self.scheduler, config, response_cache, name, self.version)
 
     async def infer(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         """Run one validated request through the scheduler.
@@ -284,7 +294,7 @@ class ServedModel:
         return {
             "name": self.name,
             "versions": [str(v) for v in versions],
-            "platform": self.platform,
+            "platform": self.platform or self.backend,  # Triton: the backend name when no platform
             "inputs": tensors(self.inputs),
             "outputs": tensors(self.outputs),
         }

@@ -277,6 +277,9 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
     )
     backend = get_backend(backend_name)
     filename = config.default_model_filename or backend.default_filename
+    auto_complete = getattr(backend, "auto_complete", None)  # the Python backend's auto_complete_config
+    if auto_complete is not None and (available[newest] / filename).is_file():
+        config = auto_complete(config, available[newest] / filename, location.name, source)
     signature = None
     needs_signature = not config.input or not config.output or config.max_batch_size == 0
     if needs_signature:

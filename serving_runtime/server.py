@@ -25,7 +25,8 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_service, rest
+from shipyard.serving_runtime.protocol import grpc_service, grpc_watchdog, http_limits, rest
+from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ManagerLike
 
@@ -110,7 +111,10 @@ class ServerOptions:
     grpc_max_pending_rpcs: int = DEFAULT_GRPC_MAX_PENDING_RPCS  # 0: grpc's defaults
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
+    cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
 
 class _HttpServer(uvicorn.Server):
@@ -141,11 +145,17 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 
     sampler = metrics.UtilizationSampler()
     registry = metrics.build_registry(manager.all_stats, sampler=sampler, process_metrics=True)
+    cache = getattr(manager, "response_cache", None)
+    if cache is not None:
+        from shipyard.serving_runtime.cache import CacheCollector
+
+        registry.register(CacheCollector(cache))
     return (lambda: metrics.render(registry)), sampler
 
 
 def create_manager(options: ServerOptions) -> ManagerLike:
     """The model manager for ``options`` (serving_runtime/manager.py)."""
+    from shipyard.serving_runtime.cache import ResponseCache
     from shipyard.serving_runtime.manager import ModelManager
     from shipyard.serving_runtime.remote_store import is_remote
 
@@ -153,6 +163,7 @@ def create_manager(options: ServerOptions) -> ManagerLike:
         control_mode=options.control_mode,
         startup_models=list(options.load_models),
         exit_on_error=options.exit_on_error,
+        response_cache=ResponseCache(options.cache_size_bytes) if options.cache_size_bytes else None,
     )
     if any(is_remote(r) for r in options.repositories):  # object storage: served from a local cache (remote.py)
         from shipyard.serving_runtime.remote import RepositoryMirrors
@@ -173,6 +184,7 @@ class RuntimeServer:
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
+        self._grpc_watchdog: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._sampler: UtilizationSampler | None = None
         self.http_port = options.http_port
@@ -187,9 +199,10 @@ class RuntimeServer:
         render_metrics, self._sampler = _metrics_source(self.manager)
         await asyncio.to_thread(self._sampler.start)
         config = uvicorn.Config(
-            rest.build_app(self.service, render_metrics),
+            rest.build_app(self.service, render_metrics, opts.http_limits),
             loop="none",
-            http="httptools",
+            http=http_limits.protocol_class(opts.http_limits),
+            timeout_keep_alive=int(max(1, opts.http_limits.idle_timeout_s)),
             ws="none",
             lifespan="off",
             log_config=None,
@@ -210,6 +223,11 @@ class RuntimeServer:
         self.grpc_frontend = choose_grpc_frontend(opts.grpc_frontend)
         if self.grpc_frontend == "native":
             port = self._start_native_grpc(address)
+            if opts.grpc_watchdog_secs > 0:
+                self._grpc_watchdog = asyncio.create_task(
+                    grpc_watchdog.watch(opts.host, port, self._restart_native_grpc, opts.grpc_watchdog_secs),
+                    name="grpc-watchdog",
+                )
         else:
             port = await self._start_aio_grpc(address)
         self.grpc_port = port
@@ -233,6 +251,13 @@ class RuntimeServer:
         )
         log.info("gRPC on grpc++ %s (native frontend)", self._grpc.grpc_version)
         return self._grpc.start(address)
+
+    async def _restart_native_grpc(self) -> None:
+        """A new grpc++ server on the same port (grpc_watchdog.py: grpc core stopped accepting)."""
+        host = self.options.host
+        address = f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+        await self._grpc.stop(1.0)
+        self._start_native_grpc(address)
 
     async def _start_aio_grpc(self, address: str) -> int:
         opts = self.options
@@ -282,6 +307,8 @@ class RuntimeServer:
     async def shutdown(self) -> None:
         """Stop accepting, let accepted requests finish, drain and close the models."""
         self.service.shutting_down = True
+        if self._grpc_watchdog is not None:
+            self._grpc_watchdog.cancel()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

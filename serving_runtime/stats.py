@@ -80,6 +80,10 @@ class ModelStats:
     # Successful requests' end-to-end time in the server (ns), and executed batch sizes.
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_NS))
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
+    # Response cache (cache.py): lookups answered from it, and lookups that missed (+ insert).
+    cache_enabled: bool = False
+    cache_hit: _Duration = field(default_factory=_Duration)
+    cache_miss: _Duration = field(default_factory=_Duration)
 
     def record_success(self, batch_size: int, total_ns: int, queue_ns: int, compute_ns: int) -> None:
         self.inference_count += batch_size
@@ -88,6 +92,17 @@ class ModelStats:
         self.latency.observe(total_ns)
         self.queue.add(queue_ns)
         self.compute_infer.add(compute_ns)
+
+    def record_cache_hit(self, total_ns: int) -> None:
+        """A request answered from the response cache: a success, but no inference or execution."""
+        self.last_inference_ms = int(time.time() * 1000)
+        self.success.add(total_ns)
+        self.latency.observe(total_ns)
+        self.cache_hit.add(total_ns)
+
+    def record_cache_miss(self, cache_ns: int) -> None:
+        """A lookup that missed; ``cache_ns`` is the lookup's and the insert's time."""
+        self.cache_miss.add(cache_ns)
 
     def record_failure(self, reason: str, total_ns: int) -> None:
         self.fail.add(total_ns)
@@ -113,8 +128,8 @@ class ModelStats:
                 "compute_input": {"count": self.compute_infer.count, "ns": 0},
                 "compute_infer": self.compute_infer.as_dict(),
                 "compute_output": {"count": self.compute_infer.count, "ns": 0},
-                "cache_hit": {"count": 0, "ns": 0},
-                "cache_miss": {"count": 0, "ns": 0},
+                "cache_hit": self.cache_hit.as_dict(),
+                "cache_miss": self.cache_miss.as_dict(),
             },
             "response_stats": {},  # Triton's per-response statistics (decoupled models): none kept
             "batch_stats": [

@@ -122,9 +122,7 @@ def plan_loads(
     the config changed (then every selected version reloads).
     """
     load = tuple(
-        v
-        for v in selected
-        if config_changed or v not in serving or loaded_stamps.get(v) != disk_stamps.get(v)
+        v for v in selected if config_changed or v not in serving or loaded_stamps.get(v) != disk_stamps.get(v)
     )
     status = {v: VersionStatus(LOADING) for v in load if v not in serving}
     status.update({v: VersionStatus(UNAVAILABLE, why) for v, why in missing.items() if v not in serving})

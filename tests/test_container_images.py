@@ -87,7 +87,7 @@ def test_build_context_has_everything_the_wheel_needs(dockerfile: Path) -> None:
 
 
 def test_component_image_is_the_one_the_components_name_and_cpu_only() -> None:
-    from shipyard.components.kfp.components import PIPELINE_IMAGE
+    from shipyard.pipelines.kfp_components import PIPELINE_IMAGE
 
     text = (ROOT / "pipelines" / "Dockerfile").read_text()
     assert f"-t {PIPELINE_IMAGE} ." in text, "the build command in the header tags the image the components name"
@@ -137,7 +137,7 @@ def test_component_image_requirements_resolve_without_gpu_packages(tmp_path: Pat
 
 _IMAGE_CHECK = """
 import importlib, importlib.metadata as md, re, shutil, subprocess, sys
-for module in ("shipyard.pipelines.steps", "shipyard.components.kfp.components", "shipyard.components.export",
+for module in ("shipyard.pipelines.steps", "shipyard.pipelines.kfp_components", "shipyard.components.export",
                "shipyard.components.optimize", "shipyard.components.validate", "shipyard.components.publish",
                "shipyard.components.deploy", "shipyard.serving_runtime.server", "s3fs", "gcsfs", "adlfs"):
     importlib.import_module(module)

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.components.digest import sha256_file
 from shipyard.components.errors import ExportError
+from shipyard.registry.digest import sha256_file
 
 if TYPE_CHECKING:
     import torch

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shipyard.components.digest import sha256_file
 from shipyard.components.errors import ComponentError, OptimizeError
 from shipyard.components.optimize.result import OptimizeResult
 from shipyard.components.optimize.targets import Probe, select_target
+from shipyard.registry.digest import sha256_file
 
 
 @contextlib.contextmanager

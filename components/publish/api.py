@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shipyard.components.digest import sha256_file
 from shipyard.components.errors import PublishError
 from shipyard.components.publish.config_builder import (
     FILENAME_BY_PLATFORM,
@@ -16,6 +15,7 @@ from shipyard.components.publish.config_builder import (
     onnx_io,
 )
 from shipyard.components.publish.repository import PublishResult, publish_files
+from shipyard.registry.digest import sha256_file
 
 MLFLOW_URI_PARAMETER = "mlflow_model_uri"
 SHA256_PARAMETER = "shipyard_model_sha256"

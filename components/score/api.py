@@ -15,6 +15,7 @@ from shipyard.components.score.dataset import Dataset, open_dataset
 from shipyard.components.score.errors import ScoreError
 from shipyard.components.score.output import OutputStore
 from shipyard.components.score.progress import ScoreProgress
+from shipyard.components.score.registry_link import resolve_published
 from shipyard.components.score.runner import Settings, Stats, run_parts
 from shipyard.components.score.targets import GrpcTarget, InProcessTarget, Target
 
@@ -81,7 +82,14 @@ async def _score(
     input_uri: str, output_uri: str, model: str, *, url: str | None, repository: str | None,
     model_version: int | None, fmt: str | None, key: str | None, batch_size: int | None, max_inflight: int,
     part_rows: int | None, priority: int | None, overwrite: bool, patience_s: float, show_progress: bool,
+    tracking_uri: str | None,
 ) -> dict[str, Any]:  # fmt: skip
+    registered = None
+    if model.startswith("models:/"):
+        registered = await asyncio.to_thread(resolve_published, model, tracking_uri)
+        model, model_version = registered.name, model_version or registered.version
+        if not url and not repository:
+            repository = registered.repository  # score in this process from where it was published
     dataset = await asyncio.to_thread(open_dataset, input_uri, fmt)
     store = OutputStore(output_uri)
     previous = None if overwrite else store.manifest()
@@ -109,6 +117,8 @@ async def _score(
         with ScoreProgress(dataset.total_rows, enabled=show_progress) as progress:
             stats = await run_parts(dataset, target, store, settings, done, progress.advance)
         summary = await asyncio.to_thread(_summary, output_uri, target, settings, stats, store)
+        if registered is not None:
+            summary["model_uri"] = registered.model_uri
         await asyncio.to_thread(store.finish, summary)
         return summary
     finally:
@@ -119,7 +129,7 @@ def score(
     input_uri: str, output_uri: str, model: str, *, url: str | None = None, repository: str | None = None,
     model_version: int | None = None, fmt: str | None = None, key: str | None = None, batch_size: int | None = None,
     max_inflight: int = DEFAULT_MAX_INFLIGHT, part_rows: int | None = None, priority: int | None = None,
-    overwrite: bool = False, patience_s: float = 300.0, show_progress: bool = True,
+    overwrite: bool = False, patience_s: float = 300.0, show_progress: bool = True, tracking_uri: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Score ``input_uri`` with ``model`` and write the predictions to ``output_uri``; returns the summary.
 
@@ -127,12 +137,14 @@ def score(
     repository ``repository`` into this process. Batch requests carry ``priority`` (default: the lowest
     level of the model's ``dynamic_batching``) and hold ``batch_size`` rows (default: the model's largest
     preferred batch size, else its ``max_batch_size``); ``max_inflight`` requests at most are in flight.
-    An output started earlier is resumed: only its missing parts are scored.
+    An output started earlier is resumed: only its missing parts are scored. ``model`` may be a registry URI
+    (``models:/NAME@champion``): its published name and version are scored, in this process from the
+    repository it was published to unless ``url`` or ``repository`` is given.
 
     Raises: ScoreError (bad input, output, model, URL or settings; a server that keeps refusing).
     """
     return asyncio.run(
         _score(input_uri, output_uri, model, url=url, repository=repository, model_version=model_version, fmt=fmt,
                key=key, batch_size=batch_size, max_inflight=max_inflight, part_rows=part_rows, priority=priority,
-               overwrite=overwrite, patience_s=patience_s, show_progress=show_progress)
+               overwrite=overwrite, patience_s=patience_s, show_progress=show_progress, tracking_uri=tracking_uri)
     )  # fmt: skip

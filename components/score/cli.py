@@ -21,7 +21,9 @@ def register_commands(app: typer.Typer) -> None:
                                         "path or an fsspec URL (s3://, gs://, file://...)."),
         output: str = typer.Option(..., "--output", "-o", help="Output directory (local or fsspec URL): Parquet "
                                    "part files + _manifest.json. Rerun the same command to resume."),
-        model: str = typer.Option(..., "--model", "-m", help="Model name (as served / as in the repository)."),
+        model: str = typer.Option(..., "--model", "-m", help="Model name (as served / as in the repository), or "
+                                  "models:/NAME@ALIAS|VERSION: its published version (in this process from its "
+                                  "repository unless --url or --repository)."),
         url: str = typer.Option(None, "--url", help="Served model: gRPC host:port, or an InferenceService URL "
                                 "http(s)://host (its gRPC port)."),
         repository: str = typer.Option(None, "--repository", help="Model repository: score in this process with "
@@ -41,6 +43,7 @@ def register_commands(app: typer.Typer) -> None:
         patience_s: float = typer.Option(300.0, "--patience-s", help="Seconds a request may keep being refused "
                                          "(UNAVAILABLE, queue full) before the run fails."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+        tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs."),
     ) -> None:  # fmt: skip
         """Score a data set with a served model (or in this process) into resumable Parquet output."""
         from shipyard.components.score import ScoreError, score
@@ -49,7 +52,7 @@ def register_commands(app: typer.Typer) -> None:
             summary = score(input_uri, output, model, url=url, repository=repository, model_version=model_version,
                             fmt=fmt, key=key, batch_size=batch_size, max_inflight=max_inflight, part_rows=part_rows,
                             priority=priority, overwrite=overwrite, patience_s=patience_s,
-                            show_progress=not quiet)  # fmt: skip
+                            show_progress=not quiet, tracking_uri=tracking_uri)  # fmt: skip
         except ScoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None

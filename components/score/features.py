@@ -8,7 +8,8 @@ Rules, in order, for each model input:
 
 1. a column named as the input feeds it: a list column (one list per row) or a scalar column;
 2. otherwise, when the model has exactly one input, every column but the key feeds it, in file order
-   (one feature per column: a CSV of 512 numeric columns feeds an input of dims ``[512]``).
+   (a scalar column is one feature, a list column its values: a CSV of 512 numeric columns, or one list
+   column of 512 values under any name, feeds an input of dims ``[512]``).
 
 Rows are reshaped to the input's dims and cast to its datatype.
 """
@@ -85,24 +86,29 @@ def plan_inputs(info: ModelInfo, columns: Sequence[str], key: str | None) -> dic
     return plan
 
 
-def _column_rows(column: Any, tensor: TensorInfo) -> np.ndarray:
-    """A column's values as an array of shape ``(rows, row_size)`` (lists flattened)."""
+def _column_rows(column: Any, name: str, width: int | None) -> np.ndarray:
+    """A column's values as an array of shape ``(rows, width)`` (lists flattened; ``width`` None: any, the
+    same for every row).
+
+    Raises: ScoreError when the lists do not hold ``width`` values per row.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(column)
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(
-        column.type
-    ):
-        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-        if rows and flat.size != rows * tensor.row_size:
-            raise ScoreError(
-                f"column {tensor.name!r} holds lists of {flat.size / rows:g} values per row on average; "
-                f"input {tensor.describe()} needs {tensor.row_size}"
-            )
-        return flat.reshape(rows, tensor.row_size)
-    return column.to_numpy(zero_copy_only=False).reshape(rows, 1)
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        return column.to_numpy(zero_copy_only=False).reshape(rows, 1)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wanted = width if width is not None else (int(lengths[0]) if rows else 0)
+    if rows and (lengths != wanted).any():
+        raise ScoreError(
+            f"column {name!r} holds lists of {int(lengths.min())}..{int(lengths.max())} values per row; "
+            f"{wanted} are needed in every row"
+        )
+    return flat.reshape(rows, wanted)
 
 
 def model_inputs(table: Any, info: ModelInfo, plan: Mapping[str, str | None], key: str | None) -> dict[str, np.ndarray]:
@@ -117,15 +123,15 @@ def model_inputs(table: Any, info: ModelInfo, plan: Mapping[str, str | None], ke
         column = plan[tensor.name]
         if column is ALL_OTHER_COLUMNS:
             names = [c for c in table.column_names if c != key]
-            parts = [_column_rows(table.column(c), TensorInfo(c, tensor.datatype, ())) for c in names]
+            parts = [_column_rows(table.column(c), c, None) for c in names]
             rows = np.concatenate(parts, axis=1) if parts else np.empty((table.num_rows, 0))
             if rows.shape[1] != tensor.row_size:
                 raise ScoreError(
-                    f"input {tensor.describe()} needs {tensor.row_size} values per row; the data set has "
-                    f"{rows.shape[1]} feature columns ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                    f"input {tensor.describe()} needs {tensor.row_size} values per row; the data set's columns but "
+                    f"the key ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) hold {rows.shape[1]}"
                 )
         else:
-            rows = _column_rows(table.column(column), tensor)
+            rows = _column_rows(table.column(column), column, tensor.row_size)
             if rows.shape[1] != tensor.row_size:
                 raise ScoreError(
                     f"column {column!r} has {rows.shape[1]} value(s) per row; input {tensor.describe()} "

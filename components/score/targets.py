@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -173,11 +174,27 @@ class GrpcTarget:
         await self._client.close()
 
 
+def _download_model(repository: str, model: str) -> Any:
+    """Copy ``<repository>/<model>`` from an object store into a temporary local repository (its path)."""
+    import tempfile
+    from pathlib import Path
+
+    from shipyard.components.score.dataset import url_to_fs
+
+    fs, root = url_to_fs(repository, "repository")
+    local = Path(tempfile.mkdtemp(prefix="shipyard-score-"))
+    source = f"{root.rstrip('/')}/{model}"
+    if fs.exists(source):
+        fs.get(source, str(local / model), recursive=True)
+    return local
+
+
 class InProcessTarget:
     """The repository's model run here with the serving runtime's backends (no server, no queue)."""
 
-    def __init__(self, instances: list[Any], info: ModelInfo, description: str) -> None:
+    def __init__(self, instances: list[Any], info: ModelInfo, description: str, scratch: Any = None) -> None:
         self.info = info
+        self._scratch = scratch  # a temporary copy of an object-store repository, removed on close
         self.description = description
         self._instances = instances
         self._free: asyncio.Queue[Any] | None = None
@@ -195,12 +212,17 @@ class InProcessTarget:
         from shipyard.serving_runtime.model import load_instances
         from shipyard.serving_runtime.repository import ModelLocation, prepare_model
 
-        root = Path(repository)
-        if not (root / model).is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-            where = f"has {', '.join(present)}" if present else "does not exist or is empty"
-            raise ScoreError(f"model {model!r} is not in repository {repository} ({where})")
+        root, scratch = Path(repository), None
+        if "://" in repository and not repository.startswith("file://"):
+            root = scratch = _download_model(repository, model)
+        elif repository.startswith("file://"):
+            root = Path(urlsplit(repository).path)
+        instances: list[Any] = []
         try:
+            if not (root / model).is_dir():
+                present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+                where = f"has {', '.join(present)}" if present else "does not exist or is empty"
+                raise ScoreError(f"model {model!r} is not in repository {repository} ({where})")
             gpus = gpu_count()
             definition = prepare_model(ModelLocation(model, root / model, root), gpus)
             chosen = version or definition.versions[-1]
@@ -209,8 +231,11 @@ class InProcessTarget:
             instances = load_instances(definition, chosen, gpus)
         except ServingError as exc:
             raise ScoreError(f"model {model!r} in {repository}: {exc}") from None
+        finally:
+            if scratch is not None and not instances:
+                shutil.rmtree(scratch, ignore_errors=True)
         description = f"in-process {os.path.join(repository, model)} version {chosen} ({len(instances)} instance(s))"
-        return cls(instances, model_info(definition.config, chosen), description)
+        return cls(instances, model_info(definition.config, chosen), description, scratch)
 
     async def infer(self, inputs: Mapping[str, np.ndarray], priority: int) -> dict[str, np.ndarray]:
         if self._free is None:
@@ -230,3 +255,5 @@ class InProcessTarget:
         for instance in self._instances:
             await asyncio.to_thread(instance.close)
         self._instances = []
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)

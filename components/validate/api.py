@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.components.digest import sha256_file
 from shipyard.components.errors import ComponentError, ValidationFailed
 from shipyard.components.validate.parity import ParityReport, Tolerances, check_parity
 from shipyard.components.validate.profile import (
@@ -22,6 +21,7 @@ from shipyard.components.validate.profile import (
     recommend_batching,
 )
 from shipyard.components.validate.runners import load_runner
+from shipyard.registry.digest import sha256_file
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,6 +67,11 @@ class InstanceSettings:
     outputs: tuple[TensorSpec, ...] = ()
     # config.optimization as a protobuf message or None; backends read what they support.
     optimization: object | None = None
+    # The whole completed ModelConfig, the version and this instance's position among the
+    # model's instances (the Python backend passes them to the model's ``initialize``).
+    config: Any = None
+    version: int = 0
+    instance_index: int = 0
 
 
 class BackendInstance(Protocol):

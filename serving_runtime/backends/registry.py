@@ -20,8 +20,10 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("onnxruntime_onnx", "model.onnx", f"{_PKG}.onnxruntime:OnnxRuntimeBackend"),
     "tensorrt": ("tensorrt_plan", "model.plan", f"{_PKG}.tensorrt:TensorRTBackend"),
     "pytorch": ("pytorch_libtorch", "model.pt", f"{_PKG}.pytorch:PyTorchBackend"),
+    # Triton's Python backend has no platform and is picked only by ``backend: "python"``.
+    "python": ("", "model.py", f"{_PKG}.python.backend:PythonBackend"),
 }
-_PLATFORMS = {platform: name for name, (platform, _, _) in _BACKENDS.items()}
+_PLATFORMS = {platform: name for name, (platform, _, _) in _BACKENDS.items() if platform}
 _EXTENSIONS = {
     ".onnx": "onnxruntime",
     ".plan": "tensorrt",
@@ -101,7 +103,7 @@ def resolve_backend_name(
             )
         return by_file
     present = set(files)
-    found = [name for name, (_, filename, _) in _BACKENDS.items() if filename in present]
+    found = [name for name, (platform, filename, _) in _BACKENDS.items() if platform and filename in present]
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -110,6 +112,6 @@ def resolve_backend_name(
             "backend in config.pbtxt; set backend to pick one"
         )
     raise ModelConfigError(
-        f"{prefix}no model file found (looked for {', '.join(f for _, f, _ in _BACKENDS.values())}) and no "
+        f"{prefix}no model file found (looked for {', '.join(f for p, f, _ in _BACKENDS.values() if p)}) and no "
         "platform or backend in config.pbtxt; add the model file or set backend"
     )

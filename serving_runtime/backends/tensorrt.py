@@ -63,7 +63,6 @@ from shipyard.serving_runtime.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 
-
 class TensorRTInstance:
     """One engine, execution context and stream on one GPU, with buffers reused across batches."""
 

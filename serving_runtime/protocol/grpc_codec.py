@@ -103,6 +103,10 @@ def decode_infer_request(request: Any) -> DecodedRequest:
         if shm is not None:
             array = NO_DATA  # read from the region when the request binds it (shared_memory.py)
         elif raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"input {name!r}: contents field must not be specified when using raw_input_contents"
+                )
             array = decode_raw(name, tensor.datatype, shape, raw[index])
             index += 1
         elif tensor.HasField("contents"):
@@ -149,6 +153,8 @@ def fast_request(rules: ModelRules, request: Any) -> InferenceRequest | None:
         spec = fast.get(name)
         if spec is None or name in inputs or tensor.datatype != spec.datatype or len(tensor.parameters):
             return None
+        if tensor.HasField("contents"):
+            return None  # both raw and typed contents: the general path refuses it
         shape = tuple(tensor.shape)
         if mbs > 0:
             if len(shape) != len(spec.dims) + 1:

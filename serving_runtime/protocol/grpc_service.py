@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from shipyard.serving_runtime.errors import InvalidArgument, ModelNotFound, ServingError
-from shipyard.serving_runtime.protocol import grpc_codec
+from shipyard.serving_runtime.protocol import decoupled, grpc_codec
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.shared_memory import ShmBinding
 from shipyard.serving_runtime.protocol.shm_endpoints import SharedMemoryServicer
@@ -158,6 +158,8 @@ class GrpcInferenceServicer(SharedMemoryServicer, service_pb2_grpc.GRPCInference
         service = self.service
         name, version = request.model_name, request.model_version
         model = service.model(name, version)  # 404 before decoding
+        if getattr(model, "decoupled", False):
+            decoupled.refuse_unary(model, "grpc")
         decoded: DecodedRequest | None = None
         binding: ShmBinding | None = None
 
@@ -185,6 +187,10 @@ class GrpcInferenceServicer(SharedMemoryServicer, service_pb2_grpc.GRPCInference
 
         async def one(request: Any) -> None:
             try:
+                if getattr(self.service.model(request.model_name, request.model_version), "decoupled", False):
+                    async for message in decoupled.stream(self, request):
+                        await responses.put(message)
+                    return
                 response = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
             except ServingError as exc:
                 response = service_pb2.ModelStreamInferResponse(error_message=exc.message)

@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from shipyard.serving_runtime.config import config_to_dict
 from shipyard.serving_runtime.errors import InvalidArgument, ServingError
-from shipyard.serving_runtime.protocol import rest_codec, shm_endpoints
+from shipyard.serving_runtime.protocol import decoupled, http_limits, rest_codec, shm_endpoints
+from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.rest_codec import json_dumps
 from shipyard.serving_runtime.protocol.service import InferenceService
 
@@ -52,13 +53,23 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
-async def _json_body(request: Request, what: str) -> dict[str, Any]:
-    body = rest_codec.decompress_body(await request.body(), request.headers.get("content-encoding"))
-    return rest_codec.parse_json_object(body, what)
+async def _body(request: Request, limits: HttpLimits) -> bytes:
+    """The request body, size- and time-bounded, decompressed within its limit (http_limits.py)."""
+    raw = await http_limits.read_body(request, limits)
+    return await http_limits.decompress(raw, request.headers.get("content-encoding"), limits)
 
 
-def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]] | None = None) -> Starlette:
-    """The REST app over ``service``. ``metrics`` returns (body, content type) for ``GET /metrics``."""
+def build_app(
+    service: InferenceService,
+    metrics: Callable[[], tuple[bytes, str]] | None = None,
+    limits: HttpLimits | None = None,
+) -> Starlette:
+    """The REST app over ``service``. ``metrics`` returns (body, content type) for ``GET /metrics``;
+    ``limits`` bound request bodies (default: ``HttpLimits()``)."""
+    bounds = limits or HttpLimits()
+
+    async def _json_body(request: Request, what: str) -> dict[str, Any]:
+        return rest_codec.parse_json_object(await _body(request, bounds), what)
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -92,11 +103,11 @@ def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]
     async def infer(request: Request) -> Response:
         params = request.path_params
         name, version = params["model"], params.get("version")
-        service.model(name, version)  # 404 / 503 before reading the body
-        body = rest_codec.decompress_body(await request.body(), request.headers.get("content-encoding"))
+        decoupled.refuse_unary(service.model(name, version), "http")  # 404 / 503 / 501 before reading the body
+        body = await _body(request, bounds)
         header_length = rest_codec.parse_header_length(request.headers.get(rest_codec.HEADER_LENGTH), len(body))
         decoded = rest_codec.decode_request(body, header_length)
-        result = await service.infer(name, version, decoded)
+        result = await http_limits.infer_or_cancel(request, lambda: service.infer(name, version, decoded))
         content, json_length = rest_codec.encode_response(
             result.model_name, result.model_version, decoded, result.outputs
         )
@@ -134,6 +145,11 @@ def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]
         body, content_type = metrics()
         return Response(body, media_type=content_type)
 
+    async def openapi_endpoint(request: Request) -> Response:
+        from shipyard.serving_runtime.protocol.openapi import openapi_document
+
+        return json_response(openapi_document(str(service.server_metadata().get("version", ""))))
+
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -145,6 +161,7 @@ def build_app(service: InferenceService, metrics: Callable[[], tuple[bytes, str]
         Route("/v2/repository/models/{model}/load", _guard(repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", _guard(repository_unload), methods=["POST"]),
         Route("/metrics", _guard(metrics_endpoint), methods=["GET"]),
+        Route("/v2/openapi.json", _guard(openapi_endpoint), methods=["GET"]),
         *shm_endpoints.rest_routes(service, _guard, _json_body, json_response),
     ]
     for prefix in (model, version):

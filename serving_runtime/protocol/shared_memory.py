@@ -42,19 +42,21 @@ class RegionNotFound(ServingError):
 
 
 class RegionExists(ServingError):
-    """A region name registered twice (Triton: TRITONSERVER_ERROR_ALREADY_EXISTS)."""
+    """A region name registered twice (Triton: TRITONSERVER_ERROR_ALREADY_EXISTS; 400 over REST)."""
 
-    http_status = 409
+    http_status = 400
     grpc_code = "ALREADY_EXISTS"
     reason = "REJECTED"
 
 
 class RegionUnavailable(ServingError):
-    """The shared-memory object cannot be opened (Triton: TRITONSERVER_ERROR_INTERNAL)."""
+    """The shared-memory object cannot be opened: the client named a key that does not exist (or that
+    this process may not open). Triton answers INTERNAL; it is the client's error, so 400 / INVALID_ARGUMENT
+    (a fuzzer found the 500s; issue 19), with Triton's message."""
 
-    http_status = 500
-    grpc_code = "INTERNAL"
-    reason = "OTHER"
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    reason = "REJECTED"
 
 
 NO_DATA = np.empty(0, dtype=np.uint8)  # an input's data until its region is read

@@ -35,10 +35,21 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return check_dims(name, shape)
 
 
+# No tensor has more elements than this (2^40, a tebi-element): a larger shape, even one with a zero
+# dimension beside it, is refused before numpy is asked to describe it.
+MAX_ELEMENTS = 1 << 40
+
+
 def check_dims(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` as a tuple. Raises: InvalidArgument naming the input when a dimension is negative."""
+    """``shape`` as a tuple.
+
+    Raises: InvalidArgument naming the input when a dimension is negative or the shape, its zero
+    dimensions aside, describes more than ``MAX_ELEMENTS`` elements.
+    """
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise InvalidArgument(f"input {name!r}: shape {list(shape)} is too large (at most {MAX_ELEMENTS} elements)")
     return tuple(shape)
 
 
@@ -106,19 +117,59 @@ def decode_values(name: str, datatype: str, shape: tuple[int, ...], data: Any) -
         array = np.empty(len(items), dtype=np.object_)
         array[:] = items
     else:
+        flat_values: list[Any] = []
+        _flatten(data, flat_values)  # nested lists are read row-major, as Triton does
         if datatype == "BOOL":
-            flat_bools: list[Any] = []
-            _flatten(data, flat_bools)
-            if not all(isinstance(v, bool) or v in (0, 1) for v in flat_bools):
+            if not all(isinstance(v, bool) or v in (0, 1) for v in flat_values):
                 raise InvalidArgument(f"input {name!r}: BOOL data must be true/false")
-            data = flat_bools
-        try:
-            array = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidArgument(f"input {name!r}: data is not a list of {datatype} values: {exc}") from None
+            array = np.asarray(flat_values, dtype=dtype)
+        else:
+            array = _numbers(name, datatype, dtype, flat_values)
     if array.size != count:
         raise InvalidArgument(f"input {name!r}: data holds {array.size} elements, shape {list(shape)} needs {count}")
     return array.reshape(shape)
+
+
+def _numbers(name: str, datatype: str, dtype: np.dtype, values: list[Any]) -> np.ndarray:
+    """JSON numbers as ``dtype``, refusing what would change silently: booleans, fractions for an integer
+    type, values outside the type's range (FP32 ``1e39`` would become inf, INT8 ``300`` would wrap)."""
+    kinds = {type(v) for v in values}
+    if not kinds <= {int, float}:
+        odd = next(v for v in values if type(v) not in (int, float))
+        raise InvalidArgument(f"input {name!r}: {datatype} data must be numbers, got {json_repr(odd)}")
+    integer = dtype.kind in "iu"
+    if integer and float in kinds:
+        odd = next(v for v in values if type(v) is float)
+        raise InvalidArgument(f"input {name!r}: {datatype} data must be integers, got {odd!r}")
+    try:
+        array = np.asarray(values, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if integer:
+        if array is None:
+            info = np.iinfo(dtype)
+            odd = next(v for v in values if not info.min <= v <= info.max)
+            raise InvalidArgument(f"input {name!r}: {odd} is outside the range of {datatype}")
+        return array
+    if array is None:
+        raise InvalidArgument(f"input {name!r}: data is not a list of {datatype} values")
+    wide = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(wide)
+    overflow = finite & ~np.isfinite(array)
+    if overflow.any():
+        odd = wide[overflow][0]
+        raise InvalidArgument(f"input {name!r}: {odd!r} is outside the range of {datatype}")
+    return array
+
+
+def json_repr(value: Any) -> str:
+    """``value`` as JSON writes it (true, null, "text") for error messages."""
+    import json
+
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return repr(value)[:60]
 
 
 def decode_bytes_list(name: str, shape: tuple[int, ...], values: Sequence[bytes], field: str) -> np.ndarray:

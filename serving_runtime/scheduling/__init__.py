@@ -3,6 +3,7 @@
 Public surface: ``InferenceRequest``, ``Scheduler`` and ``create_scheduler``.
 """
 
-from shipyard.serving_runtime.scheduling.api import InferenceRequest, Scheduler, create_scheduler
+from shipyard.serving_runtime.scheduling.api import InferenceRequest, Scheduler
+from shipyard.serving_runtime.scheduling.factory import create_scheduler
 
 __all__ = ["InferenceRequest", "Scheduler", "create_scheduler"]

@@ -4,17 +4,21 @@ The protocol layer validates a request (names, datatypes, shapes, ``max_batch_si
 it into an ``InferenceRequest`` of numpy arrays; the scheduler queues it, runs it on one of the
 model's instances (alone or merged into a batch) off the event loop, and returns that request's
 own outputs.
+
+``Scheduler.submit`` is the one way a request enters a model: the dynamic batcher
+(``dynamic.py``) and the ensemble scheduler (``ensemble.py``) implement it. Below it, a formed
+batch is handed to an instance's worker thread with ``InstanceWorker.hand_off`` (``instances.py``).
+``factory.create_scheduler`` picks the scheduler a config asks for; an ensemble brings its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from shipyard.serving_runtime.backends.base import BackendInstance
 from shipyard.serving_runtime.stats import ModelStats
 
 
@@ -35,6 +39,9 @@ class InferenceRequest:
     timeout_us: int = 0
     request_id: str = ""
     parameters: dict[str, object] = field(default_factory=dict)
+    # Decoupled models only: called from any thread with (outputs or None, error or None, final)
+    # for each response; the request's own future then resolves with {} when execute returns.
+    on_response: Callable[[dict[str, np.ndarray] | None, Exception | None, bool], None] | None = None
 
 
 class Scheduler(Protocol):
@@ -62,21 +69,3 @@ class Scheduler(Protocol):
     def close(self) -> None:
         """Stop the worker threads and close the instances. Call after ``drain``."""
         ...
-
-
-def create_scheduler(config: object, instances: Sequence[BackendInstance], model_name: str, version: int) -> Scheduler:
-    """Build the scheduler the model config asks for (``config`` is a ``ModelConfig`` proto).
-
-    With ``dynamic_batching`` set: the dynamic batcher (``max_batch_size``, preferred sizes,
-    queue delay, priority levels and queue policies). Without: requests run one by one on the
-    instances, as Triton does. One worker thread per instance in ``instances``; threads start
-    with the first request.
-
-    Raises: ModelConfigError naming the model and the bad ``dynamic_batching`` field;
-    ValueError when ``instances`` is empty.
-    """
-    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher, settings_from_config
-
-    where = f"model {model_name!r} version {version}"
-    batching, queueing = settings_from_config(config, where)
-    return DynamicBatcher(instances, model_name, version, batching, queueing)

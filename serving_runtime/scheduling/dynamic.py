@@ -91,8 +91,14 @@ class BatchingSettings:
                     f"{where}: dynamic_batching.preferred_batch_size {size} must be in 1..{self.max_batch_size} "
                     "(max_batch_size); lower it or raise max_batch_size"
                 )
-        if self.max_queue_delay_us < 0:
-            raise ModelConfigError(f"{where}: max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}")
+        if not 0 <= self.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+            raise ModelConfigError(
+                f"{where}: max_queue_delay_microseconds must be in 0..{MAX_QUEUE_DELAY_US} (60 s), got "
+                f"{self.max_queue_delay_us}; a batching delay is a few milliseconds at most"
+            )
+
+
+MAX_QUEUE_DELAY_US = 60_000_000  # a longer batching delay is a typo; it would also hold shutdown that long
 
 
 def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, QueueSettings]:
@@ -231,7 +237,10 @@ class DynamicBatcher:
             raise batch.error
         stats.record_execution(size, compute_ns)
         stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
-        return batch.results[0]
+        result = batch.results[0]
+        if isinstance(result, ServingError):
+            raise result
+        return result
 
     def _observe_compute(self, compute_ns: int, size: int, inline: bool = False) -> None:
         per_item = compute_ns / max(size, 1)
@@ -335,7 +344,7 @@ class DynamicBatcher:
                 for envelope in envelopes:
                     envelope.dispatch_ns = now
                 worker = self._idle.pop()
-                worker.submit(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
+                worker.hand_off(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
@@ -378,7 +387,11 @@ class DynamicBatcher:
             stats.record_execution(batch.size, compute_ns)
             for envelope, outputs in zip(batch.envelopes, batch.results, strict=True):
                 future = envelope.future
-                if not future.done():
+                if isinstance(outputs, ServingError):  # this request's own error
+                    if not future.done():
+                        set_exception(future, outputs)
+                        stats.record_failure(outputs.reason, end - envelope.enqueue_ns)
+                elif not future.done():
                     set_result(future, outputs)
                     stats.record_success(
                         envelope.batch_size,

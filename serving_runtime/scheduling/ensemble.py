@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.serving_runtime.errors import InvalidArgument, ModelNotReady
+from shipyard.serving_runtime.errors import InvalidArgument, ModelNotReady, ServingError
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.stats import ModelStats
 
@@ -76,9 +76,11 @@ class EnsembleScheduler:
         start = time.monotonic_ns()
         try:
             tensors = await self._run(request)
-        except BaseException as exc:
-            reason = getattr(exc, "reason", "BACKEND")
-            self.stats.record_failure(str(reason), time.monotonic_ns() - start)
+        except ServingError as exc:
+            self.stats.record_failure(exc.reason, time.monotonic_ns() - start)
+            raise _in_ensemble(self.plan.name, exc) from None
+        except BaseException:
+            self.stats.record_failure("BACKEND", time.monotonic_ns() - start)
             raise
         finally:
             self._release()
@@ -155,6 +157,19 @@ class EnsembleScheduler:
 
     def close(self) -> None:
         """Nothing to release: the composing models own their instances."""
+
+
+def _in_ensemble(name: str, exc: ServingError) -> ServingError:
+    """The step's error, same class (status), its message prefixed as Triton's: "in ensemble 'e', ..."."""
+    prefix = f"in ensemble {name!r}, "
+    if exc.message.startswith(prefix):
+        return exc
+    cls = type(exc)
+    wrapped: ServingError = ServingError.__new__(cls)  # a copy: subclasses may take other constructor arguments
+    wrapped.__dict__.update(exc.__dict__)
+    wrapped.message = prefix + exc.message
+    wrapped.args = (wrapped.message,)
+    return wrapped
 
 
 def _check_step_inputs(ensemble: str, step: Step, model: Any, inputs: Mapping[str, np.ndarray]) -> None:

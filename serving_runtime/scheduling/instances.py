@@ -46,7 +46,8 @@ class Batch:
     requests: list[InferenceRequest] = field(default_factory=list)  # without envelopes (inline): the requests
     handoff: bool = False  # ``submit`` waits for the worker to enter the backend (see the module docstring)
     worker: InstanceWorker | None = None
-    results: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # Per request: its outputs, or its own error (backends with ``execute_requests``).
+    results: list[dict[str, np.ndarray] | ServingError] = field(default_factory=list)
     error: ServingError | None = None
     compute_start_ns: int = 0
     compute_end_ns: int = 0
@@ -84,7 +85,7 @@ class InstanceWorker:
     def started(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, batch: Batch, handoff_s: float = 0.0) -> None:
+    def hand_off(self, batch: Batch, handoff_s: float = 0.0) -> None:
         """Hand ``batch`` to this worker (it must be idle); block, with the GIL released, until the
         worker has entered the backend or ``handoff_s`` has passed (0: do not wait)."""
         batch.worker = self
@@ -142,7 +143,15 @@ class InstanceWorker:
     def run_batch(self, batch: Batch) -> None:
         """Merge, execute, split; store results or the error on ``batch``. Never raises."""
         requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+        by_request = getattr(self.instance, "execute_requests", None)
         try:
+            if by_request is not None:  # the backend takes the requests as a list (Python models)
+                batch.compute_start_ns = time.monotonic_ns()
+                try:
+                    batch.results = by_request(requests)
+                finally:
+                    batch.compute_end_ns = time.monotonic_ns()
+                return
             if batch.merge:
                 inputs = merge_inputs(requests)
                 outputs = batch_outputs(requests)

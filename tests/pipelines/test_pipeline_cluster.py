@@ -12,8 +12,8 @@ import yaml
 from replay import ReplayServer
 from typer.testing import CliRunner
 
-from shipyard.components.kfp.components import PIPELINE_IMAGE
 from shipyard.pipelines.cluster import MLFLOW_KEYS, MLFLOW_SECRET, STORAGE_KEYS, STORAGE_SECRET
+from shipyard.pipelines.kfp_components import PIPELINE_IMAGE
 from shipyard.pipelines.pipeline_cli import pipeline_app
 
 CONVERSATION = json.loads((Path(__file__).parent / "data" / "kfp_conversation.json").read_text())

@@ -11,8 +11,8 @@ from kfp import components
 from typer.testing import CliRunner
 
 from shipyard.cli import build_app
-from shipyard.components.kfp.components import ALL_COMPONENTS
 from shipyard.pipelines.definitions import make_deploy_pipeline, make_promotion_pipeline
+from shipyard.pipelines.kfp_components import ALL_COMPONENTS
 from shipyard.pipelines.pipeline_cli import parse_params
 
 DEPLOY_STEPS = {"resolve-model", "export-onnx", "optimize-model", "validate-model", "publish-model", "deploy-model",

@@ -121,7 +121,7 @@ def test_broken_config_error_names_file_and_line(tmp_path: Path) -> None:
             r"output 'OUT' dims \[2,3\] do not match",
         ),
         ('platform: "tensorflow_savedmodel"', r"platform 'tensorflow_savedmodel' is not supported; supported"),
-        ('backend: "python"', r"backend 'python' is not supported"),
+        ('backend: "tensorflow"', r"backend 'tensorflow' is not supported"),
         ('platform: "onnxruntime_onnx"\nbackend: "pytorch"', r"disagree"),
         ("max_batch_size: -2", r"max_batch_size must be >= 0"),
         (

@@ -207,3 +207,26 @@ async def test_independent_steps_run_concurrently() -> None:
     assert peak[0] == 2  # steps 0 and 1 were in flight together
     np.testing.assert_array_equal(out["C"], np.full(2, 2, np.float32))
     np.testing.assert_array_equal(out["B"], np.ones(2, np.float32))
+
+
+async def test_explicit_load_of_an_ensemble_loads_its_composing_models_first(repo: Path) -> None:
+    _ensemble(
+        repo,
+        "outer",
+        'platform: "ensemble"\nmax_batch_size: 8\n'
+        'input [ { name: "X" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'output [ { name: "S" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "diamond" model_version: -1 input_map { key: "X" value: "X" }\n'
+        '  output_map { key: "SUM" value: "S" } } ] }\n',
+    )
+    manager = ModelManager([repo], "explicit")
+    await manager.start()
+    try:
+        assert manager.versions("double") == []
+        await manager.load("outer")  # an ensemble of an ensemble: everything under it loads first
+        assert all(manager.versions(m) == [1] for m in ("double", "double_b", "simple", "diamond", "outer"))
+        x = np.ones((2, 4), np.float32)
+        out = await manager.get("outer").infer(InferenceRequest(inputs={"X": x}, batch_size=2))
+        np.testing.assert_array_equal(out["S"], 4 * x)
+    finally:
+        await manager.shutdown()

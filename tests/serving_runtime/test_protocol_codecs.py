@@ -111,7 +111,7 @@ def test_rest_errors_name_the_input_and_the_problem() -> None:
             {"inputs": [{"name": "e", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]},
             b"\0" * 8,
         )
-    with pytest.raises(InvalidArgument, match=r"input 'f'.*not a list of INT32"):
+    with pytest.raises(InvalidArgument, match=r"input 'f'.*INT32 data must be numbers, got \"x\""):
         decode({"inputs": [{"name": "f", "datatype": "INT32", "shape": [2], "data": ["x", "y"]}]})
     with pytest.raises(InvalidArgument, match="malformed JSON"):
         rest_codec.decode_request(b'{"inputs": [', None)

@@ -487,7 +487,7 @@ async def test_close_from_another_thread_fails_queued_requests_and_finishes_the_
 
 
 def test_handoff_returns_once_the_worker_is_inside_the_backend() -> None:
-    """With a hand-off, ``submit`` returns only once the instance thread has taken the batch and is
+    """With a hand-off, ``hand_off`` returns only once the instance thread has taken the batch and is
     entering the backend (so a busy event loop cannot keep the GIL from it)."""
     from shipyard.serving_runtime.scheduling.instances import Batch, InstanceWorker
     from shipyard.serving_runtime.scheduling.queue import Envelope
@@ -500,7 +500,7 @@ def test_handoff_returns_once_the_worker_is_inside_the_backend() -> None:
         request = InferenceRequest({"x": np.ones((1, 4), np.float32)}, (), 1, 0, 0, None, {})
         envelope = Envelope(request, None, time.monotonic_ns(), 1, None)  # type: ignore[arg-type]
         batch = Batch([envelope], 1, True)
-        worker.submit(batch, handoff_s=5.0)
+        worker.hand_off(batch, handoff_s=5.0)
         # the worker has taken the batch, merged it and is entering the backend (held at the gate)
         assert batch.compute_start_ns > 0
         instance.gate.set()

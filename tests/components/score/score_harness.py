@@ -102,9 +102,9 @@ def _ready(url: str) -> bool:
         return False
 
 
-def start_runtime(repo: Path, log: Path, *extra: str) -> Runtime:
-    """``python -m shipyard.serving_runtime`` on free loopback ports, waited until ready."""
-    http_port, grpc_port = free_port(), free_port()
+def start_runtime(repo: Path, log: Path, *extra: str, ports: tuple[int, int] | None = None) -> Runtime:
+    """``python -m shipyard.serving_runtime`` on ``ports`` (http, grpc; default: free ones), waited until ready."""
+    http_port, grpc_port = ports or (free_port(), free_port())
     args = [sys.executable, "-m", "shipyard.serving_runtime", "--model-repository", str(repo), "--host", "127.0.0.1",
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra]  # fmt: skip
     with open(log, "wb") as out:

@@ -4,6 +4,7 @@ store's resume rules, URL parsing, backoff; whole runs in-process on every forma
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,15 @@ def test_columns_feed_inputs() -> None:
     features = pa.table({"id": [1, 2], **{f"c{i}": [i, 10 + i] for i in range(4)}})  # one column per feature
     arrays = model_inputs(features, INFO, plan_inputs(INFO, features.column_names, "id"), "id")
     assert arrays["x"][1].reshape(-1).tolist() == [10, 11, 12, 13]
-    with pytest.raises(ScoreError, match="needs 4 values per row; the data set has 3 feature columns"):
+    with pytest.raises(ScoreError, match=r"needs 4 values per row; the data set's columns but the key .* hold 3"):
         narrow = features.drop_columns(["c3"])
         model_inputs(narrow, INFO, plan_inputs(INFO, narrow.column_names, "id"), "id")
+    listed = pa.table({"id": [1, 2], "feats": numpy_to_arrow(np.arange(8).reshape(2, 4))})  # any name, one input
+    arrays = model_inputs(listed, INFO, plan_inputs(INFO, listed.column_names, "id"), "id")
+    assert arrays["x"][1].reshape(-1).tolist() == [4, 5, 6, 7]
+    ragged = pa.table({"x": pa.array([[1.0, 2.0, 3.0, 4.0], [1.0]])})
+    with pytest.raises(ScoreError, match=r"column 'x' holds lists of 1\.\.4 values per row; 4 are needed"):
+        model_inputs(ragged, INFO, plan_inputs(INFO, ragged.column_names, None), None)
     two = ModelInfo("m", 1, (TensorInfo("a", "FP32", (1,)), TensorInfo("b", "FP32", (1,))), (), 8)
     with pytest.raises(ScoreError, match=r"model input b FP32 \[1\] has no column"):
         plan_inputs(two, ["a", "c"], None)
@@ -196,3 +203,18 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     delays = list(itertools.islice(backoff_delays(0.1, 1.0), 8))
     assert 0.05 <= delays[0] <= 0.1 and 0.1 <= delays[1] <= 0.2
     assert all(0.5 <= d <= 1.0 for d in delays[4:])
+
+
+def test_progress_lines_show_rate_and_eta_off_a_terminal() -> None:
+    import io
+
+    from shipyard.components.score.progress import ScoreProgress
+
+    stream = io.StringIO()
+    with ScoreProgress(1000, interval_s=0.0, stream=stream) as progress:
+        progress.advance(200, scored=False)  # resumed rows count as done, not towards the rate
+        time.sleep(0.05)
+        progress.advance(300)
+    line = stream.getvalue().strip().splitlines()[-1]
+    assert line.startswith("scored 500/1,000 rows, ") and " rows/s, ETA 0:0" in line
+    assert 300 / 0.5 < progress.rate() < 300 / 0.05 + 1

@@ -120,3 +120,36 @@ def test_killed_scorer_resumes_without_duplicates_or_losses(tmp_path: Path, runt
     table = read_output(str(out))
     assert len(set(table.column("id").to_pylist())) == table.num_rows == rows
     check_predictions(table, x, keys)
+
+
+def test_server_restart_mid_run_is_waited_out(tmp_path: Path, score_repository: Path) -> None:
+    """The server dies while the scorer runs and comes back on the same ports: UNAVAILABLE is retried."""
+    from score_harness import start_runtime
+
+    rows = 20000
+    x = make_features(rows, seed=4)
+    keys = np.arange(rows)
+    source = str(write_input("npz", tmp_path / "in.npz", x, keys))
+    server = start_runtime(score_repository, tmp_path / "server1.log")
+    out = tmp_path / "out"
+    args = [source, "-o", str(out), "-m", "affine", "--url", server.grpc_url, "--key", "id", "--part-rows", "256",
+            "--batch-size", "16", "--max-inflight", "2", "-q"]  # fmt: skip
+    scorer = subprocess.Popen([*CLI, "score", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(OutputStore(str(out)).done_parts()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.process.kill()
+        server.process.wait(10)
+        time.sleep(1.0)
+        assert scorer.poll() is None, "the scorer finished or failed while the server was down"
+        server = start_runtime(score_repository, tmp_path / "server2.log", ports=(server.http_port, server.grpc_port))
+        stdout, stderr = scorer.communicate(timeout=120)
+    finally:
+        scorer.kill()
+        server.process.kill()
+        server.process.wait(10)
+    assert scorer.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["retries"] > 0 and summary["rows"] == rows
+    check_predictions(read_output(str(out)), x, keys)

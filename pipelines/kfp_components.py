@@ -1,4 +1,5 @@
-"""KFP v2 components: typed, documented, thin. Each body imports inside and calls ``shipyard.pipelines.steps``.
+"""KFP v2 components: typed, documented, thin. Each body imports inside and calls ``shipyard.pipelines.steps``
+(which calls the per-stage layer, ``shipyard.components.stages``).
 
 Model artifacts are directories holding one file (``model.onnx`` or ``model.plan``; its name is in
 ``metadata["file"]``), so the file suffix tells every stage what the model is.

@@ -1,0 +1,301 @@
+"""Python models and ensembles, shipyard beside the real Triton server (issue 15's targets).
+
+    python -m benchmarks.python_models [--quick] [--client native|python] [--out DIR]
+
+One repository, served by both servers (`make triton-env` installs Triton 2.51 from the
+nvidia-pytriton wheel):
+
+- ``mlp_py``: the SAME ``model.py`` in both (examples/python_models/onnx_runtime_model.py): a
+  Python model running the wide MLP (512->2048x3->512) with ONNX Runtime (one thread), one run
+  per ``execute`` over every request the dynamic batcher gave it (max_batch_size 128);
+- ``pipeline``: a 3-step ensemble, Python ``normalize`` -> the wide MLP -> Python ``topk``. The
+  MLP step is shipyard's onnxruntime backend in shipyard and, as the Triton wheel carries no ONNX
+  Runtime backend, the same ONNX file behind the Python model above in Triton;
+- ``crashy``: a Python model that kills its own process (``os._exit``) when x[0] > 0.
+
+Rows: throughput and p50/p99 at c=1/16/64 over gRPC (single-item requests, closed loop), the
+shipyard/Triton ratio and the issue's target (>= 1.5x at c=16 and 64 for ``mlp_py``, p50 at c=1 no
+worse; >= 1.5x at c=64 for ``pipeline``); then the isolation row: ``mlp_py`` under c=16 load
+while ``crashy`` is crashed 20 times, failed ``mlp_py`` requests counted (target 0).
+
+Writes ``python_models.json`` and ``python_models.md`` under ``--out`` (benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.common import LOOPBACK, ModelSpec, ServerProcess, TensorSpec
+from benchmarks.loadgen import CLIENTS, CellResult, LoadSpec, run_closed_loop
+
+HERE = Path(__file__).resolve().parent
+ORT_MODEL_PY = common.REPO_ROOT / "examples" / "python_models" / "onnx_runtime_model.py"
+CONCURRENCY = (1, 16, 64)
+CRASHES = 20
+MAX_BATCH = 128
+DEFAULT_OUT = HERE / "results"
+
+_THREADS = (
+    'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+    'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }\n'
+)
+
+
+def _io(name: str, datatype: str, dims: tuple[int, ...]) -> str:
+    return f'{{ name: "{name}" data_type: TYPE_{datatype} dims: [ {", ".join(map(str, dims))} ] }}'
+
+
+def _config(backend: str, inputs: list[str], outputs: list[str], max_batch: int = MAX_BATCH) -> str:
+    scheduling = "dynamic_batching { }\n" if max_batch else ""
+    return (
+        f'backend: "{backend}"\nmax_batch_size: {max_batch}\n'
+        f"input [ {', '.join(inputs)} ]\noutput [ {', '.join(outputs)} ]\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n" + scheduling + _THREADS
+    )
+
+
+def write_repository(root: Path, mlp: ModelSpec, for_triton: bool) -> Path:
+    """The benchmark's repository (see the module docstring); ``for_triton``: the ensemble's MLP
+    step through the Python model (Triton's wheel has no ONNX Runtime backend)."""
+    if root.exists():
+        shutil.rmtree(root)
+    vec_in, vec_out = _io("input", "FP32", (512,)), _io("output", "FP32", (512,))
+
+    def model(name: str, config: str, files: dict[str, Path]) -> None:
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
+        for filename, source in files.items():
+            shutil.copyfile(source, root / name / "1" / filename)
+
+    ort_files = {"model.py": ORT_MODEL_PY, "model.onnx": mlp.onnx_path}
+    model("mlp_py", _config("python", [vec_in], [vec_out]), ort_files)
+    if for_triton:
+        model("mlp_step", _config("python", [vec_in], [vec_out]), ort_files)
+    else:
+        model("mlp_step", _config("onnxruntime", [vec_in], [vec_out]), {"model.onnx": mlp.onnx_path})
+    model(
+        "normalize",
+        _config("python", [vec_in], [_io("normalized", "FP32", (512,))]),
+        {"model.py": HERE / "pymodels" / "normalize" / "model.py"},
+    )
+    model(
+        "topk",
+        _config("python", [vec_out], [_io("top", "INT64", (5,))]),
+        {"model.py": HERE / "pymodels" / "topk" / "model.py"},
+    )
+    model(
+        "crashy",
+        _config("python", [_io("x", "FP32", (1,))], [_io("y", "FP32", (1,))], max_batch=0),
+        {"model.py": HERE / "pymodels" / "crashy" / "model.py"},
+    )
+    (root / "pipeline" / "1").mkdir(parents=True)
+    (root / "pipeline" / "config.pbtxt").write_text(
+        f'platform: "ensemble"\nmax_batch_size: {MAX_BATCH}\n'
+        f"input [ {vec_in} ]\noutput [ {_io('top', 'INT64', (5,))} ]\n"
+        "ensemble_scheduling { step [\n"
+        '  { model_name: "normalize" model_version: -1 input_map { key: "input" value: "input" }\n'
+        '    output_map { key: "normalized" value: "x" } },\n'
+        '  { model_name: "mlp_step" model_version: -1 input_map { key: "input" value: "x" }\n'
+        '    output_map { key: "output" value: "y" } },\n'
+        '  { model_name: "topk" model_version: -1 input_map { key: "output" value: "y" }\n'
+        '    output_map { key: "top" value: "top" } }\n'
+        "] }\n"
+    )
+    return root
+
+
+def _pipeline_spec(mlp: ModelSpec) -> ModelSpec:
+    return ModelSpec("pipeline", mlp.onnx_path, mlp.inputs, (TensorSpec("top", "INT64", (5,)),))
+
+
+def _start_shipyard(repo: Path, workdir: Path) -> tuple[ServerProcess, int]:
+    grpc_port, http_port = common.free_port(), common.free_port()
+    argv = common.python_module_argv(
+        "shipyard.serving_runtime",
+        "--model-repository",
+        str(repo),
+        "--host",
+        LOOPBACK,
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+    )
+    server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard-python.log", env={"OMP_NUM_THREADS": "1"})
+    server.start()
+    from benchmarks.targets import http_probe
+
+    server.wait_ready(http_probe(http_port, "/v2/health/ready"), 180)
+    return server, grpc_port
+
+
+def _start_triton(repo: Path, workdir: Path) -> tuple[ServerProcess, int]:
+    from benchmarks.servers.triton import start_triton
+
+    server = start_triton([repo], workdir / "logs" / "tritonserver-python.log", timeout_s=180)
+    return server.process, server.grpc_port
+
+
+def _crash_loop(port: int, count: int, results: dict[str, Any]) -> None:
+    """Send ``count`` crashing requests to ``crashy`` one after another (each fails); count them."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="crashy")
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(b"\x00\x00\x80\x3f")  # 1.0f: crash
+    payload = request.SerializeToString()
+    sent = failed = 0
+    errors: list[str] = []
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        call = channel.unary_unary(common.GRPC_INFER_METHOD)
+        for _ in range(count):
+            sent += 1
+            try:
+                call(payload, timeout=60)
+            except grpc.RpcError as exc:
+                failed += 1
+                errors.append(f"{exc.code().name}: {exc.details()}"[:200])  # type: ignore[attr-defined]
+            time.sleep(0.05)
+    results.update(sent=sent, failed=failed, errors=sorted(set(errors)))
+
+
+def measure_server(
+    start: Callable[[Path, Path], tuple[ServerProcess, int]],
+    repo: Path,
+    workdir: Path,
+    mlp: ModelSpec,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Start one server, sweep ``mlp_py`` and ``pipeline``, run the crash scenario, stop it."""
+    server, port = start(repo, workdir)
+    cells: dict[str, Any] = {}
+    try:
+        for name, spec in (("mlp_py", mlp), ("pipeline", _pipeline_spec(mlp))):
+            load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=name))
+            for concurrency in args.concurrency:
+                cell = run_closed_loop(load, concurrency, args.warmup, args.window, args.client_procs, args.client)
+                cells[f"{name}/c{concurrency}"] = asdict(cell)
+                print(
+                    f"  {server.name:12s} {name:9s} c={concurrency:<3d} {cell.throughput:8.0f} inf/s  "
+                    f"p50 {cell.p50_ms or 0:.2f} ms  p99 {cell.p99_ms or 0:.2f} ms  errors {cell.errors}",
+                    flush=True,
+                )
+        crash: dict[str, Any] = {}
+        crasher = threading.Thread(target=_crash_loop, args=(port, args.crashes, crash), daemon=True)
+        load = LoadSpec("grpc", port, common.grpc_request_bytes(mlp, model_name="mlp_py"))
+        crasher.start()
+        cell = run_closed_loop(load, 16, 0.2, args.crash_window, args.client_procs, args.client)
+        crasher.join(timeout=120)
+        cells["crash"] = {"mlp_py_c16": asdict(cell), "crashy": crash}
+        print(
+            f"  {server.name:12s} crash x{crash.get('sent', 0)}: mlp_py {cell.throughput:.0f} inf/s, "
+            f"{cell.errors} failed requests",
+            flush=True,
+        )
+    finally:
+        server.stop()
+    return cells
+
+
+def _cell(cells: dict[str, Any], key: str) -> CellResult | None:
+    data = cells.get(key)
+    return CellResult(**data) if data else None
+
+
+def report(results: dict[str, Any], concurrency: list[int]) -> str:
+    """The markdown rows: shipyard beside Triton, the ratio, and whether the issue's target is met."""
+    s, t = results["servers"].get("shipyard", {}), results["servers"].get("triton", {})
+    lines = [
+        "| model | c | Triton inf/s | shipyard inf/s | ratio | Triton p50 ms | shipyard p50 ms | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name in ("mlp_py", "pipeline"):
+        for c in concurrency:
+            a, b = _cell(t, f"{name}/c{c}"), _cell(s, f"{name}/c{c}")
+            if a is None or b is None:
+                continue
+            ratio = b.throughput / a.throughput if a.throughput else float("inf")
+            target, met = "", ""
+            if (name == "mlp_py" and c in (16, 64)) or (name == "pipeline" and c == 64):
+                target, met = ">= 1.5x", "yes" if ratio >= 1.5 else "NO"
+            elif name == "mlp_py" and c == 1:
+                target = "p50 no worse"
+                met = "yes" if (b.p50_ms or 0) <= (a.p50_ms or 0) else "NO"
+            lines.append(
+                f"| {name} | {c} | {a.throughput:,.0f} | {b.throughput:,.0f} | {ratio:.2f}x | "
+                f"{a.p50_ms or 0:.2f} | {b.p50_ms or 0:.2f} | {target} | {met} |"
+            )
+    for server_name, cells in (("Triton", t), ("shipyard", s)):
+        crash = cells.get("crash")
+        if crash:
+            failed = crash["mlp_py_c16"]["errors"]
+            victim = crash["crashy"]
+            lines.append(
+                f"\n{server_name}: `crashy` sent {victim.get('sent', 0)} crashing requests ({victim.get('failed', 0)} "
+                f"failed, as they should: {'; '.join(victim.get('errors', []))[:300]}) while `mlp_py` served c=16: "
+                f"{failed} failed `mlp_py` requests (target 0: {'met' if failed == 0 else 'NOT met'})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.python_models", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (checks that it works)")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 1.5; quick 0.3)")
+    parser.add_argument("--window", type=float, help="seconds measured per cell (default 4; quick 1)")
+    parser.add_argument("--crash-window", type=float, help="seconds of the crash scenario (default 8; quick 4)")
+    parser.add_argument("--crashes", type=int, default=CRASHES)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--client", choices=CLIENTS, default="native")
+    parser.add_argument("--servers", default="triton,shipyard", help="comma-separated: triton, shipyard")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.5)
+    args.window = args.window if args.window is not None else (1.0 if args.quick else 4.0)
+    args.crash_window = args.crash_window if args.crash_window is not None else (4.0 if args.quick else 8.0)
+    args.servers = [s for s in args.servers.split(",") if s]
+    if args.client == "native":
+        from benchmarks import native_client
+
+        if native_client.unavailable_reason() is not None:
+            args.client = "python"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mlp = common.load_model_spec("wide_mlp")
+    workdir = args.out / "python-models-work"
+    results: dict[str, Any] = {"servers": {}, "errors": {}, "client": args.client}
+    starters = {"triton": _start_triton, "shipyard": _start_shipyard}
+    print(f"Python models and ensembles: servers {args.servers}, c={args.concurrency}, client {args.client}")
+    for name in args.servers:
+        repo = write_repository(workdir / f"repo-{name}", mlp, for_triton=name == "triton")
+        try:
+            results["servers"][name] = measure_server(starters[name], repo, workdir, mlp, args)
+        except Exception as exc:  # one server failing still reports the other
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            results["errors"][name] = message
+            print(f"  {name}: FAILED: {message}", flush=True)
+    table = report(results, args.concurrency)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "python_models.json").write_text(json.dumps(results, indent=2))
+    (args.out / "python_models.md").write_text(table)
+    print(table)
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Batch scoring next to real-time traffic on one server (issue 23's targets), on the wide MLP.
+
+``python -m benchmarks.score_bench [--rows N] [--window-s S] [--out DIR]`` (or ``make bench-score``):
+
+1. the in-process limit: the ONNX Runtime session alone, best batch size (``benchmarks.inprocess``);
+2. alone: ``shipyard score`` through the runtime over gRPC at that batch size (rows/s of its summary),
+   and ``shipyard score --repository`` in-process; target: served >= 0.8x the in-process limit;
+3. real-time: a closed-loop gRPC client at c=16 (single-row requests, default priority), alone and while a
+   batch job (``shipyard score``, lowest priority) runs throughout; target: its p99 with the job within
+   1.25x of its p99 without, and the job keeps >= 50% of its alone throughput (rows written in the window);
+4. killed and restarted: the scorer is SIGKILLed at a random point and run again; target: output rows =
+   input rows, no duplicate keys.
+
+The server is ``python -m shipyard.serving_runtime`` with the wide MLP at max_batch_size 128, one instance,
+one ONNX Runtime thread, ``dynamic_batching { priority_levels: 2 default_priority_level: 1 }`` (what the
+publish step writes). Results: ``score.json`` and ``score.md`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, targets
+from benchmarks.loadgen import run_closed_loop
+
+MODEL = "wide_mlp"
+TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
+
+
+def log(message: str) -> None:
+    print(f"[score-bench] {message}", file=sys.stderr, flush=True)
+
+
+def write_repository(root: Path, model: common.ModelSpec) -> Path:
+    """The wide MLP with the benchmark's config plus the two priority levels the publish step writes."""
+    version = root / MODEL / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    if not (version / "model.onnx").exists():
+        os.link(model.onnx_path, version / "model.onnx")
+    config = targets.shipyard_config(model, MODEL).replace(
+        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }"
+    )
+    assert "priority_levels" in config, config
+    (root / MODEL / "config.pbtxt").write_text(config)
+    return root
+
+
+def write_dataset(path: Path, rows: int, width: int) -> Path:
+    """``rows`` rows: ``id`` (a shuffled unique int64) and ``x`` (a fixed-size list of ``width`` floats)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(rows * 4)[:rows].astype(np.int64)
+    with pq.ParquetWriter(path, pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32(), width))])) as writer:
+        for start in range(0, rows, 8192):
+            n = min(8192, rows - start)
+            x = rng.standard_normal((n, width)).astype(np.float32)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), width)
+            writer.write_table(pa.table({"id": pa.array(ids[start : start + n]), "x": column}))
+    return path
+
+
+def score_argv(data: Path, out: Path, *target: str, batch_size: int, part_rows: int = 1024) -> list[str]:
+    return common.python_module_argv(
+        "shipyard", "score", str(data), "-o", str(out), "-m", MODEL, *target, "--key", "id",
+        "--batch-size", str(batch_size), "--part-rows", str(part_rows), "-q", "--overwrite",
+    )  # fmt: skip
+
+
+def run_scorer(argv: list[str]) -> dict[str, Any]:
+    """Run ``shipyard score`` to the end; its JSON summary. Raises: RuntimeError when it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=env, cwd=common.REPO_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"shipyard score failed ({done.returncode}): {done.stderr[-2000:]}")
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
+def output_rows(out: Path) -> int:
+    from shipyard.components.score.output import OutputStore
+
+    return OutputStore(str(out)).rows() if out.exists() else 0
+
+
+def realtime(port: int, model: common.ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
+    spec = targets.grpc_spec(port)(model)
+    cell = run_closed_loop(spec, args.concurrency, args.warmup_s, args.window_s, client=args.client)
+    return cell.as_dict()
+
+
+def mixed(port: int, model: common.ModelSpec, data: Path, work: Path, batch_size: int,
+          args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """The real-time client's window while a batch job runs; the job's rows/s over the same window."""
+    out = work / f"mixed-{batch_size}"
+    argv = score_argv(data, out, "--url", f"{common.LOOPBACK}:{port}", batch_size=batch_size)
+    scorer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=common.REPO_ROOT,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while output_rows(out) == 0 and time.monotonic() < deadline and scorer.poll() is None:
+            time.sleep(0.05)  # wait until the job is under way (its first part written)
+        rows0, t0 = output_rows(out), time.monotonic()
+        cell = realtime(port, model, args)
+        rows1, t1 = output_rows(out), time.monotonic()
+        still_running = scorer.poll() is None
+    finally:
+        scorer.kill()
+        scorer.wait(10)
+    return {"realtime": cell, "batch_rows_per_s": (rows1 - rows0) / (t1 - t0), "batch_size": batch_size,
+            "batch_ran_throughout": still_running}  # fmt: skip
+
+
+def kill_and_restart(
+    port: int, data: Path, work: Path, rows: int, batch_size: int, expected_s: float
+) -> dict[str, Any]:
+    """SIGKILL the scorer at a random point, run it again to the end; count rows and distinct keys."""
+    import pyarrow.dataset as pads
+
+    out = work / "killed"
+    argv = score_argv(data, out, "--url", f"{common.LOOPBACK}:{port}", batch_size=batch_size)
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=common.REPO_ROOT)
+    kill_after = random.uniform(0.3, 0.7) * expected_s + 2.0  # + start-up
+    time.sleep(kill_after)
+    killed_running = first.poll() is None
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    rows_at_kill = output_rows(out)
+    summary = run_scorer([a for a in argv if a != "--overwrite"])
+    keys = pads.dataset(str(out), format="parquet").to_table(columns=["id"]).column("id")
+    distinct = len(set(keys.to_pylist()))
+    return {"killed_after_s": round(kill_after, 2), "killed_while_running": killed_running,
+            "rows_at_kill": rows_at_kill, "rows_resumed": summary["rows_resumed"], "rows": len(keys),
+            "distinct_keys": distinct, "input_rows": rows, "ok": len(keys) == distinct == rows}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.run import measure_inprocess
+
+    model = common.load_model_spec(MODEL)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    log("in-process limit ...")
+    limit = measure_inprocess(model, args.inprocess_s)
+    batch = int(args.batch_size or limit["best_batch"])
+    log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; scoring at batch {batch}")
+    data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
+    repo = write_repository(work / "repo", model)
+    meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
+            "concurrency": args.concurrency, "client": args.client}  # fmt: skip
+    results: dict[str, Any] = {"meta": meta, "inprocess_limit": limit}
+    inproc = run_scorer(score_argv(data, work / "inproc", "--repository", str(repo), batch_size=batch))
+    results["alone_inprocess"] = inproc
+    http_port, grpc_port = common.free_port(), common.free_port()
+    argv = common.python_module_argv(
+        "shipyard.serving_runtime", "--model-repository", str(repo), "--host", common.LOOPBACK,
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+    )  # fmt: skip
+    server = common.ServerProcess("shipyard", argv, work / "server.log", env={"OMP_NUM_THREADS": "1"})
+    with common.running(server):
+        server.wait_ready(targets.http_probe(http_port, "/v2/health/ready"), 120)
+        log("batch job alone ...")
+        url = f"{common.LOOPBACK}:{grpc_port}"
+        alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
+        results["alone_served"] = alone
+        log(f"alone {alone['rows_per_s']:.0f} rows/s; real-time client alone ...")
+        results["realtime_alone"] = realtime(grpc_port, model, args)
+        big = write_dataset(work / "big.parquet", int(alone["rows_per_s"] * (args.warmup_s + args.window_s + 30)),
+                            model.inputs[0].dims[-1])  # fmt: skip
+        results["mixed"] = []
+        for size in sorted({batch, *args.mixed_batch_sizes}, reverse=True):
+            log(f"real-time client with the batch job at batch {size} ...")
+            results["mixed"].append(mixed(grpc_port, model, big, work, size, args))
+        log("kill and restart ...")
+        results["kill_restart"] = kill_and_restart(grpc_port, data, work, args.rows, batch,
+                                                   args.rows / max(alone["rows_per_s"], 1.0))  # fmt: skip
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    limit = results["inprocess_limit"]["best"]
+    alone = results["alone_served"]["rows_per_s"]
+    rt_alone = results["realtime_alone"]["p99_ms"]
+    lines = [
+        f"# Batch scoring next to real-time traffic ({MODEL}, {results['meta']['rows']} rows)", "",
+        "| measurement | value | target | pass |", "|---|---|---|---|",
+        f"| in-process limit (batch {results['inprocess_limit']['best_batch']}) | {limit:,.0f} rows/s | | |",
+        f"| shipyard score --repository (in-process) | {results['alone_inprocess']['rows_per_s']:,.0f} rows/s "
+        f"({results['alone_inprocess']['rows_per_s'] / limit:.2f}x) | | |",
+        f"| shipyard score over gRPC, alone | {alone:,.0f} rows/s ({alone / limit:.2f}x limit) | "
+        f">= {TARGETS['served_vs_inprocess']}x | {alone / limit >= TARGETS['served_vs_inprocess']} |",
+        f"| real-time c={results['meta']['concurrency']} alone | p99 {rt_alone:.2f} ms, "
+        f"{results['realtime_alone']['throughput']:,.0f} req/s | | |",
+    ]  # fmt: skip
+    for cell in results["mixed"]:
+        p99 = cell["realtime"]["p99_ms"]
+        share = cell["batch_rows_per_s"] / alone
+        lines += [
+            f"| real-time with batch job (batch {cell['batch_size']}) | p99 {p99:.2f} ms ({p99 / rt_alone:.2f}x), "
+            f"{cell['realtime']['throughput']:,.0f} req/s | <= {TARGETS['p99_ratio']}x | "
+            f"{p99 / rt_alone <= TARGETS['p99_ratio']} |",
+            f"| batch job next to real-time (batch {cell['batch_size']}) | {cell['batch_rows_per_s']:,.0f} rows/s "
+            f"({share:.2f}x alone{'' if cell['batch_ran_throughout'] else ', finished early'}) | "
+            f">= {TARGETS['batch_share']}x | {share >= TARGETS['batch_share']} |",
+        ]  # fmt: skip
+    kill = results["kill_restart"]
+    lines.append(f"| killed after {kill['killed_after_s']} s ({kill['rows_at_kill']} rows written), restarted | "
+                 f"{kill['rows']} rows, {kill['distinct_keys']} distinct keys, input {kill['input_rows']} | equal | "
+                 f"{kill['ok']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=60000, help="rows of the data set scored alone")
+    parser.add_argument("--window-s", type=float, default=15.0, help="real-time measurement window")
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--inprocess-s", type=float, default=1.0, help="seconds per batch size (in-process sweep)")
+    parser.add_argument("--concurrency", type=int, default=16, help="real-time client concurrency")
+    parser.add_argument("--batch-size", type=int, default=0, help="rows per batch request (0: the in-process best)")
+    parser.add_argument("--mixed-batch-sizes", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
+                        help="more batch sizes to run next to the real-time client, e.g. 32,8")  # fmt: skip
+    parser.add_argument("--client", default="python", choices=("python", "native"), help="real-time load client")
+    parser.add_argument("--workdir", default="/tmp/shipyard-score-bench")
+    parser.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "score"))
+    parser.add_argument("--quick", action="store_true", help="a short check that it works (numbers mean nothing)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.window_s, args.warmup_s, args.inprocess_s = 4000, 3.0, 1.0, 0.3
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    finally:
+        common.stop_all()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "score.json").write_text(json.dumps(results, indent=2, default=str))
+    text = report(results)
+    (out / "score.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

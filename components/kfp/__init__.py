@@ -1,1 +1,0 @@
-"""KFP v2 components: thin, typed wrappers over the shipyard library functions."""

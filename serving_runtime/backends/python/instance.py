@@ -1,0 +1,295 @@
+"""One instance of a Python model: a stub process, restarted when it dies.
+
+``execute_requests`` is what the scheduler's worker thread calls with the batch it formed: the
+requests go to ``TritonPythonModel.execute`` as a list, exactly as Triton hands them, and each
+comes back with its own outputs or its own error. A model that raises fails the requests of that
+call with its message. A process that crashes, exits or does not answer within
+``execute_timeout_s`` (config ``parameters``, default 300) fails the requests in flight with the
+reason, and a new process is started (``initialize`` again) at once, in the background; if that
+fails, the instance answers with the reason until a later request's restart succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.serving_runtime.backends.python.errors import error_for_code
+from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
+from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
+from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
+
+log = logging.getLogger("shipyard.serving_runtime.backends.python")
+
+DEFAULT_EXECUTE_TIMEOUT_S = 300.0
+DEFAULT_INIT_TIMEOUT_S = 300.0
+FINALIZE_TIMEOUT_S = 10.0
+RESTART_RETRY_S = 1.0
+_KEYS = itertools.count(1)
+_INSTANCES = itertools.count(1)
+
+# Called (from any thread) with (outputs or None, error or None, final) for each response of a
+# decoupled model's request.
+Responder = Callable[[dict[str, np.ndarray] | None, ServingError | None, bool], None]
+
+
+def _seconds(parameters: Mapping[str, str], key: str, default: float, source: str) -> float:
+    raw = parameters.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ModelLoadError(f"{source}: parameter {key} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+class PythonInstance:
+    """A ``BackendInstance`` that runs ``model.py`` in its own process."""
+
+    inline_safe = False
+
+    def __init__(
+        self, model_path: Path, args: dict[str, str], parameters: Mapping[str, str], output_names: Sequence[str]
+    ) -> None:
+        """Start the process and run ``initialize``.
+
+        Raises: ModelLoadError naming the model file and initialize's error (or the process's end).
+        """
+        self.model_path = model_path
+        self.output_names = list(output_names)
+        self.args = args
+        self.name = args["model_instance_name"]
+        self.model_name = args["model_name"]
+        self.model_version = int(args["model_version"])
+        self.decoupled = bool(json.loads(args["model_config"]).get("model_transaction_policy", {}).get("decoupled"))
+        source = str(model_path)
+        self.execute_timeout_s = _seconds(parameters, "execute_timeout_s", DEFAULT_EXECUTE_TIMEOUT_S, source)
+        self.init_timeout_s = _seconds(parameters, "initialize_timeout_s", DEFAULT_INIT_TIMEOUT_S, source)
+        self.prefix = f"shipyard-py-{os.getpid()}-{next(_INSTANCES)}"
+        self.pool = SlabPool(self.prefix + "-s")
+        self.reader = SlabReader()
+        self.responders: dict[int, Responder] = {}
+        self.bls_handler: Callable[[PythonInstance, tuple[Any, ...]], None] | None = None
+        self._life = threading.Lock()
+        self._closed = False
+        self._generation = 0
+        self.unavailable: str | None = None
+        self._last_try = 0.0
+        self.restarts = 0
+        try:
+            self.stub = self._start()
+        except BaseException:
+            self.pool.close()
+            raise
+
+    # -- life ------------------------------------------------------------------------------------
+
+    def _start(self) -> StubProcess:
+        self._generation += 1
+        prefix = f"{self.prefix}-{self._generation}"
+        stub = StubProcess(prefix, self.reader, self._on_message, self._on_exit)
+        where = f"{self.model_path}: initialize of instance {self.name!r}"
+        try:
+            reply = stub.call(("init", str(self.model_path), self.args), self.init_timeout_s)
+        except StubDied as exc:
+            raise ModelLoadError(f"{where}: {exc}") from None
+        except CallTimeout:
+            stub.kill()
+            raise ModelLoadError(
+                f"{where} did not finish within {self.init_timeout_s:g} s (initialize_timeout_s)"
+            ) from None
+        if reply[0] != "ok":
+            stub.stop(FINALIZE_TIMEOUT_S)
+            raise ModelLoadError(f"{where} failed: {reply[1]}")
+        return stub
+
+    def _ensure_running(self) -> str | None:
+        """Restart the process when it is gone; None when it runs, else why it cannot."""
+        with self._life:
+            if self._closed:
+                return f"instance {self.name} is closed"
+            if self.stub.alive:
+                return None
+            now = time.monotonic()
+            if self.unavailable is not None and now - self._last_try < RESTART_RETRY_S:
+                return self.unavailable
+            self._last_try = now
+            try:
+                self.stub = self._start()
+            except ServingError as exc:
+                self.unavailable = f"instance {self.name} of model {self.model_name!r} is unavailable: {exc.message}"
+                log.error("%s", self.unavailable)
+                return self.unavailable
+            self.unavailable = None
+            self.restarts += 1
+            log.warning("Python model instance %s restarted (pid %d)", self.name, self.stub.pid)
+            return None
+
+    def _on_exit(self, stub: StubProcess) -> None:
+        reason = self._death_message(stub)
+        for key, responder in list(self.responders.items()):
+            self.responders.pop(key, None)
+            responder(None, BackendError(reason), True)
+        if not self._closed:
+            threading.Thread(target=self._ensure_running, name=f"{self.name}-restart", daemon=True).start()
+
+    def _death_message(self, stub: StubProcess) -> str:
+        return (
+            f"the Python model process of instance {self.name!r} of model {self.model_name!r} "
+            f"failed: {stub.exit_reason()}; it is being restarted"
+        )
+
+    # -- messages from the stub (reader thread) --------------------------------------------------
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "resp":
+            self._on_response(message[1], message[2], message[3])
+        elif kind == "bls":
+            if self.bls_handler is None:
+                self.stub.send(
+                    ("bls_r", message[1], ("err", "BLS is not available: the model is not served yet", 4), True)
+                )
+            else:
+                self.bls_handler(self, message)
+        elif kind == "log":
+            level = {"WARNING": logging.WARNING, "ERROR": logging.ERROR, "VERBOSE": logging.DEBUG}.get(message[1])
+            log.log(level or logging.INFO, "%s: %s", self.name, message[2])
+
+    def _on_response(self, key: int, payload: Any, flags: int) -> None:
+        final = bool(flags & 1)
+        responder = self.responders.pop(key, None) if final else self.responders.get(key)
+        if responder is None:
+            return
+        if payload is None:
+            responder(None, None, final)
+            return
+        outputs, error = self.decode(payload)
+        responder(outputs, error, final)
+
+    def decode(self, payload: tuple[Any, ...]) -> tuple[dict[str, np.ndarray] | None, ServingError | None]:
+        if payload[0] == "ok":
+            return {name: array for name, _, array in self.reader.read(payload[1])}, None
+        return None, error_for_code(str(payload[1]), int(payload[2]))
+
+    # -- the scheduler's side --------------------------------------------------------------------
+
+    def execute_requests(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray] | ServingError]:
+        """Run one formed batch (``scheduling.InferenceRequest`` objects) through ``execute``.
+
+        Never raises: each request gets its outputs or a ServingError.
+        """
+        reason = self._ensure_running()
+        if reason is not None:
+            return [BackendError(reason) for _ in requests]
+        stub = self.stub
+        keys = [next(_KEYS) for _ in requests]
+        try:
+            described = self._describe(requests, keys)
+        except (ShmError, ServingError, ValueError) as exc:
+            return [BackendError(str(exc)) for _ in requests]
+        if self.decoupled:
+            for key, request in zip(keys, requests, strict=True):
+                responder = getattr(request, "on_response", None)
+                if responder is not None:
+                    self.responders[key] = responder
+                    # the stream calls it when its client goes away: the model's is_cancelled()
+                    setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
+        try:
+            reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
+        except StubDied:
+            return [BackendError(self._death_message(stub)) for _ in requests]
+        except CallTimeout:
+            stub.kill()
+            message = (
+                f"the Python model instance {self.name!r} of model {self.model_name!r} did not finish execute "
+                f"within {self.execute_timeout_s:g} s (parameter execute_timeout_s); its process was killed and "
+                "is being restarted"
+            )
+            return [BackendError(message) for _ in requests]
+        return self._results(reply, keys, len(requests))
+
+    def _results(self, reply: tuple[Any, ...], keys: list[int], count: int) -> list[Any]:
+        if reply[0] == "fail":
+            message = f"Failed to process the request(s) for model instance '{self.name}', message: {reply[2]}"
+            for key in keys:
+                responder = self.responders.pop(key, None)
+                if responder is not None:
+                    responder(None, BackendError(message), True)
+            return [BackendError(message) for _ in range(count)]
+        payloads = reply[2]
+        if payloads is None:  # decoupled: responses go through the responders
+            return [{} for _ in range(count)]
+        tensors = iter(self.reader.read_many([p[1] for p in payloads if p[0] == "ok"]))
+        results: list[Any] = []
+        for payload in payloads:
+            if payload[0] == "ok":
+                results.append({name: array for name, _, array in next(tensors)})
+            else:
+                results.append(error_for_code(str(payload[1]), int(payload[2])))
+        return results
+
+    def _describe(self, requests: Sequence[Any], keys: list[int]) -> list[dict[str, Any]]:
+        tensors = [(name, array) for request in requests for name, array in request.inputs.items()]
+        refs = self.pool.write(tensors)
+        described: list[dict[str, Any]] = []
+        start = 0
+        for key, request in zip(keys, requests, strict=True):
+            count = len(request.inputs)
+            parameters = {k: v for k, v in request.parameters.items() if isinstance(v, (str, int, float, bool))}
+            described.append(
+                {
+                    "key": key,
+                    "inputs": refs[start : start + count],
+                    "requested": list(request.outputs) or self.output_names,
+                    "request_id": request.request_id,
+                    "parameters": parameters,
+                    "model_name": self.model_name,
+                    "model_version": self.model_version,
+                }
+            )
+            start += count
+        return described
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One request (warm-up, or a caller without request lists). Raises: the request's error."""
+        from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+        result = self.execute_requests([InferenceRequest(dict(inputs), outputs)])[0]
+        if isinstance(result, ServingError):
+            raise result
+        return result
+
+    def bind_server(self, manager: Any) -> None:
+        """Let the model call the server's models (BLS); call on the server's event loop."""
+        import asyncio
+
+        from shipyard.serving_runtime.backends.python.bls import BlsRouter
+
+        self.bls_handler = BlsRouter(manager, asyncio.get_running_loop())
+
+    def cancel(self, key: int) -> None:
+        """Mark request ``key`` cancelled for the model (``is_cancelled()``); its responses are dropped."""
+        if self.responders.pop(key, None) is not None:
+            self.stub.send(("cancel", key))
+
+    def close(self) -> None:
+        with self._life:
+            self._closed = True
+            stub = self.stub
+        stub.stop(FINALIZE_TIMEOUT_S)
+        self.pool.close()
+        self.reader.close()

@@ -1,0 +1,167 @@
+"""One running stub process, seen from the server: start, the control channel, death, kill.
+
+``StubProcess`` starts ``python -m ...python.stub`` with its end of a socket pair, runs a reader
+thread that sorts the stub's messages (replies to the one call in progress; decoupled responses,
+BLS calls and log lines to the handlers it was given) and notices when the process dies. It knows
+nothing of requests; ``instance.PythonInstance`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from shipyard.serving_runtime.backends.python.ipc import Channel, ChannelClosed
+from shipyard.serving_runtime.backends.python.shm import SlabReader, remove_files
+
+log = logging.getLogger("shipyard.serving_runtime.backends.python")
+
+STUB_MODULE = "shipyard.serving_runtime.backends.python.stub"
+_REPLIES = ("ok", "err", "done", "fail", "fini_ok")
+
+
+class StubDied(RuntimeError):
+    """The stub process ended (or was killed) while a call waited for it."""
+
+
+class CallTimeout(RuntimeError):
+    """The stub did not answer within the call's timeout."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exit code 3`` / ``signal SIGSEGV`` / ``still running``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class StubProcess:
+    """A started stub. ``on_message(message)`` gets every message that is not a call's reply
+    (on the reader thread); ``on_exit()`` runs once when the channel closes."""
+
+    def __init__(
+        self,
+        prefix: str,
+        reader: SlabReader,
+        on_message: Callable[[tuple[Any, ...]], None],
+        on_exit: Callable[[StubProcess], None],
+    ) -> None:
+        self.prefix = prefix
+        self.reader = reader
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._replies: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", STUB_MODULE, "--fd", str(child.fileno()), "--prefix", prefix],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # its own session: a terminal's Ctrl-C or a signal to the server's process group
+                # reaches the server, which finalizes the model. The stub ends when its channel
+                # closes, so it never outlives the server.
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self.channel = Channel(parent)
+        self.alive = True
+        self._thread = threading.Thread(target=self._read, name=f"{prefix}-reader", daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.channel.recv()
+                if message[0] in _REPLIES:
+                    self._replies.put(message)
+                else:
+                    try:
+                        self._on_message(message)
+                    except Exception:  # a bad message must not stop the reader
+                        log.exception("handling %r from the Python model process %d failed", message[0], self.pid)
+        except ChannelClosed:
+            pass
+        finally:
+            self.alive = False
+            self._replies.put(None)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.reader.forget(self.prefix)
+            remove_files(self.prefix)
+            self._on_exit(self)
+
+    def call(self, message: tuple[Any, ...], timeout_s: float | None) -> tuple[Any, ...]:
+        """Send ``message`` and wait for its reply. Calls are made one at a time.
+
+        Raises: StubDied (the process ended first), CallTimeout (no reply in ``timeout_s``; the
+        process is left running: ``kill`` it).
+        """
+        if not self.alive:
+            raise StubDied(self.exit_reason())
+        try:
+            self.channel.send(message)
+        except ChannelClosed:
+            self._thread.join(5)
+            raise StubDied(self.exit_reason()) from None
+        try:
+            reply = self._replies.get(timeout=timeout_s)
+        except queue.Empty:
+            raise CallTimeout(f"no answer in {timeout_s:g} s") from None
+        if reply is None:
+            self._thread.join(5)
+            raise StubDied(self.exit_reason())
+        return reply
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send without waiting (BLS answers, cancellations). Dropped when the process is gone."""
+        try:
+            self.channel.send(message)
+        except ChannelClosed:
+            pass
+
+    def exit_reason(self) -> str:
+        return f"the process (pid {self.pid}) ended with {describe_exit(self.proc.poll())}"
+
+    def kill(self) -> None:
+        """SIGKILL the process and wait for the reader to notice."""
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.channel.close()
+        self._thread.join(10)
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the model to finalize and exit; kill it past ``timeout_s``."""
+        if self.alive:
+            try:
+                self.call(("fini",), timeout_s)
+            except (StubDied, CallTimeout):
+                pass
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()

@@ -1,0 +1,255 @@
+"""Tensors between the server and a Python model's process, through files in ``/dev/shm``.
+
+Each side owns a ``SlabPool``: memory-mapped files it creates under the shared-memory directory
+(``/dev/shm``; ``SHIPYARD_PYTHON_SHM_DIR`` overrides it). A message's tensors are written into one
+free slab, one after the other; the message itself (sent over the control socket) carries only
+their descriptors: name, datatype, shape, slab, offset, byte size. The receiver maps the slab (once;
+mappings are cached), copies the tensors out and marks the slab free again by clearing its first
+byte, so the owner can reuse it without another message. Nothing is pickled but the descriptors.
+
+Space is reserved with ``posix_fallocate`` when a slab is created, so a full or too-small
+``/dev/shm`` is an ``ShmError`` naming the sizes and the fix, not a SIGBUS while writing (the
+failure Triton users meet as server#3678).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shipyard.serving_runtime.datatypes import (
+    deserialize_bytes_tensor,
+    numpy_to_triton,
+    serialize_bytes_tensor,
+    triton_to_numpy,
+)
+
+SHM_DIR_ENV = "SHIPYARD_PYTHON_SHM_DIR"
+DEFAULT_SHM_DIR = "/dev/shm"
+MIN_SLAB_BYTES = 1 << 20  # 1 MiB, as Triton's shm-default-byte-size
+_HEADER = 64  # byte 0: 1 while the receiver has not copied the slab out
+_ALIGN = 64
+SHM_FIX = (
+    "the Python backend passes tensors through shared memory; give the server a bigger /dev/shm "
+    "(docker run --shm-size=1g; Kubernetes: an emptyDir volume with medium: Memory mounted at /dev/shm)"
+)
+
+
+class ShmError(RuntimeError):
+    """Shared memory could not be reserved (``/dev/shm`` full or too small)."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor lies: ``slab`` is the file name, ``offset``/``nbytes`` its bytes in it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    slab: str
+    offset: int
+    nbytes: int
+
+
+def shm_dir() -> str:
+    return os.environ.get(SHM_DIR_ENV, DEFAULT_SHM_DIR)
+
+
+def _round(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class _Slab:
+    def __init__(self, path: str, size: int) -> None:
+        self.name = os.path.basename(path)
+        self.size = size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                os.close(fd)
+                fd = -1
+                os.unlink(path)
+                free = _free_bytes(os.path.dirname(path))
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise ShmError(
+                        f"shared memory is full: cannot reserve {size / 2**20:.1f} MiB in {os.path.dirname(path)} "
+                        f"({free / 2**20:.1f} MiB free); {SHM_FIX}"
+                    ) from None
+                raise ShmError(f"cannot reserve shared memory {path}: {exc.strerror}; {SHM_FIX}") from None
+            self.mm = mmap.mmap(fd, size)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.view = memoryview(self.mm)
+
+    def free(self) -> bool:
+        return self.view[0] == 0
+
+
+def _free_bytes(directory: str) -> int:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+class SlabPool:
+    """The slabs one side writes into. Thread-safe. Files are named ``<prefix>-<n>``."""
+
+    def __init__(self, prefix: str, directory: str | None = None) -> None:
+        self.directory = directory or shm_dir()
+        self.prefix = prefix
+        self._slabs: list[_Slab] = []
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def _take(self, nbytes: int) -> _Slab:
+        with self._lock:
+            for slab in self._slabs:
+                if slab.size >= nbytes and slab.free():
+                    slab.view[0] = 1
+                    return slab
+            size = max(MIN_SLAB_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
+            self._count += 1
+            slab = _Slab(os.path.join(self.directory, f"{self.prefix}-{self._count}"), size)
+            slab.view[0] = 1
+            self._slabs.append(slab)
+            return slab
+
+    def write(self, tensors: Sequence[tuple[str, np.ndarray]]) -> list[TensorRef]:
+        """Copy ``(name, array)`` pairs into one free slab; return their descriptors.
+
+        Raises: ShmError when ``/dev/shm`` cannot hold a new slab; ValueError for an array of a
+        dtype the protocol has no datatype for.
+        """
+        if not tensors:
+            return []
+        encoded: list[tuple[str, str, tuple[int, ...], np.ndarray | bytes]] = []
+        total = _HEADER
+        for name, array in tensors:
+            array = np.asarray(array)
+            datatype = numpy_to_triton(array.dtype)
+            if datatype == "BYTES":
+                data: np.ndarray | bytes = serialize_bytes_tensor(array)
+                size = len(data)
+            else:
+                data = np.ascontiguousarray(array)
+                size = data.nbytes
+            encoded.append((name, datatype, tuple(int(d) for d in array.shape), data))
+            total += _round(size)
+        slab = self._take(total)
+        refs: list[TensorRef] = []
+        offset = _HEADER
+        for name, datatype, shape, data in encoded:
+            if isinstance(data, bytes):
+                size = len(data)
+                slab.view[offset : offset + size] = data
+            else:
+                size = data.nbytes
+                target = np.frombuffer(slab.mm, dtype=np.uint8, count=size, offset=offset)
+                target[:] = data.reshape(-1).view(np.uint8)
+            refs.append(TensorRef(name, datatype, shape, slab.name, offset, size))
+            offset += _round(size)
+        return refs
+
+    def close(self) -> None:
+        """Unmap and remove this pool's files."""
+        with self._lock:
+            for slab in self._slabs:
+                slab.view.release()
+                try:
+                    slab.mm.close()
+                except BufferError:  # a view still refers to it; the mapping goes with the process
+                    pass
+                try:
+                    os.unlink(os.path.join(self.directory, slab.name))
+                except FileNotFoundError:
+                    pass
+            self._slabs.clear()
+
+
+class SlabReader:
+    """Maps the other side's slabs (cached by name) and copies tensors out of them."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory or shm_dir()
+        self._maps: dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()
+
+    def _map(self, name: str) -> mmap.mmap:
+        mm = self._maps.get(name)
+        if mm is None:
+            with self._lock:
+                mm = self._maps.get(name)
+                if mm is None:
+                    fd = os.open(os.path.join(self.directory, name), os.O_RDWR)
+                    try:
+                        mm = mmap.mmap(fd, 0)
+                    finally:
+                        os.close(fd)
+                    self._maps[name] = mm
+        return mm
+
+    def read(self, refs: Sequence[TensorRef]) -> list[tuple[str, str, np.ndarray]]:
+        """Copies of the tensors ``refs`` describe, as ``(name, datatype, array)``; frees their slab."""
+        return self.read_many([refs])[0]
+
+    def read_many(self, groups: Sequence[Sequence[TensorRef]]) -> list[list[tuple[str, str, np.ndarray]]]:
+        """``read`` for several messages' tensors (which may share slabs); frees the slabs after all."""
+        slabs: set[str] = set()
+        results = [self._copy(refs, slabs) for refs in groups]
+        for name in slabs:
+            self._maps[name][0] = 0
+        return results
+
+    def _copy(self, refs: Sequence[TensorRef], slabs: set[str]) -> list[tuple[str, str, np.ndarray]]:
+        result: list[tuple[str, str, np.ndarray]] = []
+        for ref in refs:
+            mm = self._map(ref.slab)
+            slabs.add(ref.slab)
+            if ref.datatype == "BYTES":
+                count = int(np.prod(ref.shape)) if ref.shape else 1
+                raw = bytes(memoryview(mm)[ref.offset : ref.offset + ref.nbytes])
+                array = deserialize_bytes_tensor(raw, count).reshape(ref.shape)
+            else:
+                dtype = triton_to_numpy(ref.datatype)
+                array = np.frombuffer(mm, dtype=dtype, count=ref.nbytes // dtype.itemsize, offset=ref.offset)
+                array = array.reshape(ref.shape).copy()
+            result.append((ref.name, ref.datatype, array))
+        return result
+
+    def forget(self, prefix: str) -> None:
+        """Drop the mappings of slabs whose names start with ``prefix`` (their owner is gone)."""
+        with self._lock:
+            for name in [n for n in self._maps if n.startswith(prefix)]:
+                try:
+                    self._maps.pop(name).close()
+                except BufferError:
+                    pass
+
+    def close(self) -> None:
+        self.forget("")
+
+
+def remove_files(prefix: str, directory: str | None = None) -> None:
+    """Remove every slab file named ``<prefix>*`` (after a process died without cleaning up)."""
+    directory = directory or shm_dir()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass

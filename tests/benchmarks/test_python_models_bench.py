@@ -1,0 +1,39 @@
+"""The Python-model benchmark's repository and report (no servers: the bench itself runs them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import load_model_spec
+from benchmarks.loadgen import CellResult
+from benchmarks.python_models import report, write_repository
+from shipyard.serving_runtime.config import load_config
+from shipyard.serving_runtime.ensemble import plan_ensemble
+
+
+def test_one_model_py_for_both_servers_and_a_valid_ensemble(tmp_path: Path) -> None:
+    mlp = load_model_spec("wide_mlp")
+    triton = write_repository(tmp_path / "t", mlp, for_triton=True)
+    shipyard = write_repository(tmp_path / "s", mlp, for_triton=False)
+    assert (triton / "mlp_py" / "1" / "model.py").read_bytes() == (shipyard / "mlp_py" / "1" / "model.py").read_bytes()
+    assert load_config(shipyard / "mlp_step" / "config.pbtxt").backend == "onnxruntime"
+    assert load_config(triton / "mlp_step" / "config.pbtxt").backend == "python"  # no ONNX Runtime backend there
+    config = load_config(shipyard / "pipeline" / "config.pbtxt")
+    config.name = "pipeline"
+    plan = plan_ensemble(config, "pipeline/config.pbtxt")
+    assert [s.model_name for s in plan.steps] == ["normalize", "mlp_step", "topk"]
+
+
+def _cell(throughput: float, p50: float) -> dict[str, object]:
+    return CellResult(1, 1.0, int(throughput), 0, throughput, p50, p50, p50, p50).as_dict()
+
+
+def test_report_rows_say_whether_each_target_is_met() -> None:
+    triton = {"mlp_py/c1": _cell(300, 3.0), "mlp_py/c16": _cell(1000, 10), "pipeline/c64": _cell(800, 50)}
+    shipyard = {"mlp_py/c1": _cell(350, 2.5), "mlp_py/c16": _cell(1400, 8), "pipeline/c64": _cell(1300, 30)}
+    shipyard["crash"] = {"mlp_py_c16": _cell(1000, 9), "crashy": {"sent": 20, "failed": 20, "errors": ["INTERNAL: x"]}}
+    table = report({"servers": {"triton": triton, "shipyard": shipyard}}, [1, 16, 64])
+    assert "| mlp_py | 1 | 300 | 350 | 1.17x | 3.00 | 2.50 | p50 no worse | yes |" in table
+    assert "| mlp_py | 16 | 1,000 | 1,400 | 1.40x | 10.00 | 8.00 | >= 1.5x | NO |" in table
+    assert "| pipeline | 64 | 800 | 1,300 | 1.62x | 50.00 | 30.00 | >= 1.5x | yes |" in table
+    assert "0 failed `mlp_py` requests (target 0: met)" in table

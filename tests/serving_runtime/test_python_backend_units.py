@@ -1,0 +1,78 @@
+"""The Python backend's pieces without a server: pb_utils, auto-complete rules, shared memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from shipyard.serving_runtime.backends.python import pb_utils
+from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader
+
+
+def test_tensors_round_trip_through_shared_memory(tmp_path: object) -> None:
+    pool, reader = SlabPool("unit", str(tmp_path)), SlabReader(str(tmp_path))
+    try:
+        tensors = [
+            ("f", np.arange(12, dtype=np.float32).reshape(3, 4)),
+            ("b", np.array([[b"ab", b""], [b"xyz", b"\x00"]], dtype=np.object_)),
+            ("t", np.array([True, False])),
+        ]
+        refs = pool.write(tensors)
+        back = reader.read(refs)
+        for (name, array), (name_back, _, array_back) in zip(tensors, back, strict=True):
+            assert name == name_back and array_back.shape == array.shape
+            np.testing.assert_array_equal(array_back, array)
+        assert pool.write(tensors)[0].slab == refs[0].slab  # read frees the slab for reuse
+    finally:
+        pool.close()
+        reader.close()
+
+
+def test_full_shared_memory_is_a_clear_error(tmp_path: object) -> None:
+    # a file-size limit makes posix_fallocate fail the way a full /dev/shm does
+    code = textwrap.dedent(f"""
+        import resource, numpy as np
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        from shipyard.serving_runtime.backends.python.shm import SlabPool, ShmError
+        try:
+            SlabPool("big", {str(tmp_path)!r}).write([("x", np.zeros(1 << 20, np.float32))])
+        except ShmError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "shared memory is full: cannot reserve 8.0 MiB" in out and "--shm-size" in out
+
+
+def test_pb_utils_api() -> None:
+    tensor = pb_utils.Tensor("x", np.ones(3, np.float32))
+    assert tensor.name() == "x" and tensor.is_cpu() and tensor.triton_dtype() == 11
+    copy = pb_utils.Tensor.from_dlpack("y", tensor.to_dlpack())
+    np.testing.assert_array_equal(copy.as_numpy(), tensor.as_numpy())
+    response = pb_utils.InferenceResponse([tensor], parameters={"k": 1})
+    assert pb_utils.get_output_tensor_by_name(response, "x") is tensor and response.parameters() == '{"k": 1}'
+    error = pb_utils.TritonError("nope", pb_utils.TritonError.NOT_FOUND)
+    assert pb_utils.InferenceResponse(error=error).has_error() and error.code() == 2
+    assert pb_utils.triton_string_to_numpy("TYPE_STRING") is np.object_
+    with pytest.raises(pb_utils.TritonModelException, match="not supported by shipyard's Python backend"):
+        pb_utils.MetricFamily  # noqa: B018
+    with pytest.raises(pb_utils.TritonModelException, match="only available inside a Python model"):
+        pb_utils.InferenceRequest(model_name="m", inputs=[tensor]).exec()
+    with pytest.raises(pb_utils.TritonModelException, match="must be a list"):
+        pb_utils.InferenceResponse(tensor)  # type: ignore[arg-type]
+
+
+def test_auto_complete_rules() -> None:
+    config = pb_utils.ModelConfig('{"name": "m", "max_batch_size": 8, "input": [], "output": []}')
+    config.add_input({"name": "a", "data_type": "TYPE_FP32", "dims": [2]})
+    config.set_dynamic_batching()
+    assert config.as_dict()["input"][0]["name"] == "a" and "dynamic_batching" in config.as_dict()
+    with pytest.raises(ValueError, match="configuration specified max_batch_size 8"):
+        config.set_max_batch_size(4)
+    with pytest.raises(ValueError, match="configuration expects datatype TYPE_FP32 for input 'a'"):
+        config.add_input({"name": "a", "data_type": "TYPE_INT32", "dims": [2]})
+    with pytest.raises(ValueError, match="missing 'dims'"):
+        config.add_output({"name": "b", "data_type": "TYPE_FP32"})
