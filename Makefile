@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
 
 install: $(STAMP)
 
@@ -151,6 +151,11 @@ soak: install native
 # batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
 bench-score: install native
 	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
+
+# Issue 16's targets: shm vs REST binary vs gRPC, cache hit vs miss and its bound, 64 sequences x 50 steps
+# (python -m benchmarks.stateful --help)
+bench-stateful: install native
+	$(BIN)/python -m benchmarks.stateful $(STATEFUL_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache serving_runtime/protocol/_grpc_native*.so

@@ -23,9 +23,11 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shipyard.serving_runtime.scheduling.api import InferenceRequest, Scheduler
 from shipyard.serving_runtime.stats import ModelStats
@@ -113,6 +115,28 @@ class ResponseCache:
         keys = self._by_token.get(token)
         if keys is not None:
             keys.discard(key)
+
+
+class CacheCollector(Collector):
+    """The cache's fill at scrape time: ``shipyard_response_cache_used_bytes`` (entries as counted
+    against the bound), ``shipyard_response_cache_size_bytes`` (the bound) and
+    ``shipyard_response_cache_entries``."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        cache = self._cache
+        return [
+            GaugeMetricFamily(
+                "shipyard_response_cache_used_bytes", "Bytes held by the response cache", cache.used_bytes
+            ),
+            GaugeMetricFamily("shipyard_response_cache_size_bytes", "The response cache's bound", cache.size_bytes),
+            GaugeMetricFamily("shipyard_response_cache_entries", "Responses in the cache", len(cache)),
+        ]
 
 
 def request_key(model: str, version: int, token: int, request: InferenceRequest) -> bytes:

@@ -244,7 +244,7 @@ class ServedModel:
         self.config = config
         self.inputs, self.outputs = tensor_specs(config)
         self.max_batch_size = int(config.max_batch_size)
-        self.platform = str(config.platform)
+        self.platform = str(config.platform) or str(config.backend)  # Triton: "python" for Python models
         self.backend = str(config.backend)
         self.model_dir = model_dir
         self.instances = tuple(instances)

@@ -145,6 +145,11 @@ def _metrics_source(manager: ManagerLike) -> tuple[Callable[[], tuple[bytes, str
 
     sampler = metrics.UtilizationSampler()
     registry = metrics.build_registry(manager.all_stats, sampler=sampler, process_metrics=True)
+    cache = getattr(manager, "response_cache", None)
+    if cache is not None:
+        from shipyard.serving_runtime.cache import CacheCollector
+
+        registry.register(CacheCollector(cache))
     return (lambda: metrics.render(registry)), sampler
 
 

@@ -162,3 +162,22 @@ def test_pt2_and_torchscript_files_register_and_export(
     assert "exporting" in err and "comparing ONNX Runtime with torch" in err  # progress on stderr
     assert (files["root"] / "t.onnx").is_file()
     assert not (files["root"] / "t.onnx.data").exists()  # the exporter's side file is not left behind
+
+
+def test_a_failing_pipeline_step_is_one_line_too(files: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
+    """The KFP local runner's step (a subprocess) prints one ``error:`` line, no traceback; the run exits 2."""
+    capfd.readouterr()
+    try:
+        main(["pipeline", "run", "deploy", "-p", "model_uri=models:/nope/1", "-p", f"repository={files['root']}/r",
+              "-p", "model_name=x", "--pipeline-root", str(files["root"] / "kfp")])  # fmt: skip
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capfd.readouterr()
+    everything = out + err
+    assert code == 2, everything[-3000:]
+    assert "Traceback" not in everything, everything[-3000:]
+    assert "error: models:/nope/1: not found in the registry" in everything
+    assert err.strip().splitlines()[-1] == (
+        "error: the pipeline failed at step 'resolve-model': the step's error is in its log above"
+    )

@@ -94,6 +94,9 @@ async def stream(servicer: Any, request: Any) -> AsyncIterator[Any]:
             yield service_pb2.ModelStreamInferResponse(infer_response=response)
             if final:
                 return
-    finally:
+    finally:  # the client went away (or the final response was sent): tell the model
         if not task.done():
             task.cancel()
+        hook = getattr(built, "cancel_hook", None)
+        if hook is not None:
+            hook()

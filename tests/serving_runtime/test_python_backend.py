@@ -274,3 +274,15 @@ def test_decoupled_model_refuses_unary_calls(server: ServerProcess) -> None:
         _http(server).infer("py_stream", _inputs(httpclient, N=np.array([1], np.int32)))
     assert raised.value.status() == "501"
     assert "HTTP end point doesn't support models with decoupled transaction policy" in raised.value.message()
+
+
+def test_decoupled_model_sees_the_client_cancel(server: ServerProcess) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = _grpc(server)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("py_stream", _inputs(grpcclient, N=np.array([100_000], np.int32)))
+    answers.get(timeout=10)
+    client.stop_stream(cancel_requests=True)
+    server.wait_until(lambda: "py_stream_0: cancelled after" in server.log(), 10, "the model to see is_cancelled()")

@@ -132,6 +132,8 @@ def test_repeated_input_is_a_hit_in_statistics_and_metrics(cached: tuple[ServerP
     assert f'nv_cache_num_misses_per_model{{model="cached",version="1"}} {misses + 2}' in text
     assert 'nv_cache_hit_duration_per_model{model="cached",version="1"}' in text
     assert 'nv_cache_num_hits_per_model{model="plain"' not in text
+    assert "shipyard_response_cache_size_bytes 1.048576e+06" in text
+    assert "shipyard_response_cache_entries 2.0" in text
 
 
 def test_entries_never_answer_for_a_reloaded_version(cached: tuple[ServerProcess, Path]) -> None:

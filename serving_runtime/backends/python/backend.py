@@ -55,6 +55,11 @@ class PythonBackend:
         from shipyard.serving_runtime.backends.python.shm import SlabReader
         from shipyard.serving_runtime.config import config_from_json, config_to_dict
 
+        if not config.default_model_filename:  # Triton's completed config names the file
+            completed = type(config)()
+            completed.CopyFrom(config)
+            completed.default_model_filename = self.default_filename
+            config = completed
         try:
             text = model_path.read_text(encoding="utf-8", errors="replace")
         except OSError:

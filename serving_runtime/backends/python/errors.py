@@ -4,31 +4,42 @@ from __future__ import annotations
 
 from shipyard.serving_runtime.errors import BackendError, ServingError
 
-# TritonError code -> (HTTP status, gRPC status name), as Triton reports each TRITONSERVER_Error code.
+# TritonError code -> (HTTP status, gRPC status name), as Triton's frontends report each
+# TRITONSERVER_Error code (HTTP: 500 INTERNAL, 404, 503, 501 UNSUPPORTED, else 400).
 _STATUS: dict[int, tuple[int, str]] = {
-    0: (500, "UNKNOWN"),
+    0: (400, "UNKNOWN"),
     1: (500, "INTERNAL"),
     2: (404, "NOT_FOUND"),
     3: (400, "INVALID_ARGUMENT"),
     4: (503, "UNAVAILABLE"),
-    5: (400, "UNIMPLEMENTED"),
-    6: (409, "ALREADY_EXISTS"),
-    7: (499, "CANCELLED"),
+    5: (501, "UNIMPLEMENTED"),
+    6: (400, "ALREADY_EXISTS"),
+    7: (400, "CANCELLED"),
 }
 
 
 class ModelResponseError(BackendError):
-    """An error a Python model put in its response (``InferenceResponse(error=TritonError(...))``)."""
+    """An error a Python model put in its response (``InferenceResponse(error=TritonError(...))``).
 
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.http_status, self.grpc_code = _STATUS.get(code, _STATUS[1])
+    One subclass per code (``error_for_code``), so ``type(error)(message)`` keeps the status (the
+    ensemble scheduler re-raises a step's error that way with its own prefix).
+    """
+
+    code = 1
+
+
+def _subclass(code: int) -> type[ModelResponseError]:
+    http_status, grpc_code = _STATUS[code]
+    attributes = {"code": code, "http_status": http_status, "grpc_code": grpc_code}
+    return type(f"ModelResponseError_{grpc_code}", (ModelResponseError,), attributes)
+
+
+_CLASSES = {code: _subclass(code) for code in _STATUS}
 
 
 def error_for_code(message: str, code: int) -> ServingError:
-    """The ServingError for a ``TritonError`` with ``code``."""
-    return ModelResponseError(message, code)
+    """The ServingError for a ``TritonError`` with ``code`` (unknown codes: INTERNAL)."""
+    return _CLASSES.get(code, _CLASSES[1])(message)
 
 
 def code_for_error(error: ServingError) -> int:

@@ -11,6 +11,7 @@ fails, the instance answers with the reason until a later request's restart succ
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -205,6 +206,8 @@ class PythonInstance:
                 responder = getattr(request, "on_response", None)
                 if responder is not None:
                     self.responders[key] = responder
+                    # the stream calls it when its client goes away: the model's is_cancelled()
+                    setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
         try:
             reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
         except StubDied:
@@ -230,10 +233,13 @@ class PythonInstance:
         payloads = reply[2]
         if payloads is None:  # decoupled: responses go through the responders
             return [{} for _ in range(count)]
+        tensors = iter(self.reader.read_many([p[1] for p in payloads if p[0] == "ok"]))
         results: list[Any] = []
         for payload in payloads:
-            outputs, error = self.decode(payload)
-            results.append(error if error is not None else outputs)
+            if payload[0] == "ok":
+                results.append({name: array for name, _, array in next(tensors)})
+            else:
+                results.append(error_for_code(str(payload[1]), int(payload[2])))
         return results
 
     def _describe(self, requests: Sequence[Any], keys: list[int]) -> list[dict[str, Any]]:
@@ -276,7 +282,9 @@ class PythonInstance:
         self.bls_handler = BlsRouter(manager, asyncio.get_running_loop())
 
     def cancel(self, key: int) -> None:
-        self.stub.send(("cancel", key))
+        """Mark request ``key`` cancelled for the model (``is_cancelled()``); its responses are dropped."""
+        if self.responders.pop(key, None) is not None:
+            self.stub.send(("cancel", key))
 
     def close(self) -> None:
         with self._life:

@@ -201,8 +201,18 @@ class SlabReader:
 
     def read(self, refs: Sequence[TensorRef]) -> list[tuple[str, str, np.ndarray]]:
         """Copies of the tensors ``refs`` describe, as ``(name, datatype, array)``; frees their slab."""
-        result: list[tuple[str, str, np.ndarray]] = []
+        return self.read_many([refs])[0]
+
+    def read_many(self, groups: Sequence[Sequence[TensorRef]]) -> list[list[tuple[str, str, np.ndarray]]]:
+        """``read`` for several messages' tensors (which may share slabs); frees the slabs after all."""
         slabs: set[str] = set()
+        results = [self._copy(refs, slabs) for refs in groups]
+        for name in slabs:
+            self._maps[name][0] = 0
+        return results
+
+    def _copy(self, refs: Sequence[TensorRef], slabs: set[str]) -> list[tuple[str, str, np.ndarray]]:
+        result: list[tuple[str, str, np.ndarray]] = []
         for ref in refs:
             mm = self._map(ref.slab)
             slabs.add(ref.slab)
@@ -215,8 +225,6 @@ class SlabReader:
                 array = np.frombuffer(mm, dtype=dtype, count=ref.nbytes // dtype.itemsize, offset=ref.offset)
                 array = array.reshape(ref.shape).copy()
             result.append((ref.name, ref.datatype, array))
-        for name in slabs:
-            self._maps[name][0] = 0
         return result
 
     def forget(self, prefix: str) -> None:

@@ -76,20 +76,34 @@ class StubRuntime:
 
     def response_payload(self, response: Any, wanted: list[str] | None) -> tuple[Any, ...]:
         """What the server needs of a response: ``("ok", refs, params)`` or ``("err", msg, code)``."""
-        if not isinstance(response, pb_utils.InferenceResponse):
-            return (
-                "err",
-                f"expected an InferenceResponse, got {type(response).__name__}",
-                pb_utils.TritonError.INTERNAL,
-            )
-        error = response.error()
-        if error is not None:
-            return ("err", error.message(), error.code())
-        tensors = response.output_tensors()
-        if wanted is not None:
-            tensors = [t for t in tensors if t.name() in wanted]
-        refs = self.pool.write([(t.name(), t.as_numpy()) for t in tensors])
-        return ("ok", refs, response.parameters())
+        return self.payloads([(response, wanted)])[0]
+
+    def payloads(self, responses: list[tuple[Any, list[str] | None]]) -> list[tuple[Any, ...]]:
+        """``response_payload`` for several responses, their tensors written into one slab."""
+        results: list[Any] = []
+        tensors: list[tuple[str, Any]] = []
+        counts: list[int] = []
+        for response, wanted in responses:
+            if not isinstance(response, pb_utils.InferenceResponse):
+                message = f"expected an InferenceResponse, got {type(response).__name__}"
+                results.append(("err", message, pb_utils.TritonError.INTERNAL))
+                continue
+            error = response.error()
+            if error is not None:
+                results.append(("err", error.message(), error.code()))
+                continue
+            chosen = [t for t in response.output_tensors() if wanted is None or t.name() in wanted]
+            tensors.extend((t.name(), t.as_numpy()) for t in chosen)
+            counts.append(len(chosen))
+            results.append(("ok", None, response.parameters()))
+        refs = self.pool.write(tensors)
+        start = 0
+        for index, result in enumerate(results):
+            if result[0] == "ok":
+                count = counts.pop(0)
+                results[index] = ("ok", refs[start : start + count], result[2])
+                start += count
+        return results
 
     # -- pb_utils._Runtime -----------------------------------------------------------------------
 
@@ -251,13 +265,15 @@ class Stub:
 
     def execute(self, batch: int, requests: list[dict[str, Any]]) -> tuple[Any, ...]:
         try:
+            inputs = self.runtime.reader.read_many([r["inputs"] for r in requests])
             incoming = [
                 pb_utils.InferenceRequest._incoming(
-                    r["key"], self.decoupled, model_name=r["model_name"], inputs=self.runtime.tensors(r["inputs"]),
+                    r["key"], self.decoupled, model_name=r["model_name"],
+                    inputs=[pb_utils.Tensor(name, array) for name, _, array in tensors],
                     requested_output_names=r["requested"], request_id=r["request_id"], parameters=r["parameters"],
                     model_version=r["model_version"],
                 )
-                for r in requests
+                for r, tensors in zip(requests, inputs, strict=True)
             ]  # fmt: skip
             responses = self._call(self.model.execute, incoming)
             if self.decoupled:
@@ -273,11 +289,8 @@ class Stub:
                     "Number of InferenceResponse objects do not match the number of InferenceRequest objects. "
                     f"InferenceRequest(s) size is {len(incoming)}, and InferenceResponse(s) size is {got}"
                 )
-            payloads = [
-                self.runtime.response_payload(response, request.requested_output_names())
-                for response, request in zip(responses, incoming, strict=True)
-            ]
-            return ("done", batch, payloads)
+            wanted = [request.requested_output_names() for request in incoming]
+            return ("done", batch, self.runtime.payloads(list(zip(responses, wanted, strict=True))))
         except Exception as exc:
             return ("fail", batch, _error_text(exc))
 

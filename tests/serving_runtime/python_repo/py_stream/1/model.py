@@ -1,5 +1,5 @@
 """Decoupled: answers N with N responses OUT = 0..N-1, from a thread after execute returned,
-then the final flag alone. N < 0 sends an error response."""
+then the final flag alone. N < 0 sends an error response; a cancelled request stops early."""
 
 import threading
 import time
@@ -22,6 +22,9 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         for i in range(count):
+            if sender.is_cancelled():
+                pb_utils.Logger.log_info(f"cancelled after {i} responses")
+                break
             time.sleep(0.01)
             sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
