@@ -40,11 +40,21 @@ DELIBERATE: dict[str, tuple[str, str, str]] = {
         "load/unload outside explicit mode is a request the server will never accept: 400 (Triton: 503)",
     ),
 }
+
+
 # A Python model's TritonError code, and the status of a model a BLS call reached, decide the
-# status shipyard answers with; Triton 2.51 answers 500 / INTERNAL for any of them.
-_CODE_STATUS = {0: ("500", "UNKNOWN"), 2: ("404", "NOT_FOUND"), 3: ("400", "INVALID_ARGUMENT"),
-                4: ("503", "UNAVAILABLE"), 5: ("400", "UNIMPLEMENTED"), 6: ("409", "ALREADY_EXISTS"),
-                7: ("499", "CANCELLED")}  # fmt: skip
+# status shipyard answers with (as Triton's frontends map each error code); Triton 2.51 answers
+# 500 / INTERNAL for any error a Python model returns.
+def _code_status() -> dict[int, tuple[str, str]]:
+    if not python_backend_available():
+        return {}
+    from shipyard.serving_runtime.backends.python.errors import error_for_code
+
+    statuses = {code: error_for_code("", code) for code in range(8)}
+    return {code: (str(e.http_status), e.grpc_code) for code, e in statuses.items() if e.grpc_code != "INTERNAL"}
+
+
+_CODE_STATUS = _code_status()
 _CODE_REASON = "shipyard reports a Python model's TritonError code as its status; Triton 2.51 answers 500/INTERNAL"
 for _code, (_rest, _grpc) in _CODE_STATUS.items():
     if _rest != "500":
