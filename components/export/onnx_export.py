@@ -34,6 +34,8 @@ class ExportResult:
     max_abs_diff: float
     exporter: str
     checked_batches: tuple[int, ...] = field(default=())
+    # the logged input example as ONNX feeds (what validation uses when no held-out data is given)
+    example_feeds: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def lineage_tags(self) -> dict[str, Any]:
         from shipyard.registry import lineage as L
@@ -270,22 +272,35 @@ def export_registered(
     record_lineage: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export a registered PyTorch model version (its logged input example drives the export).
+    """Export a registered model version of any supported flavor (its logged input example drives the export).
 
-    Raises: ExportError (no input example logged, or the export fails), registry errors.
+    PyTorch goes through ``export_onnx``; onnx, sklearn, keras and transformers through
+    ``frameworks.export_flavor`` (``input_names``/``output_names`` apply to PyTorch only).
+    Raises: ExportError (no input example logged, a missing extra, an unsupported operator, the export fails),
+    registry errors.
     """
-    from shipyard.registry import load_torch_model
+    import dataclasses
+
+    from shipyard.components.export.frameworks import detect_flavor, export_flavor
+    from shipyard.registry import load_torch_model, resolve_model
     from shipyard.registry import record_lineage as record
 
     if progress is not None:
         progress(f"loading {model_uri} from MLflow")
-    module, example = load_torch_model(model_uri, tracking_uri=tracking_uri)
-    if example is None:
-        raise ExportError(f"{model_uri} has no logged input example; re-register it with input_example=...")
-    result = export_onnx(
-        module, example, output_path, max_batch_size=max_batch_size, input_names=input_names,
-        output_names=output_names, progress=progress,
-    )  # fmt: skip
+    resolved = resolve_model(model_uri, tracking_uri=tracking_uri)
+    flavor = detect_flavor(resolved.local_path)
+    if flavor == "pytorch":
+        module, example = load_torch_model(model_uri, tracking_uri=tracking_uri, resolved=resolved)
+        if example is None:
+            raise ExportError(f"{model_uri} has no logged input example; re-register it with input_example=...")
+        result = export_onnx(
+            module, example, output_path, max_batch_size=max_batch_size, input_names=input_names,
+            output_names=output_names, progress=progress,
+        )  # fmt: skip
+        result = dataclasses.replace(result, example_feeds={result.input_names[0]: np.asarray(example)})
+    else:
+        result, feeds = export_flavor(resolved.local_path, output_path, flavor=flavor, max_batch_size=max_batch_size)
+        result = dataclasses.replace(result, example_feeds=feeds)
     if record_lineage:
-        record(model_uri, result.lineage_tags(), tracking_uri)
+        record(model_uri, {**result.lineage_tags(), "shipyard.export.flavor": flavor}, tracking_uri)
     return result

@@ -81,7 +81,7 @@ class SequenceBatcher:
         self._backlog: deque[_Sequence] = deque()
         self._runnable: list[deque[_Sequence]] = [deque() for _ in instances]
         self._running = [False] * len(instances)
-        self._holders: set[int] = set()  # ids of sequences holding a slot
+        self._holders: set[_Sequence] = set()  # sequences holding a slot (hashed by identity)
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -155,21 +155,21 @@ class SequenceBatcher:
     def _assign(self, sequence: _Sequence) -> None:
         if self._free:
             sequence.instance = self._free.popleft()
-            self._holders.add(id(sequence))
+            self._holders.add(sequence)
         else:
             self._backlog.append(sequence)
 
     def _release(self, sequence: _Sequence) -> None:
         """Free ``sequence``'s slot (it ended or went idle) for the backlog's first sequence."""
-        if sequence.instance is None or id(sequence) not in self._holders:
+        if sequence.instance is None or sequence not in self._holders:
             return
-        self._holders.discard(id(sequence))
+        self._holders.discard(sequence)
         sequence.state.clear()
         instance, sequence.instance = sequence.instance, None
         if self._backlog:
             waiting = self._backlog.popleft()
             waiting.instance = instance
-            self._holders.add(id(waiting))
+            self._holders.add(waiting)
             self._wake(waiting)
         else:
             self._free.append(instance)
