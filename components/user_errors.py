@@ -8,7 +8,11 @@ value), 3 for a gate that said no, 1 for anything else (a bug in shipyard: the l
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
+import traceback
+from collections.abc import Iterator
 from typing import NamedTuple
 
 EXIT_INTERNAL = 1
@@ -111,3 +115,17 @@ def classify(exc: BaseException) -> Outcome:
             "for the traceback and report it)",
         )
     return outcome
+
+
+@contextlib.contextmanager
+def step_errors() -> Iterator[None]:
+    """For a pipeline step's process (a KFP component body): an error becomes one ``error:`` line on stderr
+    and the exit code of ``classify`` (2 user error, 3 gate, 1 bug, whose traceback is printed too)."""
+    try:
+        yield
+    except Exception as exc:
+        outcome = classify(exc)
+        if outcome.code == EXIT_INTERNAL:
+            traceback.print_exc()
+        print(f"error: {outcome.message}", file=sys.stderr, flush=True)
+        raise SystemExit(outcome.code) from None

@@ -18,7 +18,8 @@ import numpy as np
 
 from shipyard.serving_runtime.backends.base import BackendInstance, Device, InstanceSettings
 from shipyard.serving_runtime.cache import ResponseCache, with_cache
-from shipyard.serving_runtime.config import check_against_model, config_to_dict, model_side_specs, tensor_specs
+from shipyard.serving_runtime.config import config_to_dict, model_side_specs, tensor_specs
+from shipyard.serving_runtime.config_model import check_against_model
 from shipyard.serving_runtime.datatypes import config_to_triton, deserialize_bytes_tensor, triton_to_numpy
 from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError, ModelNotReady
 from shipyard.serving_runtime.scheduling import InferenceRequest, Scheduler, create_scheduler

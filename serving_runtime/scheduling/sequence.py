@@ -81,7 +81,7 @@ class SequenceBatcher:
         self._backlog: deque[_Sequence] = deque()
         self._runnable: list[deque[_Sequence]] = [deque() for _ in instances]
         self._running = [False] * len(instances)
-        self._holders: set[int] = set()  # ids of sequences holding a slot
+        self._holders: set[_Sequence] = set()  # sequences holding a slot (hashed by identity)
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -155,21 +155,21 @@ class SequenceBatcher:
     def _assign(self, sequence: _Sequence) -> None:
         if self._free:
             sequence.instance = self._free.popleft()
-            self._holders.add(id(sequence))
+            self._holders.add(sequence)
         else:
             self._backlog.append(sequence)
 
     def _release(self, sequence: _Sequence) -> None:
         """Free ``sequence``'s slot (it ended or went idle) for the backlog's first sequence."""
-        if sequence.instance is None or id(sequence) not in self._holders:
+        if sequence.instance is None or sequence not in self._holders:
             return
-        self._holders.discard(id(sequence))
+        self._holders.discard(sequence)
         sequence.state.clear()
         instance, sequence.instance = sequence.instance, None
         if self._backlog:
             waiting = self._backlog.popleft()
             waiting.instance = instance
-            self._holders.add(id(waiting))
+            self._holders.add(waiting)
             self._wake(waiting)
         else:
             self._free.append(instance)
@@ -227,11 +227,12 @@ class SequenceBatcher:
         states = tuple((name, array.shape[skip:]) for name, array in sorted(sequence.state.items()) if not item.start)
         return inputs, states, item.start
 
-    def _feed(self, batch: list[_Sequence]) -> dict[str, np.ndarray]:
+    def _feed(self, batch: list[_Sequence], controls_only: bool = False) -> dict[str, np.ndarray]:
+        """The batch's inputs: the requests' (unless ``controls_only``), states and controls."""
         settings = self._settings
         items = [s.queue[0] for s in batch]
         feed: dict[str, np.ndarray] = {}
-        for name in items[0].request.inputs:
+        for name in () if controls_only else items[0].request.inputs:
             arrays = [item.request.inputs[name] for item in items]
             feed[name] = np.concatenate(arrays) if settings.batched and len(arrays) > 1 else arrays[0]
         for state in settings.states:
@@ -248,35 +249,25 @@ class SequenceBatcher:
         return feed
 
     async def _execute(self, instance: int, batch: list[_Sequence]) -> None:
-        loop = asyncio.get_running_loop()
         items = [s.queue[0] for s in batch]
         start_ns = time.monotonic_ns()
-        error: ServingError | None = None
-        results: dict[str, np.ndarray] = {}
-        try:
-            feed = self._feed(batch)
-            results = await loop.run_in_executor(self._threads[instance], self._instances[instance].execute, feed, ())
-        except ServingError as exc:
-            error = exc
-        except Exception as exc:
-            error = BackendError(f"model '{self._model}' failed to execute the batch: {type(exc).__name__}: {exc}")
+        rows = await self._run(instance, batch)
         end_ns = time.monotonic_ns()
         self.stats.record_execution(len(batch), end_ns - start_ns)
-        for row, (sequence, item) in enumerate(zip(batch, items, strict=True)):
+        for sequence, item, outcome in zip(batch, items, rows, strict=True):
             sequence.queue.popleft()
             sequence.busy = False
-            if error is None:
-                outputs = {name: self._row(array, row, len(batch)) for name, array in results.items()}
+            if isinstance(outcome, ServingError):
+                self.stats.record_failure(outcome.reason, end_ns - item.enqueue_ns)
+                if not item.future.done():
+                    item.future.set_exception(outcome)
+            else:
                 for state in self._settings.states:
-                    if state.output_name in outputs:
-                        sequence.state[state.input_name] = np.array(outputs[state.output_name], copy=True)
+                    if state.output_name in outcome:
+                        sequence.state[state.input_name] = np.array(outcome[state.output_name], copy=True)
                 self.stats.record_success(1, end_ns - item.enqueue_ns, start_ns - item.enqueue_ns, end_ns - start_ns)
                 if not item.future.done():
-                    item.future.set_result(outputs)
-            else:
-                self.stats.record_failure(error.reason, end_ns - item.enqueue_ns)
-                if not item.future.done():
-                    item.future.set_exception(error)
+                    item.future.set_result(outcome)
             self._pending -= 1
             if item.end:
                 self._release(sequence)
@@ -287,6 +278,38 @@ class SequenceBatcher:
         self._kick(instance)
         if self._pending == 0:
             self._idle.set()
+
+    async def _run(self, instance: int, batch: list[_Sequence]) -> list[dict[str, np.ndarray] | ServingError]:
+        """Each row's outputs or error. Backends that take a list of requests (the Python backend)
+        get one request per sequence, as Triton hands them; the others one merged batch."""
+        loop = asyncio.get_running_loop()
+        backend = self._instances[instance]
+        by_request = getattr(backend, "execute_requests", None)
+        try:
+            if by_request is not None:
+                requests = [self._request(sequence) for sequence in batch]
+                answers = await loop.run_in_executor(self._threads[instance], by_request, requests)
+                return list(answers)
+            feed = self._feed(batch)
+            results = await loop.run_in_executor(self._threads[instance], backend.execute, feed, ())
+        except ServingError as exc:
+            return [exc] * len(batch)
+        except Exception as exc:
+            error = BackendError(f"model '{self._model}' failed to execute the batch: {type(exc).__name__}: {exc}")
+            return [error] * len(batch)
+        return [
+            {name: self._row(array, row, len(batch)) for name, array in results.items()} for row in range(len(batch))
+        ]
+
+    def _request(self, sequence: _Sequence) -> InferenceRequest:
+        """One sequence's head request with its controls and state, asking for its state outputs too."""
+        item = sequence.queue[0]
+        inputs = {**item.request.inputs, **self._feed([sequence], controls_only=True)}
+        wanted = item.request.outputs or self._settings.outputs
+        outputs = (*wanted, *(s.output_name for s in self._settings.states if s.output_name not in wanted))
+        request = item.request
+        return InferenceRequest(inputs, outputs, 1, request.priority, request.timeout_us, request.request_id,
+                                request.parameters)  # fmt: skip
 
     def _row(self, array: np.ndarray, row: int, rows: int) -> np.ndarray:
         if not self._settings.batched or (rows == 1 and array.shape[:1] == (1,)):

@@ -53,6 +53,7 @@ class SequenceSettings:
     controls: Mapping[str, BoolControl]  # "start" | "end" | "ready" -> control
     corrid: tuple[str, str] | None  # (input name, datatype)
     states: tuple[StateSpec, ...]
+    outputs: tuple[str, ...] = ()  # the config's outputs (what a request without a list gets)
 
     def hidden_inputs(self) -> set[str]:
         names = {c.name for c in self.controls.values()} | {s.input_name for s in self.states}
@@ -140,7 +141,8 @@ def settings_from_config(config: Any, instances: int, model_dir: Path | None, wh
         for s in batching.state
     )
     max_idle = int(batching.max_sequence_idle_microseconds) or DEFAULT_MAX_IDLE_US
-    return SequenceSettings(strategy, max_idle, slots, mbs > 0, per_instance, controls, corrid, states)
+    outputs = tuple(t.name for t in config.output)
+    return SequenceSettings(strategy, max_idle, slots, mbs > 0, per_instance, controls, corrid, states, outputs)
 
 
 def _flag(value: object, key: str) -> bool:

@@ -62,5 +62,5 @@ def test_kserve_without_a_cluster_says_how_to_proceed(tmp_path: object, monkeypa
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     code, _, err = _run("deploy", "s3://b/r", "--name", "d", "--timeout", "1")
-    assert code == 1
+    assert code == 2  # no cluster is the user's situation to fix (the line says how), not a shipyard bug
     assert "--target local" in err

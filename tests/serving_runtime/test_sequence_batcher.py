@@ -28,6 +28,30 @@ def accumulator_onnx(corrid_string: bool = False) -> bytes:
     return bytes(accumulator_model(corrid_string).SerializeToString())
 
 
+ACCUM_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    # the zoo accumulator's arithmetic, its running sum in the server's implicit state
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            def get(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+            total = ((get("STATE_IN") * (1 - get("START")) + get("INPUT")) * get("READY")).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT", total),
+                pb_utils.Tensor("STATE_OUT", total),
+                pb_utils.Tensor("END_OUT", get("END").astype(np.float32)),
+                pb_utils.Tensor("CORRID_OUT", get("CORRID").astype(np.uint64)),
+            ]))
+        return responses
+"""
+
+
 @pytest.fixture(scope="module")
 def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("seq-repo")
@@ -53,7 +77,11 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         {1: accumulator_onnx()},
         accumulator_config("accum_small", max_batch_size=2, instances=1),
     )
-    server = start_server(tmp_path_factory.mktemp("seq-server"), [repo], wait_models=("accum", "accum_str"))
+    python_config = accumulator_config("accum_py").replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+    (repo / "accum_py" / "1").mkdir(parents=True)
+    (repo / "accum_py" / "1" / "model.py").write_text(ACCUM_PY)
+    (repo / "accum_py" / "config.pbtxt").write_text(python_config)
+    server = start_server(tmp_path_factory.mktemp("seq-server"), [repo], wait_models=("accum", "accum_str", "accum_py"))
     yield server
     server.stop()
 
@@ -64,7 +92,7 @@ def _input(module: Any, value: float) -> Any:
     return tensor
 
 
-@pytest.mark.parametrize("model", ["accum", "accum_oldest"])
+@pytest.mark.parametrize("model", ["accum", "accum_oldest", "accum_py"])
 def test_grpc_sequence_accumulates_with_controls(seq_server: ServerProcess, model: str) -> None:
     client = grpcclient.InferenceServerClient(seq_server.grpc_host)
     sums = []
