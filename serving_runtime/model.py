@@ -262,13 +262,13 @@ class ServedModel:
             return
         try:
             self.scheduler = create_scheduler(config, self.instances, name, self.version, model_dir)
+            self.scheduler = with_cache(self.scheduler, config, response_cache, name, self.version)
         except Exception as exc:
             for instance in self.instances:
                 instance.close()
             if isinstance(exc, (ModelConfigError, ModelLoadError)):
                 raise
             raise ModelConfigError(f"model {name!r} version {version}: cannot build the scheduler: {exc}") from exc
-        self.scheduler = with_cache(self.scheduler, config, response_cache, name, self.version)
 
     async def infer(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         """Run one validated request through the scheduler.

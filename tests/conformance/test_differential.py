@@ -207,3 +207,40 @@ def test_statistics_have_triton_shape(servers: tuple[Served, Served], outcomes: 
         assert [(s["name"], s["version"]) for s in got["model_stats"]] == [
             (s["name"], s["version"]) for s in expected["model_stats"]
         ]
+
+
+def test_statistics_count_the_same_requests(servers: tuple[Served, Served], outcomes: Any) -> None:
+    """After the same corpus, each model version (ensembles and their composing models included)
+    counts the same successful inferences. Execution counts and batch sizes may differ: how
+    requests were batched depends on timing."""
+    triton, shipyard = servers
+
+    def counts(server: Served) -> dict[tuple[str, str], tuple[int, int]]:
+        entries = _get(server, "/v2/models/stats")["model_stats"]
+        return {
+            (s["name"], s["version"]): (s["inference_count"], s["inference_stats"]["success"]["count"]) for s in entries
+        }
+
+    expected, got = counts(triton), counts(shipyard)
+    for key in STATS_UNSTABLE:
+        expected.pop(key, None), got.pop(key, None)
+    differing = {
+        key: (expected.get(key), got.get(key)) for key in set(expected) | set(got) if expected.get(key) != got.get(key)
+    }
+    assert set(differing) <= set(STATS_EXCEPTIONS), differing
+    for key in STATS_EXCEPTIONS:  # each listed gap is still there (remove it from the list once fixed)
+        assert key in differing, f"{key} now counts as Triton does: remove it from STATS_EXCEPTIONS"
+
+
+# (model, version) -> why its counts differ from Triton's after the corpus (docs/triton-compatibility.md)
+STATS_EXCEPTIONS = {
+    ("typed", "1"): "deliberate: shipyard serves the FP16-over-JSON requests Triton refuses (20 more successes)",
+    ("bls", "1"): "open: Triton counts a Python model's request as a success even when its response is an error",
+}
+# Left out: counts that differ from run to run in shipyard (open; docs/triton-compatibility.md).
+STATS_UNSTABLE = {
+    (
+        "decoupled",
+        "1",
+    ): "shipyard counted 1 success for the 4 decoupled streams in one run and 4 (as Triton) in another",
+}
