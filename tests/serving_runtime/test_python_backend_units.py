@@ -20,11 +20,14 @@ def test_tensors_round_trip_through_shared_memory(tmp_path: object) -> None:
             ("f", np.arange(12, dtype=np.float32).reshape(3, 4)),
             ("b", np.array([[b"ab", b""], [b"xyz", b"\x00"]], dtype=np.object_)),
             ("t", np.array([True, False])),
+            ("empty", np.zeros((0, 3), np.float16)),
+            ("scalar", np.array(5, np.int64)),
+            ("transposed", np.arange(6, dtype=np.uint16).reshape(2, 3).T),
         ]
         refs = pool.write(tensors)
         back = reader.read(refs)
         for (name, array), (name_back, _, array_back) in zip(tensors, back, strict=True):
-            assert name == name_back and array_back.shape == array.shape
+            assert name == name_back and array_back.shape == array.shape and array_back.dtype == array.dtype
             np.testing.assert_array_equal(array_back, array)
         assert pool.write(tensors)[0].slab == refs[0].slab  # read frees the slab for reuse
     finally:
