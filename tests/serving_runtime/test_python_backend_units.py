@@ -124,3 +124,28 @@ def test_instance_that_cannot_restart_is_unavailable_with_the_reason(tmp_path: P
         assert "RuntimeError: the model's weights are gone" in refused.message
     finally:
         instance.close()
+
+
+def test_stub_has_its_own_process_group_in_the_servers_session(tmp_path: Path) -> None:
+    """Ctrl-C in the terminal (the foreground process group) reaches the server, not the model's
+    process; but the process stays in the server's session, so autogroup scheduling keeps it in the
+    server's CPU group (a session of its own waited about twice as long for a CPU under load)."""
+    import json
+    import os
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+
+    model = tmp_path / "1" / "model.py"
+    model.parent.mkdir()
+    model.write_text("class TritonPythonModel:\n    def execute(self, requests):\n        return []\n")
+    args = {
+        "model_config": json.dumps({"name": "m"}), "model_instance_kind": "CPU", "model_instance_name": "m_0",
+        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "m",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+    try:
+        pid = instance.stub.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getsid(pid) == os.getsid(0)
+    finally:
+        instance.close()
