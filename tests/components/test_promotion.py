@@ -149,8 +149,12 @@ def _digits(seed: int) -> Any:
 
     from shipyard.zoo import torch_model
 
-    torch.manual_seed(seed)
-    return torch_model("digits_cnn")
+    module = torch_model("digits_cnn")  # the zoo seeds its own init: perturb it so each seed is a new model
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.01)
+    return module
 
 
 @pytest.mark.slow
@@ -184,10 +188,12 @@ def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(sta
     _wait(lambda: serving() == v1.version, 240, "v1 serving")
 
     # v2 while a client infers throughout: canary (both versions answer), then 100%, no failed request
+    v2 = registry.register_module(_digits(2), x, "digits", tracking_uri=mlflow_url)
+    assert v2.created and v2.version == v1.version + 1
+    _wait(lambda: tag(v2.version, "shipyard.rollout.status") == "prepared", 240, "v2 prepared")
     load = _Client(stack["http"], x)
     load.start()
-    v2 = registry.register_module(_digits(2), x, "digits", tracking_uri=mlflow_url)
-    _wait(lambda: tag(v2.version, "shipyard.rollout.status") == "prepared", 240, "v2 prepared")
+    _wait(lambda: load.ok > 5, 30, "the client's first answers")
     started = time.monotonic()
     client.set_registered_model_alias("digits", "champion", str(v2.version))
     _wait(lambda: serving() == v2.version, 120, "v2 serving 100%")
