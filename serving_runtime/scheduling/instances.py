@@ -147,6 +147,8 @@ class InstanceWorker:
         try:
             if by_request is not None:  # the backend takes the requests as a list (Python models)
                 batch.compute_start_ns = time.monotonic_ns()
+                if batch.handoff:  # it waits on another process without the GIL: release the loop now
+                    self._entered.set()
                 try:
                     batch.results = by_request(requests)
                 finally:
@@ -166,7 +168,7 @@ class InstanceWorker:
             finally:
                 batch.compute_end_ns = time.monotonic_ns()
             if batch.merge:
-                batch.results = split_outputs(produced, requests, batch.size)
+                batch.results = list(split_outputs(produced, requests, batch.size))
             else:
                 batch.results = [produced]
         except ServingError as exc:
