@@ -10,11 +10,11 @@ BIN := $(VENV)/bin
 # disk. GPU users: make install TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= serve,pipeline,dev
+EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
 
 install: $(STAMP)
 
@@ -94,6 +94,11 @@ $(TRITON_STAMP): Makefile
 	if LD_LIBRARY_PATH=$$site/nvidia_pytriton.libs ldd $$site/pytriton/tritonserver/backends/python/triton_python_backend_stub | grep -q "not found"; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libpython$$pyver; fi
 	touch $(TRITON_STAMP)
+
+# The KFP component image's install (pipelines/Dockerfile runs pipelines/image/install.sh) for real,
+# into a fresh venv: minutes, so not part of make test (which checks what it resolves to instead).
+image-check: install
+	SHIPYARD_IMAGE_CHECK=1 $(BIN)/python -m pytest tests/test_container_images.py -k fresh_venv $(PYTEST_ARGS)
 
 # Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and
 # gcp-storage-emulator (GCS) come with the dev extra; Azurite (Azure Blob) is an npm package, installed

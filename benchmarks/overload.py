@@ -133,6 +133,8 @@ def run_overload(
     always the Python open-loop client). Raises
     RuntimeError if the load generator fails.
     """
+    # One function on purpose (over ~80 lines): the phases share one timeline (before, burst, after)
+    # that the RSS windows and the server's counters are cut along, and the result names each number once.
     spec = LoadSpec("grpc", grpc_port, common.grpc_request_bytes(replace(model, name=served_name)), timeout_s=30.0)
     with RssSampler(server_pid) as rss:
         t_before = time.monotonic()

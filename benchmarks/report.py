@@ -233,85 +233,14 @@ def _client_words(meta: dict[str, Any]) -> str:
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The report as markdown: meta, checks, ratios, one table per model, overload."""
-    meta = results.get("meta", {})
-    lines = [
-        "# shipyard serving benchmark",
-        "",
-        f"Run {meta.get('finished', '?')} on {meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), "
-        f"commit `{meta.get('commit', '?')}`; command `{meta.get('command', '?')}`.",
-        f"Single-item requests (batch 1), closed-loop clients in their own processes ({_client_words(meta)}); "
-        f"warm-up {meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with "
-        "one intra-op thread everywhere.",
-    ]
-    if meta.get("note"):
-        lines += ["", f"**Note:** {meta['note']}"]
-    lines += ["", "## Targets", "", "| target | status | what |", "| --- | --- | --- |"]
-    for name, info in results.get("targets", {}).items():
-        message = info.get("message") or ""
-        status = info["status"] + (f": {message.splitlines()[0][:140]}" if message and info["status"] != "ok" else "")
-        lines.append(f"| {name} | {status} | {info.get('description', '')} |")
-    checks = results.get("checks", [])
-    if checks:
-        lines += ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
-        for c in checks:
-            verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
-            digits = 3 if c["unit"] == "x" else 2  # 1.497x, not a "1.50x" that fails ">= 1.5x"
-            lines.append(
-                f"| {c['name']} | {fmt(c['value'], digits)}{c['unit'] if c['value'] is not None else ''} "
-                f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |"
-            )
-    ratios = results.get("ratios", {})
-    if ratios:
-        keys = [
-            "shipyard_vs_mlserver",
-            "shipyard_vs_kserve",
-            "shipyard_vs_transport_floor",
-            "shipyard_vs_inprocess_best",
-            "shipyard_vs_inprocess_batch1",
-            "shipyard_rest_vs_grpc",
-        ]
-        heads = [
-            "vs MLServer",
-            "vs stock KServe",
-            "vs transport floor",
-            "vs in-process best",
-            "vs in-process batch 1",
-            "REST / gRPC",
-        ]
-        lines += [
-            "",
-            f"## Ratios (shipyard throughput, gRPC, c={TOP_C})",
-            "",
-            "| model | " + " | ".join(heads) + " |",
-            "| --- |" + " --- |" * len(heads),
-        ]
-        for model, row in ratios.items():
-            lines.append(f"| {model} | " + " | ".join(fmt(row.get(k), 2) for k in keys) + " |")
+    lines = _header_lines(results.get("meta", {}))
+    lines += _targets_lines(results)
+    lines += _checks_lines(results.get("checks", []))
+    lines += _ratios_lines(results.get("ratios", {}))
     lines += _rounds_lines(results)
     models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
     for model in models:
-        lines += [
-            "",
-            f"## {model}",
-            "",
-            "| target | protocol | c | inf/s | p50 ms | p99 ms | errors | client CPU µs/req |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        inproc = results.get("inprocess", {}).get(model)
-        if inproc:
-            lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | | |")
-            lines.append(
-                f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} "
-                "| | | | |"
-            )
-        for cell in results.get("cells", []):
-            if cell["model"] != model:
-                continue
-            lines.append(
-                f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
-                f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} "
-                f"| {fmt(client_us_per_request(cell), 0)} |"
-            )
+        lines += _model_lines(results, model)
     for key, _label, heading in OVERLOAD_SCENARIOS:
         overload = results.get(key)
         if not overload:
@@ -324,6 +253,96 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results.get("errors"):
         lines += ["", "## Errors during the run", ""] + [f"- {e}" for e in results["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _header_lines(meta: dict[str, Any]) -> list[str]:
+    lines = [
+        "# shipyard serving benchmark",
+        "",
+        f"Run {meta.get('finished', '?')} on {meta.get('cpus', '?')} CPUs ({meta.get('machine', '?')}), "
+        f"commit `{meta.get('commit', '?')}`; command `{meta.get('command', '?')}`.",
+        f"Single-item requests (batch 1), closed-loop clients in their own processes ({_client_words(meta)}); "
+        f"warm-up {meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with "
+        "one intra-op thread everywhere.",
+    ]
+    if meta.get("note"):
+        lines += ["", f"**Note:** {meta['note']}"]
+    return lines
+
+
+def _targets_lines(results: dict[str, Any]) -> list[str]:
+    lines = ["", "## Targets", "", "| target | status | what |", "| --- | --- | --- |"]
+    for name, info in results.get("targets", {}).items():
+        message = info.get("message") or ""
+        status = info["status"] + (f": {message.splitlines()[0][:140]}" if message and info["status"] != "ok" else "")
+        lines.append(f"| {name} | {status} | {info.get('description', '')} |")
+    return lines
+
+
+def _checks_lines(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return []
+    lines = ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
+    for c in checks:
+        verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
+        digits = 3 if c["unit"] == "x" else 2  # 1.497x, not a "1.50x" that fails ">= 1.5x"
+        lines.append(
+            f"| {c['name']} | {fmt(c['value'], digits)}{c['unit'] if c['value'] is not None else ''} "
+            f"| {c['op']} {c['threshold']}{c['unit']} | {verdict} |"
+        )
+    return lines
+
+
+_RATIO_COLUMNS = (
+    ("shipyard_vs_mlserver", "vs MLServer"),
+    ("shipyard_vs_kserve", "vs stock KServe"),
+    ("shipyard_vs_transport_floor", "vs transport floor"),
+    ("shipyard_vs_inprocess_best", "vs in-process best"),
+    ("shipyard_vs_inprocess_batch1", "vs in-process batch 1"),
+    ("shipyard_rest_vs_grpc", "REST / gRPC"),
+)
+
+
+def _ratios_lines(ratios: dict[str, Any]) -> list[str]:
+    if not ratios:
+        return []
+    heads = [head for _, head in _RATIO_COLUMNS]
+    lines = [
+        "",
+        f"## Ratios (shipyard throughput, gRPC, c={TOP_C})",
+        "",
+        "| model | " + " | ".join(heads) + " |",
+        "| --- |" + " --- |" * len(heads),
+    ]
+    for model, row in ratios.items():
+        lines.append(f"| {model} | " + " | ".join(fmt(row.get(k), 2) for k, _ in _RATIO_COLUMNS) + " |")
+    return lines
+
+
+def _model_lines(results: dict[str, Any], model: str) -> list[str]:
+    lines = [
+        "",
+        f"## {model}",
+        "",
+        "| target | protocol | c | inf/s | p50 ms | p99 ms | errors | client CPU µs/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    inproc = results.get("inprocess", {}).get(model)
+    if inproc:
+        lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | | |")
+        lines.append(
+            f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} "
+            "| | | | |"
+        )
+    for cell in results.get("cells", []):
+        if cell["model"] != model:
+            continue
+        lines.append(
+            f"| {cell['target']} | {cell['protocol']} | {cell['concurrency']} | {fmt(cell['throughput'])} "
+            f"| {fmt(cell.get('p50_ms'), 2)} | {fmt(cell.get('p99_ms'), 2)} | {cell['errors']} "
+            f"| {fmt(client_us_per_request(cell), 0)} |"
+        )
+    return lines
 
 
 def _overload_lines(o: dict[str, Any]) -> list[str]:

@@ -90,7 +90,6 @@ def deploy_flow(
     progress: bool = False,
 ) -> FlowResult:
     """Run every step; see the module docstring."""
-    from shipyard import registry
     from shipyard.components import stages
 
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"shipyard-{name}-"))
@@ -107,12 +106,12 @@ def deploy_flow(
         calibration_inputs=calibration_inputs, max_batch_size=max_batch_size, progress=progress, **lineage,
     )  # fmt: skip
     if held_out_inputs is None:
-        _, example = (
-            registry.load_torch_model(model_uri, tracking_uri) if input_example is None else (None, input_example)
-        )
-        if example is None:
+        if input_example is not None:
+            held_out_inputs = {exported.input_names[0]: np.asarray(input_example)}
+        elif exported.example_feeds is not None:
+            held_out_inputs = dict(exported.example_feeds)
+        else:
             raise ComponentError(f"no held-out data and {model_uri} has no input example; pass held_out_inputs")
-        held_out_inputs = {exported.input_names[0]: np.asarray(example)}
     report = stages.validate_stage(
         exported.path, optimized.path, held_out_inputs, held_out_labels, precision=precision,
         tolerances=tolerances, profile=profile, max_batch_size=max_batch_size,

@@ -16,6 +16,7 @@ from typing import Any
 from kfp import dsl
 
 from shipyard.pipelines import kfp_components as c
+from shipyard.pipelines.cluster import use_cluster_secrets
 
 DEPLOY_PIPELINE_NAME = "shipyard-deploy"
 PROMOTION_PIPELINE_NAME = "shipyard-promotion"
@@ -71,8 +72,11 @@ def _deploy_and_smoke_test(deploy_args: dict[str, Any], canary_traffic_percent: 
     return deployed, checked
 
 
-def make_deploy_pipeline(gpu: bool = False) -> Any:
-    """The deploy pipeline: a model URI in, a served endpoint (REST URL) out."""
+def make_deploy_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
+    """The deploy pipeline: a model URI in, a served endpoint (REST URL) out.
+
+    ``cluster=True`` (compile and submit) gives every task the credentials Secrets (``pipelines/cluster.py``).
+    """
 
     @dsl.pipeline(name=DEPLOY_PIPELINE_NAME, description="MLflow model -> ONNX -> optimized -> validated -> "
                   "published -> served, with gates that stop it.")  # fmt: skip
@@ -100,13 +104,18 @@ def make_deploy_pipeline(gpu: bool = False) -> Any:
         deploy_args = _deploy_args(repository, deployment_name, target, namespace, http_port, grpc_port, state_dir,
                                    gpus, kubeconfig, timeout_s)  # fmt: skip
         deployed, _ = _deploy_and_smoke_test(deploy_args, 0, published, exported, model_name, "deploy", "smoke test")
+        if cluster:
+            use_cluster_secrets()
         return deployed.outputs["url"]
 
     return deploy_pipeline
 
 
-def make_promotion_pipeline(gpu: bool = False) -> Any:
-    """The promotion pipeline: gates, rollout (canary first on KServe when an older version serves), alias."""
+def make_promotion_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
+    """The promotion pipeline: gates, rollout (canary first on KServe when an older version serves), alias.
+
+    ``cluster=True``: as ``make_deploy_pipeline``.
+    """
 
     @dsl.pipeline(name=PROMOTION_PIPELINE_NAME, description="Gate a model version, roll it out (canary first "
                   "when an older revision serves) and give it the alias.")  # fmt: skip
@@ -152,6 +161,8 @@ def make_promotion_pipeline(gpu: bool = False) -> Any:
             _, first_check = _deploy_and_smoke_test(common, 0, published, exported, model_name, "deploy")
             c.promote_model(model_uri=resolved.outputs["uri"], alias=alias,
                             tracking_uri=tracking_uri).after(first_check)  # fmt: skip
+        if cluster:
+            use_cluster_secrets()
 
     return promotion_pipeline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -60,69 +60,104 @@ def deploy(
     ),
 ) -> None:
     """Deploy a published model repository and print where it serves."""
-    from shipyard.components.deploy import (
-        Autoscaling,
-        DeployError,
-        InferenceServiceSpec,
-        LocalTarget,
-        RuntimeSpec,
-        deploy_kserve,
-        deploy_local,
-    )
-
     if target is Target.local:
-        if dry_run:
-            typer.echo(" ".join(LocalTarget(state_dir).command(source, http_port, grpc_port)))
-            return
-        try:
-            if replace and LocalTarget(state_dir).find(name) is not None:
-                LocalTarget(state_dir).stop(name)
-            result = deploy_local(
-                name, source, http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, timeout_s=timeout
-            )
-        except ValueError as exc:
-            raise _fail(str(exc), EXIT_USER_ERROR) from exc
-        except DeployError as exc:
-            raise _fail(str(exc), EXIT_DEPLOY_FAILED) from exc
-        typer.echo(f"{name}: ready")
-        typer.echo(f"  REST  {result.url}  (curl {result.url}/v2/health/ready)")
-        typer.echo(f"  gRPC  {result.grpc_url}")
-        where = f" --state-dir {shlex.quote(state_dir)}" if state_dir else ""
-        typer.echo(f"  stop: shipyard undeploy {name} --target local{where}")
+        _deploy_local(name, source, dry_run, replace, http_port, grpc_port, state_dir, timeout)
         return
-
     try:
-        scaling = None
-        if scale_metric is not None:
-            extra = {"prometheus_url": prometheus_url} if prometheus_url else {}
-            scaling = Autoscaling(scale_metric, scale_target, **extra)  # type: ignore[arg-type]
-        isvc = InferenceServiceSpec(
-            name=name,
-            storage_uri=source,
-            namespace=namespace,
-            runtime=runtime,
-            model_format=model_format,
-            protocol=protocol,  # type: ignore[arg-type]
-            gpus=gpus,
-            cpu=cpu,
-            memory=memory,
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            autoscaling=scaling,
-            canary_traffic_percent=canary_percent,
-            deployment_mode=deployment_mode,  # type: ignore[arg-type]
-        )
-        runtime_spec = None
-        if apply_runtime:
-            runtime_spec = RuntimeSpec(name=runtime, **({"image": image} if image else {}))
+        isvc, runtime_spec = _kserve_specs(
+            name, source, namespace=namespace, runtime=runtime, model_format=model_format, protocol=protocol,
+            gpus=gpus, cpu=cpu, memory=memory, min_replicas=min_replicas, max_replicas=max_replicas,
+            scale_metric=scale_metric, scale_target=scale_target, prometheus_url=prometheus_url,
+            canary_percent=canary_percent, deployment_mode=deployment_mode,
+            image=image if apply_runtime else None, apply_runtime=apply_runtime,
+        )  # fmt: skip
     except ValueError as exc:
         raise _fail(str(exc), EXIT_USER_ERROR) from exc
-
     if dry_run:
         from shipyard.components.deploy import render_kserve
 
         sys.stdout.write(render_kserve(isvc, runtime_spec))
         return
+    _apply_kserve(isvc, runtime_spec, kubeconfig=kubeconfig, context=context, wait=wait, timeout=timeout)
+
+
+def _deploy_local(
+    name: str,
+    source: str,
+    dry_run: bool,
+    replace: bool,
+    http_port: int,
+    grpc_port: int,
+    state_dir: str | None,
+    timeout: float,
+) -> None:
+    from shipyard.components.deploy import DeployError, LocalTarget, deploy_local
+
+    if dry_run:
+        typer.echo(" ".join(LocalTarget(state_dir).command(source, http_port, grpc_port)))
+        return
+    try:
+        if replace and LocalTarget(state_dir).find(name) is not None:
+            LocalTarget(state_dir).stop(name)
+        result = deploy_local(
+            name, source, http_port=http_port, grpc_port=grpc_port, state_dir=state_dir, timeout_s=timeout
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USER_ERROR) from exc
+    except DeployError as exc:
+        raise _fail(str(exc), EXIT_DEPLOY_FAILED) from exc
+    typer.echo(f"{name}: ready")
+    typer.echo(f"  REST  {result.url}  (curl {result.url}/v2/health/ready)")
+    typer.echo(f"  gRPC  {result.grpc_url}")
+    where = f" --state-dir {shlex.quote(state_dir)}" if state_dir else ""
+    typer.echo(f"  stop: shipyard undeploy {name} --target local{where}")
+
+
+def _kserve_specs(
+    name: str,
+    source: str,
+    *,
+    scale_metric: str | None,
+    scale_target: float,
+    prometheus_url: str | None,
+    canary_percent: int | None,
+    image: str | None,
+    apply_runtime: bool,
+    runtime: str,
+    protocol: str,
+    deployment_mode: str | None,
+    **resources: Any,
+) -> tuple[Any, Any]:
+    """The InferenceService spec and (with ``apply_runtime``) the ServingRuntime spec.
+
+    Raises: ValueError naming the bad setting.
+    """
+    from shipyard.components.deploy import Autoscaling, InferenceServiceSpec, RuntimeSpec
+
+    scaling = None
+    if scale_metric is not None:
+        extra = {"prometheus_url": prometheus_url} if prometheus_url else {}
+        scaling = Autoscaling(scale_metric, scale_target, **extra)  # type: ignore[arg-type]
+    isvc = InferenceServiceSpec(
+        name=name,
+        storage_uri=source,
+        runtime=runtime,
+        protocol=protocol,  # type: ignore[arg-type]
+        autoscaling=scaling,
+        canary_traffic_percent=canary_percent,
+        deployment_mode=deployment_mode,  # type: ignore[arg-type]
+        **resources,
+    )
+    runtime_spec = RuntimeSpec(name=runtime, **({"image": image} if image else {})) if apply_runtime else None
+    return isvc, runtime_spec
+
+
+def _apply_kserve(
+    isvc: Any, runtime_spec: Any, *, kubeconfig: str | None, context: str | None, wait: bool, timeout: float
+) -> None:
+    from shipyard.components.deploy import DeployError, deploy_kserve
+
+    name, namespace = isvc.name, isvc.namespace
     last: list[str] = []
 
     def progress(status: object) -> None:

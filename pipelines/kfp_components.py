@@ -15,11 +15,13 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
 
-# The project's image with the `pipeline` extra; the KFP local runner ignores it and uses this environment.
+# The project's image (pipelines/Dockerfile: the pipeline, serve and store extras, kfp included, so KFP
+# installs nothing at pod start); `shipyard pipeline compile --image` replaces it. The KFP local
+# runner ignores it and uses this environment.
 PIPELINE_IMAGE = "ghcr.io/shipyard/shipyard:0.1.0"
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def resolve_model(model_uri: str, tracking_uri: str) -> NamedTuple("Resolved", name=str, version=int, uri=str):  # type: ignore[valid-type]
     """Resolve ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` to a fixed version (so later steps agree)."""
     from shipyard.components.user_errors import step_errors
@@ -34,7 +36,7 @@ def resolve_model(model_uri: str, tracking_uri: str) -> NamedTuple("Resolved", n
         return resolved(version.name, int(version.version), f"models:/{version.name}/{version.version}")
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def export_onnx(model_uri: str, tracking_uri: str, max_batch_size: int, onnx_model: Output[Model]) -> list:
     """Export the registered PyTorch model to ONNX with a dynamic batch axis; returns the input names."""
     from shipyard.components.user_errors import step_errors
@@ -51,7 +53,7 @@ def export_onnx(model_uri: str, tracking_uri: str, max_batch_size: int, onnx_mod
         return list(info["inputs"])
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def optimize_model(
     onnx_model: Input[Model],
     model_uri: str,
@@ -80,7 +82,7 @@ def optimize_model(
         return str(info["target"])
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def validate_model(
     reference: Input[Model],
     candidate: Input[Model],
@@ -139,7 +141,7 @@ def validate_model(
         return bool(data["passed"])
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def publish_model(
     optimized_model: Input[Model],
     onnx_model: Input[Model],
@@ -167,7 +169,7 @@ def publish_model(
         return published(int(info["version"]), str(info["version_uri"]))  # type: ignore[return-value]
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def deploy_model(
     repository: str,
     name: str,
@@ -198,7 +200,7 @@ def deploy_model(
         return deployed(str(info["url"]), str(info["grpc_url"] or ""))  # type: ignore[return-value]
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def smoke_test(url: str, model_name: str, reference: Input[Model], metrics: Output[Metrics]) -> str:
     """Query the served model (OIP v2 REST) and compare with ONNX Runtime on the reference ONNX."""
     from shipyard.components.user_errors import step_errors
@@ -215,7 +217,7 @@ def smoke_test(url: str, model_name: str, reference: Input[Model], metrics: Outp
         return json.dumps(info)
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def alias_version(model_name: str, alias: str, tracking_uri: str) -> int:
     """The version an alias points at now (0 when unset): tells a first rollout from an update."""
     from shipyard.components.user_errors import step_errors
@@ -226,7 +228,7 @@ def alias_version(model_name: str, alias: str, tracking_uri: str) -> int:
         return lookup(model_name, alias, tracking_uri=tracking_uri or None) or 0
 
 
-@dsl.component(base_image=PIPELINE_IMAGE)
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def promote_model(model_uri: str, alias: str, tracking_uri: str) -> str:
     """Give the version the alias if the gate allows (validated, published); refusals fail the task."""
     from shipyard.components.user_errors import step_errors

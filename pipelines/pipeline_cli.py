@@ -7,6 +7,7 @@ kfp is imported inside the commands.
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,12 +18,15 @@ pipeline_app = typer.Typer(help="Run, compile or submit the deploy and promotion
 _PIPELINE_HELP = "deploy (model URI -> served endpoint) or promotion (gates, canary, alias)."
 
 
-def _pipeline(name: str, gpu: bool) -> Any:
+def _pipeline(name: str, gpu: bool, cluster: bool = False) -> Any:
     from shipyard.pipelines.definitions import PIPELINES
 
     if name not in PIPELINES:
         raise typer.BadParameter(f"unknown pipeline {name!r}: use one of {', '.join(PIPELINES)}")
-    return PIPELINES[name](gpu=gpu)
+    return PIPELINES[name](gpu=gpu, cluster=cluster)
+
+
+_IMAGE_HELP = "Component image (default: the release image; build yours from pipelines/Dockerfile)."
 
 
 def parse_params(pipeline: Any, params: list[str]) -> dict[str, Any]:
@@ -57,11 +61,15 @@ def compile_command(
     name: str = typer.Argument(..., help=_PIPELINE_HELP),
     output: Path = typer.Option(Path("pipeline.yaml"), "--output", "-o", help="Where to write the pipeline YAML."),
     gpu: bool = typer.Option(False, help="Request an NVIDIA GPU for optimize and validate."),
+    image: Optional[str] = typer.Option(None, "--image", help=_IMAGE_HELP),
 ) -> None:
-    """Compile a pipeline to KFP v2 YAML (IR)."""
-    from kfp import compiler
+    """Compile a pipeline to KFP v2 YAML (IR), with the credentials Secrets wired in (docs/cluster.md)."""
+    from shipyard.pipelines.cluster import compile_pipeline
 
-    compiler.Compiler().compile(_pipeline(name, gpu), str(output))
+    try:
+        compile_pipeline(_pipeline(name, gpu, cluster=True), output, image)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(f"wrote {output}")
 
 
@@ -106,12 +114,57 @@ def submit_command(
     experiment: str = typer.Option("shipyard", help="KFP experiment name."),
     namespace: Optional[str] = typer.Option(None, help="Kubeflow profile namespace (multi-user installs)."),
     gpu: bool = typer.Option(False, help="Request an NVIDIA GPU for optimize and validate."),
+    image: Optional[str] = typer.Option(None, "--image", help=_IMAGE_HELP),
+    service_account: Optional[str] = typer.Option(
+        None, "--service-account", help="Service account of the run's pods (serving_runtime/manifests/rbac.yaml)."
+    ),
+    existing_token: Optional[str] = typer.Option(
+        None, "--token", envvar="KFP_TOKEN", help="Bearer token for the KFP API (default: kfp's own credentials)."
+    ),
 ) -> None:
     """Submit a pipeline run to a Kubeflow Pipelines endpoint and print the run id."""
-    import kfp
+    from shipyard.pipelines.cluster import compile_to_temp
 
-    pipeline = _pipeline(name, gpu)
+    pipeline = _pipeline(name, gpu, cluster=True)
     arguments = parse_params(pipeline, param)
-    client = kfp.Client(host=host, namespace=namespace)
-    run = client.create_run_from_pipeline_func(pipeline, arguments=arguments, experiment_name=experiment)
+    try:
+        package = compile_to_temp(pipeline, image)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        run = _submit(host, existing_token,
+            str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
+            service_account=service_account, run_name=f"shipyard {name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        )  # fmt: skip
+    except _SubmitError as exc:
+        typer.secho(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        package.unlink(missing_ok=True)
     typer.echo(f"submitted run {run.run_id} to {host}")
+
+
+class _SubmitError(Exception):
+    """The KFP API refused the submission or could not be reached (one line, for the CLI)."""
+
+
+def _submit(host: str, token: str | None, package: str, **kwargs: Any) -> Any:
+    """``kfp.Client(...).create_run_from_pipeline_package`` with the API's refusals as one-line ``_SubmitError``."""
+    import json
+
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        client = kfp.Client(host=host, namespace=kwargs.get("namespace"), existing_token=token)
+        return client.create_run_from_pipeline_package(package, **kwargs)
+    except ApiException as exc:
+        try:
+            detail = json.loads(exc.body or "{}").get("message") or exc.reason
+        except ValueError:
+            detail = exc.reason
+        hint = " (check --token and --namespace)" if exc.status in (401, 403) else ""
+        raise _SubmitError(f"the KFP API at {host} refused the run: {exc.status} {detail}{hint}") from None
+    except HTTPError as exc:
+        raise _SubmitError(f"cannot reach the KFP API: {exc}") from None

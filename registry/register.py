@@ -1,4 +1,7 @@
-"""Register a trained PyTorch model as an MLflow model version (signature, input example, tags).
+"""Register a trained model as an MLflow model version (signature, input example, tags).
+
+PyTorch modules, Keras 3 models, sklearn estimators, ONNX models and transformers ``{"model", "tokenizer"}``
+dicts are accepted by ``register_module`` (each logged with its own MLflow flavor: ``registry/flavors.py``).
 
 Three sources, one result type; each is idempotent: registering the same source again returns the
 existing version (``created=False``) and merges the new tags into it, so re-running a step never
@@ -113,7 +116,8 @@ def register_module(
 ) -> RegisteredVersion:
     """Log ``module`` in a new run (signature inferred from ``input_example``) and register it as ``name``.
 
-    ``input_example``: a numpy array or tensor, batch first (MLflow 3's pt2 format needs it).
+    ``module``: any object ``flavors.flavor_of`` accepts (torch, Keras, sklearn, ONNX, transformers).
+    ``input_example``: a numpy array or tensor, batch first (MLflow 3's pt2 format needs it); texts for transformers.
     Raises: RegistryError for a bad name or a missing input example; mlflow exceptions for server errors.
     """
     import mlflow
@@ -123,7 +127,10 @@ def register_module(
         raise RegistryError(f"register {name!r}: an input_example is required (a batch-first numpy array)")
     if np.ndim(_as_example(input_example)) == 0:
         raise RegistryError(f"register {name!r}: the input example is a scalar; give a batch-first array (batch >= 1)")
-    kind, key, sha = _source or ("module", "", module_digest(module))
+    from shipyard.registry.flavors import digest, flavor_of
+
+    flavor = flavor_of(module)
+    kind, key, sha = _source or ("module", "", digest(module, flavor))
     key = key or f"sha256:{sha}"
     all_tags = {**stringify_tags(tags or {}), SOURCE_KIND: kind, SOURCE_KEY: key, SOURCE_SHA256: sha}
     client = get_client(tracking_uri)
@@ -131,6 +138,8 @@ def register_module(
     if existing is not None:
         return _reuse(client, existing, all_tags)
     experiment_id = ensure_experiment(experiment, tracking_uri)
+    if flavor != "pytorch":
+        return _register_flavor(module, flavor, input_example, name, all_tags, experiment_id)
     try:
         module.eval()
     except NotImplementedError:
@@ -154,6 +163,21 @@ def register_module(
     all_tags[SOURCE_RUN_ID] = run.info.run_id
     version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     return RegisteredVersion(name, int(version.version), run.info.run_id, key, True, dict(all_tags))
+
+
+def _register_flavor(
+    obj: Any, flavor: str, input_example: Any, name: str, tags: dict[str, str], experiment_id: str
+) -> RegisteredVersion:
+    import mlflow
+
+    from shipyard.registry.flavors import log_flavor
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run:
+        mlflow.set_tags({SOURCE_KIND: tags[SOURCE_KIND], SOURCE_KEY: tags[SOURCE_KEY]})
+        info = log_flavor(obj, flavor, _as_example(input_example))
+    tags = {**tags, SOURCE_RUN_ID: run.info.run_id, "shipyard.source.flavor": flavor}
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    return RegisteredVersion(name, int(version.version), run.info.run_id, tags[SOURCE_KEY], True, dict(tags))
 
 
 def _is_torchscript(module: Any) -> bool:

@@ -5,8 +5,8 @@ Public functions:
 - ``get_version(model_uri: str, tracking_uri: str | None = None) -> mlflow ModelVersion`` (alias resolved)
 - ``resolve_model(model_uri: str, dst: str | Path | None = None, tracking_uri: str | None = None) -> ResolvedModel``
   (downloads the MLmodel directory; ``dst`` defaults to a fresh temporary directory)
-- ``load_torch_model(model_uri: str, tracking_uri: str | None = None) -> tuple[nn.Module, np.ndarray | None]``
-  (the module in eval mode and the logged input example)
+- ``load_torch_model(model_uri, tracking_uri=None, resolved=None) -> tuple[nn.Module, np.ndarray | None]``
+  (the module in eval mode and the logged input example; ``resolved`` reuses a download)
 """
 
 from __future__ import annotations
@@ -99,14 +99,16 @@ def resolve_model(
     )
 
 
-def load_torch_model(model_uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, np.ndarray | None]:
+def load_torch_model(
+    model_uri: str, tracking_uri: str | None = None, resolved: ResolvedModel | None = None
+) -> tuple[torch.nn.Module, np.ndarray | None]:
     """The registered PyTorch module (eval mode) and its input example.
 
     Raises: RegistryError, ModelVersionNotFound; mlflow's error when the version is not a PyTorch model.
     """
     import mlflow.pytorch
 
-    resolved = resolve_model(model_uri, tracking_uri=tracking_uri)
+    resolved = resolved or resolve_model(model_uri, tracking_uri=tracking_uri)
     module = mlflow.pytorch.load_model(str(resolved.local_path))
     try:
         module.eval()

@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shipyard.serving_runtime.errors import ModelConfigError
 from shipyard.serving_runtime.scheduling.api import InferenceRequest, Scheduler
 from shipyard.serving_runtime.stats import ModelStats
 
@@ -198,11 +199,19 @@ class CachingScheduler:
 def with_cache(
     scheduler: Scheduler, config: object, cache: ResponseCache | None, model: str, version: int
 ) -> Scheduler:
-    """``scheduler`` wrapped in the cache when the config enables it and the server has one."""
+    """``scheduler`` wrapped in the cache when the config enables it and the server has one.
+
+    Raises: ModelConfigError for a decoupled model with the cache enabled (as Triton refuses it).
+    """
     enabled = bool(getattr(getattr(config, "response_cache", None), "enable", False))
     if not enabled or config.HasField("sequence_batching"):  # type: ignore[attr-defined]
         # a sequence's answers depend on its state, not only on the request
         return scheduler
+    if config.model_transaction_policy.decoupled:  # type: ignore[attr-defined]
+        raise ModelConfigError(
+            f"model '{model}': response_cache cannot cache a decoupled model (model_transaction_policy "
+            "{ decoupled: true }), whose requests may answer many times; remove one of the two"
+        )
     if cache is None:
         log.warning(
             "model %r enables response_cache but the server has no cache; start it with "

@@ -36,7 +36,7 @@ from shipyard.serving_runtime.errors import (
     ServingError,
 )
 from shipyard.serving_runtime.model import ServedModel, load_instances
-from shipyard.serving_runtime.model_records import ModelRecord, all_available, index_entries, lookup
+from shipyard.serving_runtime.model_records import ModelRecord, RecordQueries, all_available, index_entries
 from shipyard.serving_runtime.repository import (
     ModelDefinition,
     ModelFingerprint,
@@ -46,7 +46,6 @@ from shipyard.serving_runtime.repository import (
     prepare_model,
     scan_repositories,
 )
-from shipyard.serving_runtime.stats import ModelStats
 from shipyard.serving_runtime.version_plan import (
     UNLOADED,
     UNLOADING,
@@ -77,7 +76,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class ModelManager:
+class ModelManager(RecordQueries):
     """Loads models from one or more repositories and keeps them current.
 
     Not thread-safe: call every method from the event loop thread.
@@ -242,24 +241,7 @@ class ModelManager:
         log.info("unloaded model %s", name)
 
     # ---------------------------------------------------------------- queries
-
-    def get(self, name: str, version: int | None = None) -> ServedModel:
-        """The ready model version (the highest ready one when ``version`` is None).
-
-        Raises: ModelNotFound (unknown model or version), ModelNotReady (known but not loaded,
-        with the reason).
-        """
-        return lookup(self._records, name, version)
-
-    def versions(self, name: str) -> list[int]:
-        """Ready versions of a model, ascending (empty when unknown)."""
-        record = self._records.get(name)
-        return record.ready_versions() if record else []
-
-    def last_error(self, name: str) -> str:
-        """The latest load failure of a model ('' when none), also when an older version serves."""
-        record = self._records.get(name)
-        return record.last_error if record else ""
+    # get, versions, last_error, all_stats, loaded_models: RecordQueries (model_records.py)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton repository index entries, sorted by name then version.
@@ -284,14 +266,6 @@ class ModelManager:
         if not strict:
             return True
         return all_available(self._records.values())
-
-    def all_stats(self) -> list[ModelStats]:
-        """Statistics of every loaded version."""
-        return [model.scheduler.stats for model in self.loaded_models()]
-
-    def loaded_models(self) -> list[ServedModel]:
-        """Every loaded version, sorted by name then version."""
-        return [model for name in sorted(self._records) for _, model in sorted(self._records[name].served.items())]
 
     # ---------------------------------------------------------------- internals
 

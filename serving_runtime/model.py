@@ -18,7 +18,8 @@ import numpy as np
 
 from shipyard.serving_runtime.backends.base import BackendInstance, Device, InstanceSettings
 from shipyard.serving_runtime.cache import ResponseCache, with_cache
-from shipyard.serving_runtime.config import check_against_model, config_to_dict, model_side_specs, tensor_specs
+from shipyard.serving_runtime.config import config_to_dict, model_side_specs, tensor_specs
+from shipyard.serving_runtime.config_model import check_against_model
 from shipyard.serving_runtime.datatypes import config_to_triton, deserialize_bytes_tensor, triton_to_numpy
 from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError, ModelNotReady
 from shipyard.serving_runtime.scheduling import InferenceRequest, Scheduler, create_scheduler
@@ -261,13 +262,13 @@ class ServedModel:
             return
         try:
             self.scheduler = create_scheduler(config, self.instances, name, self.version, model_dir)
+            self.scheduler = with_cache(self.scheduler, config, response_cache, name, self.version)
         except Exception as exc:
             for instance in self.instances:
                 instance.close()
             if isinstance(exc, (ModelConfigError, ModelLoadError)):
                 raise
             raise ModelConfigError(f"model {name!r} version {version}: cannot build the scheduler: {exc}") from exc
-        self.scheduler = with_cache(self.scheduler, config, response_cache, name, self.version)
 
     async def infer(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         """Run one validated request through the scheduler.

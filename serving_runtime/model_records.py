@@ -1,5 +1,6 @@
 """The manager's per-model records and the read-only queries over them: lookup of a serving
-version, the repository index, strict readiness.
+version, the repository index, strict readiness, statistics (``RecordQueries``, which
+``ModelManager`` extends).
 
 ``manager.py`` owns the records (it changes them under each record's lock); everything here only
 reads them, on the event loop thread.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from shipyard.serving_runtime.model import ServedModel
     from shipyard.serving_runtime.repository import ModelDefinition, ModelFingerprint
+    from shipyard.serving_runtime.stats import ModelStats
 
 
 @dataclass
@@ -149,3 +151,36 @@ def all_available(records: Iterable[ModelRecord]) -> bool:
             if status.state == UNAVAILABLE and status.reason != UNLOADED_REASON:
                 return False
     return True
+
+
+class RecordQueries:
+    """The model manager's read-only queries over its records; ``ModelManager`` adds the scanning,
+    loading and locking that change them."""
+
+    _records: dict[str, ModelRecord]
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        """The ready model version (the highest ready one when ``version`` is None).
+
+        Raises: ModelNotFound (unknown model or version), ModelNotReady (known but not loaded,
+        with the reason).
+        """
+        return lookup(self._records, name, version)
+
+    def versions(self, name: str) -> list[int]:
+        """Ready versions of a model, ascending (empty when unknown)."""
+        record = self._records.get(name)
+        return record.ready_versions() if record else []
+
+    def last_error(self, name: str) -> str:
+        """The latest load failure of a model ('' when none), also when an older version serves."""
+        record = self._records.get(name)
+        return record.last_error if record else ""
+
+    def loaded_models(self) -> list[ServedModel]:
+        """Every loaded version, sorted by name then version."""
+        return [model for name in sorted(self._records) for _, model in sorted(self._records[name].served.items())]
+
+    def all_stats(self) -> list[ModelStats]:
+        """Statistics of every loaded version."""
+        return [model.scheduler.stats for model in self.loaded_models()]

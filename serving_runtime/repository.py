@@ -232,13 +232,8 @@ def prepare_model(location: ModelLocation, gpu_count: int, override: ModelConfig
     and ModelLoadError (the newest model file cannot be read while completing the config).
     """
     from shipyard.serving_runtime.backends.registry import get_backend, resolve_backend_name
-    from shipyard.serving_runtime.config import (
-        check_against_model,
-        complete_config,
-        load_config,
-        new_config,
-        validate_config,
-    )
+    from shipyard.serving_runtime.config import load_config, new_config, validate_config
+    from shipyard.serving_runtime.config_model import check_against_model, complete_config
 
     model_dir = location.path
     config_path = model_dir / CONFIG_FILENAME

@@ -181,3 +181,54 @@ def test_a_failing_pipeline_step_is_one_line_too(files: dict[str, Path], capfd: 
     assert err.strip().splitlines()[-1] == (
         "error: the pipeline failed at step 'resolve-model': the step's error is in its log above"
     )
+
+
+def test_mlflow_plugin_errors_are_one_line_and_leave_nothing_behind(files: dict[str, Path]) -> None:
+    import os
+    import subprocess
+
+    home = files["root"] / "plugin-home"
+    env = {**os.environ, "SHIPYARD_HOME": str(home), "SHIPYARD_MLFLOW_HOME": str(files["root"] / "mlflow")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "deployments", "create", "-t", "shipyard", "-m", "models:/nope/1",
+         "--name", "other"], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: models:/nope/1: not found in the registry")
+    assert not (home / "deployments" / "other-model").exists()  # a failed create leaves nothing behind
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"inputs": [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]]}, [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]],
+     {"input": [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]]}],
+    ids=["inputs-rows", "bare-rows", "by-input-name"],
+)  # fmt: skip
+def test_plugin_predict_reads_the_documented_input_forms(document: object, tmp_path: Path) -> None:
+    """``mlflow deployments predict --input-path`` reads the file with pandas.read_json; every form the README
+    documents becomes one (batch, 4) array for the model's input."""
+    import json
+
+    import pandas as pd
+
+    from shipyard.components.deploy.mlflow_plugin import _as_feeds
+
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(document))
+    feeds = _as_feeds(pd.read_json(path), ["input"])
+    assert np.asarray(feeds["input"], dtype=np.float32).shape == (2, 4)
+
+
+def test_plugin_predict_refuses_ragged_rows_in_one_line(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from shipyard.components.deploy.mlflow_plugin import PluginError, _as_feeds
+
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps({"inputs": [[0.1, 0.2, 0.3], [1, 2, 3, 4]]}))
+    with pytest.raises(PluginError, match="rows differ in length"):
+        _as_feeds(pd.read_json(path), ["input"])

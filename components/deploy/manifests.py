@@ -43,6 +43,7 @@ from shipyard.components.deploy.spec import (
     MODEL_FORMATS,
     PROMETHEUS_QUERIES,
     READY_PATH,
+    TERMINATION_GRACE_S,
     InferenceServiceSpec,
     RuntimeSpec,
 )
@@ -184,6 +185,7 @@ def inference_service(spec: InferenceServiceSpec, runtime: RuntimeSpec | None = 
         max_replicas=spec.max_replicas,
         canary_traffic_percent=spec.canary_traffic_percent,
         service_account_name=spec.service_account,
+        termination_grace_period_seconds=TERMINATION_GRACE_S,  # above the runtime's drain (--graceful-shutdown-secs)
         **_autoscaling(spec),
     )
     return V1beta1InferenceService(

@@ -20,6 +20,10 @@ READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 METRICS_PATH = "/metrics"
 MODEL_FORMATS = ("onnx", "tensorrt", "pytorch")
+# SIGTERM drain: the runtime stops taking requests and finishes what it accepted for up to DRAIN_S
+# (--graceful-shutdown-secs); Kubernetes waits TERMINATION_GRACE_S before SIGKILL, a margin above it.
+DRAIN_S = 30
+TERMINATION_GRACE_S = DRAIN_S + 10
 
 # RFC 1123 label: what Kubernetes accepts as a resource name (InferenceService names also become DNS labels).
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -108,6 +112,7 @@ class RuntimeSpec:
             f"--model-repository={MODEL_MOUNT}",
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
+            f"--graceful-shutdown-secs={DRAIN_S}",
             *self.extra_args,
         ]
 

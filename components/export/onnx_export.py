@@ -34,6 +34,8 @@ class ExportResult:
     max_abs_diff: float
     exporter: str
     checked_batches: tuple[int, ...] = field(default=())
+    # the logged input example as ONNX feeds (what validation uses when no held-out data is given)
+    example_feeds: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def lineage_tags(self) -> dict[str, Any]:
         from shipyard.registry import lineage as L
@@ -106,53 +108,24 @@ def _save_single_file(model: Any, path: Path) -> None:
     side.unlink(missing_ok=True)
 
 
-def export_onnx(
+def _torch_export(
     module: torch.nn.Module,
-    input_example: Any,
-    output_path: str | Path,
-    *,
-    max_batch_size: int = 64,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    opset: int | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
-    progress: Callable[[str], None] | None = None,
-) -> ExportResult:
-    """Export ``module`` to ONNX with a dynamic batch axis (1..max_batch_size) and check it.
+    traced: list[Any],
+    path: Path,
+    names: list[str],
+    out_names: list[str],
+    max_batch: int,
+    opset: int | None,
+    say: Callable[[str], None],
+) -> str:
+    """Write the ONNX file with a dynamic batch axis; returns the exporter used (dynamo, else TorchScript).
 
-    Checks: ``onnx.checker.check_model(full_check=True)``; ONNX Runtime at batch 1, at the example's batch
-    and at ``max_batch_size`` matches torch within ``atol + rtol*|torch|``. Uses the dynamo exporter
-    (torch.export), falling back to the TorchScript exporter when dynamo cannot trace the module.
-    ``progress`` receives one line per stage (the CLI prints them on stderr).
-    Raises: ExportError (bad example, export failure, checker failure, outputs differ).
+    Raises: ExportError when both exporters fail.
     """
-    import onnx
-    import onnxruntime as ort
     import torch
 
-    if max_batch_size < 1:
-        raise ExportError(f"max_batch_size={max_batch_size}: must be >= 1")
-    arrays, names = _normalize_example(input_example, input_names)
-    try:
-        module.eval()
-    except NotImplementedError:
-        pass  # torch.export modules (MLflow pt2) are already in inference form
-    reference = _torch_outputs(module, arrays)
-    default_out = ["output"] if len(reference) == 1 else [f"output__{i}" for i in range(len(reference))]
-    out_names = list(output_names or default_out)
-    if len(out_names) != len(reference):
-        raise ExportError(f"the model returns {len(reference)} outputs but {len(out_names)} output names were given")
-
-    # trace with batch >= 2 so the batch dimension is not specialised to 1
-    trace_batch = max(2, arrays[0].shape[0])
-    traced = [torch.from_numpy(np.ascontiguousarray(_tile_batch(a, trace_batch))) for a in arrays]
-    path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exporter = "dynamo"
-    say = progress or (lambda _line: None)
-    say(f"exporting {type(module).__name__} to ONNX with torch.export (dynamic batch 1..{max_batch_size})")
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch_size, trace_batch))
+    say(f"exporting {type(module).__name__} to ONNX with torch.export (dynamic batch 1..{max_batch})")
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -161,18 +134,25 @@ def export_onnx(
                 dynamic_shapes=tuple({0: batch} for _ in traced), dynamo=True, opset_version=opset,
                 optimize=True, verbose=False,
             )  # fmt: skip
+        return "dynamo"
     except Exception as exc:  # torch.export could not trace: try the TorchScript exporter
         log.warning("dynamo export failed (%s); falling back to the TorchScript exporter", str(exc)[:300])
-        exporter = "torchscript"
         say("torch.export could not trace the model; exporting with the TorchScript exporter")
-        try:
-            torch.onnx.export(
-                module, tuple(traced), str(path), input_names=names, output_names=out_names,
-                dynamic_axes={n: {0: "batch"} for n in [*names, *out_names]}, dynamo=False,
-                opset_version=opset or 17,
-            )  # fmt: skip
-        except Exception as exc2:
-            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {exc2}") from exc2
+    try:
+        torch.onnx.export(
+            module, tuple(traced), str(path), input_names=names, output_names=out_names,
+            dynamic_axes={n: {0: "batch"} for n in [*names, *out_names]}, dynamo=False,
+            opset_version=opset or 17,
+        )  # fmt: skip
+    except Exception as exc2:
+        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {exc2}") from exc2
+    return "torchscript"
+
+
+def _stamp_and_check(path: Path, max_batch_size: int, say: Callable[[str], None]) -> int:
+    """Record ``max_batch_size`` in the model's metadata, save it as one file, run the full ONNX
+    checker; returns the opset. Raises: ExportError when the checker rejects the model."""
+    import onnx
 
     model = onnx.load(str(path))
     meta = {p.key: p for p in model.metadata_props}
@@ -186,7 +166,23 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"ONNX checker rejected {path}: {exc}") from exc
-    opset_used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _compare_with_torch(
+    module: torch.nn.Module,
+    path: Path,
+    arrays: list[np.ndarray],
+    names: list[str],
+    out_names: list[str],
+    max_batch_size: int,
+    atol: float,
+    rtol: float,
+    say: Callable[[str], None],
+) -> tuple[float, list[int]]:
+    """ONNX Runtime vs torch at batch 1, the example's batch and ``max_batch_size``: the largest
+    absolute difference and the batch sizes checked. Raises: ExportError on a shape or value mismatch."""
+    import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
@@ -210,6 +206,54 @@ def export_onnx(
                     f"(atol={atol}, rtol={rtol}); check for data-dependent control flow or raise the tolerance"
                 )
         checked.append(b)
+    return worst, checked
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    input_example: Any,
+    output_path: str | Path,
+    *,
+    max_batch_size: int = 64,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    opset: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``module`` to ONNX with a dynamic batch axis (1..max_batch_size) and check it.
+
+    Checks: ``onnx.checker.check_model(full_check=True)``; ONNX Runtime at batch 1, at the example's batch
+    and at ``max_batch_size`` matches torch within ``atol + rtol*|torch|``. Uses the dynamo exporter
+    (torch.export), falling back to the TorchScript exporter when dynamo cannot trace the module.
+    ``progress`` receives one line per stage (the CLI prints them on stderr).
+    Raises: ExportError (bad example, export failure, checker failure, outputs differ).
+    """
+    import torch
+
+    if max_batch_size < 1:
+        raise ExportError(f"max_batch_size={max_batch_size}: must be >= 1")
+    arrays, names = _normalize_example(input_example, input_names)
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # torch.export modules (MLflow pt2) are already in inference form
+    reference = _torch_outputs(module, arrays)
+    default_out = ["output"] if len(reference) == 1 else [f"output__{i}" for i in range(len(reference))]
+    out_names = list(output_names or default_out)
+    if len(out_names) != len(reference):
+        raise ExportError(f"the model returns {len(reference)} outputs but {len(out_names)} output names were given")
+
+    # trace with batch >= 2 so the batch dimension is not specialised to 1
+    trace_batch = max(2, arrays[0].shape[0])
+    traced = [torch.from_numpy(np.ascontiguousarray(_tile_batch(a, trace_batch))) for a in arrays]
+    path = Path(output_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda _line: None)
+    exporter = _torch_export(module, traced, path, names, out_names, max(max_batch_size, trace_batch), opset, say)
+    opset_used = _stamp_and_check(path, max_batch_size, say)
+    worst, checked = _compare_with_torch(module, path, arrays, names, out_names, max_batch_size, atol, rtol, say)
     return ExportResult(
         path=path, sha256=sha256_file(path), opset=int(opset_used), input_names=tuple(names),
         output_names=tuple(out_names), max_batch_size=max_batch_size, max_abs_diff=worst, exporter=exporter,
@@ -228,22 +272,35 @@ def export_registered(
     record_lineage: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export a registered PyTorch model version (its logged input example drives the export).
+    """Export a registered model version of any supported flavor (its logged input example drives the export).
 
-    Raises: ExportError (no input example logged, or the export fails), registry errors.
+    PyTorch goes through ``export_onnx``; onnx, sklearn, keras and transformers through
+    ``frameworks.export_flavor`` (``input_names``/``output_names`` apply to PyTorch only).
+    Raises: ExportError (no input example logged, a missing extra, an unsupported operator, the export fails),
+    registry errors.
     """
-    from shipyard.registry import load_torch_model
+    import dataclasses
+
+    from shipyard.components.export.frameworks import detect_flavor, export_flavor
+    from shipyard.registry import load_torch_model, resolve_model
     from shipyard.registry import record_lineage as record
 
     if progress is not None:
         progress(f"loading {model_uri} from MLflow")
-    module, example = load_torch_model(model_uri, tracking_uri=tracking_uri)
-    if example is None:
-        raise ExportError(f"{model_uri} has no logged input example; re-register it with input_example=...")
-    result = export_onnx(
-        module, example, output_path, max_batch_size=max_batch_size, input_names=input_names,
-        output_names=output_names, progress=progress,
-    )  # fmt: skip
+    resolved = resolve_model(model_uri, tracking_uri=tracking_uri)
+    flavor = detect_flavor(resolved.local_path)
+    if flavor == "pytorch":
+        module, example = load_torch_model(model_uri, tracking_uri=tracking_uri, resolved=resolved)
+        if example is None:
+            raise ExportError(f"{model_uri} has no logged input example; re-register it with input_example=...")
+        result = export_onnx(
+            module, example, output_path, max_batch_size=max_batch_size, input_names=input_names,
+            output_names=output_names, progress=progress,
+        )  # fmt: skip
+        result = dataclasses.replace(result, example_feeds={result.input_names[0]: np.asarray(example)})
+    else:
+        result, feeds = export_flavor(resolved.local_path, output_path, flavor=flavor, max_batch_size=max_batch_size)
+        result = dataclasses.replace(result, example_feeds=feeds)
     if record_lineage:
-        record(model_uri, result.lineage_tags(), tracking_uri)
+        record(model_uri, {**result.lineage_tags(), "shipyard.export.flavor": flavor}, tracking_uri)
     return result

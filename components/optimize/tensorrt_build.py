@@ -95,6 +95,55 @@ def _progress_monitor(trt: Any, step: Callable[[str], None]) -> Any | None:
     return _Monitor()
 
 
+def _check_build_settings(
+    precision: str,
+    min_batch_size: int,
+    opt_batch_size: int | None,
+    max_batch_size: int,
+    calibration_inputs: Mapping[str, np.ndarray] | None,
+    calibration_cache: str | Path | None,
+) -> int:
+    """The optimal batch size of the profile. Raises: ComponentError for a bad precision or batch
+    range, or INT8 without calibration data."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ComponentError(f"unknown precision {precision!r} for TensorRT; choose fp32, fp16 or int8")
+    opt = opt_batch_size or max(min_batch_size, max_batch_size // 2)
+    if not 1 <= min_batch_size <= opt <= max_batch_size:
+        raise ComponentError(
+            f"batch range min={min_batch_size} opt={opt} max={max_batch_size}: need 1 <= min <= opt <= max"
+        )
+    if precision == "int8" and not calibration_inputs and not (calibration_cache and Path(calibration_cache).is_file()):
+        raise ComponentError(
+            "TensorRT INT8 needs calibration data (--calibration-data FILE.npz) or a calibration cache"
+        )
+    return opt
+
+
+def _batch_profile(network: Any, batches: tuple[int, int, int]) -> dict[str, list[list[int]]]:
+    """Each input's (min, opt, max) shape: the batch axis over ``batches``, the other dims fixed.
+
+    Raises: OptimizeError when an input has a dynamic non-batch dim.
+    """
+    shapes: dict[str, list[list[int]]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = list(tensor.shape)[1:]
+        if any(d < 0 for d in rest):
+            raise OptimizeError(
+                f"input {tensor.name!r} has dynamic non-batch dims {list(tensor.shape)}; only the batch axis may be "
+                "dynamic (re-export with fixed feature dims)"
+            )
+        shapes[tensor.name] = [[b, *rest] for b in batches]
+    return shapes
+
+
+def _write_atomically(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+
+
 def build_tensorrt_engine(
     onnx_path: str | Path,
     output_path: str | Path,
@@ -117,17 +166,8 @@ def build_tensorrt_engine(
     import tensorrt as trt
 
     say = step or (lambda _msg: None)
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ComponentError(f"unknown precision {precision!r} for TensorRT; choose fp32, fp16 or int8")
-    opt = opt_batch_size or max(min_batch_size, max_batch_size // 2)
-    if not 1 <= min_batch_size <= opt <= max_batch_size:
-        raise ComponentError(
-            f"batch range min={min_batch_size} opt={opt} max={max_batch_size}: need 1 <= min <= opt <= max"
-        )
-    if precision == "int8" and not calibration_inputs and not (calibration_cache and Path(calibration_cache).is_file()):
-        raise ComponentError(
-            "TensorRT INT8 needs calibration data (--calibration-data FILE.npz) or a calibration cache"
-        )
+    opt = _check_build_settings(precision, min_batch_size, opt_batch_size, max_batch_size, calibration_inputs,
+                                calibration_cache)  # fmt: skip
     started = time.monotonic()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -140,17 +180,9 @@ def build_tensorrt_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     profile = builder.create_optimization_profile()
-    shapes: dict[str, list[list[int]]] = {}
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        rest = list(tensor.shape)[1:]
-        if any(d < 0 for d in rest):
-            raise OptimizeError(
-                f"input {tensor.name!r} has dynamic non-batch dims {list(tensor.shape)}; only the batch axis may be "
-                "dynamic (re-export with fixed feature dims)"
-            )
-        shapes[tensor.name] = [[min_batch_size, *rest], [opt, *rest], [max_batch_size, *rest]]
-        profile.set_shape(tensor.name, *shapes[tensor.name])
+    shapes = _batch_profile(network, (min_batch_size, opt, max_batch_size))
+    for name, (low, mid, high) in shapes.items():
+        profile.set_shape(name, low, mid, high)
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
@@ -172,10 +204,7 @@ def build_tensorrt_engine(
     if serialized is None:
         raise OptimizeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
     out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, out)
+    _write_atomically(out, bytes(serialized))
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))

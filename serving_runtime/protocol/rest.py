@@ -66,6 +66,9 @@ def build_app(
 ) -> Starlette:
     """The REST app over ``service``. ``metrics`` returns (body, content type) for ``GET /metrics``;
     ``limits`` bound request bodies (default: ``HttpLimits()``)."""
+    # One function on purpose (over ~80 lines): each handler is a few lines closing over
+    # ``service``, ``bounds`` and ``metrics``, and the route table at the end names every one of them;
+    # an extension adds its routes with one line there (``shm_endpoints.rest_routes``).
     bounds = limits or HttpLimits()
 
     async def _json_body(request: Request, what: str) -> dict[str, Any]:

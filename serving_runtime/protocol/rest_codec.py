@@ -19,7 +19,7 @@ from shipyard.serving_runtime.protocol.shared_memory import NO_DATA, parse_ref, 
 from shipyard.serving_runtime.protocol.tensors import check_shape, decode_raw, decode_values, json_values, raw_bytes
 from shipyard.serving_runtime.protocol.types import DecodedInput, DecodedRequest, EncodedOutput, RequestedOutput
 
-try:  # orjson is a kserve dependency; fall back to the standard library without it.
+try:  # orjson is in the serve extra; fall back to the standard library without it.
     import orjson
 
     def json_loads(data: bytes | memoryview) -> Any:

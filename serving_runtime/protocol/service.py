@@ -32,6 +32,7 @@ EXTENSIONS: tuple[str, ...] = (
     "model_repository",
     "parameters",
     "schedule_policy",
+    "sequence",
     "statistics",
     "system_shared_memory",
 )

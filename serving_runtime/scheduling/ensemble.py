@@ -96,7 +96,15 @@ class EnsembleScheduler:
         running: dict[asyncio.Task[dict[str, np.ndarray]], Step] = {}
         try:
             while waiting or running:
-                for step in [s for s in waiting if all(t in tensors for t in s.input_map.values())]:
+                ready = [s for s in waiting if all(t in tensors for t in s.input_map.values())]
+                if len(ready) == 1 and not running:  # the only step that can run: no task needed
+                    step = ready[0]
+                    waiting.remove(step)
+                    results = await self._step(step, request, tensors)
+                    for model_output, tensor in step.output_map.items():
+                        tensors[tensor] = results[model_output]
+                    continue
+                for step in ready:
                     waiting.remove(step)
                     task = asyncio.ensure_future(self._step(step, request, tensors))
                     running[task] = step
@@ -172,28 +180,58 @@ def _in_ensemble(name: str, exc: ServingError) -> ServingError:
     return wrapped
 
 
+@dataclass(frozen=True)
+class _InputRule:
+    datatype: str
+    dtype: np.dtype | None  # None: BYTES (object arrays)
+    dims: tuple[int, ...]
+
+
+_RULES: dict[int, tuple[Any, dict[str, _InputRule]]] = {}
+
+
+def _input_rules(model: Any) -> dict[str, _InputRule]:
+    """Per model version (the object), the datatype and dims of each input; computed once."""
+    from shipyard.serving_runtime.datatypes import triton_to_numpy
+
+    entry = _RULES.get(id(model))
+    if entry is not None and entry[0] is model:
+        return entry[1]
+    rules = {
+        s.name: _InputRule(s.datatype, None if s.datatype == "BYTES" else triton_to_numpy(s.datatype), tuple(s.dims))
+        for s in model.inputs
+    }
+    if len(_RULES) > 256:
+        _RULES.clear()
+    _RULES[id(model)] = (model, rules)
+    return rules
+
+
 def _check_step_inputs(ensemble: str, step: Step, model: Any, inputs: Mapping[str, np.ndarray]) -> None:
     """What the protocol layer checks for a client request, for the tensors a step passes on.
 
     Raises: InvalidArgument naming the step and the input.
     """
-    from shipyard.serving_runtime.datatypes import numpy_to_triton
-
-    specs = {s.name: s for s in model.inputs}
-    batching = int(model.max_batch_size) > 0
+    rules = _input_rules(model)
+    max_batch = int(model.max_batch_size)
     for name, array in inputs.items():
-        spec = specs[name]
-        datatype = numpy_to_triton(array.dtype)
-        if datatype != spec.datatype:
-            raise InvalidArgument(f"{step.label(ensemble)}: input {name!r} got {datatype}, expected {spec.datatype}")
-        shape = array.shape[1:] if batching else array.shape
-        if batching and array.shape[0] > int(model.max_batch_size):
+        rule = rules[name]
+        if array.dtype != (rule.dtype if rule.dtype is not None else np.object_):
+            from shipyard.serving_runtime.datatypes import numpy_to_triton
+
+            got = numpy_to_triton(array.dtype)
+            if got != rule.datatype:
+                raise InvalidArgument(f"{step.label(ensemble)}: input {name!r} got {got}, expected {rule.datatype}")
+        shape = array.shape[1:] if max_batch > 0 else array.shape
+        if max_batch > 0 and array.shape[0] > max_batch:
             raise InvalidArgument(
                 f"{step.label(ensemble)}: input {name!r} has batch size {array.shape[0]}, above the model's "
-                f"max_batch_size {model.max_batch_size}"
+                f"max_batch_size {max_batch}"
             )
-        if len(shape) != len(spec.dims) or any(d not in (-1, s) for s, d in zip(shape, spec.dims, strict=True)):
-            expected = [-1, *spec.dims] if batching else list(spec.dims)
+        if shape != rule.dims and (
+            len(shape) != len(rule.dims) or any(d not in (-1, s) for s, d in zip(shape, rule.dims, strict=True))
+        ):
+            expected = [-1, *rule.dims] if max_batch > 0 else list(rule.dims)
             raise InvalidArgument(
                 f"{step.label(ensemble)}: input {name!r} has shape {list(array.shape)}, the model expects {expected}"
             )

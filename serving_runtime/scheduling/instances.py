@@ -147,6 +147,8 @@ class InstanceWorker:
         try:
             if by_request is not None:  # the backend takes the requests as a list (Python models)
                 batch.compute_start_ns = time.monotonic_ns()
+                if batch.handoff:  # it waits on another process without the GIL: release the loop now
+                    self._entered.set()
                 try:
                     batch.results = by_request(requests)
                 finally:

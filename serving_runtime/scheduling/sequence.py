@@ -81,7 +81,8 @@ class SequenceBatcher:
         self._backlog: deque[_Sequence] = deque()
         self._runnable: list[deque[_Sequence]] = [deque() for _ in instances]
         self._running = [False] * len(instances)
-        self._holders: set[int] = set()  # ids of sequences holding a slot
+        self._timers: list[asyncio.TimerHandle | None] = [None] * len(instances)  # oldest's queue delay
+        self._holders: set[_Sequence] = set()  # sequences holding a slot (hashed by identity)
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,6 +143,9 @@ class SequenceBatcher:
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        for timer in self._timers:
+            if timer is not None:
+                timer.cancel()
         for thread in self._threads:
             thread.shutdown(wait=True)
         for instance in self._instances:
@@ -155,21 +159,21 @@ class SequenceBatcher:
     def _assign(self, sequence: _Sequence) -> None:
         if self._free:
             sequence.instance = self._free.popleft()
-            self._holders.add(id(sequence))
+            self._holders.add(sequence)
         else:
             self._backlog.append(sequence)
 
     def _release(self, sequence: _Sequence) -> None:
         """Free ``sequence``'s slot (it ended or went idle) for the backlog's first sequence."""
-        if sequence.instance is None or id(sequence) not in self._holders:
+        if sequence.instance is None or sequence not in self._holders:
             return
-        self._holders.discard(id(sequence))
+        self._holders.discard(sequence)
         sequence.state.clear()
         instance, sequence.instance = sequence.instance, None
         if self._backlog:
             waiting = self._backlog.popleft()
             waiting.instance = instance
-            self._holders.add(id(waiting))
+            self._holders.add(waiting)
             self._wake(waiting)
         else:
             self._free.append(instance)
@@ -204,7 +208,7 @@ class SequenceBatcher:
 
     def _kick(self, instance: int) -> None:
         runnable = self._runnable[instance]
-        if self._running[instance] or not runnable:
+        if self._running[instance] or not runnable or self._delaying(instance):
             return
         first = runnable.popleft()
         batch = [first]
@@ -218,6 +222,25 @@ class SequenceBatcher:
             sequence.busy = True
         self._running[instance] = True
         asyncio.get_running_loop().create_task(self._execute(instance, batch))
+
+    def _delaying(self, instance: int) -> bool:
+        """``oldest`` with ``max_queue_delay_microseconds``: while fewer sequences are ready than a
+        full batch, wait until the oldest ready request has waited that long (a timer kicks again)."""
+        delay_ns = self._settings.max_queue_delay_us * 1000
+        runnable = self._runnable[instance]
+        if not delay_ns or len(runnable) >= self._settings.max_batch:
+            return False
+        remaining = min(s.queue[0].enqueue_ns for s in runnable) + delay_ns - time.monotonic_ns()
+        if remaining <= 0:
+            return False
+        if self._timers[instance] is None:
+
+            def fire() -> None:
+                self._timers[instance] = None
+                self._kick(instance)
+
+            self._timers[instance] = asyncio.get_running_loop().call_later(remaining / 1e9, fire)
+        return True
 
     def _signature(self, sequence: _Sequence) -> tuple[object, ...]:
         """What rows must share to execute together: input dtypes and item shapes, state shapes."""

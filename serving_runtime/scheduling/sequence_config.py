@@ -54,6 +54,7 @@ class SequenceSettings:
     corrid: tuple[str, str] | None  # (input name, datatype)
     states: tuple[StateSpec, ...]
     outputs: tuple[str, ...] = ()  # the config's outputs (what a request without a list gets)
+    max_queue_delay_us: int = 0  # oldest: how long ready requests may wait for a fuller batch
 
     def hidden_inputs(self) -> set[str]:
         names = {c.name for c in self.controls.values()} | {s.input_name for s in self.states}
@@ -142,7 +143,10 @@ def settings_from_config(config: Any, instances: int, model_dir: Path | None, wh
     )
     max_idle = int(batching.max_sequence_idle_microseconds) or DEFAULT_MAX_IDLE_US
     outputs = tuple(t.name for t in config.output)
-    return SequenceSettings(strategy, max_idle, slots, mbs > 0, per_instance, controls, corrid, states, outputs)
+    delay_us = int(batching.oldest.max_queue_delay_microseconds) if strategy == "oldest" else 0
+    return SequenceSettings(
+        strategy, max_idle, slots, mbs > 0, per_instance, controls, corrid, states, outputs, delay_us
+    )
 
 
 def _flag(value: object, key: str) -> bool:

@@ -207,3 +207,117 @@ def build_repository(root: Path, python: bool) -> Path:
     (root / "pipeline" / "1").mkdir(parents=True, exist_ok=True)
     _write(root / "pipeline" / "config.pbtxt", ENSEMBLE_CONFIG)
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Python-backend behaviours (served only where shipyard has the Python backend): errors a model
+# raises or returns, BLS calls into another model, decoupled responses.
+# ---------------------------------------------------------------------------------------------
+
+ERRORS_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "CODE" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+ERRORS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """CODE -1: raise; 0..7: answer with TritonError(code); -2: an output that is not in the config; else OUT = CODE."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            code = int(pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()[0])
+            if code == -1:
+                raise RuntimeError("the model raised on purpose")
+            if 0 <= code <= 7:
+                error = pb_utils.TritonError(f"error with code {code}", code)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+            elif code == -2:
+                tensor = pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("NOT_IN_CONFIG", tensor)]))
+            else:
+                tensor = pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", tensor)]))
+        return responses
+'''
+
+BLS_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "TARGET" data_type: TYPE_STRING dims: [ 1 ] }
+]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+"""
+
+BLS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Calls the model named by TARGET (BLS) with INPUT0/INPUT1; returns its OUTPUT0, or its error."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            target = pb_utils.get_input_tensor_by_name(request, "TARGET").as_numpy().reshape(-1)[0].decode()
+            call = pb_utils.InferenceRequest(
+                model_name=target,
+                requested_output_names=["OUTPUT0"],
+                inputs=[pb_utils.get_input_tensor_by_name(request, n) for n in ("INPUT0", "INPUT1")],
+            )
+            result = call.exec()
+            if result.has_error():
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=result.error()))
+                continue
+            out = pb_utils.get_output_tensor_by_name(result, "OUTPUT0")
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", out.as_numpy())]))
+        return responses
+'''
+
+DECOUPLED_CONFIG = """
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "I" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+DECOUPLED_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """N responses I = 0..N-1 on one request, then the final flag alone."""
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            count = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
+            for i in range(count):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("I", np.array([i], dtype=np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+PYTHON_ONLY = {
+    "errors": (ERRORS_CONFIG, ERRORS_PY),
+    "bls": (BLS_CONFIG, BLS_PY),
+    "decoupled": (DECOUPLED_CONFIG, DECOUPLED_PY),
+}
+
+
+def add_python_behaviours(root: Path) -> Path:
+    """Add the Python-only models (errors, bls, decoupled) to the repository at ``root``."""
+    for name, (config, code) in PYTHON_ONLY.items():
+        _write(root / name / "config.pbtxt", config)
+        _write(root / name / "1" / "model.py", code)
+    return root

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conformance_repo import build_repository, python_backend_available
+from conformance_repo import add_python_behaviours, build_repository, python_backend_available
 from conformance_servers import Served, require_triton, start_shipyard
 
 from benchmarks.servers.triton import start_triton
@@ -23,7 +23,7 @@ def repositories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("conformance")
     triton_repo = build_repository(root / "python", python=True)
     if python_backend_available():
-        return triton_repo, triton_repo
+        return add_python_behaviours(triton_repo), triton_repo
     return triton_repo, build_repository(root / "onnx", python=False)
 
 

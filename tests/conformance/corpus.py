@@ -34,6 +34,7 @@ class Clients:
     http: Any
     grpc: Any
     http_port: int
+    grpc_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,69 @@ def control_cases() -> Iterator[Case]:
         yield _call_case(f"{transport}/server-ready", "valid", transport, "is_server_ready")
 
 
-def build_corpus(seed: int = 15) -> list[Case]:
+def _stream_case(case_id: str, kind: str, count: int) -> Case:
+    """A gRPC ModelStreamInfer to the decoupled model: every response in order, then the final flag."""
+
+    def run(clients: Clients) -> Outcome:
+        import queue
+
+        import tritonclient.grpc as grpcclient
+
+        received: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(clients.grpc_url)  # a stream of its own
+        client.start_stream(callback=lambda result, error: received.put((result, error)))
+        try:
+            tensor = grpcclient.InferInput("N", [1], "INT32")
+            tensor.set_data_from_numpy(np.array([count], dtype=np.int32))
+            client.async_stream_infer("decoupled", [tensor], request_id=case_id, enable_empty_final_response=True)
+            seen: list[Any] = []
+            for _ in range(count + 2):
+                result, error = received.get(timeout=30)
+                if error is not None:
+                    return Outcome(_status(error), tuple(seen))
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                outputs = tuple(int(result.as_numpy(o.name)[0]) for o in response.outputs)
+                seen.append((response.id, outputs, final))
+                if final:
+                    break
+            return Outcome("OK", tuple(seen))
+        finally:
+            client.stop_stream()
+            client.close()
+
+    return Case(case_id, kind, run)
+
+
+def python_cases(rng: np.random.Generator) -> Iterator[Case]:
+    """Python-backend behaviours: errors raised or returned with each TritonError code, BLS into
+    another model (and its errors), decoupled responses over a stream, unary calls to it."""
+    for transport in TRANSPORTS:
+        for code in (-1, *range(8), -2, 42):
+            # -2: an output the config does not list is dropped (both answer 200 without it)
+            kind = "valid" if code in (42, -2) else f"python-error-{code}"
+            yield _infer_case(
+                f"errors/{transport}/code{code}", kind, transport, "errors",
+                [("CODE", "INT32", np.array([code], dtype=np.int32))],
+            )  # fmt: skip
+        for target in ("simple", "nope", "typed"):
+            for batch in (1, 3) if target == "simple" else (1,):
+                names = np.array([[target.encode()]] * batch, dtype=np.object_)
+                inputs = [*_simple_inputs(rng, batch), ("TARGET", "BYTES", names)]
+                kind = "valid" if target == "simple" else f"bls-to-{target}"
+                yield _infer_case(f"bls/{transport}/{target}/b{batch}", kind, transport, "bls", inputs)
+        yield _infer_case(
+            f"decoupled/{transport}/unary", "decoupled-unary", transport, "decoupled",
+            [("N", "INT32", np.array([2], dtype=np.int32))],
+        )  # fmt: skip
+    for count in (0, 1, 3, 10):
+        yield _stream_case(f"grpc/decoupled/stream-{count}", "valid", count)
+
+
+def build_corpus(seed: int = 15, python: bool = False) -> list[Case]:
+    """Every case; ``python`` adds the Python-backend behaviours (both servers run model.py)."""
     rng = np.random.default_rng(seed)
-    return [*valid_cases(rng), *error_cases(rng), *raw_cases(rng), *control_cases()]
+    cases = [*valid_cases(rng), *error_cases(rng), *raw_cases(rng), *control_cases()]
+    if python:
+        cases += python_cases(np.random.default_rng(seed + 1))
+    return cases

@@ -22,7 +22,7 @@ output [
 ]
 sequence_batching {{
   max_sequence_idle_microseconds: 20000000
-  direct {{ }}
+  {strategy}
   control_input [
     {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] }} ] }},
     {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END fp32_false_true: [ 0, 1 ] }} ] }},
@@ -128,7 +128,8 @@ def _write(path: Path, data: str | bytes) -> None:
 
 
 def build_stateful_repository(root: Path, python: bool) -> Path:
-    """``accum`` (sequence), ``cached`` (response cache on), ``add_sub`` (for shared memory)."""
+    """``accum`` and ``accum_oldest`` (sequences, direct and oldest), ``cached`` (response cache on),
+    ``add_sub`` (for shared memory)."""
     backend = 'backend: "python"' if python else 'backend: "onnxruntime"'
     for name, cache in (("cached", "response_cache { enable: true }"), ("add_sub", "")):
         _write(root / name / "config.pbtxt", ADD_CONFIG.format(backend=backend, cache=cache))
@@ -136,9 +137,11 @@ def build_stateful_repository(root: Path, python: bool) -> Path:
             _write(root / name / "1" / "model.py", ADD_PY)
         else:
             _write(root / name / "1" / "model.onnx", add_sub_onnx())
-    _write(root / "accum" / "config.pbtxt", ACCUM_CONFIG.format(backend=backend, state="" if python else STATE))
-    if python:
-        _write(root / "accum" / "1" / "model.py", ACCUM_PY)
-    else:
-        _write(root / "accum" / "1" / "model.onnx", accumulator_onnx())
+    for name, strategy in (("accum", "direct { }"), ("accum_oldest", "oldest { max_candidate_sequences: 4 }")):
+        state = "" if python else STATE
+        _write(root / name / "config.pbtxt", ACCUM_CONFIG.format(backend=backend, state=state, strategy=strategy))
+        if python:
+            _write(root / name / "1" / "model.py", ACCUM_PY)
+        else:
+            _write(root / name / "1" / "model.onnx", accumulator_onnx())
     return root

@@ -117,8 +117,9 @@ def _sequence_result(result: Any) -> tuple[float, float, int]:
 # -- sequences ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("model", ["accum", "accum_oldest"])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_interleaved_sequences(pair: tuple[Server, Server], protocol: str) -> None:
+def test_interleaved_sequences(pair: tuple[Server, Server], protocol: str, model: str) -> None:
     module = httpclient if protocol == "http" else grpcclient
 
     def scenario(server: Server) -> list[Any]:
@@ -127,7 +128,7 @@ def test_interleaved_sequences(pair: tuple[Server, Server], protocol: str) -> No
         for step in range(4):
             for seq in (11, 12, 13):
                 result = client.infer(
-                    "accum",
+                    model,
                     [_value(module, seq + step * 0.5)],
                     sequence_id=seq,
                     sequence_start=step == 0,

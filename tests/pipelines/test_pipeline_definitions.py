@@ -23,7 +23,7 @@ def _compile(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / f"{name}.yaml"
     result = CliRunner().invoke(build_app(), ["pipeline", "compile", name, "-o", str(out), *extra])
     assert result.exit_code == 0, result.output
-    return yaml.safe_load(out.read_text())
+    return next(yaml.safe_load_all(out.read_text()))  # the pipeline spec (the platform spec follows it)
 
 
 def test_deploy_pipeline_compiles_and_loads_back(tmp_path: Path) -> None:

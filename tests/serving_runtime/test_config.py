@@ -11,13 +11,13 @@ from repo_builders import add_model, scale_model, write_config
 from shipyard.serving_runtime.backends.registry import get_backend
 from shipyard.serving_runtime.config import (
     DEFAULT_MAX_BATCH_SIZE,
-    complete_config,
     config_from_json,
     config_to_dict,
     load_config,
     new_config,
     render_config,
 )
+from shipyard.serving_runtime.config_model import complete_config
 from shipyard.serving_runtime.errors import ModelConfigError
 from shipyard.serving_runtime.repository import ModelDefinition, prepare_model, scan_repositories
 

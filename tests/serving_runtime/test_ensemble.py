@@ -12,6 +12,7 @@ import pytest
 from server_harness import double_onnx, simple_onnx, write_model
 
 from shipyard.serving_runtime.backends.base import TensorSpec
+from shipyard.serving_runtime.errors import InvalidArgument
 from shipyard.serving_runtime.manager import ModelManager
 from shipyard.serving_runtime.scheduling import InferenceRequest
 from shipyard.serving_runtime.scheduling.ensemble import EnsemblePlan, EnsembleScheduler, Step
@@ -228,5 +229,51 @@ async def test_explicit_load_of_an_ensemble_loads_its_composing_models_first(rep
         x = np.ones((2, 4), np.float32)
         out = await manager.get("outer").infer(InferenceRequest(inputs={"X": x}, batch_size=2))
         np.testing.assert_array_equal(out["S"], 4 * x)
+    finally:
+        await manager.shutdown()
+
+
+def _identity_any_width() -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+async def test_a_tensor_that_does_not_fit_the_next_step_fails_that_request_naming_the_step(repo: Path) -> None:
+    write_model(repo, "any", {1: _identity_any_width()}, DOUBLE.format(delay=0).replace("[ 4 ]", "[ -1 ]"))
+    _ensemble(
+        repo,
+        "chain",
+        'platform: "ensemble"\nmax_batch_size: 8\n'
+        'input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        "ensemble_scheduling { step [\n"
+        '  { model_name: "any" model_version: -1 input_map { key: "x" value: "X" }\n'
+        '    output_map { key: "y" value: "A" } },\n'
+        '  { model_name: "double" model_version: -1 input_map { key: "x" value: "A" }\n'
+        '    output_map { key: "y" value: "Y" } }\n'
+        "] }\n",
+    )
+    manager = ModelManager([repo], "none")
+    await manager.start()
+    try:
+        chain = manager.get("chain")
+        good = await chain.infer(InferenceRequest(inputs={"X": np.ones((1, 4), np.float32)}))
+        np.testing.assert_array_equal(good["Y"], np.full((1, 4), 2, np.float32))
+        with pytest.raises(InvalidArgument) as caught:
+            await chain.infer(InferenceRequest(inputs={"X": np.ones((1, 5), np.float32)}))
+        assert caught.value.message == (
+            "in ensemble 'chain', ensemble 'chain' step 1 (model 'double'): input 'x' has shape [1, 5], "
+            "the model expects [-1, 4]"
+        )
+        assert _stats(manager, "chain")["inference_stats"]["fail"]["count"] == 1  # type: ignore[index]
     finally:
         await manager.shutdown()

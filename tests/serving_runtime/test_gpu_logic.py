@@ -28,7 +28,8 @@ from shipyard.serving_runtime.backends.tensorrt_engine import (
     select_profile,
     write_engine_record,
 )
-from shipyard.serving_runtime.config import complete_config, parse_config_text
+from shipyard.serving_runtime.config import parse_config_text
+from shipyard.serving_runtime.config_model import complete_config
 from shipyard.serving_runtime.errors import ModelConfigError, ModelLoadError
 from shipyard.serving_runtime.model import placements
 

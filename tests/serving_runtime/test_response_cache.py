@@ -144,3 +144,17 @@ def test_entries_never_answer_for_a_reloaded_version(cached: tuple[ServerProcess
     scale_model(repo / "cached" / "1" / "model.onnx", 10.0)  # same version number, new file
     client.load_model("cached")
     np.testing.assert_array_equal(_infer(client, "cached", 4.0), np.full((1, 4), 40.0))
+
+
+def test_decoupled_and_sequence_models_are_not_cached() -> None:
+    from shipyard.serving_runtime.cache import with_cache
+    from shipyard.serving_runtime.config import parse_config_text
+    from shipyard.serving_runtime.errors import ModelConfigError
+
+    base = 'name: "m"\nbackend: "python"\nresponse_cache { enable: true }\n'
+    decoupled = parse_config_text(base + "model_transaction_policy { decoupled: true }\n")
+    with pytest.raises(ModelConfigError, match="response_cache cannot cache a decoupled model"):
+        with_cache(object(), decoupled, ResponseCache(1024), "m", 1)  # type: ignore[arg-type]
+    sequence = parse_config_text(base + "sequence_batching { }\n")
+    inner = object()
+    assert with_cache(inner, sequence, ResponseCache(1024), "m", 1) is inner  # type: ignore[arg-type]

@@ -77,6 +77,8 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         {1: accumulator_onnx()},
         accumulator_config("accum_small", max_batch_size=2, instances=1),
     )
+    delay = "oldest { max_candidate_sequences: 8 max_queue_delay_microseconds: 500000 }"
+    write_model(repo, "accum_delay", {1: accumulator_onnx()}, accumulator_config("accum_delay", strategy=delay))
     python_config = accumulator_config("accum_py").replace('platform: "onnxruntime_onnx"', 'backend: "python"')
     (repo / "accum_py" / "1").mkdir(parents=True)
     (repo / "accum_py" / "1" / "model.py").write_text(ACCUM_PY)
@@ -207,3 +209,26 @@ def test_config_and_stats_show_the_sequence_model(seq_server: ServerProcess, tmp
     assert "sequence_batching" in config
     stats = client.get_inference_statistics("accum")["model_stats"][0]
     assert stats["inference_count"] > 0
+
+
+def test_oldest_waits_up_to_its_queue_delay_for_a_fuller_batch(seq_server: ServerProcess) -> None:
+    """accum_delay: oldest, max_queue_delay_microseconds 500000: four sequences' first requests sent
+    together on one stream run as one batch of four."""
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(seq_server.grpc_host)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for seq in range(4):
+            client.async_stream_infer(
+                "accum_delay", [_input(grpcclient, float(seq))], sequence_id=300 + seq, sequence_start=True,
+                sequence_end=True,
+            )  # fmt: skip
+        for _ in range(4):
+            _, error = results.get(timeout=30)
+            assert error is None, error
+    finally:
+        client.stop_stream()
+    stats = httpclient.InferenceServerClient(seq_server.http_host).get_inference_statistics("accum_delay")
+    entry = stats["model_stats"][0]
+    assert entry["execution_count"] == 1
+    assert [b["batch_size"] for b in entry["batch_stats"]] == [4]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,3 +147,67 @@ def test_unregister_while_a_request_holds_the_region(regions: Any) -> None:
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16], offset=NBYTES), A * 3)
     with pytest.raises(Exception, match="Unable to find shared memory region: 'in'"):
         registry.bind(request)
+
+
+def test_unregister_while_a_request_is_queued_on_a_real_server(tmp_path: Path) -> None:
+    """A request that bound its regions finishes after they are unregistered: its output lands."""
+    import threading
+    import urllib.request
+
+    from server_harness import SLOW_CONFIG, slow_onnx, start_server, write_model
+
+    repo = tmp_path / "repo"
+    write_model(repo, "slow", {1: slow_onnx()}, SLOW_CONFIG)
+    server = start_server(tmp_path, [repo], wait_models=("slow",))
+    x = np.random.default_rng(0).random((16, 512), dtype=np.float32)
+    key = f"shipyard_inflight_{os.getpid()}"
+    in_handle = shm.create_shared_memory_region("in", f"/{key}_in", x.nbytes)
+    out_handle = shm.create_shared_memory_region("out", f"/{key}_out", x.nbytes)
+    shm.set_shared_memory_region(in_handle, [x])
+    outcomes: dict[str, Any] = {}
+    try:
+        control = grpcclient.InferenceServerClient(server.grpc_host)
+        control.register_system_shared_memory("in", f"/{key}_in", x.nbytes)
+        control.register_system_shared_memory("out", f"/{key}_out", x.nbytes)
+
+        def blocker() -> None:  # occupies the one instance
+            tensor = grpcclient.InferInput("x", [16, 512], "FP32")
+            tensor.set_data_from_numpy(x)
+            outcomes["inline"] = grpcclient.InferenceServerClient(server.grpc_host).infer("slow", [tensor])
+
+        def shared() -> None:
+            tensor = grpcclient.InferInput("x", [16, 512], "FP32")
+            tensor.set_shared_memory("in", x.nbytes)
+            output = grpcclient.InferRequestedOutput("y")
+            output.set_shared_memory("out", x.nbytes)
+            try:
+                outcomes["shm"] = grpcclient.InferenceServerClient(server.grpc_host).infer(
+                    "slow", [tensor], outputs=[output]
+                )
+            except InferenceServerException as exc:
+                outcomes["shm"] = exc
+
+        threads = [threading.Thread(target=blocker)]
+        threads[0].start()
+        pending = 'nv_inference_pending_request_count{model="slow",version="1"}'
+
+        def count() -> float:
+            with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+                line = next(x for x in response.read().decode().splitlines() if x.startswith(pending))
+            return float(line.split()[-1])
+
+        server.wait_until(lambda: count() >= 1, 30, "the blocking request in flight")
+        threads.append(threading.Thread(target=shared))
+        threads[1].start()
+        server.wait_until(lambda: count() >= 2, 30, "the shared-memory request queued")
+        control.unregister_system_shared_memory()
+        assert list(control.get_system_shared_memory_status().regions) == []
+        for thread in threads:
+            thread.join(120)
+        assert not isinstance(outcomes["shm"], Exception), outcomes["shm"]
+        expected = outcomes["inline"].as_numpy("y")
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [16, 512]), expected)
+    finally:
+        server.stop()
+        shm.destroy_shared_memory_region(in_handle)
+        shm.destroy_shared_memory_region(out_handle)

@@ -82,6 +82,7 @@ class PythonInstance:
         self.pool = SlabPool(self.prefix + "-s")
         self.reader = SlabReader()
         self.responders: dict[int, Responder] = {}
+        self._owner: dict[int, StubProcess] = {}  # which process each open decoupled request is on
         self.bls_handler: Callable[[PythonInstance, tuple[Any, ...]], None] | None = None
         self._life = threading.Lock()
         self._closed = False
@@ -140,9 +141,11 @@ class PythonInstance:
 
     def _on_exit(self, stub: StubProcess) -> None:
         reason = self._death_message(stub)
-        for key, responder in list(self.responders.items()):
-            self.responders.pop(key, None)
-            responder(None, BackendError(reason), True)
+        for key in [k for k, owner in list(self._owner.items()) if owner is stub]:
+            self._owner.pop(key, None)
+            responder = self.responders.pop(key, None)
+            if responder is not None:
+                responder(None, BackendError(reason), True)
         if not self._closed:
             threading.Thread(target=self._ensure_running, name=f"{self.name}-restart", daemon=True).start()
 
@@ -171,6 +174,8 @@ class PythonInstance:
 
     def _on_response(self, key: int, payload: Any, flags: int) -> None:
         final = bool(flags & 1)
+        if final:
+            self._owner.pop(key, None)
         responder = self.responders.pop(key, None) if final else self.responders.get(key)
         if responder is None:
             return
@@ -206,6 +211,7 @@ class PythonInstance:
                 responder = getattr(request, "on_response", None)
                 if responder is not None:
                     self.responders[key] = responder
+                    self._owner[key] = stub
                     # the stream calls it when its client goes away: the model's is_cancelled()
                     setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
         try:
@@ -226,6 +232,7 @@ class PythonInstance:
         if reply[0] == "fail":
             message = f"Failed to process the request(s) for model instance '{self.name}', message: {reply[2]}"
             for key in keys:
+                self._owner.pop(key, None)
                 responder = self.responders.pop(key, None)
                 if responder is not None:
                     responder(None, BackendError(message), True)
@@ -283,6 +290,7 @@ class PythonInstance:
 
     def cancel(self, key: int) -> None:
         """Mark request ``key`` cancelled for the model (``is_cancelled()``); its responses are dropped."""
+        self._owner.pop(key, None)
         if self.responders.pop(key, None) is not None:
             self.stub.send(("cancel", key))
 

@@ -42,6 +42,8 @@ class Channel:
         while count:
             try:
                 chunk = self.sock.recv(count)
+            except TimeoutError:
+                raise
             except OSError as exc:
                 raise ChannelClosed(f"the channel failed ({exc})") from None
             if not chunk:

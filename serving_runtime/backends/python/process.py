@@ -1,16 +1,16 @@
 """One running stub process, seen from the server: start, the control channel, death, kill.
 
-``StubProcess`` starts ``python -m ...python.stub`` with its end of a socket pair, runs a reader
-thread that sorts the stub's messages (replies to the one call in progress; decoupled responses,
-BLS calls and log lines to the handlers it was given) and notices when the process dies. It knows
-nothing of requests; ``instance.PythonInstance`` does.
+``StubProcess`` starts ``python -m ...python.stub`` with its ends of two socket pairs. On the
+*call* channel the caller's thread (the instance's worker) sends a call and reads its reply
+itself, so a batch costs no extra thread hand-over on either side. On the *event* channel a reader
+thread takes what the stub sends on its own (decoupled responses, BLS calls, log lines) and
+notices when the process dies. It knows nothing of requests; ``instance.PythonInstance`` does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -63,12 +63,14 @@ class StubProcess:
         self.reader = reader
         self._on_message = on_message
         self._on_exit = on_exit
-        self._replies: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._call_lock = threading.Lock()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        events, child_events = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (child.fileno(), child_events.fileno())
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", STUB_MODULE, "--fd", str(child.fileno()), "--prefix", prefix],
-                pass_fds=(child.fileno(),),
+                [sys.executable, "-m", STUB_MODULE, "--fd", str(fds[0]), "--events", str(fds[1]), "--prefix", prefix],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 # its own session: a terminal's Ctrl-C or a signal to the server's process group
                 # reaches the server, which finalizes the model. The stub ends when its channel
@@ -77,7 +79,9 @@ class StubProcess:
             )
         finally:
             child.close()
+            child_events.close()
         self.channel = Channel(parent)
+        self.events = Channel(events)
         self.alive = True
         self._thread = threading.Thread(target=self._read, name=f"{prefix}-reader", daemon=True)
         self._thread.start()
@@ -89,19 +93,15 @@ class StubProcess:
     def _read(self) -> None:
         try:
             while True:
-                message = self.channel.recv()
-                if message[0] in _REPLIES:
-                    self._replies.put(message)
-                else:
-                    try:
-                        self._on_message(message)
-                    except Exception:  # a bad message must not stop the reader
-                        log.exception("handling %r from the Python model process %d failed", message[0], self.pid)
+                message = self.events.recv()
+                try:
+                    self._on_message(message)
+                except Exception:  # a bad message must not stop the reader
+                    log.exception("handling %r from the Python model process %d failed", message[0], self.pid)
         except ChannelClosed:
             pass
         finally:
             self.alive = False
-            self._replies.put(None)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -112,31 +112,39 @@ class StubProcess:
             self._on_exit(self)
 
     def call(self, message: tuple[Any, ...], timeout_s: float | None) -> tuple[Any, ...]:
-        """Send ``message`` and wait for its reply. Calls are made one at a time.
+        """Send ``message`` and read its reply on this thread. One call at a time.
 
         Raises: StubDied (the process ended first), CallTimeout (no reply in ``timeout_s``; the
-        process is left running: ``kill`` it).
+        channel is out of step: ``kill`` the process).
         """
-        if not self.alive:
-            raise StubDied(self.exit_reason())
-        try:
-            self.channel.send(message)
-        except ChannelClosed:
-            self._thread.join(5)
-            raise StubDied(self.exit_reason()) from None
-        try:
-            reply = self._replies.get(timeout=timeout_s)
-        except queue.Empty:
-            raise CallTimeout(f"no answer in {timeout_s:g} s") from None
-        if reply is None:
-            self._thread.join(5)
-            raise StubDied(self.exit_reason())
+        with self._call_lock:
+            if not self.alive:
+                raise StubDied(self.exit_reason())
+            try:
+                self.channel.send(message)
+                self.channel.sock.settimeout(timeout_s)
+                reply = self.channel.recv()
+            except TimeoutError:
+                raise CallTimeout(f"no answer in {timeout_s:g} s") from None
+            except ChannelClosed:
+                self.alive = False  # before the event reader notices: the next call restarts it
+                self._wait_exit()
+                raise StubDied(self.exit_reason()) from None
+        if reply[0] not in _REPLIES:
+            raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
         return reply
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        """Send without waiting (BLS answers, cancellations). Dropped when the process is gone."""
+    def _wait_exit(self) -> None:
         try:
-            self.channel.send(message)
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send on the event channel without waiting (BLS answers, cancellations); dropped when
+        the process is gone."""
+        try:
+            self.events.send(message)
         except ChannelClosed:
             pass
 
@@ -151,6 +159,7 @@ class StubProcess:
             pass
         self.proc.wait()
         self.channel.close()
+        self.events.close()
         self._thread.join(10)
 
     def stop(self, timeout_s: float) -> None:

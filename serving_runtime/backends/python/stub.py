@@ -3,9 +3,10 @@
 Started by ``instance.PythonInstance`` as ``python -m shipyard.serving_runtime.backends.python.stub
 --fd N --prefix P``: ``N`` is its end of the control socket, ``P`` names its shared-memory slabs.
 It registers ``pb_utils`` as ``triton_python_backend_utils``, imports ``model.py`` and then serves
-the server's messages: ``init`` (``initialize(args)``), ``exec`` (``execute(requests)``), ``fini``
-(``finalize()``) and ``autocomplete``. The main thread runs the model; a reader thread takes BLS
-answers and cancellations, so ``exec()`` can wait while the model runs.
+the server's calls on ``--fd``: ``init`` (``initialize(args)``), ``exec`` (``execute(requests)``),
+``fini`` (``finalize()``) and ``autocomplete``, each answered on the main thread, which runs the
+model. On ``--events`` the model's own messages go out (decoupled responses, BLS calls, logs) and a
+reader thread takes BLS answers and cancellations, so ``exec()`` can wait while the model runs.
 """
 
 from __future__ import annotations
@@ -170,10 +171,13 @@ class StubRuntime:
 
 
 class Stub:
-    def __init__(self, channel: Channel, runtime: StubRuntime) -> None:
+    """``channel``: the server's calls, answered on the main thread; ``events``: what the model
+    sends on its own (``runtime``) and the server's answers to it (read by a thread)."""
+
+    def __init__(self, channel: Channel, events: Channel, runtime: StubRuntime) -> None:
         self.channel = channel
+        self.events = events
         self.runtime = runtime
-        self.inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.model: Any = None
         self.decoupled = False
         self.instance_name = ""
@@ -182,14 +186,12 @@ class Stub:
     def read(self) -> None:
         try:
             while True:
-                message = self.channel.recv()
+                message = self.events.recv()
                 kind = message[0]
                 if kind == "bls_r":
                     self.runtime.on_bls_answer(message[1], message[2], message[3])
                 elif kind == "cancel":
                     self.runtime.on_cancel(message[1])
-                else:
-                    self.inbox.put(message)
         except ChannelClosed:
             # The server closed the channel or died: end now, even while the model is running.
             os._exit(0)
@@ -212,8 +214,9 @@ class Stub:
     def run(self) -> int:
         threading.Thread(target=self.read, name="stub-reader", daemon=True).start()
         while True:
-            message = self.inbox.get()
-            if message is None:
+            try:
+                message = self.channel.recv()
+            except ChannelClosed:
                 return 0
             kind = message[0]
             try:
@@ -306,16 +309,18 @@ class Stub:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--prefix", required=True)
     options = parser.parse_args(argv)
     channel = Channel(socket.socket(fileno=options.fd))
+    events = Channel(socket.socket(fileno=options.events))
     pool = SlabPool(options.prefix)
     reader = SlabReader()
-    runtime = StubRuntime(channel, pool, reader)
+    runtime = StubRuntime(events, pool, reader)
     pb_utils._runtime = runtime
     sys.modules[MODULE_NAME] = pb_utils
     try:
-        return Stub(channel, runtime).run()
+        return Stub(channel, events, runtime).run()
     finally:
         pool.close()
         reader.close()

@@ -192,3 +192,25 @@ def test_delete_is_idempotent(cluster: tuple[ReplayServer, str]) -> None:
 def test_missing_kubeconfig_names_the_file_and_the_alternative(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="cannot load kubeconfig"):
         kube.api_client(str(tmp_path / "nope"))
+
+
+_VERBS = {"POST": "create", "PATCH": "patch", "GET": "get", "DELETE": "delete", "PUT": "update"}
+
+
+@pytest.mark.parametrize("cluster", ["first_deploy", "redeploy"], indirect=True)
+def test_rbac_role_grants_exactly_what_the_deploy_step_uses(cluster: tuple[ReplayServer, str]) -> None:
+    """serving_runtime/manifests/rbac.yaml's KServe rules == the (resource, verb) pairs the step sends."""
+    server, kubeconfig = cluster
+    deploy_kserve(ISVC, RuntimeSpec(), kubeconfig=kubeconfig, timeout_s=30, poll_s=0.01)
+    assert not server.mismatches and server.done
+    used: dict[str, set[str]] = {}
+    for request in server.requests:
+        resource = request["path"].split("/namespaces/ml/")[1].split("/")[0]
+        used.setdefault(resource, set()).add(_VERBS[request["method"]])
+    rbac = Path(__file__).resolve().parents[3] / "serving_runtime" / "manifests" / "rbac.yaml"
+    [role] = [d for d in yaml.safe_load_all(rbac.read_text()) if d["kind"] == "Role"]
+    granted = {r["resources"][0]: set(r["verbs"]) for r in role["rules"] if r["apiGroups"] == ["serving.kserve.io"]}
+    if server.requests[0]["method"] == "POST" and len(server.requests) > 1 and server.requests[1]["method"] == "PATCH":
+        assert granted == used  # the redeploy conversation uses every verb the role grants
+    else:
+        assert all(used[r] <= granted[r] for r in used)

@@ -46,7 +46,8 @@ def test_serving_runtime_matches_kserve_conventions(crd_validate: Any) -> None:
     [container] = spec["containers"]
     assert container["name"] == "kserve-container"
     assert container["image"] == "registry.example/shipyard-runtime:1.2"
-    assert container["args"] == ["--model-repository=/mnt/models", "--http-port=8080", "--grpc-port=8081"]
+    assert container["args"] == ["--model-repository=/mnt/models", "--http-port=8080", "--grpc-port=8081",
+                                 "--graceful-shutdown-secs=30"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["ports"] == [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}]
@@ -155,6 +156,8 @@ def test_committed_manifests_are_what_the_generator_renders() -> None:
     folder = Path(__file__).resolve().parents[3] / "serving_runtime" / "manifests"
     runtime = yaml.safe_load((folder / "servingruntime.yaml").read_text())
     assert runtime == manifests.to_dict(manifests.serving_runtime(RuntimeSpec()))
+    cluster_runtime = yaml.safe_load((folder / "clusterservingruntime.yaml").read_text())
+    assert cluster_runtime == manifests.to_dict(manifests.serving_runtime(RuntimeSpec(cluster_scoped=True)))
     expected = {
         "inferenceservice.yaml": InferenceServiceSpec(
             name="digits-cnn",

@@ -39,12 +39,12 @@ def parse_options(argv: list[str]) -> ServerOptions:
     return parse_options(argv)
 
 
-def _docs() -> list[dict[str, Any]]:
+def _docs(kserve_only: bool = True) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(MANIFESTS.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
-    return docs
+    return [d for d in docs if d["apiVersion"].startswith("serving.kserve.io/")] if kserve_only else docs
 
 
 def _runtime_container() -> dict[str, Any]:
@@ -59,7 +59,7 @@ def _with_repository(args: list[str], repo: Path) -> list[str]:
 
 def test_manifests_validate_against_the_crds(crd_validate: Any) -> None:
     docs = _docs()
-    assert {d["kind"] for d in docs} == {"ServingRuntime", "InferenceService"}
+    assert {d["kind"] for d in docs} == {"ServingRuntime", "ClusterServingRuntime", "InferenceService"}
     for doc in docs:
         crd_validate(doc)
 
@@ -131,3 +131,48 @@ def test_dockerfile_runs_the_runtime_with_its_default_args(tmp_path: Path) -> No
     assert re.search(r"^EXPOSE 8080 8081$", text, re.M)
     installs = [line for line in text.splitlines() if "pip install" in line]
     assert not [line for line in installs if any(w in line for w in ("mlflow", "kfp", "pipeline"))]
+
+
+def test_cluster_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """rbac.yaml as the API server of Kubernetes 1.30 would check it, and the runtime's pod parts:
+    container (probes, resources, ports) and the InferenceServices' termination grace period."""
+    import kubernetes_validate
+
+    others = [d for d in _docs(kserve_only=False) if not d["apiVersion"].startswith("serving.kserve.io/")]
+    assert {d["kind"] for d in others} == {"ServiceAccount", "Role", "RoleBinding"}
+    for doc in others:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+    services = [d for d in _docs() if d["kind"] == "InferenceService"]
+    for runtime in [d for d in _docs() if d["kind"].endswith("ServingRuntime")]:
+        [container] = runtime["spec"]["containers"]
+        for isvc in services:
+            grace = isvc["spec"]["predictor"]["terminationGracePeriodSeconds"]
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"},
+                   "spec": {"containers": [container], "terminationGracePeriodSeconds": grace}}  # fmt: skip
+            kubernetes_validate.validate(pod, "1.30", strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check is not vacuous
+        kubernetes_validate.validate({**others[1], "rules": [{"verbs": "create"}]}, "1.30", strict=True)
+
+
+def test_pods_get_more_time_than_the_drain_and_probe_our_endpoints(tmp_path: Path) -> None:
+    container = _runtime_container()
+    drain = parse_options(_with_repository(container["args"], tmp_path)).graceful_shutdown_secs
+    for isvc in [d for d in _docs() if d["kind"] == "InferenceService"]:
+        assert isvc["spec"]["predictor"]["terminationGracePeriodSeconds"] > drain
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    [cluster_runtime] = [d for d in _docs() if d["kind"] == "ClusterServingRuntime"]
+    formats = cluster_runtime["spec"]["supportedModelFormats"]
+    assert {f["name"] for f in formats} == {"onnx", "tensorrt", "pytorch"} and all(f["autoSelect"] for f in formats)
+    assert cluster_runtime["spec"]["containers"] == [container]
+
+
+def test_rbac_role_grants_only_kserve_verbs_and_argo_results() -> None:
+    [role] = [d for d in _docs(kserve_only=False) if d["kind"] == "Role"]
+    groups = {r["apiGroups"][0] for r in role["rules"]}
+    assert groups == {"serving.kserve.io", "argoproj.io"}
+    [binding] = [d for d in _docs(kserve_only=False) if d["kind"] == "RoleBinding"]
+    [account] = [d for d in _docs(kserve_only=False) if d["kind"] == "ServiceAccount"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
