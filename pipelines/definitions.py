@@ -167,10 +167,10 @@ def make_promotion_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
     return promotion_pipeline
 
 
-def _score_pipeline(gpu: bool = False) -> Any:
+def _score_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
     from shipyard.pipelines.scoring import make_score_pipeline
 
-    return make_score_pipeline(gpu=gpu)
+    return make_score_pipeline(gpu=gpu, cluster=cluster)
 
 
 PIPELINES = {"deploy": make_deploy_pipeline, "promotion": make_promotion_pipeline, "score": _score_pipeline}
