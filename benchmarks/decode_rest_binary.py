@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shipyard.serving_runtime.protocol import rest_codec
+import shipyard.serving_runtime.protocol.rest_codec as rest_codec
 
 
 def build_body(array: np.ndarray, binary: bool) -> tuple[bytes, int | None]:

@@ -79,6 +79,10 @@ def _by_name(exc: BaseException) -> Outcome | None:
         host = getattr(getattr(exc, "pool", None), "host", None)
         where = f"{host}:{exc.pool.port}" if host else "the host"  # type: ignore[attr-defined]
         return Outcome(EXIT_USER_ERROR, f"cannot reach {where} ({text}): check the URL and that the server runs")
+    botocore = "botocore" in type(exc).__module__
+    if botocore and names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}:
+        fix = "check AWS_ENDPOINT_URL and the network"
+        return Outcome(EXIT_USER_ERROR, f"cannot reach the object store ({text}): {fix}")
     if names & {"NoCredentialsError", "PartialCredentialsError"}:
         return Outcome(EXIT_USER_ERROR, f"{text}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile for s3://")
     if names & {"DecodeError"} and "protobuf" in type(exc).__module__:

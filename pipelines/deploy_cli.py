@@ -148,7 +148,9 @@ def _kserve_specs(
         deployment_mode=deployment_mode,  # type: ignore[arg-type]
         **resources,
     )
-    runtime_spec = RuntimeSpec(name=runtime, **({"image": image} if image else {})) if apply_runtime else None
+    runtime_spec = None
+    if apply_runtime:
+        runtime_spec = RuntimeSpec(name=runtime, image=image) if image else RuntimeSpec(name=runtime)
     return isvc, runtime_spec
 
 

@@ -167,4 +167,5 @@ def _submit(host: str, token: str | None, package: str, **kwargs: Any) -> Any:
         hint = " (check --token and --namespace)" if exc.status in (401, 403) else ""
         raise _SubmitError(f"the KFP API at {host} refused the run: {exc.status} {detail}{hint}") from None
     except HTTPError as exc:
-        raise _SubmitError(f"cannot reach the KFP API: {exc}") from None
+        where = host.split("://", 1)[-1].rstrip("/")
+        raise _SubmitError(f"cannot reach {where} (the KFP API): {exc}: check --host and that KFP runs") from None

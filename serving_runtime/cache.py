@@ -142,19 +142,23 @@ class CacheCollector(Collector):
 
 def request_key(model: str, version: int, token: int, request: InferenceRequest) -> bytes:
     """The digest of everything that decides a response (see the module docstring)."""
-    digest = hashlib.blake2b(digest_size=32)
-    digest.update(f"{model}\0{version}\0{token}\0{request.batch_size}\0".encode())
-    for name in sorted(request.inputs):
-        array = request.inputs[name]
-        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+    digest = hashlib.blake2b(f"{model}\0{version}\0{token}".encode(), digest_size=32)
+    update = digest.update
+    update(request.batch_size.to_bytes(8, "little"))
+    inputs = request.inputs
+    for name in sorted(inputs) if len(inputs) > 1 else inputs:
+        array = inputs[name]
+        update(f"{name}\0{array.dtype.str}\0{array.shape}".encode())
         if array.dtype == np.object_:
             for item in array.reshape(-1):
                 data = item.encode() if isinstance(item, str) else bytes(item)
-                digest.update(len(data).to_bytes(8, "little"))
-                digest.update(data)
+                update(len(data).to_bytes(8, "little"))
+                update(data)
+        elif array.flags.c_contiguous:
+            update(array.data.cast("B") if array.ndim else array.tobytes())
         else:
-            digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-    digest.update("\0".join(request.outputs).encode())
+            update(array.tobytes())
+    update("\0".join(request.outputs).encode())
     return digest.digest()
 
 

@@ -63,53 +63,68 @@ def complete_config(
     Does not validate; call ``validate_config`` (and ``check_against_model``) after.
     """
     from shipyard.serving_runtime.backends.registry import platform_of
-    from shipyard.serving_runtime.datatypes import triton_to_config
 
     completed = new_config()
     completed.CopyFrom(config)
-    from tritonclient.grpc import model_config_pb2 as pb
-
     if not completed.name:
         completed.name = name
     completed.backend = backend_name
     completed.platform = platform_of(backend_name)
 
     if signature is not None and (signature.inputs or signature.outputs):
-        batching = _uses_batch_dim(completed, signature)
-        if batching and completed.max_batch_size == 0:
-            completed.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-            if completed.WhichOneof("scheduling_choice") is None and DEFAULT_MAX_BATCH_SIZE > 1:
-                completed.dynamic_batching.SetInParent()
-        skip = 1 if completed.max_batch_size > 0 else 0
+        _complete_tensors(completed, signature)
+    _complete_instance_groups(completed, gpu_count, supports_gpu and gpu_count > 0)
+    if backend_name == "python" and not completed.default_model_filename:
+        completed.default_model_filename = "model.py"  # Triton's Python backend reports the file it runs
+    normalize_like_triton(completed)
+    return completed
 
-        def fill(listed: object, model_specs: Sequence[TensorSpec], add_missing: bool) -> None:
-            by_name = {t.name: t for t in listed}  # type: ignore[attr-defined]
-            for spec in model_specs:
-                tensor = by_name.get(spec.name)
-                if tensor is None:
-                    if not add_missing:
-                        continue
-                    tensor = listed.add()  # type: ignore[attr-defined]
-                    tensor.name = spec.name
-                if tensor.data_type == pb.TYPE_INVALID:
-                    tensor.data_type = pb.DataType.Value(triton_to_config(spec.datatype))
-                if not tensor.dims and not tensor.HasField("reshape"):
-                    dims = list(spec.dims[skip:])
-                    if dims:
-                        tensor.dims.extend(dims)
-                    else:  # a [batch] tensor: clients send [batch, 1] (Triton's convention)
-                        tensor.dims.append(1)
-                        tensor.reshape.SetInParent()
 
-        # Triton adds model tensors only when the config lists none of that kind; a sequence
-        # model's control and state tensors are the server's, not the clients'.
-        hidden_in, hidden_out = hidden_tensors(completed)
-        model_inputs = [spec for spec in signature.inputs if spec.name not in hidden_in]
-        model_outputs = [spec for spec in signature.outputs if spec.name not in hidden_out]
-        fill(completed.input, model_inputs, add_missing=len(completed.input) == 0)
-        fill(completed.output, model_outputs, add_missing=len(completed.output) == 0)
+def _complete_tensors(completed: ModelConfig, signature: ModelSignature) -> None:
+    """Batching, and inputs/outputs (datatype, dims) from the model file's signature."""
+    from tritonclient.grpc import model_config_pb2 as pb
 
-    use_gpu = supports_gpu and gpu_count > 0
+    from shipyard.serving_runtime.datatypes import triton_to_config
+
+    batching = _uses_batch_dim(completed, signature)
+    if batching and completed.max_batch_size == 0:
+        completed.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        if completed.WhichOneof("scheduling_choice") is None and DEFAULT_MAX_BATCH_SIZE > 1:
+            completed.dynamic_batching.SetInParent()
+    skip = 1 if completed.max_batch_size > 0 else 0
+
+    def fill(listed: object, model_specs: Sequence[TensorSpec], add_missing: bool) -> None:
+        by_name = {t.name: t for t in listed}  # type: ignore[attr-defined]
+        for spec in model_specs:
+            tensor = by_name.get(spec.name)
+            if tensor is None:
+                if not add_missing:
+                    continue
+                tensor = listed.add()  # type: ignore[attr-defined]
+                tensor.name = spec.name
+            if tensor.data_type == pb.TYPE_INVALID:
+                tensor.data_type = pb.DataType.Value(triton_to_config(spec.datatype))
+            if not tensor.dims and not tensor.HasField("reshape"):
+                dims = list(spec.dims[skip:])
+                if dims:
+                    tensor.dims.extend(dims)
+                else:  # a [batch] tensor: clients send [batch, 1] (Triton's convention)
+                    tensor.dims.append(1)
+                    tensor.reshape.SetInParent()
+
+    # Triton adds model tensors only when the config lists none of that kind; a sequence
+    # model's control and state tensors are the server's, not the clients'.
+    hidden_in, hidden_out = hidden_tensors(completed)
+    model_inputs = [spec for spec in signature.inputs if spec.name not in hidden_in]
+    model_outputs = [spec for spec in signature.outputs if spec.name not in hidden_out]
+    fill(completed.input, model_inputs, add_missing=len(completed.input) == 0)
+    fill(completed.output, model_outputs, add_missing=len(completed.output) == 0)
+
+
+def _complete_instance_groups(completed: ModelConfig, gpu_count: int, use_gpu: bool) -> None:
+    """Triton's defaults for ``instance_group``: names, count 1, KIND_AUTO resolved, every GPU."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
     if not completed.instance_group:
         completed.instance_group.add().name = completed.name  # Triton names its default group so
     for index, group in enumerate(completed.instance_group):
@@ -121,10 +136,6 @@ def complete_config(
             group.kind = pb.ModelInstanceGroup.KIND_GPU if use_gpu else pb.ModelInstanceGroup.KIND_CPU
         if group.kind == pb.ModelInstanceGroup.KIND_GPU and not group.gpus and gpu_count > 0:
             group.gpus.extend(range(gpu_count))
-    if backend_name == "python" and not completed.default_model_filename:
-        completed.default_model_filename = "model.py"  # Triton's Python backend reports the file it runs
-    normalize_like_triton(completed)
-    return completed
 
 
 def normalize_like_triton(config: ModelConfig) -> None:

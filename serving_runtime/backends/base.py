@@ -66,7 +66,7 @@ class InstanceSettings:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     # config.optimization as a protobuf message or None; backends read what they support.
-    optimization: object | None = None
+    optimization: Any = None
     # The whole completed ModelConfig, the version and this instance's position among the
     # model's instances (the Python backend passes them to the model's ``initialize``).
     config: Any = None

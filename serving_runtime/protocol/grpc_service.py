@@ -3,6 +3,10 @@
 Each ``ServingError`` becomes its gRPC status (``grpc_code``) with the message. System shared
 memory's RPCs come from ``shm_endpoints.SharedMemoryServicer``; tracing and log settings are not
 implemented (UNIMPLEMENTED from the generated base class).
+
+Types: models and the manager are ``ModelLike``/``ManagerLike`` (``types.py``); the remaining
+``Any`` are protobuf messages and grpc's call context, which tritonclient and grpc ship without
+type stubs.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class InstanceWorker:
             finally:
                 batch.compute_end_ns = time.monotonic_ns()
             if batch.merge:
-                batch.results = split_outputs(produced, requests, batch.size)
+                batch.results = list(split_outputs(produced, requests, batch.size))
             else:
                 batch.results = [produced]
         except ServingError as exc:

@@ -1,4 +1,4 @@
-"""Publish into real object-store emulators (moto S3, gcp-storage-emulator, Azurite) and serve from them.
+"""Publish into real object-store emulators (moto S3, fake-gcs-server, Azurite) and serve from them.
 
 The CLI publishes; the runtime (a real server process) reads the store itself through its cache;
 concurrent publishers get distinct versions; a publisher killed midway leaves nothing the runtime
@@ -103,8 +103,7 @@ def test_cli_publish_then_serve_from_the_store(
         assert server.stop() == 0
 
 
-# not gs: gcp-storage-emulator ignores ifGenerationMatch=0 (gcsfs sends it, as its log shows; real GCS honours it)
-@pytest.mark.parametrize("scheme", ["s3", "az"])
+@pytest.mark.parametrize("scheme", ["s3", "gs", "az"])
 def test_concurrent_publishers_get_distinct_whole_versions(
     stores: Callable[[str], Store], scheme: str, digits_onnx: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +21,14 @@ def test_tensors_round_trip_through_shared_memory(tmp_path: object) -> None:
             ("f", np.arange(12, dtype=np.float32).reshape(3, 4)),
             ("b", np.array([[b"ab", b""], [b"xyz", b"\x00"]], dtype=np.object_)),
             ("t", np.array([True, False])),
+            ("empty", np.zeros((0, 3), np.float16)),
+            ("scalar", np.array(5, np.int64)),
+            ("transposed", np.arange(6, dtype=np.uint16).reshape(2, 3).T),
         ]
         refs = pool.write(tensors)
         back = reader.read(refs)
         for (name, array), (name_back, _, array_back) in zip(tensors, back, strict=True):
-            assert name == name_back and array_back.shape == array.shape
+            assert name == name_back and array_back.shape == array.shape and array_back.dtype == array.dtype
             np.testing.assert_array_equal(array_back, array)
         assert pool.write(tensors)[0].slab == refs[0].slab  # read frees the slab for reuse
     finally:
@@ -76,3 +80,47 @@ def test_auto_complete_rules() -> None:
         config.add_input({"name": "a", "data_type": "TYPE_INT32", "dims": [2]})
     with pytest.raises(ValueError, match="missing 'dims'"):
         config.add_output({"name": "b", "data_type": "TYPE_FP32"})
+
+
+def test_instance_that_cannot_restart_is_unavailable_with_the_reason(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from shipyard.serving_runtime.backends.python.instance import RESTART_RETRY_S, PythonInstance
+    from shipyard.serving_runtime.errors import ServingError
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+    broken = tmp_path / "broken"
+    model = tmp_path / "1" / "model.py"
+    model.parent.mkdir()
+    model.write_text(
+        textwrap.dedent(f"""
+        import os
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                if os.path.exists({str(broken)!r}):
+                    raise RuntimeError("the model's weights are gone")
+
+            def execute(self, requests):
+                os._exit(1)
+        """)
+    )
+    args = {
+        "model_config": json.dumps({"name": "m"}), "model_instance_kind": "CPU", "model_instance_name": "m_0",
+        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "m",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+    try:
+        request = InferenceRequest({"x": np.ones(2, np.float32)})
+        broken.touch()
+        (crashed,) = instance.execute_requests([request])
+        assert isinstance(crashed, ServingError) and "ended with exit code 1" in crashed.message
+        time.sleep(RESTART_RETRY_S + 0.5)
+        (refused,) = instance.execute_requests([request])
+        assert isinstance(refused, ServingError)
+        assert "instance m_0 of model 'm' is unavailable" in refused.message
+        assert "RuntimeError: the model's weights are gone" in refused.message
+    finally:
+        instance.close()

@@ -194,3 +194,40 @@ async def test_mirrors_raise_at_start_and_log_later(
         await mirrors.refresh(initial=True)
     await mirrors.refresh()
     assert "repository sync failed, serving the cached models" in caplog.text
+
+
+def test_credentials_and_endpoint_from_aws_profile_files(
+    s3: Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No AWS_* variables: the profile files under $HOME give the keys and the endpoint (botocore's chain)."""
+    fs: Any = s3.fs()
+    put_model(fs, f"{bucket}/repo", "a", {1: b"one"})
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text("[ci]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    endpoint = s3.env["AWS_ENDPOINT_URL"]
+    (home / ".aws" / "config").write_text(f"[profile ci]\nregion = us-east-1\nendpoint_url = {endpoint}\n")
+    for key in s3.env:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AWS_PROFILE", "ci")
+    remote = RemoteRepository(f"s3://{bucket}/repo", tmp_path / "cache")
+    assert remote.sync().updated == ["a/config.pbtxt", "a/1"]
+    monkeypatch.setenv("AWS_PROFILE", "missing")
+    with pytest.raises(ModelConfigError, match=r"cannot (open|list) model repository"):
+        RemoteRepository(f"s3://{bucket}/repo", tmp_path / "cache2").sync()
+
+
+def test_command_line_takes_store_uris_and_refuses_unknown_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shipyard.serving_runtime.cli import parse_options
+
+    options = parse_options(["--model-repository", "s3://bucket/models/", "--model-repository", str(tmp_path),
+                             "--model-cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert options.repositories == ["s3://bucket/models", tmp_path]
+    assert options.model_cache_dir == tmp_path / "cache"
+    with pytest.raises(SystemExit) as exc:
+        parse_options(["--model-repository", "ftp://host/models"])
+    assert exc.value.code == 2
+    assert "unknown scheme 'ftp'; use a local path or s3://" in capsys.readouterr().err

@@ -158,3 +158,14 @@ def test_decoupled_and_sequence_models_are_not_cached() -> None:
     sequence = parse_config_text(base + "sequence_batching { }\n")
     inner = object()
     assert with_cache(inner, sequence, ResponseCache(1024), "m", 1) is inner  # type: ignore[arg-type]
+
+
+def test_key_depends_on_values_not_memory_layout() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    c_order = request_key("m", 1, 1, InferenceRequest({"x": a}))
+    assert c_order == request_key("m", 1, 1, InferenceRequest({"x": np.asfortranarray(a)}))
+    assert c_order != request_key("m", 1, 1, InferenceRequest({"x": a.T.copy()}))
+    words = np.array([b"ab", b"c"], dtype=np.object_)
+    assert request_key("m", 1, 1, InferenceRequest({"s": words})) != request_key(
+        "m", 1, 1, InferenceRequest({"s": np.array([b"a", b"bc"], dtype=np.object_)})
+    )

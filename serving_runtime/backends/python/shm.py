@@ -19,7 +19,7 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +45,7 @@ class ShmError(RuntimeError):
     """Shared memory could not be reserved (``/dev/shm`` full or too small)."""
 
 
-@dataclass(frozen=True)
-class TensorRef:
+class TensorRef(NamedTuple):
     """Where one tensor lies: ``slab`` is the file name, ``offset``/``nbytes`` its bytes in it."""
 
     name: str
@@ -55,6 +54,12 @@ class TensorRef:
     slab: str
     offset: int
     nbytes: int
+
+
+_DATATYPES = {np.dtype(t): numpy_to_triton(np.dtype(t)) for t in (
+    np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64,
+    np.float16, np.float32, np.float64,
+)}  # fmt: skip
 
 
 def shm_dir() -> str:
@@ -133,31 +138,26 @@ class SlabPool:
         """
         if not tensors:
             return []
-        encoded: list[tuple[str, str, tuple[int, ...], np.ndarray | bytes]] = []
+        encoded: list[tuple[str, str, tuple[int, ...], memoryview | bytes]] = []
         total = _HEADER
         for name, array in tensors:
             array = np.asarray(array)
-            datatype = numpy_to_triton(array.dtype)
+            datatype = _DATATYPES.get(array.dtype) or numpy_to_triton(array.dtype)
+            data: memoryview | bytes
             if datatype == "BYTES":
-                data: np.ndarray | bytes = serialize_bytes_tensor(array)
-                size = len(data)
+                data = serialize_bytes_tensor(array)
             else:
-                data = np.ascontiguousarray(array)
-                size = data.nbytes
-            encoded.append((name, datatype, tuple(int(d) for d in array.shape), data))
-            total += _round(size)
+                data = np.ascontiguousarray(array).data.cast("B") if array.size else b""
+            encoded.append((name, datatype, array.shape, data))
+            total += _round(len(data))
         slab = self._take(total)
         refs: list[TensorRef] = []
         offset = _HEADER
+        view, slab_name = slab.view, slab.name
         for name, datatype, shape, data in encoded:
-            if isinstance(data, bytes):
-                size = len(data)
-                slab.view[offset : offset + size] = data
-            else:
-                size = data.nbytes
-                target = np.frombuffer(slab.mm, dtype=np.uint8, count=size, offset=offset)
-                target[:] = data.reshape(-1).view(np.uint8)
-            refs.append(TensorRef(name, datatype, shape, slab.name, offset, size))
+            size = len(data)
+            view[offset : offset + size] = data
+            refs.append(TensorRef(name, datatype, shape, slab_name, offset, size))
             offset += _round(size)
         return refs
 
@@ -183,21 +183,23 @@ class SlabReader:
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or shm_dir()
         self._maps: dict[str, mmap.mmap] = {}
+        self._bytes: dict[str, np.ndarray] = {}  # a uint8 array over each mapping (cheap slicing)
         self._lock = threading.Lock()
 
-    def _map(self, name: str) -> mmap.mmap:
-        mm = self._maps.get(name)
-        if mm is None:
+    def _map(self, name: str) -> np.ndarray:
+        array = self._bytes.get(name)
+        if array is None:
             with self._lock:
-                mm = self._maps.get(name)
-                if mm is None:
+                array = self._bytes.get(name)
+                if array is None:
                     fd = os.open(os.path.join(self.directory, name), os.O_RDWR)
                     try:
                         mm = mmap.mmap(fd, 0)
                     finally:
                         os.close(fd)
                     self._maps[name] = mm
-        return mm
+                    array = self._bytes[name] = np.frombuffer(mm, dtype=np.uint8)
+        return array
 
     def read(self, refs: Sequence[TensorRef]) -> list[tuple[str, str, np.ndarray]]:
         """Copies of the tensors ``refs`` describe, as ``(name, datatype, array)``; frees their slab."""
@@ -208,29 +210,27 @@ class SlabReader:
         slabs: set[str] = set()
         results = [self._copy(refs, slabs) for refs in groups]
         for name in slabs:
-            self._maps[name][0] = 0
+            self._bytes[name][0] = 0
         return results
 
     def _copy(self, refs: Sequence[TensorRef], slabs: set[str]) -> list[tuple[str, str, np.ndarray]]:
         result: list[tuple[str, str, np.ndarray]] = []
-        for ref in refs:
-            mm = self._map(ref.slab)
-            slabs.add(ref.slab)
-            if ref.datatype == "BYTES":
-                count = int(np.prod(ref.shape)) if ref.shape else 1
-                raw = bytes(memoryview(mm)[ref.offset : ref.offset + ref.nbytes])
-                array = deserialize_bytes_tensor(raw, count).reshape(ref.shape)
+        for name, datatype, shape, slab, offset, nbytes in refs:
+            raw = self._map(slab)[offset : offset + nbytes]
+            slabs.add(slab)
+            if datatype == "BYTES":
+                count = int(np.prod(shape)) if shape else 1
+                array = deserialize_bytes_tensor(raw.tobytes(), count).reshape(shape)
             else:
-                dtype = triton_to_numpy(ref.datatype)
-                array = np.frombuffer(mm, dtype=dtype, count=ref.nbytes // dtype.itemsize, offset=ref.offset)
-                array = array.reshape(ref.shape).copy()
-            result.append((ref.name, ref.datatype, array))
+                array = raw.view(triton_to_numpy(datatype)).reshape(shape).copy()
+            result.append((name, datatype, array))
         return result
 
     def forget(self, prefix: str) -> None:
         """Drop the mappings of slabs whose names start with ``prefix`` (their owner is gone)."""
         with self._lock:
             for name in [n for n in self._maps if n.startswith(prefix)]:
+                self._bytes.pop(name, None)
                 try:
                     self._maps.pop(name).close()
                 except BufferError:

@@ -96,7 +96,7 @@ class StubRuntime:
             chosen = [t for t in response.output_tensors() if wanted is None or t.name() in wanted]
             tensors.extend((t.name(), t.as_numpy()) for t in chosen)
             counts.append(len(chosen))
-            results.append(("ok", None, response.parameters()))
+            results.append(("ok", None, response._parameters or None))
         refs = self.pool.write(tensors)
         start = 0
         for index, result in enumerate(results):

@@ -126,7 +126,7 @@ def test_dockerfile_runs_the_runtime_with_its_default_args(tmp_path: Path) -> No
     assert cmd == _runtime_container()["args"]  # the ServingRuntime's args replace CMD with the same flags
     parse_options(_with_repository(cmd, tmp_path))
     # lean: only the serve and gpu extras, a CUDA base, ports as the args say
-    assert re.findall(r'pip install "\.\[([a-z,]+)\]"', text) == ["serve,gpu"]
+    assert re.findall(r'pip install "\.\[([a-z0-9,]+)\]"', text) == ["serve,gpu,s3,gcs,azure"]  # stores: remote.py
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+", text, re.M)
     assert re.search(r"^EXPOSE 8080 8081$", text, re.M)
     installs = [line for line in text.splitlines() if "pip install" in line]
