@@ -68,3 +68,28 @@ def register_commands(app: typer.Typer) -> None:
                             profile=not no_profile)  # fmt: skip
         app_ = build_app(Promoter(settings, State(work / "state.json")), secret, poll_s=poll_s, models=model or None)
         uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+    @promotion.command("manifest")
+    def manifest_cmd(
+        image: str = typer.Option(..., "--image", help="An image with shipyard[serve,pipeline] installed."),
+        tracking_uri: str = typer.Option(..., "--tracking-uri", help="The MLflow server, as the pod reaches it."),
+        claim: str = typer.Option(..., "--claim", help="PersistentVolumeClaim for the repository and state."),
+        namespace: str = typer.Option("default", "--namespace"),
+        secret_name: str = typer.Option("shipyard-webhook", "--secret-name", help="Secret with key 'secret'."),
+        alias: str = typer.Option("champion", "--alias"),
+        canary_percent: float = typer.Option(20.0, "--canary-percent"),
+        watch_s: float = typer.Option(60.0, "--watch-s"),
+        poll_s: float = typer.Option(0.0, "--poll-s"),
+    ) -> None:
+        """Print the service's Kubernetes Deployment and Service (YAML for kubectl apply -f -)."""
+        import yaml
+
+        from shipyard.components.promotion.manifest import promotion_manifests
+
+        try:
+            docs = promotion_manifests(image=image, tracking_uri=tracking_uri, claim=claim, namespace=namespace,
+                                       secret_name=secret_name, alias=alias, canary_percent=canary_percent,
+                                       watch_s=watch_s, poll_s=poll_s)  # fmt: skip
+        except ValueError as exc:
+            _fail(str(exc))
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")

@@ -242,3 +242,29 @@ def test_canary_verdict_from_metric_snapshots() -> None:
     assert "error rate" in (judge(before, erring, key, s) or "")
     assert "p99 latency 500 ms" in (judge(before, slow, key, s) or "")
     assert judge(before, before, key, s) is None  # no traffic: no evidence against it
+
+
+def test_kubernetes_manifest_is_valid_and_its_command_line_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+    from kubernetes.client import ApiClient
+    from typer.testing import CliRunner
+
+    from shipyard.cli import build_app
+
+    app = build_app()
+
+    result = CliRunner().invoke(app, ["promotion", "manifest", "--image", "reg/shipyard:1", "--tracking-uri",
+                                      "http://mlflow:5000", "--claim", "models"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    deployment, service = yaml.safe_load_all(result.output)
+    typed = ApiClient()._ApiClient__deserialize(deployment, "V1Deployment")  # the API's own schema
+    container = typed.spec.template.spec.containers[0]
+    assert typed.spec.strategy.type == "Recreate" and typed.spec.replicas == 1
+    assert container.env[0].value_from.secret_key_ref.name == "shipyard-webhook"
+    assert {p["port"] for p in service["spec"]["ports"]} == {8090, 8000, 8001}
+
+    # the container's arguments are a valid `shipyard promotion serve` command line: without the secret it stops
+    # with the one-line user error (exit 2), not a usage error
+    monkeypatch.delenv("SHIPYARD_WEBHOOK_SECRET", raising=False)
+    served = CliRunner().invoke(app, container.args)
+    assert served.exit_code == 2 and "SHIPYARD_WEBHOOK_SECRET is empty" in served.output
