@@ -268,3 +268,46 @@ def test_kubernetes_manifest_is_valid_and_its_command_line_parses(monkeypatch: p
     monkeypatch.delenv("SHIPYARD_WEBHOOK_SECRET", raising=False)
     served = CliRunner().invoke(app, container.args)
     assert served.exit_code == 2 and "SHIPYARD_WEBHOOK_SECRET is empty" in served.output
+
+
+def test_polling_mode_queues_what_webhooks_would(tmp_path: Path, tracking_uri: str) -> None:
+    """Without webhooks (file store, managed MLflow), the poller finds new versions and alias moves itself,
+    and queues nothing for what is already prepared and serving."""
+    from mlflow import MlflowClient
+
+    from shipyard.components.promotion.rollout import Promoter
+    from shipyard.components.promotion.service import Worker
+    from shipyard.components.promotion.state import State
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    client.create_registered_model("other")
+    client.set_registered_model_alias("m", "champion", "2")
+    state = State(tmp_path / "state.json")
+    worker = Worker(Promoter(Settings(repository=tmp_path / "repo", tracking_uri=tracking_uri), state), models=["m"])
+
+    def drain() -> list[Any]:
+        jobs = []
+        while not worker.jobs.empty():
+            jobs.append(worker.jobs.get_nowait())
+        return jobs
+
+    worker._poll_once()
+    assert sorted(drain()) == [("prepare", "m", 1), ("prepare", "m", 2), ("rollout", "m", 2)]
+    state.put("prepared", "m/1", {"ok": True})
+    state.put("prepared", "m/2", {"ok": True})
+    state.put("serving", "m", {"version": 2, "repo_version": 1})
+    worker._poll_once()
+    assert drain() == []  # nothing new: a restart or a second poll deploys nothing twice
+    client.set_registered_model_alias("m", "champion", "1")
+    worker._poll_once()
+    assert drain() == [("rollout", "m", 1)]
+    # and the webhook path queues the same work for the same events
+    assert worker.handle({"entity": "model_version_alias", "action": "created",
+                          "data": {"name": "m", "alias": "champion", "version": "1"}}) == "rollout m/1"  # fmt: skip
+    assert worker.handle({"entity": "model_version_alias", "action": "created",
+                          "data": {"name": "m", "alias": "staging", "version": "1"}}) == "ignored"  # fmt: skip
+    assert worker.handle({"entity": "model_version", "action": "created",
+                          "data": {"name": "other", "version": "1"}}) == "ignored"  # fmt: skip
