@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     ("shipyard.components.cli", "register, export, optimize, validate, publish, promote"),
     ("shipyard.pipelines.cli", "pipeline run/compile/submit, deploy"),
     ("shipyard.components.score.cli", "score"),
+    ("shipyard.components.promotion.cli", "promotion serve (MLflow webhooks -> canary rollouts)"),
 )
 
 

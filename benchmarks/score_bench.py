@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from benchmarks.loadgen import run_closed_loop
 
 MODEL = "wide_mlp"
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
+HOLDOFF_US = 2000  # what the publish step writes (components/publish/config_builder.py)
+SHARE_ROWS = 128 // 16
 
 
 def log(message: str) -> None:
@@ -41,13 +44,18 @@ def log(message: str) -> None:
 
 
 def write_repository(root: Path, model: common.ModelSpec) -> Path:
-    """The wide MLP with the benchmark's config plus the two priority levels the publish step writes."""
+    """The wide MLP with the benchmark's config plus the two priority levels and the background rules
+    (hold-off, share) the publish step writes."""
     version = root / MODEL / "1"
     version.mkdir(parents=True, exist_ok=True)
     if not (version / "model.onnx").exists():
         os.link(model.onnx_path, version / "model.onnx")
+    background = "".join(
+        f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+        for key, value in (("background_holdoff_us", HOLDOFF_US), ("background_share_rows", SHARE_ROWS))
+    )
     config = targets.shipyard_config(model, MODEL).replace(
-        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }"
+        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + background
     )
     assert "priority_levels" in config, config
     (root / MODEL / "config.pbtxt").write_text(config)
@@ -72,9 +80,11 @@ def write_dataset(path: Path, rows: int, width: int) -> Path:
 
 
 def score_argv(data: Path, out: Path, *target: str, batch_size: int, part_rows: int = 1024) -> list[str]:
+    """``shipyard score`` at ``batch_size`` rows per request (0: its defaults, from the model's config)."""
+    sizing = ["--batch-size", str(batch_size)] if batch_size else []
     return common.python_module_argv(
-        "shipyard", "score", str(data), "-o", str(out), "-m", MODEL, *target, "--key", "id",
-        "--batch-size", str(batch_size), "--part-rows", str(part_rows), "-q", "--overwrite",
+        "shipyard", "score", str(data), "-o", str(out), "-m", MODEL, *target, "--key", "id", *sizing,
+        "--part-rows", str(part_rows), "-q", "--overwrite",
     )  # fmt: skip
 
 
@@ -104,6 +114,7 @@ def mixed(port: int, model: common.ModelSpec, data: Path, work: Path, batch_size
           args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     """The real-time client's window while a batch job runs; the job's rows/s over the same window."""
     out = work / f"mixed-{batch_size}"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's parts would count as progress
     argv = score_argv(data, out, "--url", f"{common.LOOPBACK}:{port}", batch_size=batch_size)
     scorer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=common.REPO_ROOT,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
@@ -129,10 +140,14 @@ def kill_and_restart(
     import pyarrow.dataset as pads
 
     out = work / "killed"
+    shutil.rmtree(out, ignore_errors=True)
     argv = score_argv(data, out, "--url", f"{common.LOOPBACK}:{port}", batch_size=batch_size)
+    started = time.monotonic()
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=common.REPO_ROOT)
-    kill_after = random.uniform(0.3, 0.7) * expected_s + 2.0  # + start-up
-    time.sleep(kill_after)
+    while output_rows(out) == 0 and first.poll() is None and time.monotonic() - started < 120:
+        time.sleep(0.02)  # under way: its first part is written
+    time.sleep(random.uniform(0.1, 0.6) * expected_s)  # then a random point of the rest
+    kill_after = time.monotonic() - started
     killed_running = first.poll() is None
     first.send_signal(signal.SIGKILL)
     first.wait(10)
@@ -153,8 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     log("in-process limit ...")
     limit = measure_inprocess(model, args.inprocess_s)
-    batch = int(args.batch_size or limit["best_batch"])
-    log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; scoring at batch {batch}")
+    batch = int(args.batch_size)  # 0: shipyard score's defaults
+    log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; batch {batch or 'default'}")
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
     repo = write_repository(work / "repo", model)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
@@ -179,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         big = write_dataset(work / "big.parquet", int(alone["rows_per_s"] * (args.warmup_s + args.window_s + 30)),
                             model.inputs[0].dims[-1])  # fmt: skip
         results["mixed"] = []
-        for size in sorted({batch, *args.mixed_batch_sizes}, reverse=True):
+        for size in [batch, *(b for b in args.mixed_batch_sizes if b != batch)]:
             log(f"real-time client with the batch job at batch {size} ...")
             results["mixed"].append(mixed(grpc_port, model, big, work, size, args))
         log("kill and restart ...")
@@ -198,19 +213,21 @@ def report(results: dict[str, Any]) -> str:
         f"| in-process limit (batch {results['inprocess_limit']['best_batch']}) | {limit:,.0f} rows/s | | |",
         f"| shipyard score --repository (in-process) | {results['alone_inprocess']['rows_per_s']:,.0f} rows/s "
         f"({results['alone_inprocess']['rows_per_s'] / limit:.2f}x) | | |",
-        f"| shipyard score over gRPC, alone | {alone:,.0f} rows/s ({alone / limit:.2f}x limit) | "
+        f"| shipyard score over gRPC, alone (batch {results['meta']['batch_size'] or 'default'}) | {alone:,.0f} rows/s "
+        f" ({alone / limit:.2f}x limit) | "
         f">= {TARGETS['served_vs_inprocess']}x | {alone / limit >= TARGETS['served_vs_inprocess']} |",
         f"| real-time c={results['meta']['concurrency']} alone | p99 {rt_alone:.2f} ms, "
         f"{results['realtime_alone']['throughput']:,.0f} req/s | | |",
     ]  # fmt: skip
     for cell in results["mixed"]:
         p99 = cell["realtime"]["p99_ms"]
+        size = cell["batch_size"] or "default"
         share = cell["batch_rows_per_s"] / alone
         lines += [
-            f"| real-time with batch job (batch {cell['batch_size']}) | p99 {p99:.2f} ms ({p99 / rt_alone:.2f}x), "
+            f"| real-time with batch job (batch {size}) | p99 {p99:.2f} ms ({p99 / rt_alone:.2f}x), "
             f"{cell['realtime']['throughput']:,.0f} req/s | <= {TARGETS['p99_ratio']}x | "
             f"{p99 / rt_alone <= TARGETS['p99_ratio']} |",
-            f"| batch job next to real-time (batch {cell['batch_size']}) | {cell['batch_rows_per_s']:,.0f} rows/s "
+            f"| batch job next to real-time (batch {size}) | {cell['batch_rows_per_s']:,.0f} rows/s "
             f"({share:.2f}x alone{'' if cell['batch_ran_throughout'] else ', finished early'}) | "
             f">= {TARGETS['batch_share']}x | {share >= TARGETS['batch_share']} |",
         ]  # fmt: skip
@@ -228,7 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--inprocess-s", type=float, default=1.0, help="seconds per batch size (in-process sweep)")
     parser.add_argument("--concurrency", type=int, default=16, help="real-time client concurrency")
-    parser.add_argument("--batch-size", type=int, default=0, help="rows per batch request (0: the in-process best)")
+    parser.add_argument("--batch-size", type=int, default=0, help="rows per batch request (0: shipyard score's "
+                        "default, the model's max_batch_size here)")
     parser.add_argument("--mixed-batch-sizes", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
                         help="more batch sizes to run next to the real-time client, e.g. 32,8")  # fmt: skip
     parser.add_argument("--client", default="python", choices=("python", "native"), help="real-time load client")

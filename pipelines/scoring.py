@@ -72,7 +72,7 @@ def log_scoring_run(summary: str, model_uri: str, tracking_uri: str, experiment:
 def make_score_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
     """The scoring pipeline: a registry URI and a data set in, the output location out.
 
-    ``cluster=True`` (compile and submit) gives every task the credentials Secrets, as the other pipelines.
+    ``cluster=True`` (compile and submit) gives every task the credentials Secrets (``pipelines/cluster.py``).
     """
 
     @dsl.pipeline(name=SCORE_PIPELINE_NAME, description="Score a data set with a registered model (low priority "
@@ -93,12 +93,12 @@ def make_score_pipeline(gpu: bool = False, cluster: bool = False) -> Any:
                                batch_size=batch_size).set_display_name("score")  # fmt: skip
         if gpu:
             scored.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        log_scoring_run(summary=scored.outputs["summary"], model_uri=model_uri, tracking_uri=tracking_uri,
+                        experiment=experiment).set_display_name("log to MLflow")  # fmt: skip
         if cluster:
             from shipyard.pipelines.cluster import use_cluster_secrets
 
             use_cluster_secrets()
-        log_scoring_run(summary=scored.outputs["summary"], model_uri=model_uri, tracking_uri=tracking_uri,
-                        experiment=experiment).set_display_name("log to MLflow")  # fmt: skip
         return scored.outputs["output_uri"]  # type: ignore[no-any-return]
 
     return score_pipeline

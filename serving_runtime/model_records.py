@@ -9,11 +9,13 @@ reads them, on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shipyard.serving_runtime.errors import ModelNotFound, ModelNotReady
+from shipyard.serving_runtime.traffic import canary_of, pick_version
 from shipyard.serving_runtime.version_plan import (
     LOADING,
     READY,
@@ -90,7 +92,8 @@ class ModelRecord:
 
 
 def lookup(records: Mapping[str, ModelRecord], name: str, version: int | None) -> ServedModel:
-    """The ready model version (the highest ready one when ``version`` is None).
+    """The ready model version (the highest ready one when ``version`` is None, unless the config asks for a
+    canary split: ``traffic.py``).
 
     Raises: ModelNotFound (unknown model or version), ModelNotReady (known but not loaded,
     with the reason).
@@ -100,7 +103,8 @@ def lookup(records: Mapping[str, ModelRecord], name: str, version: int | None) -
         raise ModelNotFound(f"unknown model {name!r}")
     if version is None:
         if record.served:
-            return record.served[max(record.served)]
+            canary = canary_of(record.definition.config if record.definition else None)
+            return record.served[pick_version(list(record.served), canary, random.random())]
         raise ModelNotReady(f"model {name!r} is not ready: {record.not_ready_reason()}")
     model = record.served.get(int(version))
     if model is not None:

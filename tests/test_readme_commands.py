@@ -64,7 +64,7 @@ def _adapt(words: list[str], scratch: Path, ports: tuple[int, int]) -> list[str]
         out += ["--http-port", str(http), "--grpc-port", str(grpc)]
     elif out[:2] == ["shipyard", "deploy"] and "--target" in out and out[out.index("--target") + 1] == "local":
         out += ["--http-port", str(http), "--grpc-port", str(grpc), "--state-dir", str(scratch / "state")]
-    elif out[:3] == ["shipyard", "pipeline", "run"]:
+    elif out[:4] == ["shipyard", "pipeline", "run", "deploy"]:
         out += ["-p", f"http_port={http}", "-p", f"grpc_port={grpc}", "-p", f"state_dir={scratch / 'state'}"]
     elif out[:3] == ["mlflow", "deployments", "create"]:
         out += ["-C", f"http_port={http}", "-C", f"grpc_port={grpc}"]
@@ -129,7 +129,7 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
             stop = [str(BIN / "shipyard"), "undeploy", words[words.index("--name") + 1], "--target", "local",
                     "--state-dir", str(tmp_path / "state")]  # fmt: skip
             subprocess.run(stop, env=env, cwd=tmp_path, capture_output=True, timeout=120, check=True)
-        if words[:3] == ["shipyard", "pipeline", "run"]:
+        if words[:4] == ["shipyard", "pipeline", "run", "deploy"]:
             stop = [str(BIN / "shipyard"), "undeploy", "digits", "--state-dir", str(tmp_path / "state")]
             subprocess.run(stop, env=env, cwd=tmp_path, capture_output=True, timeout=120, check=True)
     if any(w.startswith("mlflow deployments create") for w in ran):  # clean up the plugin's deployment

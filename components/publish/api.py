@@ -36,6 +36,7 @@ def publish(
     keep_versions: int | None = 3,
     mlflow_model_uri: str | None = None,
     parameters: Mapping[str, str] | None = None,
+    serve_versions: Sequence[int] | None = None,
 ) -> PublishResult:
     """Publish ``model_file`` (``.onnx`` or ``.plan``) as the next version of ``model_name`` in ``repository``.
 
@@ -44,7 +45,8 @@ def publish(
     Inputs/outputs come from ``inputs``/``outputs``, else from ``io_model`` or the file itself (ONNX); a
     TensorRT plan needs ``io_model`` (its source ONNX) or explicit tensors. ``instance_kind`` defaults to
     KIND_GPU for a plan and KIND_CPU otherwise. ``mlflow_model_uri`` goes into the config ``parameters``
-    (key ``mlflow_model_uri``) so the server's metadata points back to the model version.
+    (key ``mlflow_model_uri``) so the server's metadata points back to the model version. ``serve_versions``: a
+    ``version_policy { specific { versions } }`` (a canary keeps the stable version loaded beside the new one).
     Raises: PublishError (unknown format, no tensor information, invalid config, filesystem failure).
     """
     path = Path(model_file)
@@ -75,6 +77,8 @@ def publish(
         model_name, platform, inputs, outputs, max_batch_size=max_batch, batching=rec or None,
         instance_count=instance_count, instance_kind=kind, parameters=params,
     )  # fmt: skip
+    if serve_versions:
+        config.version_policy.specific.versions.extend(sorted(set(serve_versions)))
     from shipyard.serving_runtime.config import render_config
 
     files = {FILENAME_BY_PLATFORM[platform]: path}

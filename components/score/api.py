@@ -1,7 +1,7 @@
 """Score a data set with a model: the library function behind ``shipyard score`` and its KFP component.
 
 Public: ``score(input_uri, output_uri, model, *, url=None, repository=None, ...) -> dict`` (the summary),
-``DEFAULT_PART_ROWS``, ``DEFAULT_MAX_INFLIGHT``.
+``DEFAULT_PART_ROWS``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from shipyard.components.score.runner import Settings, Stats, run_parts
 from shipyard.components.score.targets import GrpcTarget, InProcessTarget, Target
 
 DEFAULT_PART_ROWS = 8192
-DEFAULT_MAX_INFLIGHT = 4
 
 
 def _note(message: str) -> None:
@@ -80,7 +79,7 @@ def _summary(output_uri: str, target: Target, settings: Settings, stats: Stats, 
 
 async def _score(
     input_uri: str, output_uri: str, model: str, *, url: str | None, repository: str | None,
-    model_version: int | None, fmt: str | None, key: str | None, batch_size: int | None, max_inflight: int,
+    model_version: int | None, fmt: str | None, key: str | None, batch_size: int | None, max_inflight: int | None,
     part_rows: int | None, priority: int | None, overwrite: bool, patience_s: float, show_progress: bool,
     tracking_uri: str | None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -110,7 +109,8 @@ async def _score(
             raise ScoreError(
                 f"--batch-size {batch} is above the max_batch_size of model {info.name!r}: {info.max_batch_size}"
             )
-        settings = Settings(batch, max_inflight, _part_rows(part_rows, previous, batch), priority, key, patience_s)
+        inflight = max_inflight if max_inflight is not None else info.default_max_inflight(batch)
+        settings = Settings(batch, inflight, _part_rows(part_rows, previous, batch), priority, key, patience_s)
         done = await asyncio.to_thread(store.begin, _header(dataset, target, settings.part_rows, key), overwrite)
         if done:
             _note(f"resuming {output_uri}: {len(done)} part(s) already written")
@@ -128,7 +128,7 @@ async def _score(
 def score(
     input_uri: str, output_uri: str, model: str, *, url: str | None = None, repository: str | None = None,
     model_version: int | None = None, fmt: str | None = None, key: str | None = None, batch_size: int | None = None,
-    max_inflight: int = DEFAULT_MAX_INFLIGHT, part_rows: int | None = None, priority: int | None = None,
+    max_inflight: int | None = None, part_rows: int | None = None, priority: int | None = None,
     overwrite: bool = False, patience_s: float = 300.0, show_progress: bool = True, tracking_uri: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Score ``input_uri`` with ``model`` and write the predictions to ``output_uri``; returns the summary.
@@ -136,7 +136,8 @@ def score(
     The model is served at ``url`` (gRPC ``host:port`` or an InferenceService URL) or loaded from the model
     repository ``repository`` into this process. Batch requests carry ``priority`` (default: the lowest
     level of the model's ``dynamic_batching``) and hold ``batch_size`` rows (default: the model's largest
-    preferred batch size, else its ``max_batch_size``); ``max_inflight`` requests at most are in flight.
+    preferred batch size, else its ``max_batch_size``);
+    ``max_inflight`` requests at most are in flight (default: enough to fill ``max_batch_size``, at least 4).
     An output started earlier is resumed: only its missing parts are scored. ``model`` may be a registry URI
     (``models:/NAME@champion``): its published name and version are scored, in this process from the
     repository it was published to unless ``url`` or ``repository`` is given.

@@ -34,8 +34,10 @@ def register_commands(app: typer.Typer) -> None:
                                 "(default: the row number, column 'row')."),
         fmt: str = typer.Option(None, "--format", help="parquet, csv or npz (default: from the suffix)."),
         batch_size: int = typer.Option(None, "--batch-size", help="Rows per request (default: the model's "
-                                       "largest preferred_batch_size, else max_batch_size)."),
-        max_inflight: int = typer.Option(4, "--max-inflight", help="Requests in flight at most."),
+                                       "largest preferred_batch_size, else max_batch_size; at most its "
+                                       "background_share_rows lets rows join real-time batches)."),
+        max_inflight: int = typer.Option(None, "--max-inflight", help="Requests in flight at most (default: "
+                                         "enough to fill max_batch_size, at least 4)."),
         part_rows: int = typer.Option(None, "--part-rows", help="Rows per output part file (default ~8192)."),
         priority: int = typer.Option(None, "--priority", help="Request priority level (default: the lowest "
                                      "level of the model's dynamic_batching, so real-time requests go first)."),

@@ -55,11 +55,17 @@ class ModelInfo:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
     priority_levels: int = 0
+    background_share_rows: int = 0  # the server's background level: rows it mixes into a real-time batch
 
     @property
     def default_batch_size(self) -> int:
-        """Rows per request: the largest preferred batch size, else ``max_batch_size``."""
+        """Rows per request: the largest preferred batch size, else ``max_batch_size`` (the throughput when the
+        server is free; ``--batch-size`` at most ``background_share_rows`` lets rows join real-time batches)."""
         return max(self.preferred_batch_sizes, default=self.max_batch_size)
+
+    def default_max_inflight(self, batch_size: int) -> int:
+        """Requests in flight: enough to fill ``max_batch_size`` when the server is free, at least 4."""
+        return max(4, -(-self.max_batch_size // batch_size))
 
     @property
     def lowest_priority(self) -> int:

@@ -71,7 +71,15 @@ def model_info(config: Any, version: int) -> ModelInfo:
         max_batch_size=int(config.max_batch_size),
         preferred_batch_sizes=tuple(int(b) for b in batching.preferred_batch_size) if batching else (),
         priority_levels=int(batching.priority_levels) if batching else 0,
+        background_share_rows=_share_rows(config),
     )
+
+
+def _share_rows(config: Any) -> int:
+    from shipyard.serving_runtime.scheduling.background import SHARE_PARAMETER
+
+    text = config.parameters[SHARE_PARAMETER].string_value if SHARE_PARAMETER in config.parameters else ""
+    return int(text) if text.isdigit() else 0
 
 
 def grpc_address(url: str) -> tuple[str, bool]:

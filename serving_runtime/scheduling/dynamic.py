@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from shipyard.serving_runtime.errors import (
     ServingError,
 )
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
+from shipyard.serving_runtime.scheduling.background import BackgroundSettings, background_from_config
 from shipyard.serving_runtime.scheduling.batch import shape_key
 from shipyard.serving_runtime.scheduling.decision import decide
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
@@ -77,6 +78,7 @@ class BatchingSettings:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     merge: bool = True
+    background: BackgroundSettings | None = None  # the lowest priority level's rules (background.py)
 
     def validate(self, where: str) -> None:
         """Raises: ModelConfigError naming ``where`` and the bad value."""
@@ -115,6 +117,7 @@ def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, Que
         preferred_batch_sizes=tuple(sorted(set(int(s) for s in db.preferred_batch_size))),
         max_queue_delay_us=int(db.max_queue_delay_microseconds),
         merge=max_batch_size > 0,
+        background=background_from_config(config, int(db.priority_levels), where),
     )
     batching.validate(where)
     return batching, queue_settings_from_proto(db, where)
@@ -155,6 +158,8 @@ class DynamicBatcher:
         self._handoff_s = 0.0  # HANDOFF_TIMEOUT_S while the last batch computed >= HANDOFF_MIN_COMPUTE_NS
         self._inline = self._delay_ns == 0 and all(getattr(i, "inline_safe", False) for i in instances)
         self._item_ns: float | None = None  # estimated compute per item (None: nothing ran yet)
+        self._background = self._batching.background
+        self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -330,8 +335,15 @@ class DynamicBatcher:
         now = time.monotonic_ns()
         rejected = queue.expire(now)
         while len(queue):
+            items: Iterable[Envelope] = queue
+            if self._background is not None and self._idle:
+                hold = self._background.hold_until(next(iter(queue)).level, self._foreground_ns, now)
+                if hold is not None:
+                    self._arm_timer(hold)
+                    break
+                items = self._background.capped(queue)  # type: ignore[assignment]
             decision = decide(
-                queue,
+                items,
                 now,
                 max_batch_size=self._max_batch,
                 preferred_batch_sizes=self._preferred,
@@ -377,6 +389,8 @@ class DynamicBatcher:
         self._idle.append(batch.worker)
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
+        if self._background is not None and any(e.level < self._background.level for e in batch.envelopes):
+            self._foreground_ns = time.monotonic_ns()
         if self._inline:
             self._observe_compute(compute_ns, batch.size)
         if not self._closed:

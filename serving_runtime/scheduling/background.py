@@ -1,0 +1,101 @@
+"""A background priority level: batch jobs fill the gaps without taking the instance from real-time work.
+
+Priority orders the queue but does not preempt a batch that runs; with plain priorities a batch job
+still wins the instance each time it frees before closed-loop real-time clients have resubmitted, and
+its rows ride along in every real-time batch. Two rules fix that for the lowest of several priority
+levels (the *background* level), set by the model config's ``parameters`` (shipyard's; Triton ignores
+parameters it does not know; both 0 or absent: off):
+
+- ``background_holdoff_us``: after a batch that held higher-level requests finishes, a batch made only
+  of background requests waits that long for higher-level arrivals (a real-time client answers and
+  sends again within it);
+- ``background_share_rows``: a batch that holds higher-level requests takes background requests for at
+  most that many rows (background requests bigger than that never join one).
+
+Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
+Pure: no clock or loop; the batcher passes the times in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shipyard.serving_runtime.errors import ModelConfigError
+
+HOLDOFF_PARAMETER = "background_holdoff_us"
+SHARE_PARAMETER = "background_share_rows"
+_UNLIMITED = 1 << 62
+
+
+class LeveledItem(Protocol):
+    @property
+    def level(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BackgroundSettings:
+    """``level``: the background level's 0-based queue index (the lowest of ``priority_levels``)."""
+
+    level: int
+    holdoff_ns: int = 0
+    share_rows: int = 0
+
+    def hold_until(self, first_level: int, last_foreground_ns: int, now_ns: int) -> int | None:
+        """When a batch led by a ``first_level`` request may start: None now, else the time (ns) to decide
+        again."""
+        if first_level < self.level or not self.holdoff_ns or not last_foreground_ns:
+            return None
+        until = last_foreground_ns + self.holdoff_ns
+        return until if until > now_ns else None
+
+    def capped(self, items: Iterable[LeveledItem]) -> Iterator[LeveledItem]:
+        """``items`` (in service order) as a batch may take them: a batch led by a higher-level request
+        stops before its background rows would exceed ``share_rows``."""
+        background_rows = 0
+        first = True
+        led_by_foreground = False
+        for item in items:
+            if first:
+                led_by_foreground, first = item.level < self.level, False
+            elif led_by_foreground and item.level >= self.level:
+                background_rows += item.batch_size
+                if background_rows > self.share_rows:
+                    return
+            yield item
+
+
+def _int_parameter(config: Any, key: str, where: str) -> int:
+    if key not in config.parameters:
+        return 0
+    text = config.parameters[key].string_value
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelConfigError(f"{where}: parameters {key!r} must be a non-negative integer, got {text!r}")
+    return value
+
+
+def background_from_config(config: Any, priority_levels: int, where: str) -> BackgroundSettings | None:
+    """The background rules of a ``ModelConfig`` proto, or None (fewer than 2 levels or both parameters 0).
+
+    Raises: ModelConfigError for a parameter that is not a non-negative integer, or one set without
+    ``priority_levels >= 2``.
+    """
+    holdoff_us = _int_parameter(config, HOLDOFF_PARAMETER, where)
+    has_share = SHARE_PARAMETER in config.parameters
+    share_rows = _int_parameter(config, SHARE_PARAMETER, where) if has_share else _UNLIMITED
+    if not holdoff_us and not has_share:
+        return None
+    if priority_levels < 2:
+        raise ModelConfigError(
+            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r} need dynamic_batching priority_levels >= 2 "
+            "(the lowest level is the background); set priority_levels or remove them"
+        )
+    return BackgroundSettings(level=priority_levels - 1, holdoff_ns=holdoff_us * 1000, share_rows=share_rows)

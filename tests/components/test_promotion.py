@@ -1,0 +1,313 @@
+"""Issue 17: a real ``mlflow server`` (sqlite) sends real, signed webhooks to a real ``shipyard promotion`` process;
+setting ``@champion`` with MlflowClient deploys the version on the local target (canary, watch, full traffic)
+while a client keeps inferring; a broken version is rolled back with the reason tagged; forged, unsigned and
+replayed deliveries are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import free_port
+
+from shipyard.components.promotion.rollout import Settings, judge
+from shipyard.components.promotion.webhooks import sign
+
+SECRET = "s3cret-for-tests"
+
+
+def _wait(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """mlflow server (webhooks to loopback allowed, no webhook cache) + shipyard promotion serve."""
+    root = tmp_path_factory.mktemp("promotion")
+    ports = {k: free_port() for k in ("mlflow", "promotion", "http", "grpc")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+           "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+           "SHIPYARD_WEBHOOK_SECRET": SECRET, "SHIPYARD_HOME": str(root / "home")}
+    mlflow_url = f"http://127.0.0.1:{ports['mlflow']}"
+    procs = [_start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+                     "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+                     str(root / "artifacts"), "--workers", "1"], root / "mlflow.log", env, root)]  # fmt: skip
+    promotion_url = f"http://127.0.0.1:{ports['promotion']}"
+    procs.append(_start([sys.executable, "-m", "shipyard", "promotion", "serve", "--repository", str(root / "repo"),
+                         "--tracking-uri", mlflow_url, "--port", str(ports["promotion"]), "--http-port",
+                         str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--canary-percent", "30",
+                         "--watch-s", "6", "--max-p99-ms", "2000", "--no-profile"],
+                        root / "promotion.log", env, root))  # fmt: skip
+    try:
+        _wait(lambda: _ok(f"{mlflow_url}/health"), 120, "mlflow")
+        _wait(lambda: _get_json(f"{promotion_url}/healthz"), 60, "the promotion service")
+        yield {"mlflow": mlflow_url, "promotion": promotion_url, "http": f"127.0.0.1:{ports['http']}", "root": root}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        from shipyard.components.deploy.local import LocalTarget
+
+        target = LocalTarget(root / "promotion" / "deployments")
+        for name in target.names():
+            target.stop(name)
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_refuses_unsigned_forged_stale_and_replayed_deliveries(stack: dict[str, Any]) -> None:
+    url = f"{stack['promotion']}/webhook"
+    body = json.dumps({"entity": "model_version_alias", "action": "deleted", "data": {"name": "x", "alias": "a"}})
+    assert _post(url, body.encode(), {}) == 401
+    delivery, stamp = str(uuid.uuid4()), str(int(time.time()))
+    headers = {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": stamp}
+    assert _post(url, body.encode(), {**headers, "X-MLflow-Signature": sign("wrong", delivery, stamp, body)}) == 401
+    old = str(int(time.time()) - 3600)
+    stale = {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": old,
+             "X-MLflow-Signature": sign(SECRET, delivery, old, body)}  # fmt: skip
+    assert _post(url, body.encode(), stale) == 401
+    good = {**headers, "X-MLflow-Signature": sign(SECRET, delivery, stamp, body)}
+    assert _post(url, body.encode(), good) == 200
+    assert _post(url, body.encode(), good) == 409  # the same delivery again: a replay
+
+
+class _Client(threading.Thread):
+    """Infers on the unversioned model all the time; counts answers per model version and failures."""
+
+    def __init__(self, url: str, x: np.ndarray) -> None:
+        super().__init__(daemon=True)
+        import tritonclient.http as httpclient
+
+        self.client = httpclient.InferenceServerClient(url)
+        self.tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        self.tensor.set_data_from_numpy(x)
+        self.ok, self.failures, self.stop = 0, [], threading.Event()
+        self.versions: dict[str, int] = {}
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                answer = self.client.infer("digits", [self.tensor]).get_response()
+                self.ok += 1
+                self.versions[answer["model_version"]] = self.versions.get(answer["model_version"], 0) + 1
+            except Exception as exc:
+                self.failures.append(str(exc)[:200])
+            time.sleep(0.01)
+
+
+def _digits(seed: int) -> Any:
+    import torch
+
+    from shipyard.zoo import torch_model
+
+    module = torch_model("digits_cnn")  # the zoo seeds its own init: perturb it so each seed is a new model
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.01)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(stack: dict[str, Any]) -> None:
+    import onnx
+    from mlflow import MlflowClient
+
+    from shipyard import registry
+    from shipyard.zoo import digits_data
+
+    mlflow_url, status_url = stack["mlflow"], f"{stack['promotion']}/status"
+    client = MlflowClient(mlflow_url)
+    client.create_webhook(name="shipyard-promotion", url=f"{stack['promotion']}/webhook", secret=SECRET,
+                          events=["model_version.created", "model_version_alias.created"])  # fmt: skip
+    time.sleep(1.5)  # the server's webhook list cache (TTL 1 s)
+    x = np.asarray(digits_data().x_test[:2])
+
+    def serving() -> int | None:
+        state = _get_json(status_url) or {}
+        return (state.get("serving") or {}).get("digits", {}).get("version")
+
+    def tag(version: int, key: str) -> str | None:
+        return client.get_model_version("digits", str(version)).tags.get(key)
+
+    # v1: the created webhook prepares it (tags), the alias deploys it
+    v1 = registry.register_module(_digits(1), x, "digits", tracking_uri=mlflow_url)
+    _wait(lambda: tag(v1.version, "shipyard.rollout.status") == "prepared", 240, "v1 prepared")
+    assert tag(v1.version, "shipyard.validation.passed") == "true"
+    client.set_registered_model_alias("digits", "champion", str(v1.version))
+    _wait(lambda: serving() == v1.version, 240, "v1 serving")
+
+    # v2 while a client infers throughout: canary (both versions answer), then 100%, no failed request
+    v2 = registry.register_module(_digits(2), x, "digits", tracking_uri=mlflow_url)
+    assert v2.created and v2.version == v1.version + 1
+    _wait(lambda: tag(v2.version, "shipyard.rollout.status") == "prepared", 240, "v2 prepared")
+    load = _Client(stack["http"], x)
+    load.start()
+    _wait(lambda: load.ok > 5, 30, "the client's first answers")
+    started = time.monotonic()
+    client.set_registered_model_alias("digits", "champion", str(v2.version))
+    _wait(lambda: serving() == v2.version, 120, "v2 serving 100%")
+    elapsed = time.monotonic() - started
+    seen_during_canary = dict(load.versions)
+    time.sleep(1.0)
+    after = dict(load.versions)
+    load.stop.set()
+    load.join(10)
+    print(f"alias set -> 100% traffic: {elapsed:.1f} s; answers per repository version {after}")
+    assert load.failures == [], load.failures[:3]
+    assert len(seen_during_canary) >= 2, f"no canary split seen: {seen_during_canary}"
+    assert elapsed < 60
+    assert tag(v2.version, "shipyard.rollout.status") == "serving"
+    newest = max(after, key=int)
+    assert after[newest] > seen_during_canary.get(newest, 0)  # after the rollout the new version takes the traffic
+
+    # the same alias again: nothing is deployed twice
+    versions_before = sorted(p.name for p in (stack["root"] / "repo" / "digits").iterdir() if p.name.isdigit())
+    client.set_registered_model_alias("digits", "champion", str(v2.version))
+    time.sleep(3)
+    assert sorted(p.name for p in (stack["root"] / "repo" / "digits").iterdir() if p.name.isdigit()) == versions_before
+
+    # a broken version (an ONNX model with a fixed batch of 1) is refused and the alias goes back
+    fixed = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["input"], ["output"])], "fixed",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 4])]))  # fmt: skip
+    v3 = registry.register_module(fixed, np.ones((1, 4), np.float32), "digits", tracking_uri=mlflow_url)
+    client.set_registered_model_alias("digits", "champion", str(v3.version))
+    _wait(lambda: tag(v3.version, "shipyard.rollout.status") == "rolled_back", 120, "v3 rolled back")
+    assert "fixed batch dimension" in (tag(v3.version, "shipyard.rollout.reason") or "")
+    _wait(lambda: client.get_model_version_by_alias("digits", "champion").version == str(v2.version), 30,
+          "the alias back on v2")  # fmt: skip
+    assert serving() == v2.version
+
+
+def test_canary_verdict_from_metric_snapshots() -> None:
+    s = Settings(repository=Path("."), max_error_rate=0.05, max_p99_ms=100, min_canary_requests=5)
+    key = ("m", "2")
+    before = {key: {"success": 10.0, "failure": 0.0, "buckets": {0.05: 10.0, 0.5: 10.0, float("inf"): 10.0}}}
+    fine = {key: {"success": 30.0, "failure": 0.0, "buckets": {0.05: 30.0, 0.5: 30.0, float("inf"): 30.0}}}
+    erring = {key: {"success": 20.0, "failure": 3.0, "buckets": {0.05: 20.0, 0.5: 20.0, float("inf"): 20.0}}}
+    slow = {key: {"success": 30.0, "failure": 0.0, "buckets": {0.05: 12.0, 0.5: 30.0, float("inf"): 30.0}}}
+    assert judge(before, fine, key, s) is None
+    assert "error rate" in (judge(before, erring, key, s) or "")
+    assert "p99 latency 500 ms" in (judge(before, slow, key, s) or "")
+    assert judge(before, before, key, s) is None  # no traffic: no evidence against it
+
+
+def test_kubernetes_manifest_is_valid_and_its_command_line_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+    from kubernetes.client import ApiClient
+    from typer.testing import CliRunner
+
+    from shipyard.cli import build_app
+
+    app = build_app()
+
+    result = CliRunner().invoke(app, ["promotion", "manifest", "--image", "reg/shipyard:1", "--tracking-uri",
+                                      "http://mlflow:5000", "--claim", "models"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    deployment, service = yaml.safe_load_all(result.output)
+    typed = ApiClient()._ApiClient__deserialize(deployment, "V1Deployment")  # the API's own schema
+    container = typed.spec.template.spec.containers[0]
+    assert typed.spec.strategy.type == "Recreate" and typed.spec.replicas == 1
+    assert container.env[0].value_from.secret_key_ref.name == "shipyard-webhook"
+    assert {p["port"] for p in service["spec"]["ports"]} == {8090, 8000, 8001}
+
+    # the container's arguments are a valid `shipyard promotion serve` command line: without the secret it stops
+    # with the one-line user error (exit 2), not a usage error
+    monkeypatch.delenv("SHIPYARD_WEBHOOK_SECRET", raising=False)
+    served = CliRunner().invoke(app, container.args)
+    assert served.exit_code == 2 and "SHIPYARD_WEBHOOK_SECRET is empty" in served.output
+
+
+def test_polling_mode_queues_what_webhooks_would(tmp_path: Path, tracking_uri: str) -> None:
+    """Without webhooks (file store, managed MLflow), the poller finds new versions and alias moves itself,
+    and queues nothing for what is already prepared and serving."""
+    from mlflow import MlflowClient
+
+    from shipyard.components.promotion.rollout import Promoter
+    from shipyard.components.promotion.service import Worker
+    from shipyard.components.promotion.state import State
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    client.create_registered_model("other")
+    client.set_registered_model_alias("m", "champion", "2")
+    state = State(tmp_path / "state.json")
+    worker = Worker(Promoter(Settings(repository=tmp_path / "repo", tracking_uri=tracking_uri), state), models=["m"])
+
+    def drain() -> list[Any]:
+        jobs = []
+        while not worker.jobs.empty():
+            jobs.append(worker.jobs.get_nowait())
+        return jobs
+
+    worker._poll_once()
+    assert sorted(drain()) == [("prepare", "m", 1), ("prepare", "m", 2), ("rollout", "m", 2)]
+    state.put("prepared", "m/1", {"ok": True})
+    state.put("prepared", "m/2", {"ok": True})
+    state.put("serving", "m", {"version": 2, "repo_version": 1})
+    worker._poll_once()
+    assert drain() == []  # nothing new: a restart or a second poll deploys nothing twice
+    client.set_registered_model_alias("m", "champion", "1")
+    worker._poll_once()
+    assert drain() == [("rollout", "m", 1)]
+    # and the webhook path queues the same work for the same events
+    assert worker.handle({"entity": "model_version_alias", "action": "created",
+                          "data": {"name": "m", "alias": "champion", "version": "1"}}) == "rollout m/1"  # fmt: skip
+    assert worker.handle({"entity": "model_version_alias", "action": "created",
+                          "data": {"name": "m", "alias": "staging", "version": "1"}}) == "ignored"  # fmt: skip
+    assert worker.handle({"entity": "model_version", "action": "created",
+                          "data": {"name": "other", "version": "1"}}) == "ignored"  # fmt: skip
