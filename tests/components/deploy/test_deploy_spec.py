@@ -55,9 +55,12 @@ def test_bad_runtime_and_autoscaling_settings_are_refused() -> None:
 
 
 def test_runtime_args_are_the_runtime_flags() -> None:
-    assert RuntimeSpec(http_port=9000, grpc_port=9001, extra_args=("--log-verbose=1",)).args() == [
+    args = RuntimeSpec(http_port=9000, grpc_port=9001, extra_args=("--log-level=debug",)).args()
+    assert args == [
         "--model-repository=/mnt/models",
         "--http-port=9000",
         "--grpc-port=9001",
-        "--log-verbose=1",
+        "--graceful-shutdown-secs=30",  # the drain, which the pod's termination grace period covers
+        "--log-level=debug",
     ]
+    # test_deploy_runtime_files.py checks that the runtime's own parser takes every one of them
