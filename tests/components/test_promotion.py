@@ -361,3 +361,17 @@ def test_scrape_reads_the_runtimes_metric_names(tmp_path: Path) -> None:
     assert served_p99_ms({}, got, ("m", "2")) == 100.0
     settings = Settings(repository=tmp_path, max_error_rate=0.01)
     assert "error rate 4.8%" in (judge({}, got, ("m", "2"), settings) or "")
+
+
+def test_state_survives_a_restart_so_replays_and_rollouts_are_not_repeated(tmp_path: Path) -> None:
+    from shipyard.components.promotion.state import State
+
+    first = State(tmp_path / "state.json")
+    assert first.accept_delivery("d-1", time.time())
+    first.put("rollout", "m", {"version": 3, "repo_version": 4, "stable": 3})
+    first.put("serving", "m", {"version": 2, "repo_version": 3})
+    again = State(tmp_path / "state.json")  # a restarted service
+    assert not again.accept_delivery("d-1", time.time())  # the replay is still refused
+    assert again.get("rollout", "m")["repo_version"] == 4  # resume() continues this one; nothing is republished
+    assert again.snapshot()["serving"] == {"m": {"version": 2, "repo_version": 3}}
+    assert not (tmp_path / "state.json.tmp").exists()  # written atomically
