@@ -235,6 +235,8 @@ def promote_cmd(
     model: str = typer.Argument(..., help="models:/NAME/VERSION to promote."),
     alias: str = typer.Option("champion", "--alias", help="Alias to point at it (champion, challenger, ...)."),
     require_published: bool = typer.Option(False, "--require-published", help="Also require a publish."),
+    max_served_p99_ms: float = typer.Option(None, "--max-served-p99-ms", help="Also require the p99 served by "
+                                            "the runtime in a canary rollout (shipyard promotion) within this."),
     tracking_uri: str = TRACKING,
 ) -> None:
     """Point an alias at a model version, only if it passed validation (the gate)."""
@@ -242,7 +244,9 @@ def promote_cmd(
         from shipyard.components.stages import promote_stage
         from shipyard.registry import Gate
 
-        uri = promote_stage(model, alias, gate=Gate(require_published=require_published), tracking_uri=tracking_uri)
+        uri = promote_stage(model, alias, gate=Gate(require_published=require_published,
+                                                              max_served_p99_ms=max_served_p99_ms),
+                           tracking_uri=tracking_uri)
         _err(f"{alias} -> {uri}")
         _emit({"alias": alias, "model_uri": uri})
 

@@ -5,7 +5,8 @@ The default gate reads the version's lineage tags: validation must have passed
 (``shipyard.validation.engine_sha256 == shipyard.engine.sha256``); ``require_published`` also asks
 for a published repository version.
 
-Public: ``Gate`` (require_validation=True, require_published=False),
+Public: ``Gate`` (require_validation=True, require_published=False, max_served_p99_ms=None: the p99 measured
+through the runtime during a canary rollout, tag ``shipyard.served.p99_ms``),
 ``gate_reasons(tags: Mapping[str, str], gate: Gate) -> list[str]`` (empty when the gate passes),
 ``promote(model_uri: str, alias: str, *, gate: Gate | None = None, tracking_uri: str | None = None) -> str``
 (returns ``models:/NAME/VERSION``; raises PromotionRefused listing every failed check).
@@ -22,6 +23,7 @@ from shipyard.registry.errors import PromotionRefused, RegistryError
 from shipyard.registry.resolve import get_version
 from shipyard.registry.store import get_client
 
+SERVED_P99_MS = "shipyard.served.p99_ms"
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -31,6 +33,9 @@ class Gate:
 
     require_validation: bool = True
     require_published: bool = False
+    # served p99 (ms) through the runtime at the recommended batching, as the canary rollout measured and tagged
+    # it (``shipyard.served.p99_ms``, written by ``shipyard promotion``); None: not gated
+    max_served_p99_ms: float | None = None
 
 
 def gate_reasons(tags: Mapping[str, str], gate: Gate) -> list[str]:
@@ -51,6 +56,13 @@ def gate_reasons(tags: Mapping[str, str], gate: Gate) -> list[str]:
                     f"the validated model ({validated[:12]}) is not the current engine ({engine[:12]}): "
                     "validate the new engine first"
                 )
+    if gate.max_served_p99_ms is not None:
+        served = tags.get(SERVED_P99_MS)
+        if served is None:
+            reasons.append("served latency not measured: roll it out as a canary first (shipyard promotion), "
+                           f"which tags {SERVED_P99_MS}")  # fmt: skip
+        elif float(served) > gate.max_served_p99_ms:
+            reasons.append(f"served p99 {float(served):.1f} ms > {gate.max_served_p99_ms:g} ms ({SERVED_P99_MS})")
     if gate.require_published and not tags.get(L.PUBLISHED_VERSION):
         reasons.append("not published: run `shipyard publish` (no shipyard.published.version tag)")
     return reasons

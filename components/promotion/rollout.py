@@ -67,9 +67,10 @@ def scrape(http_url: str) -> Snapshot:
             if not key[0]:
                 continue
             entry = out.setdefault(key, {"success": 0.0, "failure": 0.0, "buckets": {}})
-            if sample.name == "nv_inference_request_success":
+            name = sample.name.removesuffix("_total")  # the parser names Triton's untyped counters *_total
+            if name == "nv_inference_request_success":
                 entry["success"] += sample.value
-            elif sample.name == "nv_inference_request_failure":
+            elif name == "nv_inference_request_failure":
                 entry["failure"] += sample.value
             elif sample.name == "shipyard_inference_request_duration_seconds_bucket":
                 entry["buckets"][float(sample.labels["le"])] = sample.value
@@ -86,12 +87,22 @@ def judge(before: Snapshot, after: Snapshot, key: tuple[str, str], settings: Set
         return None  # too little traffic to judge: no evidence against it
     if failed / total > settings.max_error_rate:
         return f"canary error rate {failed / total:.1%} ({failed:.0f}/{total:.0f}) > {settings.max_error_rate:.1%}"
-    deltas = sorted((le, a["buckets"].get(le, 0.0) - b["buckets"].get(le, 0.0)) for le in a["buckets"])
-    if ok > 0 and deltas:
-        p99 = next((le for le, count in deltas if count >= 0.99 * ok), float("inf"))
-        if p99 * 1000.0 > settings.max_p99_ms:
-            return f"canary p99 latency {p99 * 1000.0:.0f} ms > {settings.max_p99_ms:g} ms (served, {ok:.0f} requests)"
+    p99 = served_p99_ms(before, after, key)
+    if p99 is not None and p99 > settings.max_p99_ms:
+        return f"canary p99 latency {p99:.0f} ms > {settings.max_p99_ms:g} ms (served, {ok:.0f} requests)"
     return None
+
+
+def served_p99_ms(before: Snapshot, after: Snapshot, key: tuple[str, str]) -> float | None:
+    """The p99 of the requests ``key`` served between the snapshots (a histogram bucket bound), None if none."""
+    if key not in after:
+        return None
+    a, b = after[key], before.get(key, {"success": 0.0, "buckets": {}})
+    ok = a["success"] - b["success"]
+    deltas = sorted((le, a["buckets"].get(le, 0.0) - b["buckets"].get(le, 0.0)) for le in a["buckets"])
+    if ok <= 0 or not deltas:
+        return None
+    return 1000.0 * next((le for le, count in deltas if count >= 0.99 * ok), float("inf"))
 
 
 def _version_ready(http_url: str, name: str, version: int) -> bool:
@@ -248,7 +259,11 @@ class Promoter:
                 verdict = judge(before, scrape(url), key, s)
                 if verdict is not None and "error rate" in verdict:
                     return self._rollback(name, rollout, serving, verdict)
-            verdict = judge(before, scrape(url), key, s)
+            after = scrape(url)
+            verdict = judge(before, after, key, s)
+            p99 = served_p99_ms(before, after, key)
+            if p99 is not None:  # what `shipyard promote --max-served-p99-ms` gates on
+                self._tag(name, rollout["version"], **{"shipyard.served.p99_ms": f"{p99:.1f}"})
             if verdict is not None:
                 return self._rollback(name, rollout, serving, verdict)
             write_policy(s.repository, name, [rv], None)  # full traffic; the stable version retires

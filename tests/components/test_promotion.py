@@ -63,7 +63,9 @@ def _start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproc
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """mlflow server (webhooks to loopback allowed, no webhook cache) + shipyard promotion serve."""
     root = tmp_path_factory.mktemp("promotion")
-    ports = {k: free_port() for k in ("mlflow", "promotion", "http", "grpc")}
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < 4:  # four distinct free ports
+        ports = {k: free_port() for k in ("mlflow", "promotion", "http", "grpc")}
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
            "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
            "SHIPYARD_WEBHOOK_SECRET": SECRET, "SHIPYARD_HOME": str(root / "home")}
@@ -208,6 +210,7 @@ def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(sta
     assert len(seen_during_canary) >= 2, f"no canary split seen: {seen_during_canary}"
     assert elapsed < 60
     assert tag(v2.version, "shipyard.rollout.status") == "serving"
+    assert float(tag(v2.version, "shipyard.served.p99_ms") or "nan") <= 2000  # measured through the runtime
     newest = max(after, key=int)
     assert after[newest] > seen_during_canary.get(newest, 0)  # after the rollout the new version takes the traffic
 
@@ -311,3 +314,64 @@ def test_polling_mode_queues_what_webhooks_would(tmp_path: Path, tracking_uri: s
                           "data": {"name": "m", "alias": "staging", "version": "1"}}) == "ignored"  # fmt: skip
     assert worker.handle({"entity": "model_version", "action": "created",
                           "data": {"name": "other", "version": "1"}}) == "ignored"  # fmt: skip
+
+
+def test_promote_gate_on_the_served_p99() -> None:
+    from shipyard.registry import Gate
+    from shipyard.registry.promote import gate_reasons
+
+    passed = {"shipyard.validation.passed": "true"}
+    gate = Gate(max_served_p99_ms=50.0)
+    assert "not measured" in gate_reasons(passed, gate)[0]
+    assert gate_reasons({**passed, "shipyard.served.p99_ms": "25.0"}, gate) == []
+    assert "served p99 80.0 ms > 50 ms" in gate_reasons({**passed, "shipyard.served.p99_ms": "80"}, gate)[0]
+    assert gate_reasons(passed, Gate()) == []  # not asked for: not gated
+
+
+def test_scrape_reads_the_runtimes_metric_names(tmp_path: Path) -> None:
+    """The runtime's own /metrics text (Triton's untyped counters + our histogram) as the watch reads it."""
+    import http.server
+
+    from shipyard.components.promotion.rollout import scrape, served_p99_ms
+
+    text = (
+        b'# TYPE nv_inference_request_success untyped\nnv_inference_request_success{model="m",version="2"} 40.0\n'
+        b'# TYPE nv_inference_request_failure untyped\n'
+        b'nv_inference_request_failure{model="m",reason="BACKEND",version="2"} 2.0\n'
+        b"# TYPE shipyard_inference_request_duration_seconds histogram\n"
+        b'shipyard_inference_request_duration_seconds_bucket{le="0.01",model="m",version="2"} 30.0\n'
+        b'shipyard_inference_request_duration_seconds_bucket{le="0.1",model="m",version="2"} 40.0\n'
+        b'shipyard_inference_request_duration_seconds_bucket{le="+Inf",model="m",version="2"} 40.0\n'
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    got = scrape(f"http://127.0.0.1:{server.server_address[1]}")
+    server.server_close()
+    assert got[("m", "2")]["success"] == 40.0 and got[("m", "2")]["failure"] == 2.0
+    assert served_p99_ms({}, got, ("m", "2")) == 100.0
+    settings = Settings(repository=tmp_path, max_error_rate=0.01)
+    assert "error rate 4.8%" in (judge({}, got, ("m", "2"), settings) or "")
+
+
+def test_state_survives_a_restart_so_replays_and_rollouts_are_not_repeated(tmp_path: Path) -> None:
+    from shipyard.components.promotion.state import State
+
+    first = State(tmp_path / "state.json")
+    assert first.accept_delivery("d-1", time.time())
+    first.put("rollout", "m", {"version": 3, "repo_version": 4, "stable": 3})
+    first.put("serving", "m", {"version": 2, "repo_version": 3})
+    again = State(tmp_path / "state.json")  # a restarted service
+    assert not again.accept_delivery("d-1", time.time())  # the replay is still refused
+    assert again.get("rollout", "m")["repo_version"] == 4  # resume() continues this one; nothing is republished
+    assert again.snapshot()["serving"] == {"m": {"version": 2, "repo_version": 3}}
+    assert not (tmp_path / "state.json.tmp").exists()  # written atomically
