@@ -31,6 +31,7 @@ from shipyard.serving_runtime.errors import InvalidArgument, RequestCancelled, S
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DISCONNECT_HOOKS = "shipyard.disconnect_hooks"  # scope key: callables run when the client's connection is lost
 _INLINE_DECOMPRESS_BYTES = 64 * 1024  # smaller compressed bodies are inflated on the loop (cheaper than a thread hop)
 
 
@@ -150,9 +151,16 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
             if not self._refused:
                 super().on_headers_complete()
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[DISCONNECT_HOOKS] = []  # type: ignore[literal-required]
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            hooks: list[Callable[[], None]] = self.scope.get(DISCONNECT_HOOKS, []) if self.cycle is not None else []  # type: ignore[assignment]
             super().connection_lost(exc)
+            for hook in list(hooks):
+                hook()
 
     return GuardedProtocol
 
@@ -180,7 +188,7 @@ async def read_body(request: Any, limits: HttpLimits) -> bytes:
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), limits.body_timeout_s)
+                chunk = await _next_chunk(stream, limits.body_timeout_s)
             except StopAsyncIteration:
                 break
             except TimeoutError:
@@ -196,6 +204,16 @@ async def read_body(request: Any, limits: HttpLimits) -> bytes:
         log.debug("client went away while sending its request body")
         raise RequestCancelled("the client closed the connection before sending the whole body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _next_chunk(stream: Any, timeout_s: float) -> bytes:
+    """The next body piece within ``timeout_s``. ``asyncio.timeout`` (3.11+) costs a timer, where
+    ``wait_for`` on 3.11 wraps every piece in a task of its own (measured: REST c=1 on add_sub lost ~40%)."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(stream.__anext__(), timeout_s)
+    async with timeout(timeout_s):
+        return await stream.__anext__()  # type: ignore[no-any-return]
 
 
 def _too_large(what: str, size: int, limit: int, flag: str) -> str:
@@ -244,17 +262,27 @@ async def infer_or_cancel(request: Any, call: Callable[[], Awaitable[T]]) -> T:
     task = asyncio.current_task()
     gone = False
 
-    async def watch() -> None:
+    def went_away() -> None:
         nonlocal gone
+        gone = True
+        if task is not None:
+            task.cancel()
+
+    async def watch() -> None:
         while True:
             message = await request.receive()
             if message.get("type") == "http.disconnect":
-                gone = True
-                if task is not None:
-                    task.cancel()
+                went_away()
                 return
 
-    watcher = asyncio.ensure_future(watch())
+    # Our protocol (protocol_class) calls the scope's hooks when the connection is lost: no task per
+    # request. Other servers (tests through ASGI transports) get a task that watches for the disconnect.
+    hooks = request.scope.get(DISCONNECT_HOOKS)
+    watcher = None
+    if hooks is not None:
+        hooks.append(went_away)
+    else:
+        watcher = asyncio.ensure_future(watch())
     try:
         result = await call()
         if gone and task is not None and task.cancelling():
@@ -268,7 +296,10 @@ async def infer_or_cancel(request: Any, call: Callable[[], Awaitable[T]]) -> T:
         log.debug("client went away while its request waited; cancelled it")
         raise RequestCancelled("the client closed the connection before the response") from None
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        elif went_away in hooks:
+            hooks.remove(went_away)
 
 
 # -- command line ----------------------------------------------------------------------------
