@@ -170,9 +170,9 @@ def test_unregister_while_a_request_is_queued_on_a_real_server(tmp_path: Path) -
         control.register_system_shared_memory("in", f"/{key}_in", x.nbytes)
         control.register_system_shared_memory("out", f"/{key}_out", x.nbytes)
 
-        def blocker() -> None:  # occupies the one instance
-            tensor = grpcclient.InferInput("x", [16, 512], "FP32")
-            tensor.set_data_from_numpy(x)
+        def blocker() -> None:  # occupies the one instance (a full batch of 64: long enough on a quiet machine)
+            tensor = grpcclient.InferInput("x", [64, 512], "FP32")
+            tensor.set_data_from_numpy(np.concatenate([x] * 4))
             outcomes["inline"] = grpcclient.InferenceServerClient(server.grpc_host).infer("slow", [tensor])
 
         def shared() -> None:
@@ -205,7 +205,7 @@ def test_unregister_while_a_request_is_queued_on_a_real_server(tmp_path: Path) -
         for thread in threads:
             thread.join(120)
         assert not isinstance(outcomes["shm"], Exception), outcomes["shm"]
-        expected = outcomes["inline"].as_numpy("y")
+        expected = outcomes["inline"].as_numpy("y")[:16]
         np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [16, 512]), expected)
     finally:
         server.stop()
