@@ -169,7 +169,7 @@ def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(sta
     from shipyard.zoo import digits_data
 
     mlflow_url, status_url = stack["mlflow"], f"{stack['promotion']}/status"
-    client = MlflowClient(mlflow_url)
+    client = MlflowClient(mlflow_url, registry_uri=mlflow_url)  # not a registry URI set by an earlier test
     client.create_webhook(name="shipyard-promotion", url=f"{stack['promotion']}/webhook", secret=SECRET,
                           events=["model_version.created", "model_version_alias.created"])  # fmt: skip
     time.sleep(1.5)  # the server's webhook list cache (TTL 1 s)
