@@ -72,7 +72,8 @@ def check_support(uri: str) -> None:
         importlib.import_module(module)
     except ImportError:
         raise ModelConfigError(
-            f"model repository {uri!r} needs the {extra!r} extra ({module}): pip install 'shipyard[{extra}]'"
+            f"model repository {uri!r} needs the {extra!r} extra ({module} is not installed): "
+            f"pip install 'shipyard[{extra}]'"
         ) from None
     bucket = str(uri).split("://", 1)[1].strip("/")
     if not bucket:

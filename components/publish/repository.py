@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.components.errors import PublishError
-from shipyard.serving_runtime.remote_store import COMPLETE_MARKER, SCHEMES, scheme_of
+from shipyard.serving_runtime.errors import ModelConfigError
+from shipyard.serving_runtime.remote_store import COMPLETE_MARKER, check_support, is_remote
 
 CONFIG_FILENAME = "config.pbtxt"
 CLAIM_FILE = ".shipyard-claim"  # first object of a version on an object store, created only if absent
@@ -74,16 +75,11 @@ def _fs(repository: str | Path) -> tuple[Any, str, bool]:
     import fsspec
 
     text = str(repository)
-    scheme = scheme_of(text)
-    if scheme in SCHEMES:
-        module, extra = SCHEMES[scheme]
-        try:  # before fsspec, whose registry keeps a class imported earlier in the process
-            __import__(module)
-        except ImportError:
-            raise PublishError(
-                f"repository {text!r} needs the {extra!r} extra: {module} is not installed; "
-                f"pip install 'shipyard[{extra}]'"
-            ) from None
+    if is_remote(text):
+        try:  # the runtime's own check, before fsspec (whose registry keeps a class imported earlier)
+            check_support(text)
+        except ModelConfigError as exc:
+            raise PublishError(exc.message) from None
     try:
         # a fresh filesystem each time: a cached one would keep the endpoint and credentials of its day
         fs, root = fsspec.core.url_to_fs(text, skip_instance_cache=True)
