@@ -134,7 +134,9 @@ class NativeGrpcFrontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fast: FastPath | None = None
         self._infer_method: _Method | None = None
-        if fast_path:
+        if fast_path and not hasattr(self._native, "enable_fast"):
+            log.warning("the native gRPC module was built before the ModelInfer fast path; %s", BUILD_HINT)
+        elif fast_path:
             index = next((i for i, m in enumerate(self._table) if m.path.endswith("/ModelInfer")), None)
             if index is not None:
                 self._fast = FastPath(self._native, service)
