@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml Makefile
 # The serving runtime's gRPC transport on grpc++ (serving_runtime/protocol/native_grpc.py): far less
 # Python time per call than grpc.aio. Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev),
 # which native-deps installs with apt-get when they are missing; without it the runtime serves gRPC
-# on grpc.aio (same protocol, slower).
+# on grpc.aio (same protocol, slower). setup.py builds it (here in place, and in every pip install
+# where those are present).
 CXX ?= g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NATIVE_SRC := serving_runtime/protocol/native/grpc_frontend.cc
@@ -36,7 +37,7 @@ NATIVE_SO := serving_runtime/protocol/_grpc_native$(shell $(PYTHON) -c "import s
 
 native: $(NATIVE_SO)
 
-$(NATIVE_SO): $(NATIVE_SRC) | install
+$(NATIVE_SO): $(NATIVE_SRC) setup.py | install
 	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	CXX=$(CXX) sh serving_runtime/protocol/native/build.sh $(BIN)/python
 
