@@ -143,7 +143,8 @@ bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)
 
 # Reliability (issue 19): the long fuzz (>= 10,000 REST requests from the server's OpenAPI document with
-# schemathesis, >= 2,000 malformed gRPC messages) and the long soak (300 load/unload cycles while another
+# schemathesis, >= 2,000 malformed gRPC messages, 3,000 boofuzz cases on raw HTTP; schemathesis and boofuzz
+# come with the dev extra) and the long soak (300 load/unload cycles while another
 # model serves; 500 idle HTTP + 200 idle gRPC + slowloris connections). Both print their figures; the
 # tests run short versions (tests/serving_runtime/test_fuzz_soak.py).
 FUZZ_ARGS ?=
