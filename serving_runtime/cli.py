@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import http_limits
+from shipyard.serving_runtime.protocol import grpc_limits, http_limits
 from shipyard.serving_runtime.server import (
     DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
     DEFAULT_GRPC_MAX_PENDING_RPCS,
@@ -269,6 +269,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_repository_options(parser)
     _add_endpoint_options(parser)
     http_limits.add_flags(parser.add_argument_group("REST limits"))
+    grpc_limits.add_flags(parser.add_argument_group("gRPC connection limits"))
     _add_behaviour_options(parser)
     return parser
 
@@ -315,6 +316,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     try:
         limits = http_limits.from_args(args)
+        grpc_connection_limits = grpc_limits.from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     return ServerOptions(
@@ -331,6 +333,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_max_streams_per_connection=args.grpc_max_streams_per_connection,
         http_max_concurrency=args.http_max_concurrency,
         http_limits=limits,
+        grpc_limits=grpc_connection_limits,
         grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
         cache_size_bytes=args.cache_config,

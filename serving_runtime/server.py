@@ -25,7 +25,8 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_service, grpc_watchdog, http_limits, rest
+from shipyard.serving_runtime.protocol import grpc_limits, grpc_service, grpc_watchdog, http_limits, rest
+from shipyard.serving_runtime.protocol.grpc_limits import GrpcLimits
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ManagerLike
@@ -74,15 +75,16 @@ GC_THRESHOLDS = (5_000, 20, 20)
 GRPC_FRONTENDS = ("auto", "native", "aio")
 
 
-def choose_grpc_frontend(requested: str) -> str:
-    """ "native" or "aio" for ``--grpc-frontend``. Raises: OSError when native is asked for and not built."""
+def choose_grpc_frontend(requested: str, limits: GrpcLimits | None = None) -> str:
+    """ "native" or "aio" for ``--grpc-frontend``. Raises: OSError when native is asked for and not built,
+    or cannot keep ``limits`` (a connection cap with grpc++ < 1.52)."""
     if requested not in GRPC_FRONTENDS:
         raise OSError(f"unknown gRPC frontend {requested!r}; choose one of {', '.join(GRPC_FRONTENDS)}")
     if requested == "aio":
         return "aio"
     from shipyard.serving_runtime.protocol.native_grpc import unavailable_reason
 
-    reason = unavailable_reason()
+    reason = unavailable_reason() or (grpc_limits.native_refusal(limits) if limits is not None else None)
     if reason is None:
         return "native"
     if requested == "native":
@@ -112,6 +114,7 @@ class ServerOptions:
     grpc_max_streams_per_connection: int = DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION  # 0: no limit
     http_max_concurrency: int = 0  # 0: no limit
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
     cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
@@ -220,7 +223,7 @@ class RuntimeServer:
             await asyncio.sleep(0.01)
 
         address = f"[{opts.host}]:{opts.grpc_port}" if ":" in opts.host else f"{opts.host}:{opts.grpc_port}"
-        self.grpc_frontend = choose_grpc_frontend(opts.grpc_frontend)
+        self.grpc_frontend = choose_grpc_frontend(opts.grpc_frontend, opts.grpc_limits)
         if self.grpc_frontend == "native":
             port = self._start_native_grpc(address)
             if opts.grpc_watchdog_secs > 0:
@@ -241,7 +244,7 @@ class RuntimeServer:
         )
 
     def _start_native_grpc(self, address: str) -> int:
-        from shipyard.serving_runtime.protocol.native_grpc import NativeGrpcFrontend
+        from shipyard.serving_runtime.protocol.native_grpc import NativeGrpcFrontend, connection_cap_reason
 
         opts = self.options
         if opts.grpc_max_pending_rpcs != DEFAULT_GRPC_MAX_PENDING_RPCS:
@@ -250,7 +253,9 @@ class RuntimeServer:
             self.service, opts.grpc_max_concurrent_rpcs, opts.grpc_max_streams_per_connection
         )
         log.info("gRPC on grpc++ %s (native frontend)", self._grpc.grpc_version)
-        return self._grpc.start(address)
+        if (reason := connection_cap_reason()) is not None:
+            log.info("gRPC connections are not capped: %s", reason)
+        return self._grpc.start(address, opts.grpc_limits)
 
     async def _restart_native_grpc(self) -> None:
         """A new grpc++ server on the same port (grpc_watchdog.py: grpc core stopped accepting)."""
@@ -262,7 +267,8 @@ class RuntimeServer:
     async def _start_aio_grpc(self, address: str) -> int:
         opts = self.options
         self._grpc = grpc.aio.server(
-            options=grpc_service.server_options(opts.grpc_max_pending_rpcs, opts.grpc_max_streams_per_connection),
+            options=grpc_service.server_options(opts.grpc_max_pending_rpcs, opts.grpc_max_streams_per_connection)
+            + grpc_limits.channel_options(opts.grpc_limits),
             maximum_concurrent_rpcs=opts.grpc_max_concurrent_rpcs or None,
         )
         grpc_service.add_to_server(self._grpc, self.service)

@@ -114,7 +114,29 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     data = zoo.digits_data()
     rows = data.x_test[:3].tolist()
     (tmp_path / "in.json").write_text(json.dumps({"inputs": rows}))  # the form the README documents
-    ran, skipped = [], []
+    ran: list[str] = []
+    skipped: list[str] = []
+    try:
+        _run_all(env, tmp_path, ran, skipped)
+    finally:  # a failure midway leaves no runtime running
+        _stop_local_runtimes(tmp_path)
+    print("ran:", *ran, "skipped (make targets; a Kubeflow endpoint; an object store):", *skipped, sep="\n  ")
+    assert len(ran) >= 12
+    assert any(w.startswith("shipyard pipeline run deploy") for w in ran)
+
+
+def _stop_local_runtimes(scratch: Path) -> None:
+    """Stop the local deployments the commands recorded (``--state-dir`` and the plugin's default)."""
+    from shipyard.components.deploy.local import LocalTarget
+
+    for state_dir in (scratch / "state", scratch / "home" / "deployments"):
+        target = LocalTarget(state_dir)
+        for name in target.names():
+            target.stop(name)
+
+
+def _run_all(env: dict[str, str], tmp_path: Path, ran: list[str], skipped: list[str]) -> None:
+    """Run README.md's commands in order, appending each to ``ran`` or ``skipped``."""
     for words in readme_commands():
         ports = (free_port(), free_port())
         command = _adapt(words, tmp_path, ports)
@@ -142,6 +164,3 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     if any(w.startswith("mlflow deployments create") for w in ran):  # clean up the plugin's deployment
         delete = [*MLFLOW, "deployments", "delete", "-t", "shipyard", "--name", "digits"]
         subprocess.run(delete, env=env, cwd=tmp_path, capture_output=True, timeout=120, check=True)
-    print("ran:", *ran, "skipped (make targets; a Kubeflow endpoint; an object store):", *skipped, sep="\n  ")
-    assert len(ran) >= 12
-    assert any(w.startswith("shipyard pipeline run deploy") for w in ran)

@@ -231,3 +231,51 @@ def delete(api: client.ApiClient, name: str, namespace: str) -> bool:
             return False
         raise DeployError(f"deleting inferenceservices/{name} failed: {_describe(exc)}") from exc
     return True
+
+
+def get_service(api: client.ApiClient, name: str, namespace: str) -> dict[str, Any] | None:
+    """InferenceService ``namespace/name`` as the API server stores it; None when it does not exist.
+
+    Raises:
+        DeployError: the API server refused the request.
+    """
+    try:
+        obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise DeployError(f"reading inferenceservices/{name} in {namespace!r} failed: {_describe(exc)}") from exc
+    return obj
+
+
+def list_services(api: client.ApiClient, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    """The InferenceServices in ``namespace`` (those matching ``label_selector`` when given).
+
+    Raises:
+        DeployError: the API server refused the request.
+    """
+    try:
+        listing = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", label_selector=label_selector
+        )
+    except ApiException as exc:
+        raise DeployError(f"listing inferenceservices in {namespace!r} failed: {_describe(exc)}") from exc
+    items: list[dict[str, Any]] = listing.get("items") or []
+    return items
+
+
+def patch_service(api: client.ApiClient, name: str, namespace: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch of InferenceService ``namespace/name`` (only the fields in ``patch`` change).
+
+    Raises:
+        DeployError: it does not exist, or the API server refused the patch.
+    """
+    try:
+        result: dict[str, Any] = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name, dict(patch)
+        )
+    except ApiException as exc:
+        raise DeployError(f"updating inferenceservices/{name} failed: {_describe(exc)}") from exc
+    return result

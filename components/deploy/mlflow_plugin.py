@@ -1,4 +1,5 @@
-"""MLflow deployments plugin, target ``shipyard`` (the local target: no cluster needed).
+"""MLflow deployments plugin, target ``shipyard`` (the local target: no cluster needed); ``shipyard:/kserve`` is
+KServe (``components/deploy/mlflow_kserve.py``, whose docstring ``mlflow deployments help`` also prints).
 
     mlflow deployments create -t shipyard -m models:/digits@champion --name digits -C data_path=heldout.npz
     mlflow deployments predict -t shipyard --name digits --input-path input.json
@@ -72,8 +73,10 @@ def _one_error_style(method: _F) -> _F:
 
 
 def target_help() -> str:
-    """What ``mlflow deployments help -t shipyard`` prints."""
-    return __doc__ or ""
+    """What ``mlflow deployments help -t shipyard`` prints: the local target, then the KServe target."""
+    from shipyard.components.deploy import mlflow_kserve
+
+    return f"{__doc__ or ''}\n{mlflow_kserve.__doc__ or ''}"
 
 
 def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None) -> None:
@@ -92,15 +95,40 @@ def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict
         client.delete_deployment(name, config)
 
 
+def publish_model(name: str, model_uri: str, cfg: dict[str, Any], repository: str | Path, work_dir: Path) -> Any:
+    """optimize -> validate -> publish ``model_uri`` as model ``name`` into ``repository`` (a folder or a store URI).
+
+    Returns ``FlowResult``; raises what ``deploy_flow`` raises (ValidationFailed, ComponentError, registry errors).
+    """
+    from shipyard.components.flow import deploy_flow
+    from shipyard.components.optimize import load_arrays
+
+    held_out = labels = None
+    if cfg.get("data_path"):
+        held_out, labels = load_arrays(cfg["data_path"])
+    return deploy_flow(
+        model_uri, name=name, repository=repository, held_out_inputs=held_out, held_out_labels=labels,
+        work_dir=work_dir, target=cfg.get("optimize_target", "auto"),
+        precision=cfg.get("precision", "fp32"), max_batch_size=cfg.get("max_batch_size", 64),
+        tracking_uri=cfg.get("tracking_uri"),
+    )  # fmt: skip
+
+
 class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
     """Deploys registered MLflow models onto the shipyard runtime on this machine."""
 
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         suffix = target_uri.partition(":")[2].strip("/")
-        if suffix not in ("", "local"):
-            raise MlflowException(f"target {target_uri!r}: only the local target is supported ('shipyard' or "
-                                  "'shipyard:/local'); for KServe use `shipyard deploy --target kserve`")  # fmt: skip
+        self._kserve: Any = None
+        if suffix.split("/")[0] == "kserve" and suffix.count("/") <= 1:
+            from shipyard.components.deploy.mlflow_kserve import KServeDeployments
+
+            self._kserve = KServeDeployments(suffix.partition("/")[2] or None)
+        elif suffix not in ("", "local"):
+            raise PluginError(f"target {target_uri!r} is not a shipyard target: use 'shipyard' (or "
+                              "'shipyard:/local') for this machine, 'shipyard:/kserve' or 'shipyard:/kserve/NAMESPACE'"
+                              " for KServe")  # fmt: skip
 
     @staticmethod
     def _config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -113,18 +141,7 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
         return values
 
     def _publish(self, name: str, model_uri: str, cfg: dict[str, Any], repository: Path) -> Any:
-        from shipyard.components.flow import deploy_flow
-        from shipyard.components.optimize import load_arrays
-
-        held_out = labels = None
-        if cfg.get("data_path"):
-            held_out, labels = load_arrays(cfg["data_path"])
-        return deploy_flow(
-            model_uri, name=name, repository=repository, held_out_inputs=held_out, held_out_labels=labels,
-            work_dir=repository.parent / "work", target=cfg.get("optimize_target", "auto"),
-            precision=cfg.get("precision", "fp32"), max_batch_size=cfg.get("max_batch_size", 64),
-            tracking_uri=cfg.get("tracking_uri"),
-        )  # fmt: skip
+        return publish_model(name, model_uri, cfg, repository, repository.parent / "work")
 
     def _repository(self, name: str, cfg: dict[str, Any]) -> Path:
         if cfg.get("repository"):
@@ -152,6 +169,8 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
 
         A failed create leaves nothing behind: the deployment's own folder (when this call made it) is removed.
         """
+        if self._kserve is not None:
+            return self._kserve.create(name, model_uri, config)  # type: ignore[no-any-return]
         cfg = self._config(config)
         local = LocalTarget()
         existing = local.find(name)
@@ -180,7 +199,11 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
         self, name: str, model_uri: str | None = None, flavor: str | None = None, config: dict[str, Any] | None = None,
         endpoint: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """Publish ``model_uri`` as the next version and restart the runtime on it (same ports)."""
+        """Publish ``model_uri`` as the next version and restart the runtime on it (same ports).
+
+        KServe target: roll ``model_uri`` out as a canary (``-C canary_percent``; 100 promotes, 0 rolls back)."""
+        if self._kserve is not None:
+            return self._kserve.update(name, model_uri, config)  # type: ignore[no-any-return]
         cfg = self._config(config)
         local = LocalTarget()
         current = local.get(name)
@@ -199,15 +222,21 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
 
     @_one_error_style
     def delete_deployment(self, name: str, config: dict[str, Any] | None = None, endpoint: str | None = None) -> None:
-        """Stop the runtime and forget the deployment (its repository stays on disk)."""
+        """Stop the runtime and forget the deployment (its repository stays on disk); KServe: delete the service."""
+        if self._kserve is not None:
+            return self._kserve.delete(name)  # type: ignore[no-any-return]
         LocalTarget().stop(name)
 
     @_one_error_style
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        if self._kserve is not None:
+            return self._kserve.list()  # type: ignore[no-any-return]
         return [self._describe(d.name) for d in LocalTarget().list()]
 
     @_one_error_style
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
+        if self._kserve is not None:
+            return self._kserve.get(name)  # type: ignore[no-any-return]
         return self._describe(name)
 
     @_one_error_style
@@ -219,6 +248,8 @@ class ShipyardDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+        if self._kserve is not None:
+            return PredictionsResponse(self._kserve.predict(deployment_name, inputs))
         if deployment_name is None:
             raise PluginError("predict needs the deployment name (--name)")
         described = self._describe(deployment_name)

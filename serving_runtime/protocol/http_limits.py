@@ -35,7 +35,7 @@ DISCONNECT_HOOKS = "shipyard.disconnect_hooks"  # scope key: callables run when 
 _INLINE_DECOMPRESS_BYTES = 64 * 1024  # smaller compressed bodies are inflated on the loop (cheaper than a thread hop)
 
 
-def _default_max_connections() -> int:
+def default_max_connections() -> int:
     """4096, or fewer when the process may not open that many files (room is kept for models, gRPC, logs)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -53,7 +53,7 @@ class HttpLimits:
     header_timeout_s: float = 30.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
-    max_connections: int = field(default_factory=_default_max_connections)
+    max_connections: int = field(default_factory=default_max_connections)
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_body_bytes", "max_decompressed_bytes", "max_connections"):

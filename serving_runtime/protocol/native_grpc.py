@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from shipyard.serving_runtime.protocol.grpc_limits import GrpcLimits
 from shipyard.serving_runtime.protocol.grpc_service import MAX_MESSAGE_BYTES, GrpcInferenceServicer
 from shipyard.serving_runtime.protocol.service import InferenceService
 
@@ -44,6 +45,17 @@ def unavailable_reason() -> str | None:
     except ImportError as exc:
         return str(exc)
     return None
+
+
+def connection_cap_reason() -> str | None:
+    """None when the built native frontend can cap its connections (grpc++ >= 1.52), else why not."""
+    native = load_extension()
+    if getattr(native, "CONNECTION_CAP", False):
+        return None
+    return (
+        f"the native gRPC frontend is built against grpc++ {native.GRPC_VERSION}, which cannot cap incoming "
+        "connections (grpc >= 1.52 can)"
+    )
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -133,13 +145,20 @@ class NativeGrpcFrontend:
     def grpc_version(self) -> str:
         return str(self._module.GRPC_VERSION)
 
-    def start(self, address: str) -> int:
+    def start(self, address: str, limits: GrpcLimits | None = None) -> int:
         """Listen on ``address`` (``host:port``) and serve on the running loop; returns the port.
 
-        Raises OSError naming the address when it cannot be bound.
+        ``limits``: the idle timeout and connection cap (the cap only where grpc++ has it:
+        ``connection_cap_reason()``). Raises OSError naming the address when it cannot be bound.
         """
+        idle_ms = 0 if limits is None else max(1, int(limits.idle_timeout_s * 1000))
+        cap = 0 if limits is None else limits.max_connections
+        if not hasattr(self._module, "CONNECTION_CAP"):  # built from an older grpc_frontend.cc
+            log.warning("the native gRPC frontend was built from an older source: no gRPC idle timeout; "
+                        "rebuild it with `make native`")  # fmt: skip
+            idle_ms = cap = 0
         try:
-            port = int(self._native.start(address))
+            port = int(self._native.start(address, idle_ms, cap) if idle_ms or cap else self._native.start(address))
         except RuntimeError as exc:
             raise OSError(str(exc)) from None
         self._loop = asyncio.get_running_loop()

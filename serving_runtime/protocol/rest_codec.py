@@ -10,7 +10,6 @@ The tensors themselves are decoded and encoded by ``tensors.py``, shared with th
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,24 +37,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-def decompress_body(body: bytes, content_encoding: str | None) -> bytes:
-    """Undo a request's ``Content-Encoding`` (gzip or deflate, as tritonclient sends).
-
-    Raises: InvalidArgument for an unknown encoding or a corrupt compressed body.
-    """
-    if not content_encoding or content_encoding == "identity":
-        return body
-    encoding = content_encoding.strip().lower()
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise InvalidArgument(f"request body is not valid {encoding} data: {exc}") from None
-    raise InvalidArgument(f"unsupported Content-Encoding {content_encoding!r}; use gzip, deflate or none")
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:

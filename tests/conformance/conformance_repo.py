@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnx_models import simple_onnx, typed_identity_onnx
+
 SIMPLE_CONFIG = """
 backend: "python"
 max_batch_size: 8
@@ -130,54 +132,6 @@ def python_backend_available() -> bool:
     return "python" in BACKEND_NAMES
 
 
-def _simple_onnx(offset: float) -> bytes:
-    from onnx import TensorProto, checker, helper
-
-    def tensor(name: str) -> object:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
-
-    nodes = [helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum" if offset else "OUTPUT0"])]
-    initializers = []
-    if offset:
-        nodes.append(helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]))
-        initializers.append(helper.make_tensor("offset", TensorProto.FLOAT, [], [offset]))
-    nodes.append(helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]))
-    graph = helper.make_graph(
-        nodes, "simple", [tensor("INPUT0"), tensor("INPUT1")], [tensor("OUTPUT0"), tensor("OUTPUT1")], initializers
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
-def _typed_onnx() -> bytes:
-    from onnx import TensorProto, checker, helper
-
-    kinds = {
-        "FP16": TensorProto.FLOAT16,
-        "FP32": TensorProto.FLOAT,
-        "FP64": TensorProto.DOUBLE,
-        "INT8": TensorProto.INT8,
-        "INT16": TensorProto.INT16,
-        "INT32": TensorProto.INT32,
-        "INT64": TensorProto.INT64,
-        "UINT8": TensorProto.UINT8,
-        "BOOL": TensorProto.BOOL,
-        "BYTES": TensorProto.STRING,
-    }
-    graph = helper.make_graph(
-        [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in kinds],
-        "typed",
-        [helper.make_tensor_value_info(f"IN_{t}", k, ["n"]) for t, k in kinds.items()],
-        [helper.make_tensor_value_info(f"OUT_{t}", k, ["n"]) for t, k in kinds.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
 def _write(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text, bytes):
@@ -196,11 +150,11 @@ def build_repository(root: Path, python: bool) -> Path:
         if python:
             _write(root / "simple" / str(version) / "model.py", SIMPLE_PY.format(offset=offset))
         else:
-            _write(root / "simple" / str(version) / "model.onnx", _simple_onnx(offset))
+            _write(root / "simple" / str(version) / "model.onnx", simple_onnx(offset))
     if python:
         _write(root / "typed" / "1" / "model.py", TYPED_PY.format(types=list(TYPED)))
     else:
-        _write(root / "typed" / "1" / "model.onnx", _typed_onnx())
+        _write(root / "typed" / "1" / "model.onnx", typed_identity_onnx())
     backend = 'backend: "python"' if python else 'backend: "onnxruntime"'
     _write(root / "simple" / "config.pbtxt", SIMPLE_CONFIG.replace('backend: "python"', backend))
     _write(root / "typed" / "config.pbtxt", typed_config().replace('backend: "python"', backend))

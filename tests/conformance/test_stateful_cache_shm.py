@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -213,12 +214,20 @@ def test_response_cache_hits_and_misses(pair: tuple[Server, Server]) -> None:
         outputs = []
         for value in (1.0, 1.0, 2.0, 1.0):
             outputs.append(server.http.infer("cached", _add_inputs(httpclient, value)).as_numpy("OUTPUT0").tolist())
-        stats = server.http.get_inference_statistics("cached")["model_stats"][0]
-        infer = stats["inference_stats"]
-        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        hits = re.search(r'^nv_cache_num_hits_per_model\{model="cached",version="1"\} (\d+)', text, re.M)
-        misses = re.search(r'^nv_cache_num_misses_per_model\{model="cached",version="1"\} (\d+)', text, re.M)
+        # Both servers count a request after its response is on the wire, so a loaded machine can
+        # read the counters a moment early: read until the four requests are counted (2 s at most).
+        deadline = time.monotonic() + 2.0
+        while True:
+            stats = server.http.get_inference_statistics("cached")["model_stats"][0]
+            infer = stats["inference_stats"]
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+                text = response.read().decode()
+            hits = re.search(r'^nv_cache_num_hits_per_model\{model="cached",version="1"\} (\d+)', text, re.M)
+            misses = re.search(r'^nv_cache_num_misses_per_model\{model="cached",version="1"\} (\d+)', text, re.M)
+            counted = sum(int(m.group(1)) for m in (hits, misses) if m) == 4 or not (hits or misses)
+            if (infer["success"]["count"] == 4 and counted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         return (
             outputs,
             infer["cache_hit"]["count"],

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import free_port
+from onnx_models import double_onnx, finish_model, simple_onnx, typed_identity_onnx
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -53,74 +54,6 @@ TYPED_DATATYPES: dict[str, str] = {
 }
 
 
-def _finish(graph: Any) -> bytes:
-    from onnx import checker, helper
-
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="shipyard-tests")
-    model.ir_version = 8
-    checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
-def simple_onnx(offset: float = 0.0, width: int = 16) -> bytes:
-    """OUTPUT0 = INPUT0 + INPUT1 + offset, OUTPUT1 = INPUT0 - INPUT1; FP32 [batch, width]."""
-    from onnx import TensorProto, helper
-
-    def tensor(name: str) -> Any:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum"]),
-            helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]),
-            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
-        ],
-        "simple",
-        [tensor("INPUT0"), tensor("INPUT1")],
-        [tensor("OUTPUT0"), tensor("OUTPUT1")],
-        initializer=[helper.make_tensor("offset", TensorProto.FLOAT, [], [offset])],
-    )
-    return _finish(graph)
-
-
-def double_onnx(width: int = 4) -> bytes:
-    """y = 2 * x, FP32 [batch, width] (dynamic batch: a config can be completed from it)."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "double",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-    )
-    return _finish(graph)
-
-
-def typed_identity_onnx() -> bytes:
-    """IN_<T> -> OUT_<T> identity for every datatype in ``TYPED_DATATYPES``, shape [n]."""
-    from onnx import TensorProto, helper
-
-    onnx_types = {
-        "FP16": TensorProto.FLOAT16,
-        "FP32": TensorProto.FLOAT,
-        "FP64": TensorProto.DOUBLE,
-        "INT8": TensorProto.INT8,
-        "INT16": TensorProto.INT16,
-        "INT32": TensorProto.INT32,
-        "INT64": TensorProto.INT64,
-        "UINT8": TensorProto.UINT8,
-        "BOOL": TensorProto.BOOL,
-        "BYTES": TensorProto.STRING,
-    }
-    graph = helper.make_graph(
-        [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in onnx_types],
-        "typed",
-        [helper.make_tensor_value_info(f"IN_{t}", k, ["n"]) for t, k in onnx_types.items()],
-        [helper.make_tensor_value_info(f"OUT_{t}", k, ["n"]) for t, k in onnx_types.items()],
-    )
-    return _finish(graph)
-
-
 def typed_config() -> str:
     inputs = ",\n".join(f'  {{ name: "IN_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED_DATATYPES.items())
     outputs = ",\n".join(f'  {{ name: "OUT_{t}" data_type: {c} dims: [ -1 ] }}' for t, c in TYPED_DATATYPES.items())
@@ -148,7 +81,7 @@ def slow_onnx(width: int = 512, depth: int = 1000) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    return _finish(graph)
+    return finish_model(graph)
 
 
 SLOW_CONFIG = """

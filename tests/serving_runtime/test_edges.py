@@ -154,6 +154,27 @@ def test_a_gzip_bomb_is_413_and_the_server_stays_responsive(server: ServerProces
     assert "--http-max-decompressed-bytes" in answer["error"]
 
 
+def test_compressed_requests_from_tritonclient_are_answered(server: ServerProcess) -> None:
+    import tritonclient.http as httpclient
+
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.float32)
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    answers = {}
+    for algorithm in (None, "gzip", "deflate"):
+        inputs = [httpclient.InferInput(name, [1, 16], "FP32") for name in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+        answers[algorithm] = client.infer("simple", inputs, request_compression_algorithm=algorithm)
+    for algorithm in ("gzip", "deflate"):
+        np.testing.assert_array_equal(answers[algorithm].as_numpy("OUTPUT0"), answers[None].as_numpy("OUTPUT0"))
+        np.testing.assert_array_equal(answers[algorithm].as_numpy("OUTPUT1"), a - b)
+    status, answer = http_post(
+        f"{server.http_url}/v2/models/simple/infer", b'{"inputs": []}', {"Content-Encoding": "br"}
+    )
+    assert status == 400 and "unsupported Content-Encoding 'br'; use gzip, deflate or none" in answer["error"]
+
+
 def test_a_body_over_the_limit_is_413_before_it_is_read(server: ServerProcess) -> None:
     # only the head is sent: the answer comes from Content-Length alone, before any body byte (a client
     # still writing a large body when the server closes can meet a broken pipe before reading the answer)

@@ -146,17 +146,6 @@ def test_rest_response_reads_back_in_tritonclient_binary_and_json() -> None:
     np.testing.assert_array_equal(result.as_numpy("OUT_H"), outputs[2].data)
 
 
-def test_gzip_and_deflate_request_bodies() -> None:
-    import gzip
-    import zlib
-
-    body = b'{"inputs": []}'
-    assert rest_codec.decompress_body(gzip.compress(body), "gzip") == body
-    assert rest_codec.decompress_body(zlib.compress(body), "deflate") == body
-    with pytest.raises(InvalidArgument, match="Content-Encoding 'br'"):
-        rest_codec.decompress_body(body, "br")
-
-
 @pytest.mark.parametrize("datatype", [*DTYPES, "BYTES"])
 def test_grpc_raw_round_trip(datatype: str) -> None:
     array = _sample(datatype, (2, 2))

@@ -182,7 +182,9 @@ class Frontend final : public grpc::CallbackGenericService {
     close(event_fd_);
   }
 
-  int Start(const std::string& address) {
+  // idle_timeout_ms, max_connections: --grpc-idle-timeout-secs, --grpc-max-connections (0: none). The
+  // connection cap needs grpc >= 1.52 (GRPC_ARG_MAX_ALLOWED_INCOMING_CONNECTIONS); the module says CONNECTION_CAP.
+  int Start(const std::string& address, int idle_timeout_ms, int max_connections) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
@@ -193,6 +195,12 @@ class Frontend final : public grpc::CallbackGenericService {
     if (max_streams_per_connection_ > 0) {
       builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams_per_connection_);
     }
+    if (idle_timeout_ms > 0) builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, idle_timeout_ms);
+#ifdef GRPC_ARG_MAX_ALLOWED_INCOMING_CONNECTIONS
+    if (max_connections > 0) builder.AddChannelArgument(GRPC_ARG_MAX_ALLOWED_INCOMING_CONNECTIONS, max_connections);
+#else
+    (void)max_connections;
+#endif
     {
       py::gil_scoped_release release;
       server_ = builder.BuildAndStart();
@@ -440,11 +448,17 @@ PYBIND11_MODULE(_grpc_native, m) {
   m.attr("HALF_CLOSE") = kHalfClose;
   m.attr("CANCEL") = kCancel;
   m.attr("GRPC_VERSION") = grpc::Version();
+#ifdef GRPC_ARG_MAX_ALLOWED_INCOMING_CONNECTIONS
+  m.attr("CONNECTION_CAP") = true;
+#else
+  m.attr("CONNECTION_CAP") = false;  // grpc++ < 1.52: no cap on incoming connections
+#endif
   py::class_<Frontend>(m, "Frontend")
       .def(py::init<std::vector<std::string>, std::vector<std::string>, int, int, int>(), py::arg("unary"),
            py::arg("streaming"), py::arg("max_inflight"), py::arg("max_streams_per_connection"),
            py::arg("max_message_bytes"))
-      .def("start", &Frontend::Start, py::arg("address"))
+      .def("start", &Frontend::Start, py::arg("address"), py::arg("idle_timeout_ms") = 0,
+           py::arg("max_connections") = 0)
       .def("take", &Frontend::Take)
       .def("send", &Frontend::Send, py::arg("id"), py::arg("data"), py::arg("finish") = true, py::arg("code") = 0,
            py::arg("message") = "")

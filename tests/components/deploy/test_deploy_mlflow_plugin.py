@@ -63,6 +63,6 @@ def test_create_predict_update_delete(tmp_path: Path, tracking_uri: str) -> None
         client.get_deployment("digits")
 
 
-def test_only_the_local_target_is_offered() -> None:
-    with pytest.raises(MlflowException, match="only the local target"):
-        get_deploy_client("shipyard:/kserve")
+def test_an_unknown_target_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(MlflowException, match=r"not a shipyard target: use 'shipyard'.*'shipyard:/kserve/NAMESPACE'"):
+        get_deploy_client("shipyard:/kfserving")
