@@ -218,7 +218,11 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             if self._queue.discard(envelope):
                 self._release(1)
-            self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
+                self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
+            else:  # executing: its batch records it when it ends (as Triton's); tell the model
+                hook = getattr(request, "cancel_hook", None)
+                if hook is not None:
+                    hook()
             raise RequestCancelled("request cancelled by the client before it finished") from None
 
     def _run_inline(self, request: InferenceRequest, enqueue_ns: int) -> dict[str, np.ndarray]:
@@ -399,14 +403,18 @@ class DynamicBatcher:
         stats = self.stats
         if batch.error is None:
             stats.record_execution(batch.size, compute_ns)
+            # A request cancelled while it ran (its future is done) is still counted, as Triton does.
             for envelope, outputs in zip(batch.envelopes, batch.results, strict=True):
                 future = envelope.future
-                if isinstance(outputs, ServingError):  # this request's own error
-                    if not future.done():
-                        set_exception(future, outputs)
-                        stats.record_failure(outputs.reason, end - envelope.enqueue_ns)
-                elif not future.done():
-                    set_result(future, outputs)
+                error = outputs if isinstance(outputs, ServingError) else None  # this request's own
+                if not future.done():
+                    if error is not None:
+                        set_exception(future, error)
+                    else:
+                        set_result(future, outputs)
+                if error is not None and not getattr(error, "counts_as_success", False):
+                    stats.record_failure(error.reason, end - envelope.enqueue_ns)
+                else:
                     stats.record_success(
                         envelope.batch_size,
                         end - envelope.enqueue_ns,
@@ -414,9 +422,9 @@ class DynamicBatcher:
                         compute_ns,
                     )
         else:
-            error = batch.error
+            failure = batch.error
             for envelope in batch.envelopes:
                 if not envelope.future.done():
-                    set_exception(envelope.future, error)
-                    stats.record_failure(error.reason, end - envelope.enqueue_ns)
+                    set_exception(envelope.future, failure)
+                stats.record_failure(failure.reason, end - envelope.enqueue_ns)
         self._release(len(batch.envelopes))
