@@ -89,7 +89,7 @@ def choose_grpc_frontend(requested: str, limits: GrpcLimits | None = None) -> st
         return "native"
     if requested == "native":
         raise OSError(reason)
-    log.info("gRPC on grpc.aio: %s", reason)
+    log.warning("gRPC on grpc.aio: %s", reason)  # once per start: the install lacks the faster frontend
     return "aio"
 
 

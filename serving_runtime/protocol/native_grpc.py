@@ -27,7 +27,10 @@ from shipyard.serving_runtime.protocol.service import InferenceService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-BUILD_HINT = "build it with `make native` (needs g++ and gRPC C++: Debian's libgrpc++-dev)"
+BUILD_HINT = (
+    "to get it, install g++, pkg-config and gRPC C++ (Debian/Ubuntu: apt-get install g++ pkg-config libgrpc++-dev) "
+    "and reinstall shipyard[serve] (pip builds it), or run `make native` in a checkout"
+)
 
 
 def load_extension() -> Any:
