@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml Makefile
 # The serving runtime's gRPC transport on grpc++ (serving_runtime/protocol/native_grpc.py): far less
 # Python time per call than grpc.aio. Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev),
 # which native-deps installs with apt-get when they are missing; without it the runtime serves gRPC
-# on grpc.aio (same protocol, slower).
+# on grpc.aio (same protocol, slower). setup.py builds it (here in place, and in every pip install
+# where those are present).
 CXX ?= g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NATIVE_SRC := serving_runtime/protocol/native/grpc_frontend.cc
@@ -36,7 +37,7 @@ NATIVE_SO := serving_runtime/protocol/_grpc_native$(shell $(PYTHON) -c "import s
 
 native: $(NATIVE_SO)
 
-$(NATIVE_SO): $(NATIVE_SRC) | install
+$(NATIVE_SO): $(NATIVE_SRC) serving_runtime/protocol/native/fast_infer.h setup.py | install
 	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	CXX=$(CXX) sh serving_runtime/protocol/native/build.sh $(BIN)/python
 
@@ -142,7 +143,8 @@ bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)
 
 # Reliability (issue 19): the long fuzz (>= 10,000 REST requests from the server's OpenAPI document with
-# schemathesis, >= 2,000 malformed gRPC messages) and the long soak (300 load/unload cycles while another
+# schemathesis, >= 2,000 malformed gRPC messages, 3,000 boofuzz cases on raw HTTP; schemathesis and boofuzz
+# come with the dev extra) and the long soak (300 load/unload cycles while another
 # model serves; 500 idle HTTP + 200 idle gRPC + slowloris connections). Both print their figures; the
 # tests run short versions (tests/serving_runtime/test_fuzz_soak.py).
 FUZZ_ARGS ?=

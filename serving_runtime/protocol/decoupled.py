@@ -88,7 +88,9 @@ async def stream(servicer: Any, request: Any) -> AsyncIterator[Any]:
                     return
                 continue
             encoded = collect_outputs(model, built, outputs) if outputs is not None else []
-            response = grpc_codec.encode_infer_response(model.name, str(model.version), request.id or None, encoded)
+            response = grpc_codec.encode_infer_response(
+                model.name, str(model.version), request.id or None, encoded, getattr(outputs, "parameters", None)
+            )
             if empty_final:
                 response.parameters[FINAL].bool_param = final
             yield service_pb2.ModelStreamInferResponse(infer_response=response)

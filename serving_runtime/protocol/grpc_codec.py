@@ -194,12 +194,19 @@ def fast_request(rules: ModelRules, request: Any) -> InferenceRequest | None:
 
 
 def encode_infer_response(
-    model_name: str, model_version: str, request_id: str | None, outputs: Sequence[EncodedOutput]
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Sequence[EncodedOutput],
+    parameters: Mapping[str, object] | None = None,
 ) -> Any:
-    """A ``ModelInferResponse`` with every output in ``raw_output_contents``."""
+    """A ``ModelInferResponse`` with every output in ``raw_output_contents``; ``parameters``: the
+    response's own (set by the model)."""
     response = service_pb2.ModelInferResponse(model_name=model_name, model_version=model_version)
     if request_id:
         response.id = request_id
+    for key, value in (parameters or {}).items():
+        _set_parameter(response.parameters, key, value)
     add = response.outputs.add
     contents = response.raw_output_contents
     for out in outputs:

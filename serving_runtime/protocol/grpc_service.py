@@ -181,7 +181,9 @@ class GrpcInferenceServicer(SharedMemoryServicer, service_pb2_grpc.GRPCInference
         outputs = collect_outputs(model, built, results)
         if binding is not None:
             outputs = binding.write(outputs)
-        return grpc_codec.encode_infer_response(model.name, str(model.version), request.id or None, outputs)
+        return grpc_codec.encode_infer_response(
+            model.name, str(model.version), request.id or None, outputs, getattr(results, "parameters", None)
+        )
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Requests on a stream run concurrently; each gets one response (in completion order,

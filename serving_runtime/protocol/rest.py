@@ -112,7 +112,7 @@ def build_app(
         decoded = rest_codec.decode_request(body, header_length)
         result = await http_limits.infer_or_cancel(request, lambda: service.infer(name, version, decoded))
         content, json_length = rest_codec.encode_response(
-            result.model_name, result.model_version, decoded, result.outputs
+            result.model_name, result.model_version, decoded, result.outputs, result.parameters
         )
         if json_length is None:
             return Response(content, media_type=JSON)

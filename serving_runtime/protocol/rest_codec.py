@@ -10,7 +10,7 @@ The tensors themselves are decoded and encoded by ``tensors.py``, shared with th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shipyard.serving_runtime.errors import InvalidArgument
@@ -167,8 +167,10 @@ def encode_response(
     model_version: str,
     request: DecodedRequest,
     outputs: Sequence[EncodedOutput],
+    parameters: Mapping[str, object] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length.
+    """The response body and, when any output is binary, the JSON header's length; ``parameters``:
+    the response's own (set by the model), sent as its ``parameters`` object.
 
     An output is binary when its request entry says ``binary_data: true``, or when it says
     nothing and the request's ``binary_data_output`` parameter is true.
@@ -196,6 +198,8 @@ def encode_response(
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         response["id"] = request.id
+    if parameters:
+        response["parameters"] = dict(parameters)
     response["outputs"] = entries
     header = json_dumps(response)
     if not chunks:

@@ -5,7 +5,7 @@ repository. The REST app and the gRPC servicer are thin adapters over ``Inferenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,7 @@ class InferResult:
     model_name: str
     model_version: str
     outputs: list[EncodedOutput]
+    parameters: Mapping[str, object] | None = None  # set by the model (a Python model's response parameters)
 
 
 class InferenceService:
@@ -148,7 +149,12 @@ class InferenceService:
         binding = self.shared_memory.bind(decoded)  # inputs read from, outputs held in, shared memory
         model, request, results = await self.execute(name, version, lambda m: build_request(m, decoded))
         outputs = collect_outputs(model, request, results)
-        return InferResult(model.name, str(model.version), binding.write(outputs) if binding else outputs)
+        return InferResult(
+            model.name,
+            str(model.version),
+            binding.write(outputs) if binding else outputs,
+            getattr(results, "parameters", None),
+        )
 
     async def execute(
         self,

@@ -178,9 +178,12 @@ output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
 ERRORS_PY = '''
 import triton_python_backend_utils as pb_utils
 
+CODES = ["UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS", "CANCELLED"]
+
 
 class TritonPythonModel:
-    """CODE -1: raise; 0..7: answer with TritonError(code); -2: an output that is not in the config; else OUT = CODE."""
+    """CODE -1: raise; 0..7: answer with TritonError(msg, TritonError.<that code>); 100: TritonError(msg)
+    without a code; -2: an output that is not in the config; else OUT = CODE."""
 
     def execute(self, requests):
         responses = []
@@ -188,8 +191,12 @@ class TritonPythonModel:
             code = int(pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()[0])
             if code == -1:
                 raise RuntimeError("the model raised on purpose")
-            if 0 <= code <= 7:
-                error = pb_utils.TritonError(f"error with code {code}", code)
+            if 0 <= code <= 7 or code == 100:
+                if code == 100:
+                    error = pb_utils.TritonError("error without a code")
+                else:
+                    name = CODES[code]
+                    error = pb_utils.TritonError(f"error with code {name}", getattr(pb_utils.TritonError, name))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
             elif code == -2:
                 tensor = pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()
@@ -197,6 +204,39 @@ class TritonPythonModel:
             else:
                 tensor = pb_utils.get_input_tensor_by_name(request, "CODE").as_numpy()
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", tensor)]))
+        return responses
+'''
+
+CANCEL_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "MODE" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "SEEN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+CANCEL_PY = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """MODE 0: wait (5 s at most) until request.is_cancelled(); any MODE answers SEEN, how many
+    requests so far saw their cancellation."""
+
+    def initialize(self, args):
+        self.seen = 0
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            if int(pb_utils.get_input_tensor_by_name(request, "MODE").as_numpy()[0]) == 0:
+                deadline = time.monotonic() + 5
+                while not request.is_cancelled() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                self.seen += int(request.is_cancelled())
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", np.array([self.seen], np.int32))]))
         return responses
 '''
 
@@ -266,11 +306,12 @@ PYTHON_ONLY = {
     "errors": (ERRORS_CONFIG, ERRORS_PY),
     "bls": (BLS_CONFIG, BLS_PY),
     "decoupled": (DECOUPLED_CONFIG, DECOUPLED_PY),
+    "cancel": (CANCEL_CONFIG, CANCEL_PY),
 }
 
 
 def add_python_behaviours(root: Path) -> Path:
-    """Add the Python-only models (errors, bls, decoupled) to the repository at ``root``."""
+    """Add the Python-only models (errors, bls, decoupled, cancel) to the repository at ``root``."""
     for name, (config, code) in PYTHON_ONLY.items():
         _write(root / name / "config.pbtxt", config)
         _write(root / name / "1" / "model.py", code)

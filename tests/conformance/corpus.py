@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -458,11 +459,39 @@ def _stream_case(case_id: str, kind: str, count: int) -> Case:
     return Case(case_id, kind, run)
 
 
+def _cancel_case(case_id: str, how: str) -> Case:
+    """A gRPC call to ``cancel`` (MODE 0: the model waits for ``is_cancelled()``) that the client
+    abandons: ``deadline`` (the call's timeout passes) or ``cancel`` (``CallContext.cancel()``)."""
+
+    def run(clients: Clients) -> Outcome:
+        import queue
+
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        tensor = grpcclient.InferInput("MODE", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([0], dtype=np.int32))
+        if how == "deadline":
+            try:
+                clients.grpc.infer("cancel", [tensor], client_timeout=0.5)
+            except InferenceServerException as exc:
+                return Outcome(_status(exc))
+            return Outcome("OK")
+        answers: queue.Queue[Any] = queue.Queue()
+        call = clients.grpc.async_infer("cancel", [tensor], callback=lambda result, error: answers.put(error))
+        time.sleep(0.3)
+        call.cancel()
+        error = answers.get(timeout=30)
+        return Outcome("OK" if error is None else _status(error))
+
+    return Case(case_id, "client-cancel", run)
+
+
 def python_cases(rng: np.random.Generator) -> Iterator[Case]:
     """Python-backend behaviours: errors raised or returned with each TritonError code, BLS into
     another model (and its errors), decoupled responses over a stream, unary calls to it."""
     for transport in TRANSPORTS:
-        for code in (-1, *range(8), -2, 42):
+        for code in (-1, *range(8), 100, -2, 42):
             # -2: an output the config does not list is dropped (both answer 200 without it)
             kind = "valid" if code in (42, -2) else f"python-error-{code}"
             yield _infer_case(
@@ -481,6 +510,12 @@ def python_cases(rng: np.random.Generator) -> Iterator[Case]:
         )  # fmt: skip
     for count in (0, 1, 3, 10):
         yield _stream_case(f"grpc/decoupled/stream-{count}", "valid", count)
+    # A plain (not decoupled) model sees the client abandon its call: request.is_cancelled().
+    yield _cancel_case("grpc/cancel/deadline", "deadline")
+    yield _cancel_case("grpc/cancel/cancel", "cancel")
+    for transport in TRANSPORTS:  # how many of the calls above the model saw cancelled (2)
+        seen = [("MODE", "INT32", np.array([1], dtype=np.int32))]
+        yield _infer_case(f"cancel/{transport}/seen", "valid", transport, "cancel", seen)
 
 
 def build_corpus(seed: int = 15, python: bool = False) -> list[Case]:

@@ -42,23 +42,7 @@ DELIBERATE: dict[str, tuple[str, str, str]] = {
 }
 
 
-# A Python model's TritonError code, and the status of a model a BLS call reached, decide the
-# status shipyard answers with (as Triton's frontends map each error code); Triton 2.51 answers
-# 500 / INTERNAL for any error a Python model returns.
-def _code_status() -> dict[int, tuple[str, str]]:
-    if not python_backend_available():
-        return {}
-    from shipyard.serving_runtime.backends.python.errors import error_for_code
-
-    statuses = {code: error_for_code("", code) for code in range(8)}
-    return {code: (str(e.http_status), e.grpc_code) for code, e in statuses.items() if e.grpc_code != "INTERNAL"}
-
-
-_CODE_STATUS = _code_status()
-_CODE_REASON = "shipyard reports a Python model's TritonError code as its status; Triton 2.51 answers 500/INTERNAL"
-for _code, (_rest, _grpc) in _CODE_STATUS.items():
-    if _rest != "500":
-        DELIBERATE[f"python-error-{_code}"] = ("500", _rest, _CODE_REASON)
+# A BLS call's error keeps the status of the model it reached (Triton 2.51: 500 / INTERNAL).
 for _kind, _rest in (("bls-to-nope", "404"), ("bls-to-typed", "400")):
     DELIBERATE[_kind] = ("500", _rest, "a BLS call's error keeps the status of the model it reached (Triton: 500)")
 # gRPC codes where shipyard differs on purpose (same reasons as above).
@@ -67,7 +51,6 @@ DELIBERATE_GRPC: dict[str, tuple[str, str]] = {
     "load-in-none-mode": ("UNAVAILABLE", "INVALID_ARGUMENT"),
     "bls-to-nope": ("INTERNAL", "NOT_FOUND"),
     "bls-to-typed": ("INTERNAL", "INVALID_ARGUMENT"),
-    **{f"python-error-{code}": ("INTERNAL", grpc) for code, (_, grpc) in _CODE_STATUS.items()},
 }
 
 CORPUS = build_corpus(python=python_backend_available())
@@ -235,12 +218,6 @@ def test_statistics_count_the_same_requests(servers: tuple[Served, Served], outc
 # (model, version) -> why its counts differ from Triton's after the corpus (docs/triton-compatibility.md)
 STATS_EXCEPTIONS = {
     ("typed", "1"): "deliberate: shipyard serves the FP16-over-JSON requests Triton refuses (20 more successes)",
-    ("bls", "1"): "open: Triton counts a Python model's request as a success even when its response is an error",
 }
 # Left out: counts that differ from run to run in shipyard (open; docs/triton-compatibility.md).
-STATS_UNSTABLE = {
-    (
-        "decoupled",
-        "1",
-    ): "shipyard counted 1 success for the 4 decoupled streams in one run and 4 (as Triton) in another",
-}
+STATS_UNSTABLE: dict[tuple[str, str], str] = {}

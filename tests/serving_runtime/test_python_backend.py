@@ -10,6 +10,7 @@ import queue
 import shutil
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,44 @@ def test_model_errors_fail_only_their_requests(server: ServerProcess) -> None:
     assert before == after  # same process: nothing was restarted
 
 
+def test_response_parameters_reach_rest_and_grpc(server: ServerProcess) -> None:
+    import tritonclient.grpc as grpcclient
+
+    body = json.dumps({"inputs": [{"name": "MODE", "datatype": "BYTES", "shape": [1], "data": ["params"]}]})
+    request = urllib.request.Request(f"http://{server.http_host}/v2/models/py_fail/infer", data=body.encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        got = json.loads(answer.read())
+    assert got["parameters"] == {"a_string": "text", "an_int": 7, "a_bool": True, "a_float": 0.5}
+    response = _grpc(server).infer("py_fail", _mode(grpcclient, "params")).get_response()
+    params = response.parameters
+    assert params["a_string"].string_param == "text" and params["an_int"].int64_param == 7
+    assert params["a_bool"].bool_param is True and params["a_float"].double_param == 0.5
+    plain = _grpc(server).infer("py_fail", _mode(grpcclient, "ok")).get_response()
+    assert len(plain.parameters) == 0
+
+
+def test_response_parameters_that_cannot_be_sent_fail_the_call_naming_the_key(server: ServerProcess) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as raised:
+        _http(server).infer("py_fail", _mode(httpclient, "bad-params"))
+    assert raised.value.status() == "500"
+    assert "parameter 'a_list' has type list: values must be bool, int, float or str" in raised.value.message()
+
+
+def test_model_sees_the_client_cancel_a_plain_call(server: ServerProcess) -> None:
+    """``request.is_cancelled()`` turns true in a non-decoupled model when the gRPC call's deadline
+    passes (as in Triton 2.51; the conformance suite compares it with Triton)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as raised:
+        _grpc(server).infer("py_fail", _mode(grpcclient, "wait-cancel"), client_timeout=0.3)
+    assert "DEADLINE_EXCEEDED" in str(raised.value.status())
+    server.wait_until(lambda: "py_fail_0: saw is_cancelled()" in server.log(), 10, "the model to see is_cancelled()")
+
+
 class _Background:
     """Keeps another model busy from a thread; counts what failed."""
 
@@ -254,6 +293,7 @@ def test_decoupled_model_streams_responses(server: ServerProcess) -> None:
     got = _stream(server, 4)
     assert [int(r.as_numpy("OUT")[0]) for r, _ in got] == [0, 1, 2, 3]
     assert all(e is None and r.get_response().id == "req-7" for r, e in got)
+    assert [r.get_response().parameters["index"].int64_param for r, _ in got] == [0, 1, 2, 3]
     flagged = _stream(server, 2, enable_empty_final_response=True)
     finals = [r.get_response().parameters["triton_final_response"].bool_param for r, _ in flagged]
     assert finals == [False, False, True] and flagged[-1][0].as_numpy("OUT") is None

@@ -76,7 +76,7 @@ class BlsRouter:
                 model_name, version_arg, lambda m: build_request(m, decoded), model
             )
             outputs = collect_outputs(model, built, results)
-            payload = self._ok(instance, [(o.name, o.data) for o in outputs])
+            payload = self._ok(instance, [(o.name, o.data) for o in outputs], getattr(results, "parameters", None))
         except ServingError as exc:
             payload = ("err", exc.message, code_for_error(exc))
         except Exception as exc:  # never leave the model waiting
@@ -84,8 +84,11 @@ class BlsRouter:
             payload = ("err", f"internal error: {type(exc).__name__}: {exc}", 1)
         instance.stub.send(("bls_r", call, payload, True))
 
-    def _ok(self, instance: PythonInstance, tensors: list[tuple[str, np.ndarray]]) -> tuple[Any, ...]:
-        return ("ok", instance.pool.write(tensors), "{}")
+    def _ok(
+        self, instance: PythonInstance, tensors: list[tuple[str, np.ndarray]], parameters: Any = None
+    ) -> tuple[Any, ...]:
+        """The answer to the stub: the tensors (in shared memory) and the response's parameters."""
+        return ("ok", instance.pool.write(tensors), dict(parameters or {}))
 
     async def _stream(
         self, instance: PythonInstance, call: int, model_name: str, version: int | None, decoded: Any
@@ -100,7 +103,7 @@ class BlsRouter:
                 serving = error if isinstance(error, ServingError) else ServingError(str(error))
                 payload: Any = ("err", serving.message, code_for_error(serving))
             elif outputs is not None:
-                payload = self._ok(instance, list(outputs.items()))
+                payload = self._ok(instance, list(outputs.items()), getattr(outputs, "parameters", None))
             else:
                 payload = None
             instance.stub.send(("bls_r", call, payload, final))
@@ -113,7 +116,7 @@ class BlsRouter:
 
         _, _, results = await self.service.execute(model_name, version, build, model)
         if not getattr(model, "decoupled", False):  # a plain model answers once
-            respond(dict(results), None, True)
+            respond(results, None, True)
 
 
 class _Unsupported(ServingError):

@@ -26,6 +26,9 @@ class ModelResponseError(BackendError):
     """
 
     code = 1
+    # The model ran and answered (with an error): statistics count the request as a success, as
+    # Triton's do (checked against Triton 2.51 by tests/conformance). The client still gets the error.
+    counts_as_success = True
 
 
 def _subclass(code: int) -> type[ModelResponseError]:

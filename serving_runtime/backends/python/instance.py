@@ -43,6 +43,23 @@ _INSTANCES = itertools.count(1)
 Responder = Callable[[dict[str, np.ndarray] | None, ServingError | None, bool], None]
 
 
+class ResponseOutputs(dict):  # type: ignore[type-arg]
+    """A response's outputs (name -> array) and the ``parameters`` the model set on it
+    (``InferenceResponse(parameters=...)``), which the frontends send as the response's parameters."""
+
+    parameters: dict[str, Any] = {}
+
+
+def response_outputs(tensors: Sequence[tuple[str, str, np.ndarray]], parameters: Any) -> dict[str, np.ndarray]:
+    """The outputs of one response: a plain dict, or ``ResponseOutputs`` when it has parameters."""
+    outputs = {name: array for name, _, array in tensors}
+    if not parameters:
+        return outputs
+    carried = ResponseOutputs(outputs)
+    carried.parameters = dict(parameters)
+    return carried
+
+
 def _seconds(parameters: Mapping[str, str], key: str, default: float, source: str) -> float:
     raw = parameters.get(key)
     if raw is None or raw == "":
@@ -83,6 +100,7 @@ class PythonInstance:
         self.reader = SlabReader()
         self.responders: dict[int, Responder] = {}
         self._owner: dict[int, StubProcess] = {}  # which process each open decoupled request is on
+        self._running: set[int] = set()  # the requests of the batch in execute (not decoupled)
         self.bls_handler: Callable[[PythonInstance, tuple[Any, ...]], None] | None = None
         self._life = threading.Lock()
         self._closed = False
@@ -187,7 +205,7 @@ class PythonInstance:
 
     def decode(self, payload: tuple[Any, ...]) -> tuple[dict[str, np.ndarray] | None, ServingError | None]:
         if payload[0] == "ok":
-            return {name: array for name, _, array in self.reader.read(payload[1])}, None
+            return response_outputs(self.reader.read(payload[1]), payload[2]), None
         return None, error_for_code(str(payload[1]), int(payload[2]))
 
     # -- the scheduler's side --------------------------------------------------------------------
@@ -206,14 +224,17 @@ class PythonInstance:
             described = self._describe(requests, keys)
         except (ShmError, ServingError, ValueError) as exc:
             return [BackendError(str(exc)) for _ in requests]
-        if self.decoupled:
-            for key, request in zip(keys, requests, strict=True):
+        for key, request in zip(keys, requests, strict=True):
+            if self.decoupled:
                 responder = getattr(request, "on_response", None)
-                if responder is not None:
-                    self.responders[key] = responder
-                    self._owner[key] = stub
-                    # the stream calls it when its client goes away: the model's is_cancelled()
-                    setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
+                if responder is None:
+                    continue
+                self.responders[key] = responder
+                self._owner[key] = stub
+            else:
+                self._running.add(key)
+            # called when the client goes away (a stream closed, a call cancelled): is_cancelled()
+            setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
         try:
             reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
         except StubDied:
@@ -226,6 +247,8 @@ class PythonInstance:
                 "is being restarted"
             )
             return [BackendError(message) for _ in requests]
+        finally:
+            self._running.difference_update(keys)
         return self._results(reply, keys, len(requests))
 
     def _results(self, reply: tuple[Any, ...], keys: list[int], count: int) -> list[Any]:
@@ -244,7 +267,7 @@ class PythonInstance:
         results: list[Any] = []
         for payload in payloads:
             if payload[0] == "ok":
-                results.append({name: array for name, _, array in next(tensors)})
+                results.append(response_outputs(next(tensors), payload[2]))
             else:
                 results.append(error_for_code(str(payload[1]), int(payload[2])))
         return results
@@ -289,9 +312,10 @@ class PythonInstance:
         self.bls_handler = BlsRouter(manager, asyncio.get_running_loop())
 
     def cancel(self, key: int) -> None:
-        """Mark request ``key`` cancelled for the model (``is_cancelled()``); its responses are dropped."""
+        """Mark request ``key`` cancelled for the model (``is_cancelled()``); its responses are dropped.
+        Any thread; nothing happens once the request has finished."""
         self._owner.pop(key, None)
-        if self.responders.pop(key, None) is not None:
+        if self.responders.pop(key, None) is not None or key in self._running:
             self.stub.send(("cancel", key))
 
     def close(self) -> None:

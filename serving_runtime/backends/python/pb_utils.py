@@ -214,6 +214,34 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={list(self._array.shape)}, dtype={self._array.dtype})"
 
 
+def _response_parameters(parameters: Any) -> dict[str, Any]:
+    """A response's ``parameters`` (a dict, or its JSON): string keys, bool/int/float/str values,
+    which the server sends as the response's parameters (REST ``parameters``, gRPC's map).
+
+    Raises: TritonModelException naming the key and type that cannot be sent.
+    """
+    if isinstance(parameters, str):
+        try:
+            parameters = json.loads(parameters)
+        except ValueError as exc:
+            raise TritonModelException(f"InferenceResponse parameters are not valid JSON: {exc}") from None
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(
+            f"InferenceResponse parameters must be a dict (or its JSON), got {type(parameters).__name__}"
+        )
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"InferenceResponse parameter keys must be strings, got {key!r}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise TritonModelException(
+                f"InferenceResponse parameter {key!r} has type {type(value).__name__}: "
+                "values must be bool, int, float or str"
+            )
+    return dict(parameters)
+
+
 class InferenceResponse:
     """A response: output tensors, or an error; ``parameters`` as a dict (``parameters()`` gives JSON)."""
 
@@ -223,11 +251,9 @@ class InferenceResponse:
         output_tensors = [] if output_tensors is None else output_tensors
         if not isinstance(output_tensors, list):
             raise TritonModelException('"output_tensors" must be a list.')
-        if isinstance(parameters, str):
-            parameters = json.loads(parameters)
         self._outputs = output_tensors
         self._error = error
-        self._parameters: dict[str, Any] = dict(parameters or {})
+        self._parameters: dict[str, Any] = _response_parameters(parameters)
 
     def output_tensors(self) -> list[Tensor]:
         return self._outputs

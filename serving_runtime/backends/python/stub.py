@@ -169,6 +169,11 @@ class StubRuntime:
     def on_cancel(self, key: int) -> None:
         self._cancelled.add(key)
 
+    def forget_cancelled(self, last_key: int) -> None:
+        """A non-decoupled batch ended: its requests (and any older, as keys only grow) are done."""
+        if self._cancelled:
+            self._cancelled = {key for key in self._cancelled if key > last_key}
+
 
 class Stub:
     """``channel``: the server's calls, answered on the main thread; ``events``: what the model
@@ -296,6 +301,9 @@ class Stub:
             return ("done", batch, self.runtime.payloads(list(zip(responses, wanted, strict=True))))
         except Exception as exc:
             return ("fail", batch, _error_text(exc))
+        finally:
+            if not self.decoupled and requests:
+                self.runtime.forget_cancelled(max(r["key"] for r in requests))
 
     def finalize(self) -> None:
         finalize = getattr(self.model, "finalize", None)

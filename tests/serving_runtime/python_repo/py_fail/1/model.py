@@ -1,4 +1,6 @@
-"""Misbehaves as MODE says: raise, error, exit, crash, segfault, hang; anything else echoes."""
+"""Misbehaves as MODE says: raise, error, exit, crash, segfault, hang; params / bad-params answer
+with response parameters; wait-cancel waits (1.5 s at most) until the client cancels; anything
+else echoes."""
 
 import ctypes
 import os
@@ -28,6 +30,18 @@ class TritonPythonModel:
                 error = pb_utils.TritonError("MODE 'error' is not accepted", pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
-            out = np.array([f"{mode} from {os.getpid()}".encode()], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+            if mode == "wait-cancel":
+                deadline = time.monotonic() + 1.5
+                while not request.is_cancelled() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if request.is_cancelled():
+                    pb_utils.Logger.log_info("saw is_cancelled()")
+            out = [pb_utils.Tensor("OUT", np.array([f"{mode} from {os.getpid()}".encode()], dtype=np.object_))]
+            if mode == "params":
+                parameters = {"a_string": "text", "an_int": 7, "a_bool": True, "a_float": 0.5}
+                responses.append(pb_utils.InferenceResponse(out, parameters=parameters))
+            elif mode == "bad-params":
+                responses.append(pb_utils.InferenceResponse(out, parameters={"a_list": [1, 2]}))
+            else:
+                responses.append(pb_utils.InferenceResponse(out))
         return responses

@@ -26,5 +26,6 @@ class TritonPythonModel:
                 pb_utils.Logger.log_info(f"cancelled after {i} responses")
                 break
             time.sleep(0.01)
-            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
+            out = [pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]
+            sender.send(pb_utils.InferenceResponse(out, parameters={"index": i}))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
