@@ -37,7 +37,7 @@ NATIVE_SO := serving_runtime/protocol/_grpc_native$(shell $(PYTHON) -c "import s
 
 native: $(NATIVE_SO)
 
-$(NATIVE_SO): $(NATIVE_SRC) setup.py | install
+$(NATIVE_SO): $(NATIVE_SRC) serving_runtime/protocol/native/fast_infer.h setup.py | install
 	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	CXX=$(CXX) sh serving_runtime/protocol/native/build.sh $(BIN)/python
 

@@ -123,6 +123,14 @@ def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, Que
     return batching, queue_settings_from_proto(db, where)
 
 
+def _record_failure(stats: ModelStats, request: InferenceRequest, reason: str, end_ns: int, enqueue_ns: int) -> None:
+    """A failed request, or each request of a group (``InferenceRequest.group_arrivals_ns``)."""
+    if request.group_arrivals_ns is None:
+        stats.record_failure(reason, end_ns - enqueue_ns)
+    else:
+        stats.record_group_failure(reason, end_ns, request.group_arrivals_ns)
+
+
 class DynamicBatcher:
     """A ``Scheduler`` for one model version (see ``scheduling.api.Scheduler``)."""
 
@@ -218,7 +226,7 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             if self._queue.discard(envelope):
                 self._release(1)
-                self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
+                _record_failure(self.stats, request, RequestCancelled.reason, time.monotonic_ns(), now)
             else:  # executing: its batch records it when it ends (as Triton's); tell the model
                 hook = getattr(request, "cancel_hook", None)
                 if hook is not None:
@@ -242,10 +250,13 @@ class DynamicBatcher:
         self._release(1)
         stats = self.stats
         if batch.error is not None:
-            stats.record_failure(batch.error.reason, end - enqueue_ns)
+            _record_failure(stats, request, batch.error.reason, end, enqueue_ns)
             raise batch.error
         stats.record_execution(size, compute_ns)
-        stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
+        if request.group_arrivals_ns is not None:
+            stats.record_group_success(size, end, batch.compute_start_ns, compute_ns, request.group_arrivals_ns)
+        else:
+            stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
         result = batch.results[0]
         if isinstance(result, ServingError):
             raise result
@@ -324,7 +335,7 @@ class DynamicBatcher:
         for envelope in envelopes:
             if not envelope.future.done():
                 set_exception(envelope.future, error)
-                self.stats.record_failure(error.reason, now - envelope.enqueue_ns)
+                _record_failure(self.stats, envelope.request, error.reason, now, envelope.enqueue_ns)
         self._release(len(envelopes))
 
     def _release(self, count: int) -> None:
@@ -412,8 +423,11 @@ class DynamicBatcher:
                         set_exception(future, error)
                     else:
                         set_result(future, outputs)
+                group = envelope.request.group_arrivals_ns
                 if error is not None and not getattr(error, "counts_as_success", False):
-                    stats.record_failure(error.reason, end - envelope.enqueue_ns)
+                    _record_failure(stats, envelope.request, error.reason, end, envelope.enqueue_ns)
+                elif group is not None:
+                    stats.record_group_success(envelope.batch_size, end, envelope.dispatch_ns, compute_ns, group)
                 else:
                     stats.record_success(
                         envelope.batch_size,
@@ -426,5 +440,5 @@ class DynamicBatcher:
             for envelope in batch.envelopes:
                 if not envelope.future.done():
                     set_exception(envelope.future, failure)
-                stats.record_failure(failure.reason, end - envelope.enqueue_ns)
+                _record_failure(stats, envelope.request, failure.reason, end, envelope.enqueue_ns)
         self._release(len(batch.envelopes))
