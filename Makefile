@@ -127,7 +127,15 @@ $(AZURITE):
 BENCH_CLIENT := benchmarks/cpp_client/build/closed_loop
 BENCH_HTTP_CLIENT := benchmarks/cpp_client/build/http_closed_loop
 
-bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT)
+BENCH_ECHO := benchmarks/cpp_client/build/echo_server
+
+bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT) $(BENCH_ECHO)
+
+# the C++ grpc++ echo server: the transport floor of a native server (benchmarks/targets.py, echo-cpp)
+$(BENCH_ECHO): benchmarks/cpp_client/echo_server.cc
+	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
+	mkdir -p $(dir $@)
+	$(CXX) -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++)
 
 # the REST client: plain sockets, no library
 $(BENCH_HTTP_CLIENT): benchmarks/cpp_client/http_closed_loop.cc benchmarks/cpp_client/client_common.h
