@@ -23,6 +23,7 @@ from setuptools.command.build_ext import build_ext
 
 NAME = "shipyard.serving_runtime.protocol._grpc_native"
 SOURCE = "serving_runtime/protocol/native/grpc_frontend.cc"
+HEADERS = sorted(str(p) for p in Path(SOURCE).parent.glob("*.h"))  # rebuilt when one changes
 TO_GET_IT = (
     "to get it: install g++, pkg-config and gRPC C++ (Debian/Ubuntu: apt-get install g++ pkg-config "
     "libgrpc++-dev), then reinstall shipyard[serve]"
@@ -95,7 +96,8 @@ class BuildNative(build_ext):
         if not getattr(self, "editable_mode", False):
             return False
         in_place = Path(SOURCE).parent.parent / target.name
-        if not in_place.exists() or in_place.stat().st_mtime < Path(SOURCE).stat().st_mtime:
+        newest = max(Path(p).stat().st_mtime for p in [SOURCE, *HEADERS])
+        if not in_place.exists() or in_place.stat().st_mtime < newest:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(in_place, target)
@@ -104,6 +106,6 @@ class BuildNative(build_ext):
 
 
 setup(
-    ext_modules=[Extension(NAME, [SOURCE], language="c++", optional=True)],
+    ext_modules=[Extension(NAME, [SOURCE], depends=HEADERS, language="c++", optional=True)],
     cmdclass={"build_ext": BuildNative},
 )
