@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check test-tensorflow
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ unit: install triton-env emulators
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint unit
+
+# TF SavedModel export (issue 17): TensorFlow is ~1.3 GB installed, so the `tensorflow` extra is not in `make
+# install` and its tests skip in `make test` without it; this target installs it and runs them.
+test-tensorflow: install
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),tensorflow]"
+	$(BIN)/python -m pytest tests/components/test_frameworks_tensorflow.py $(PYTEST_ARGS)
 
 # MLServer, a reference in the benchmark, lives in its own environment (its pins clash with ours).
 MLSERVER_VENV ?= .venv-mlserver
