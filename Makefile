@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check test-tensorflow
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ unit: install triton-env emulators
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint unit
+
+# TF SavedModel export (issue 17): TensorFlow is ~1.3 GB installed, so the `tensorflow` extra is not in `make
+# install` and its tests skip in `make test` without it; this target installs it and runs them.
+test-tensorflow: install
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),tensorflow]"
+	$(BIN)/python -m pytest tests/components/test_frameworks_tensorflow.py $(PYTEST_ARGS)
 
 # MLServer, a reference in the benchmark, lives in its own environment (its pins clash with ours).
 MLSERVER_VENV ?= .venv-mlserver
@@ -164,7 +170,7 @@ soak: install native
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 # batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
-bench-score: install native
+bench-score: install native bench-client
 	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
 
 # Issue 16's targets: shm vs REST binary vs gRPC, cache hit vs miss and its bound, 64 sequences x 50 steps

@@ -54,6 +54,7 @@ from shipyard.serving_runtime.scheduling.queue import (
     set_exception,
     set_result,
 )
+from shipyard.serving_runtime.scheduling.slicing import SliceBatch, SlicedRequest, Slicer
 from shipyard.serving_runtime.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class DynamicBatcher:
         self._item_ns: float | None = None  # estimated compute per item (None: nothing ran yet)
         self._background = self._batching.background
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
+        self._slicer = Slicer(self._background, self._release) if self._background is not None else None
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -209,10 +211,13 @@ class DynamicBatcher:
             return self._run_inline(request, now)
         key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
+        if request.group_arrivals_ns is not None:
+            envelope.weight = len(request.group_arrivals_ns)
         try:
             self._queue.push(envelope)
         except QueueFull as exc:
-            self.stats.record_failure(exc.reason, 0)
+            if request.group_arrivals_ns is None:  # a group's requests are retried one by one
+                self.stats.record_failure(exc.reason, 0)
             raise
         self._pending += 1
         self.stats.pending = self._pending
@@ -313,7 +318,7 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        dropped = self._queue.drop_all()
+        dropped = self._queue.drop_all() + (self._slicer.abandon() if self._slicer is not None else [])
         if dropped:
             self._fail(dropped, ModelNotReady(f"{self._where} was unloaded before the request ran; retry"))
 
@@ -349,14 +354,18 @@ class DynamicBatcher:
         queue = self._queue
         now = time.monotonic_ns()
         rejected = queue.expire(now)
-        while len(queue):
+        slicer = self._slicer
+        while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
-            if self._background is not None and self._idle:
-                hold = self._background.hold_until(next(iter(queue)).level, self._foreground_ns, now)
-                if hold is not None:
-                    self._arm_timer(hold)
+            if slicer is not None and self._idle:
+                plan = slicer.plan(queue, self._foreground_ns, now)
+                if plan.hold_until_ns is not None:
+                    self._arm_timer(plan.hold_until_ns)
                     break
-                items = self._background.capped(queue)  # type: ignore[assignment]
+                if plan.slice is not None:
+                    self._idle.pop().hand_off(plan.slice, self._handoff_s)
+                    continue
+                items = plan.items
             decision = decide(
                 items,
                 now,
@@ -408,10 +417,17 @@ class DynamicBatcher:
             self._foreground_ns = time.monotonic_ns()
         if self._inline:
             self._observe_compute(compute_ns, batch.size)
+        sliced = self._slicer.done(batch, compute_ns) if isinstance(batch, SliceBatch) and self._slicer else None
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()
         stats = self.stats
+        if isinstance(batch, SliceBatch):
+            if batch.error is None:
+                stats.record_execution(batch.size, compute_ns)
+            if sliced is not None:
+                self._answer_sliced(sliced, end)
+            return
         if batch.error is None:
             stats.record_execution(batch.size, compute_ns)
             # A request cancelled while it ran (its future is done) is still counted, as Triton does.
@@ -442,3 +458,15 @@ class DynamicBatcher:
                     set_exception(envelope.future, failure)
                 _record_failure(stats, envelope.request, failure.reason, end, envelope.enqueue_ns)
         self._release(len(batch.envelopes))
+
+    def _answer_sliced(self, sliced: SlicedRequest, end: int) -> None:
+        """Answer a background request run in slices (``slicing``): its joined outputs or its first error."""
+        envelope = sliced.envelope
+        if sliced.error is not None:
+            set_exception(envelope.future, sliced.error)
+            self.stats.record_failure(sliced.error.reason, end - envelope.enqueue_ns)
+        else:
+            set_result(envelope.future, sliced.joined())
+            queued = envelope.dispatch_ns - envelope.enqueue_ns
+            self.stats.record_success(envelope.batch_size, end - envelope.enqueue_ns, queued, sliced.compute_ns)
+        self._release(1)
