@@ -1,14 +1,16 @@
 """Fuzz the serving runtime: REST from its own OpenAPI document (schemathesis), gRPC with malformed messages.
 
     python -m benchmarks.fuzz                          # the long run (make fuzz): >= 10,000 HTTP, >= 2,000 gRPC
-    python -m benchmarks.fuzz --http 500 --grpc 300    # a short one
+    python -m benchmarks.fuzz --http 500 --grpc 300 --boofuzz 200    # a short one
 
 REST: every operation of ``GET /v2/openapi.json`` gets schemathesis-generated requests (valid and
 invalid against the schema); half of the model-path requests name a model that exists, so they reach
 the codecs. gRPC: every method of ``inference.GRPCInferenceService`` gets random bytes, truncated and
 bit-flipped valid messages, mismatched fields (shapes, datatypes, raw contents), and an oversize
-message. Pass: no 5xx (503 aside), no INTERNAL/UNKNOWN status, the server alive at the end, its RSS
-within 20 MB of the start (after a warm-up). Prints the figures and exits 1 on a failure.
+message. Then boofuzz (``benchmarks/boofuzz_http.py``, Triton's tool) mutates the request line, the
+headers and the body of an inference request on raw TCP connections. Pass: no 5xx (503 aside), no
+INTERNAL/UNKNOWN status, the server alive at the end, its RSS within 20 MB of the start (after a
+warm-up). Prints the figures and exits 1 on a failure.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.boofuzz_http import BoofuzzReport
 from benchmarks.edges import Runtime, runtime
 
 MODELS = ("add_sub",)
@@ -36,6 +39,7 @@ class FuzzReport:
     http_status: collections.Counter[int] = field(default_factory=collections.Counter)
     grpc_status: collections.Counter[str] = field(default_factory=collections.Counter)
     failures: list[str] = field(default_factory=list)
+    boofuzz: BoofuzzReport | None = None
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     alive: bool = True
@@ -50,6 +54,7 @@ class FuzzReport:
             f"/v2/openapi.json, {self.http_requests - self.http_generated} byte-level variants of them)",
             f"HTTP statuses: {dict(sorted(self.http_status.items()))}",
             f"gRPC messages: {self.grpc_messages}  statuses: {dict(sorted(self.grpc_status.items()))}",
+            *([self.boofuzz.line()] if self.boofuzz else []),
             f"5xx (503 aside) / INTERNAL+UNKNOWN: {len(self.failures)}",
             f"server alive at the end: {self.alive}",
             f"server RSS: {self.rss_start_mb:.1f} MB -> {self.rss_end_mb:.1f} MB ({self.rss_growth_mb:+.1f} MB)",
@@ -251,8 +256,11 @@ def fuzz_grpc(served: Runtime, messages: int, report: FuzzReport, seed: int = 0)
             report.grpc_status[code.name] += 1
 
 
-def run(http_requests: int, grpc_messages: int, workdir: Path | None = None, seed: int = 0) -> FuzzReport:
-    """Start a runtime, warm it up, fuzz it over both transports and report."""
+def run(
+    http_requests: int, grpc_messages: int, workdir: Path | None = None, seed: int = 0, boofuzz_cases: int = 0
+) -> FuzzReport:
+    """Start a runtime, warm it up, fuzz it over both transports (and with ``boofuzz_cases`` boofuzz
+    cases; 0: none) and report."""
     report = FuzzReport()
     with tempfile.TemporaryDirectory(prefix="shipyard-fuzz-") as tmp:
         with runtime(workdir or Path(tmp)) as served:
@@ -261,6 +269,11 @@ def run(http_requests: int, grpc_messages: int, workdir: Path | None = None, see
             report.rss_start_mb = served.rss_mb()
             fuzz_http(served, http_requests, report, seed)
             fuzz_grpc(served, grpc_messages, report, seed)
+            if boofuzz_cases:
+                from benchmarks import boofuzz_http
+
+                report.boofuzz = boofuzz_http.run(served.http_port, boofuzz_cases)
+                report.failures += report.boofuzz.failures
             time.sleep(0.5)
             report.rss_end_mb = served.rss_mb()
             report.alive = served.alive() and served.process.poll() is None
@@ -273,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--http", type=int, default=10_000, help="HTTP requests (default 10,000)")
     parser.add_argument("--grpc", type=int, default=2_000, help="gRPC messages (default 2,000)")
+    parser.add_argument(
+        "--boofuzz", type=int, default=3_000, help="boofuzz cases on the REST port, sampled from its 17,655 "
+        "(default 3,000; 0: none)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rss-growth-mb", type=float, default=20.0)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    report = run(args.http, args.grpc, seed=args.seed)
+    report = run(args.http, args.grpc, seed=args.seed, boofuzz_cases=args.boofuzz)
     for line in report.lines():
         print(line)
     print(f"took {time.monotonic() - started:.0f} s")

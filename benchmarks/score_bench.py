@@ -32,30 +32,32 @@ from typing import Any
 
 from benchmarks import common, targets
 from benchmarks.loadgen import run_closed_loop
+from shipyard.components.publish.config_builder import BACKGROUND_SHARE_DIVISOR, BACKGROUND_SLICE_DIVISOR
 
 MODEL = "wide_mlp"
+SLICE_ROWS = 128 // BACKGROUND_SLICE_DIVISOR  # what the publish step writes for max_batch_size 128
+SHARE_ROWS = 128 // BACKGROUND_SHARE_DIVISOR
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
-HOLDOFF_US = 2000  # what the publish step writes (components/publish/config_builder.py)
-SHARE_ROWS = 128 // 16
 
 
 def log(message: str) -> None:
     print(f"[score-bench] {message}", file=sys.stderr, flush=True)
 
 
-def write_repository(root: Path, model: common.ModelSpec) -> Path:
-    """The wide MLP with the benchmark's config plus the two priority levels and the background rules
-    (hold-off, share) the publish step writes."""
+def write_repository(root: Path, model: common.ModelSpec, background: dict[str, int]) -> Path:
+    """The wide MLP with the benchmark's config plus the two priority levels and the ``background`` rules
+    (``background_*`` parameters; 0 leaves one out)."""
     version = root / MODEL / "1"
     version.mkdir(parents=True, exist_ok=True)
     if not (version / "model.onnx").exists():
         os.link(model.onnx_path, version / "model.onnx")
-    background = "".join(
+    parameters = "".join(
         f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-        for key, value in (("background_holdoff_us", HOLDOFF_US), ("background_share_rows", SHARE_ROWS))
+        for key, value in background.items()
+        if value
     )
     config = targets.shipyard_config(model, MODEL).replace(
-        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + background
+        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + parameters
     )
     assert "priority_levels" in config, config
     (root / MODEL / "config.pbtxt").write_text(config)
@@ -171,9 +173,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = int(args.batch_size)  # 0: shipyard score's defaults
     log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; batch {batch or 'default'}")
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
-    repo = write_repository(work / "repo", model)
+    background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
+                  "background_slice_rows": args.slice_rows}  # fmt: skip
+    repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
-            "concurrency": args.concurrency, "client": args.client}  # fmt: skip
+            "concurrency": args.concurrency, "client": args.client, "background": background}  # fmt: skip
     results: dict[str, Any] = {"meta": meta, "inprocess_limit": limit}
     inproc = run_scorer(score_argv(data, work / "inproc", "--repository", str(repo), batch_size=batch))
     results["alone_inprocess"] = inproc
@@ -245,15 +249,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--inprocess-s", type=float, default=1.0, help="seconds per batch size (in-process sweep)")
     parser.add_argument("--concurrency", type=int, default=16, help="real-time client concurrency")
-    parser.add_argument("--batch-size", type=int, default=0, help="rows per batch request (0: shipyard score's "
-                        "default, the model's max_batch_size here)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="rows per batch request (0: shipyard score's default, the model's max_batch_size here)",
+    )
     parser.add_argument("--mixed-batch-sizes", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
                         help="more batch sizes to run next to the real-time client, e.g. 32,8")  # fmt: skip
-    parser.add_argument("--client", default="python", choices=("python", "native"), help="real-time load client")
+    parser.add_argument(
+        "--client",
+        default="auto",
+        choices=("auto", "python", "native"),
+        help="real-time load client (auto: the C++ client when built, `make bench-client`: it "
+        "leaves the 2-core machine's CPU to the server and the batch job)",
+    )
+    parser.add_argument(
+        "--slice-rows",
+        type=int,
+        default=SLICE_ROWS,
+        help=f"background_slice_rows (0: off; default {SLICE_ROWS}, what the publish step writes)",
+    )
+    parser.add_argument("--share-rows", type=int, default=SHARE_ROWS, help=f"background_share_rows ({SHARE_ROWS})")
+    parser.add_argument("--holdoff-us", type=int, default=0, help="background_holdoff_us (default 0: none)")
     parser.add_argument("--workdir", default="/tmp/shipyard-score-bench")
     parser.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "score"))
     parser.add_argument("--quick", action="store_true", help="a short check that it works (numbers mean nothing)")
     args = parser.parse_args(argv)
+    if args.client == "auto":
+        from benchmarks import native_client
+
+        args.client = "python" if native_client.unavailable_reason("grpc") else "native"
     if args.quick:
         args.rows, args.window_s, args.warmup_s, args.inprocess_s = 4000, 3.0, 1.0, 0.3
     return args

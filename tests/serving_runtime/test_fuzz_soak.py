@@ -1,9 +1,10 @@
 """Short versions of ``make fuzz`` and ``make soak`` (benchmarks/fuzz.py, benchmarks/soak.py) on a real server.
 
 Fuzz: schemathesis requests generated from the server's own ``/v2/openapi.json`` (plus byte-level
-variants of each) and malformed messages on every gRPC method: no 5xx (503 aside), no INTERNAL or
-UNKNOWN, no traceback, the server alive, RSS within 20 MB. Soak: load -> infer -> unload cycles while
-another model serves, then idle, idle-gRPC and slowloris connections while good requests are timed.
+variants of each), malformed messages on every gRPC method and boofuzz cases on raw HTTP connections:
+no 5xx (503 aside), no INTERNAL or UNKNOWN, no traceback, the server alive, RSS within 20 MB. Soak:
+load -> infer -> unload cycles while another model serves, then idle, idle-gRPC and slowloris
+connections while good requests are timed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from benchmarks import fuzz, soak
 
 
 def test_short_fuzz_finds_no_server_error() -> None:
-    report = fuzz.run(http_requests=400, grpc_messages=300)
+    report = fuzz.run(http_requests=400, grpc_messages=300, boofuzz_cases=150)
     print("\n".join(report.lines()))
     assert report.failures == []
     assert report.http_requests >= 400 and report.grpc_messages == 300
+    assert report.boofuzz is not None and report.boofuzz.cases >= 150
+    assert {200, 400} <= set(report.boofuzz.status)  # boofuzz's cases reached the codecs, its unmutated ones passed
     assert report.alive
     assert report.rss_growth_mb < 20
     assert 400 in report.http_status and "INVALID_ARGUMENT" in report.grpc_status  # it reached the codecs
