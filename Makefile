@@ -170,7 +170,7 @@ soak: install native
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 # batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
-bench-score: install native
+bench-score: install native bench-client
 	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
 
 # Issue 16's targets: shm vs REST binary vs gRPC, cache hit vs miss and its bound, 64 sequences x 50 steps
