@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check
+.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check test-tensorflow
 
 install: $(STAMP)
 
@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml Makefile
 # The serving runtime's gRPC transport on grpc++ (serving_runtime/protocol/native_grpc.py): far less
 # Python time per call than grpc.aio. Needs g++, pkg-config and gRPC C++ (Debian: libgrpc++-dev),
 # which native-deps installs with apt-get when they are missing; without it the runtime serves gRPC
-# on grpc.aio (same protocol, slower).
+# on grpc.aio (same protocol, slower). setup.py builds it (here in place, and in every pip install
+# where those are present).
 CXX ?= g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NATIVE_SRC := serving_runtime/protocol/native/grpc_frontend.cc
@@ -36,7 +37,7 @@ NATIVE_SO := serving_runtime/protocol/_grpc_native$(shell $(PYTHON) -c "import s
 
 native: $(NATIVE_SO)
 
-$(NATIVE_SO): $(NATIVE_SRC) | install
+$(NATIVE_SO): $(NATIVE_SRC) serving_runtime/protocol/native/fast_infer.h setup.py | install
 	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
 	CXX=$(CXX) sh serving_runtime/protocol/native/build.sh $(BIN)/python
 
@@ -61,6 +62,12 @@ unit: install triton-env emulators
 	$(BIN)/python -m pytest -m kserve_sdk $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: lint unit
+
+# TF SavedModel export (issue 17): TensorFlow is ~1.3 GB installed, so the `tensorflow` extra is not in `make
+# install` and its tests skip in `make test` without it; this target installs it and runs them.
+test-tensorflow: install
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),tensorflow]"
+	$(BIN)/python -m pytest tests/components/test_frameworks_tensorflow.py $(PYTEST_ARGS)
 
 # MLServer, a reference in the benchmark, lives in its own environment (its pins clash with ours).
 MLSERVER_VENV ?= .venv-mlserver
@@ -120,7 +127,15 @@ $(AZURITE):
 BENCH_CLIENT := benchmarks/cpp_client/build/closed_loop
 BENCH_HTTP_CLIENT := benchmarks/cpp_client/build/http_closed_loop
 
-bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT)
+BENCH_ECHO := benchmarks/cpp_client/build/echo_server
+
+bench-client: $(BENCH_CLIENT) $(BENCH_HTTP_CLIENT) $(BENCH_ECHO)
+
+# the C++ grpc++ echo server: the transport floor of a native server (benchmarks/targets.py, echo-cpp)
+$(BENCH_ECHO): benchmarks/cpp_client/echo_server.cc
+	@pkg-config --exists grpc++ 2>/dev/null && command -v $(CXX) >/dev/null || $(MAKE) --no-print-directory native-deps
+	mkdir -p $(dir $@)
+	$(CXX) -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++)
 
 # the REST client: plain sockets, no library
 $(BENCH_HTTP_CLIENT): benchmarks/cpp_client/http_closed_loop.cc benchmarks/cpp_client/client_common.h
@@ -155,7 +170,7 @@ soak: install native
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 # batch scoring next to real-time traffic (issue 23's targets); SCORE_BENCH_ARGS: e.g. --quick, --mixed-batch-sizes 32,8
-bench-score: install native
+bench-score: install native bench-client
 	$(BIN)/python -m benchmarks.score_bench $(SCORE_BENCH_ARGS)
 
 # Issue 16's targets: shm vs REST binary vs gRPC, cache hit vs miss and its bound, 64 sequences x 50 steps

@@ -73,7 +73,10 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         }
     results["ratios"] = ratios
     results["round_ratios"] = _round_ratios(results.get("rounds", []))
-    results["checks"] = list(_checks(results))
+    from benchmarks import report_native  # issue 21's references (imports this module)
+
+    results["vs_triton"] = report_native.vs_triton(results)
+    results["checks"] = list(_checks(results)) + report_native.tag(report_native.checks(results))
     return results
 
 
@@ -84,7 +87,12 @@ ROUND_RATIOS = {
     "wide_mlp: shipyard / MLServer": ("wide_mlp", "mlserver", MLSERVER_TARGET),
     "wide_mlp: shipyard / transport floor": ("wide_mlp", "echo", FLOOR_TARGET),
     "add_sub: shipyard / stock KServe": ("add_sub", "kserve", KSERVE_TARGET),
+    # issue 21 (benchmarks/report_native.py)
+    "add_sub: shipyard / Triton": ("add_sub", "triton", 1.3),
+    "wide_mlp: shipyard / Triton": ("wide_mlp", "triton", 1.3),
+    "add_sub: shipyard / C++ echo floor": ("add_sub", "echo-cpp", 0.7),
 }
+ROUND_RATIOS_ISSUE_21 = {key for key, (_, reference, _) in ROUND_RATIOS.items() if reference in ("triton", "echo-cpp")}
 
 
 def _median(values: list[float]) -> float:
@@ -157,7 +165,8 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
     for key, entry in results.get("round_ratios", {}).items():
         count = len(entry["values"])
         name = f"{key}, median of {count} interleaved round{'' if count == 1 else 's'} (gRPC, c=64)"
-        yield _check(name, entry["median"], ROUND_RATIOS[key][2], unit="x")
+        check = _check(name, entry["median"], ROUND_RATIOS[key][2], unit="x")
+        yield {**check, "issue": 21} if key in ROUND_RATIOS_ISSUE_21 else check
     for model in r:
         ship = find_cell(results, "shipyard", "grpc", model, 1)
         kserve = find_cell(results, "kserve", "grpc", model, 1)
@@ -242,8 +251,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The report as markdown: meta, checks, ratios, one table per model, overload."""
     lines = _header_lines(results.get("meta", {}))
     lines += _targets_lines(results)
-    lines += _checks_lines(results.get("checks", []))
+    checks = results.get("checks", [])
+    lines += _checks_lines([c for c in checks if c.get("issue", 4) == 4])
+    lines += _checks_lines([c for c in checks if c.get("issue") == 21], "Issue 21 targets")
     lines += _ratios_lines(results.get("ratios", {}))
+    from benchmarks import report_native
+
+    lines += report_native.lines(results)
     lines += _rounds_lines(results)
     models = sorted({c["model"] for c in results.get("cells", [])} | set(results.get("inprocess", {})))
     for model in models:
@@ -286,10 +300,10 @@ def _targets_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _checks_lines(checks: list[dict[str, Any]]) -> list[str]:
+def _checks_lines(checks: list[dict[str, Any]], heading: str = "Issue 4 targets") -> list[str]:
     if not checks:
         return []
-    lines = ["", "## Issue 4 targets", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
+    lines = ["", f"## {heading}", "", "| check | value | target | result |", "| --- | --- | --- | --- |"]
     for c in checks:
         verdict = {True: "pass", False: "FAIL", None: "not measured"}[c["pass"]]
         digits = 3 if c["unit"] == "x" else 2  # 1.497x, not a "1.50x" that fails ">= 1.5x"
@@ -510,7 +524,14 @@ def update_readme(readme: Path, markdown: str) -> bool:
     return True
 
 
-_SUMMARY_SECTIONS = ("## Targets", "## Issue 4 targets", "## Ratios", "## Interleaved rounds")
+_SUMMARY_SECTIONS = (
+    "## Targets",
+    "## Issue 4 targets",
+    "## Issue 21 targets",
+    "## Ratios",
+    "## shipyard / Triton",
+    "## Interleaved rounds",
+)
 
 
 def _rounds_lines(results: dict[str, Any]) -> list[str]:

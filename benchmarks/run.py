@@ -1,7 +1,7 @@
 """``make bench``: the side-by-side serving benchmark (see benchmarks/README.md).
 
     python -m benchmarks.run [--quick] [--models wide_mlp,add_sub,resnet_cnn]
-                             [--targets echo,kserve,mlserver,shipyard] [--no-overload] [--out DIR]
+                             [--targets echo,echo-cpp,kserve,mlserver,triton,shipyard] [--no-overload] [--out DIR]
 
 For each model: the in-process limit, then each target's server in its own process, measured over
 each of its protocols at concurrency 1, 16 and 64 (closed loop, warm-up then a fixed window), then
@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, report, targets
+from benchmarks import common, reference_targets, report, targets
 from benchmarks.common import ModelSpec
 from benchmarks.loadgen import CLIENTS, CellResult, LoadSpec, run_closed_loop
 
@@ -184,6 +184,10 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argpar
         return targets.echo_target(models, workdir)
     if name == "kserve":
         return targets.kserve_target(models, workdir)
+    if name == "triton":
+        return reference_targets.triton_target(models, workdir)
+    if name == "echo-cpp":
+        return reference_targets.echo_cpp_target(models, workdir)
     if name == "mlserver":
         return targets.mlserver_target(
             models, workdir, args.mlserver_workers, args.mlserver_max_batch, args.mlserver_max_batch_time_ms / 1000

@@ -8,6 +8,8 @@ which protocols it speaks (each giving a :class:`~benchmarks.loadgen.LoadSpec` p
 - ``mlserver``: MLServer 1.7.1 with adaptive batching, in ``.venv-mlserver`` (gRPC and REST JSON:
   MLServer has no binary tensor extension);
 - ``shipyard``: ``python -m shipyard.serving_runtime`` with dynamic batching (gRPC and REST binary).
+
+The real Triton server and a C++ echo server are in reference_targets.py.
 """
 
 from __future__ import annotations
@@ -303,4 +305,5 @@ def shipyard_target(
     )
 
 
-TARGET_NAMES = ("echo", "kserve", "mlserver", "shipyard")
+# triton and echo-cpp: benchmarks/reference_targets.py (issue 21's native references)
+TARGET_NAMES = ("echo", "echo-cpp", "kserve", "mlserver", "triton", "shipyard")

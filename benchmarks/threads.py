@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, report, targets
+from benchmarks import common, reference_targets, report, targets
 from benchmarks.loadgen import CLIENTS, CellResult, run_closed_loop
 
 Sample = dict[tuple[int, int], tuple[str, int, int]]  # (pid, tid) -> (name, on-CPU ns, waiting ns)
@@ -83,7 +83,13 @@ def measure(
     if target_name == "shipyard":
         target = targets.shipyard_target([model], workdir, grpc_frontend=grpc_frontend)
     else:
-        build = {"echo": targets.echo_target, "kserve": targets.kserve_target, "mlserver": targets.mlserver_target}
+        build = {
+            "echo": targets.echo_target,
+            "kserve": targets.kserve_target,
+            "mlserver": targets.mlserver_target,
+            "triton": reference_targets.triton_target,
+            "echo-cpp": reference_targets.echo_cpp_target,
+        }
         target = build[target_name]([model], workdir)
     warmup_s, margin_s = 1.5, 1.0
     with common.running(target.server):

@@ -2,7 +2,8 @@
 
 - ``flavor_of(obj) -> str``: ``pytorch`` (an ``nn.Module``), ``keras`` (a Keras 3 model), ``sklearn`` (an
   estimator or pipeline), ``transformers`` (a ``{"model": ..., "tokenizer": ...}`` dict or a pipeline),
-  ``onnx`` (an ``onnx.ModelProto``). Raises RegistryError naming the type and what is accepted.
+  ``onnx`` (an ``onnx.ModelProto``), ``tensorflow`` (a TF2 ``tf.Module`` whose ``__call__`` is a ``tf.function``
+  with an input signature: MLflow stores it as a SavedModel). Raises RegistryError naming the type and what is accepted.
 - ``digest(obj, flavor) -> str``: SHA-256 of the weights (or the serialized model).
 - ``log_flavor(obj, flavor, input_example) -> mlflow ModelInfo`` (inside an active run, ``name="model"``).
 
@@ -17,12 +18,14 @@ import hashlib
 import importlib
 import os
 import pickle
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from shipyard.registry.errors import RegistryError
 
-_EXTRA = {"keras": "keras", "sklearn": "sklearn", "transformers": "transformers", "onnx": "pipeline"}
+_EXTRA = {"keras": "keras", "sklearn": "sklearn", "transformers": "transformers", "onnx": "pipeline",
+          "tensorflow": "tensorflow"}
 
 
 def _module_root(obj: Any) -> str:
@@ -38,6 +41,9 @@ def flavor_of(obj: Any) -> str:
         return "transformers"
     if root == "keras":
         return "keras"
+    tf = sys.modules.get("tensorflow")  # only when the caller has imported it: a tf.Module cannot exist otherwise
+    if tf is not None and isinstance(obj, tf.Module):
+        return "tensorflow"
     if root == "sklearn" or (hasattr(obj, "fit") and hasattr(obj, "get_params")):
         return "sklearn"
     if root == "onnx":
@@ -53,7 +59,8 @@ def flavor_of(obj: Any) -> str:
 def _require(flavor: str) -> None:
     if flavor == "keras":
         os.environ.setdefault("KERAS_BACKEND", "torch")
-    module = {"sklearn": "sklearn", "keras": "keras", "transformers": "transformers", "onnx": "onnx"}.get(flavor)
+    module = {"sklearn": "sklearn", "keras": "keras", "transformers": "transformers", "onnx": "onnx",
+              "tensorflow": "tensorflow"}.get(flavor)  # fmt: skip
     if module is None:
         return
     try:
@@ -73,7 +80,11 @@ def digest(obj: Any, flavor: str) -> str:
         model = obj["model"] if isinstance(obj, dict) else obj.model
         return module_digest(model)
     h = hashlib.sha256(f"{flavor}|{type(obj).__module__}.{type(obj).__qualname__}".encode())
-    if flavor == "keras":
+    if flavor == "tensorflow":
+        for variable in obj.variables:
+            h.update(variable.name.encode())
+            h.update(variable.numpy().tobytes())
+    elif flavor == "keras":
         h.update(obj.to_json().encode())
         for weights in obj.get_weights():
             h.update(weights.tobytes())
@@ -137,4 +148,10 @@ def log_flavor(obj: Any, flavor: str, input_example: Any) -> Any:
             parts, name="model", input_example=input_example, task=obj.get("task") if isinstance(obj, dict) else None,
             pip_requirements=[f"transformers=={transformers.__version__}", "torch"],
         )  # fmt: skip
+    if flavor == "tensorflow":
+        import mlflow.tensorflow
+        import tensorflow as tf
+
+        return mlflow.tensorflow.log_model(obj, name="model", input_example=input_example,
+                                           pip_requirements=[f"tensorflow=={tf.__version__}"])  # fmt: skip
     raise RegistryError(f"log_flavor: {flavor!r} is logged by register_module's torch path")

@@ -171,6 +171,14 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         "aio: grpc.aio; auto: native when built, else aio (default: auto)",
     )
     net.add_argument(
+        "--grpc-fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="native gRPC frontend: plain ModelInfer requests for dynamically batched models are parsed, "
+        "grouped and answered in C++, and Python runs once per group; anything else takes the Python path "
+        "(default: on; --no-grpc-fast-path: every request takes the Python path)",
+    )
+    net.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=_limit,
         default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
@@ -336,6 +344,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_limits=grpc_connection_limits,
         grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
+        grpc_fast_path=args.grpc_fast_path,
         cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

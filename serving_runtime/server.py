@@ -89,7 +89,7 @@ def choose_grpc_frontend(requested: str, limits: GrpcLimits | None = None) -> st
         return "native"
     if requested == "native":
         raise OSError(reason)
-    log.info("gRPC on grpc.aio: %s", reason)
+    log.warning("gRPC on grpc.aio: %s", reason)  # once per start: the install lacks the faster frontend
     return "aio"
 
 
@@ -117,6 +117,7 @@ class ServerOptions:
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
+    grpc_fast_path: bool = True  # native frontend: ModelInfer parsed, grouped and answered in C++ (native_fast.py)
     cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
 
@@ -250,9 +251,13 @@ class RuntimeServer:
         if opts.grpc_max_pending_rpcs != DEFAULT_GRPC_MAX_PENDING_RPCS:
             log.warning("--grpc-max-pending-rpcs applies to the aio gRPC frontend only; the native one ignores it")
         self._grpc = NativeGrpcFrontend(
-            self.service, opts.grpc_max_concurrent_rpcs, opts.grpc_max_streams_per_connection
+            self.service,
+            opts.grpc_max_concurrent_rpcs,
+            opts.grpc_max_streams_per_connection,
+            fast_path=opts.grpc_fast_path,
         )
-        log.info("gRPC on grpc++ %s (native frontend)", self._grpc.grpc_version)
+        fast = ", ModelInfer fast path on" if self._grpc.fast_path else ""
+        log.info("gRPC on grpc++ %s (native frontend)%s", self._grpc.grpc_version, fast)
         if (reason := connection_cap_reason()) is not None:
             log.info("gRPC connections are not capped: %s", reason)
         return self._grpc.start(address, opts.grpc_limits)

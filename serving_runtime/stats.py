@@ -93,6 +93,28 @@ class ModelStats:
         self.queue.add(queue_ns)
         self.compute_infer.add(compute_ns)
 
+    def record_group_success(
+        self, items: int, end_ns: int, dispatch_ns: int, compute_ns: int, arrivals_ns: Sequence[int]
+    ) -> None:
+        """A group of requests that ran as one (the native gRPC fast path): each counts as a
+        successful request, timed from its own arrival (monotonic ns)."""
+        self.inference_count += items
+        self.last_inference_ms = int(time.time() * 1000)
+        count = len(arrivals_ns)
+        arrived = sum(arrivals_ns)
+        self.success.add(count * end_ns - arrived, count)
+        self.queue.add(count * dispatch_ns - arrived, count)
+        self.compute_infer.add(count * compute_ns, count)
+        observe = self.latency.observe
+        for arrival in arrivals_ns:
+            observe(end_ns - arrival)
+
+    def record_group_failure(self, reason: str, end_ns: int, arrivals_ns: Sequence[int]) -> None:
+        """A group of requests (see ``record_group_success``) that failed together."""
+        count = len(arrivals_ns)
+        self.fail.add(count * end_ns - sum(arrivals_ns), count)
+        self.failures_by_reason[reason] += count
+
     def record_cache_hit(self, total_ns: int) -> None:
         """A request answered from the response cache: a success, but no inference or execution."""
         self.last_inference_ms = int(time.time() * 1000)

@@ -104,11 +104,12 @@ def _fresh_venv(path: Path) -> Path:
 
 
 def _wheel(tmp_path: Path) -> Path:
+    """The package's wheel, without the native gRPC frontend (the component image does not serve gRPC)."""
     out = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
          str(ROOT)],
-        check=True, timeout=600, capture_output=True,
+        check=True, timeout=600, capture_output=True, env={**os.environ, "SHIPYARD_NATIVE": "0"},
     )  # fmt: skip
     [wheel] = out.glob("shipyard-*.whl")
     return wheel
@@ -163,3 +164,13 @@ def test_component_image_install_script_in_a_fresh_venv(tmp_path: Path) -> None:
                            timeout=300, cwd=str(tmp_path), env=env)  # fmt: skip
     assert check.returncode == 0, check.stderr[-3000:]
     assert check.stdout.splitlines() == ["[]", "2.17.3"]
+
+
+def test_serving_image_builds_the_native_grpc_frontend_or_fails() -> None:
+    """The serving image installs gRPC C++ for the build and makes pip build the frontend or fail
+    (SHIPYARD_NATIVE=required, setup.py), so no image serves gRPC on the slower grpc.aio path."""
+    text = (ROOT / "serving_runtime" / "Dockerfile").read_text()
+    build_stage = text.split("\nFROM ")[1]
+    assert "libgrpc++-dev" in build_stage and "pkg-config" in build_stage and "g++" in build_stage
+    assert re.search(r"SHIPYARD_NATIVE=required pip install \"\.\[serve,", build_stage)
+    assert {"setup.py", "MANIFEST.in"} <= set(_copied_sources(text))

@@ -10,7 +10,8 @@ framework's own predictions on the logged input example):
 - ``keras``: Keras 3's own ONNX export on the torch backend (no TensorFlow), extra ``keras``;
 - ``transformers``: the model as a torch module, inputs the tokenizer's (``input_ids``, ...), output
   ``logits``, dynamic batch and sequence axes, extra ``transformers``;
-- ``tensorflow``: refused with the extra to install (tf2onnx on TF SavedModels is not built yet);
+- ``tensorflow``: a TF2 SavedModel (``tf.Module``) through tf2onnx on its ``serving_default`` signature,
+  extra ``tensorflow`` (TF 1 estimators and tf.keras models are refused with what to log instead);
 - ``pytorch`` is not handled here (``export_registered`` keeps the torch path).
 
 A missing extra is an ExportError naming it; an operator the converter cannot translate is an
@@ -292,12 +293,52 @@ def _convert_transformers(local: Path, out: Path) -> Converted:
 
 
 def _convert_tensorflow(local: Path, out: Path) -> Converted:
-    require("tensorflow")
-    raise ExportError(
-        "TF SavedModel -> ONNX is not built yet: log the model with mlflow.keras (Keras 3) instead, or convert it "
-        "with `python -m tf2onnx.convert --saved-model DIR --output model.onnx` and log that with mlflow.onnx; "
-        + FALLBACK
-    )
+    """A TF2 SavedModel (MLflow's ``tensorflow`` flavor, ``tf2-module``) -> ONNX with tf2onnx, through its
+    ``serving_default`` signature (names of inputs and outputs kept; the batch axis stays dynamic)."""
+    tf2onnx = require("tensorflow")
+    import tensorflow as tf
+    from mlflow.models import Model
+
+    conf = Model.load(str(local)).flavors["tensorflow"]
+    if conf.get("model_type", "tf2-module") != "tf2-module":
+        raise ExportError(
+            f"the tensorflow flavor's model_type {conf.get('model_type')!r} is not exported: log a tf.Module (a "
+            "SavedModel) with mlflow.tensorflow, or a Keras 3 model with mlflow.keras"
+        )
+    saved = tf.saved_model.load(str(local / conf["saved_model_dir"]))
+    signature = saved.signatures.get("serving_default")
+    if signature is None:
+        raise ExportError(
+            "the SavedModel has no 'serving_default' signature: give the tf.Module's __call__ a tf.function "
+            "input_signature (or save it with signatures={'serving_default': ...})"
+        )
+    specs = signature.structured_input_signature[1]
+    names = list(specs)
+    onnx_specs = [tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names]
+    function = tf.function(lambda *args: signature(**dict(zip(names, args, strict=True))), input_signature=onnx_specs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=onnx_specs, opset=17)
+    except Exception as exc:
+        text = str(exc)
+        raise ExportError(f"tf2onnx failed: {text.splitlines()[0][:300] if text else type(exc).__name__}") from exc
+    import onnx
+
+    # tf2onnx logs a TF op it has no handler for and leaves it in the graph: name it here
+    unmapped = sorted({n.op_type for n in proto.graph.node if not n.domain and not onnx.defs.has(n.op_type)})
+    if unmapped:
+        raise UnsupportedOperator("tensorflow", f"TF op {unmapped[0]}", f"no tf2onnx handler (all: {unmapped})")
+    out.write_bytes(proto.SerializeToString())
+    example = _feeds_from(_example(local), names)
+    feeds = {n: np.asarray(example[n], dtype=specs[n].dtype.as_numpy_dtype) for n in names}
+    outputs = [o.name for o in proto.graph.output]
+
+    def reference(f: dict[str, np.ndarray]) -> list[np.ndarray]:
+        answer = signature(**{n: tf.constant(f[n]) for n in names})
+        return [np.asarray(answer[o].numpy()) for o in outputs]
+
+    return Converted(out, feeds, reference, f"tf2onnx {tf2onnx.__version__} (tensorflow {tf.__version__})")
 
 
 CONVERTERS: dict[str, Callable[[Path, Path], Converted]] = {

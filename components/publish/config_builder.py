@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 PLATFORM_BY_SUFFIX = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".pt": "pytorch_libtorch"}
 PRIORITY_LEVELS = 2  # generated configs: level 1 real-time (the default), level 2 batch scoring
 DEFAULT_PRIORITY_LEVEL = 1
-BACKGROUND_HOLDOFF_US = 2000  # longer than a real-time client takes to send again after its answer
 BACKGROUND_SHARE_DIVISOR = 16  # background rows in a real-time batch: max_batch_size / 16
+BACKGROUND_SLICE_DIVISOR = 16  # rows of a background slice while real-time work is recent: max_batch_size / 16
 FILENAME_BY_PLATFORM = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
 
 
@@ -76,7 +76,7 @@ def build_config(
     ``batching``: ``preferred_batch_size`` (int or list) and ``max_queue_delay_microseconds``; when None and
     ``max_batch_size > 1``, plain ``dynamic_batching {}``. Batching configs get two priority levels (requests
     without a priority at level 1; ``shipyard score`` sends level 2, a background level: parameters
-    ``background_holdoff_us`` and ``background_share_rows``; ``parameters`` may override them).
+    ``background_share_rows`` and ``background_slice_rows``; ``parameters`` may override them).
     Raises: PublishError (a tensor's first dim is not the batch dim, or the runtime rejects the config).
     """
     from tritonclient.grpc import model_config_pb2 as pb
@@ -84,7 +84,7 @@ def build_config(
     from shipyard.serving_runtime.config import new_config, validate_config
     from shipyard.serving_runtime.datatypes import triton_to_config
     from shipyard.serving_runtime.errors import ModelConfigError
-    from shipyard.serving_runtime.scheduling.background import HOLDOFF_PARAMETER, SHARE_PARAMETER
+    from shipyard.serving_runtime.scheduling.background import SHARE_PARAMETER, SLICE_PARAMETER
 
     config = new_config()
     config.name = name
@@ -113,10 +113,11 @@ def build_config(
         # (``shipyard score`` sends the lowest level), so batch work only fills the gaps
         config.dynamic_batching.priority_levels = PRIORITY_LEVELS
         config.dynamic_batching.default_priority_level = DEFAULT_PRIORITY_LEVEL
-        # level 2 is a background level (serving_runtime/scheduling/background.py): it waits out a short
-        # hold-off after real-time batches and joins one with a few rows at most
-        config.parameters[HOLDOFF_PARAMETER].string_value = str(BACKGROUND_HOLDOFF_US)
+        # level 2 is a background level (serving_runtime/scheduling/background.py): it joins a real-time
+        # batch with a few rows at most, and while real-time work is recent it runs in slices of a few rows
+        # (docs/scoring.md: why no hold-off)
         config.parameters[SHARE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SHARE_DIVISOR))
+        config.parameters[SLICE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SLICE_DIVISOR))
         if batching:
             preferred = batching.get("preferred_batch_size")
             if preferred:

@@ -101,13 +101,15 @@ def _column_rows(column: Any, name: str, width: int | None) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from shipyard.components.score.dataset import arrow_to_numpy
+
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(column)
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
-        return column.to_numpy(zero_copy_only=False).reshape(rows, 1)
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        return arrow_to_numpy(column).reshape(rows, 1)
+    flat = arrow_to_numpy(pc.list_flatten(column))
+    lengths = arrow_to_numpy(pc.list_value_length(column))
     wanted = width if width is not None else (int(lengths[0]) if rows else 0)
     if rows and (lengths != wanted).any():
         raise ScoreError(
@@ -156,10 +158,11 @@ def keys_of(table: Any, key: str | None, first_row: int) -> Any:
 
     Raises: ScoreError when the key column is missing.
     """
-    import pyarrow as pa
 
     if key is None:
-        return pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))
+        from shipyard.components.score.dataset import numpy_to_arrow
+
+        return numpy_to_arrow(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))
     if key not in table.column_names:
         raise ScoreError(f"key column {key!r} is not in the data set (columns: {', '.join(table.column_names)})")
     return table.column(key).combine_chunks()

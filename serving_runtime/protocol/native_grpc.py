@@ -22,12 +22,16 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from shipyard.serving_runtime.protocol.grpc_limits import GrpcLimits
 from shipyard.serving_runtime.protocol.grpc_service import MAX_MESSAGE_BYTES, GrpcInferenceServicer
+from shipyard.serving_runtime.protocol.native_fast import FastPath
 from shipyard.serving_runtime.protocol.service import InferenceService
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-BUILD_HINT = "build it with `make native` (needs g++ and gRPC C++: Debian's libgrpc++-dev)"
+BUILD_HINT = (
+    "to get it, install g++, pkg-config and gRPC C++ (Debian/Ubuntu: apt-get install g++ pkg-config libgrpc++-dev) "
+    "and reinstall shipyard[serve] (pip builds it), or run `make native` in a checkout"
+)
 
 
 def load_extension() -> Any:
@@ -116,7 +120,9 @@ class NativeGrpcFrontend:
 
     ``max_inflight``: calls in progress at most (0: no limit); past it a call gets RESOURCE_EXHAUSTED
     from the C++ side at once. ``max_streams_per_connection``: HTTP/2 streams per client connection
-    (0: no limit). Raises ImportError (with the fix) when the module was not built.
+    (0: no limit). ``fast_path``: plain ModelInfer requests for eligible models are parsed,
+    grouped and answered in C++ (``native_fast.py``). Raises ImportError (with the fix) when the
+    module was not built.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class NativeGrpcFrontend:
         max_inflight: int = 0,
         max_streams_per_connection: int = 0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        fast_path: bool = False,
     ) -> None:
         native = self._module = load_extension()
         self._kinds = (native.MESSAGE, native.HALF_CLOSE, native.CANCEL)
@@ -140,6 +147,21 @@ class NativeGrpcFrontend:
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[int, asyncio.Queue[bytes | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fast: FastPath | None = None
+        self._infer_method: _Method | None = None
+        if fast_path and not hasattr(self._native, "enable_fast"):
+            log.warning("the native gRPC module was built before the ModelInfer fast path; %s", BUILD_HINT)
+        elif fast_path:
+            index = next((i for i, m in enumerate(self._table) if m.path.endswith("/ModelInfer")), None)
+            if index is not None:
+                self._fast = FastPath(self._native, service)
+                self._infer_method = self._table[index]
+                self._native.enable_fast(index)
+
+    @property
+    def fast_path(self) -> bool:
+        """True when ModelInfer takes the native fast path for eligible models."""
+        return self._fast is not None
 
     @property
     def grpc_version(self) -> str:
@@ -173,6 +195,8 @@ class NativeGrpcFrontend:
             self._drain()  # the cancellations of calls still running at the deadline
         for task in list(self._calls.values()):
             task.cancel()
+        if self._fast is not None:
+            self._fast.cancel()
 
     # -- the event loop's side -------------------------------------------------------------------
 
@@ -201,6 +225,10 @@ class NativeGrpcFrontend:
                 self._streams.pop(call_id, None)
                 if task is not None:
                     task.cancel()
+        if self._fast is not None:
+            batches = self._native.take_batches()
+            if batches:
+                self._fast.run(batches)
 
     async def _unary(self, call_id: int, method: _Method, payload: bytes) -> None:
         send = self._native.send
@@ -214,6 +242,9 @@ class NativeGrpcFrontend:
             send(call_id, None, True, *_status(method, exc))
         else:
             send(call_id, data)
+            if method is self._infer_method:
+                assert self._fast is not None
+                self._fast.observe(request.model_name, request.model_version)
         finally:
             self._calls.pop(call_id, None)
 

@@ -13,7 +13,7 @@ batch is handed to an instance's worker thread with ``InstanceWorker.hand_off`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +42,9 @@ class InferenceRequest:
     # Decoupled models only: called from any thread with (outputs or None, error or None, final)
     # for each response; the request's own future then resolves with {} when execute returns.
     on_response: Callable[[dict[str, np.ndarray] | None, Exception | None, bool], None] | None = None
+    # A group of client requests merged before the scheduler (the native gRPC fast path): their
+    # arrival times (monotonic ns); statistics count each of them as a request.
+    group_arrivals_ns: Sequence[int] | None = None
 
 
 class Scheduler(Protocol):

@@ -10,7 +10,11 @@ parameters it does not know; both 0 or absent: off):
   of background requests waits that long for higher-level arrivals (a real-time client answers and
   sends again within it);
 - ``background_share_rows``: a batch that holds higher-level requests takes background requests for at
-  most that many rows (background requests bigger than that never join one).
+  most that many rows (background requests bigger than that never join one);
+- ``background_slice_rows``: while higher-level work is recent (a batch holding some finished within
+  ``background_recent_us``, default 100 ms), a batch made only of background requests holds at most that
+  many rows, and a bigger background request runs in slices of that many rows (``slicing.py``), so a
+  real-time request waits behind one slice at most instead of a whole batch job request.
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.
@@ -26,6 +30,9 @@ from shipyard.serving_runtime.errors import ModelConfigError
 
 HOLDOFF_PARAMETER = "background_holdoff_us"
 SHARE_PARAMETER = "background_share_rows"
+SLICE_PARAMETER = "background_slice_rows"
+RECENT_PARAMETER = "background_recent_us"
+DEFAULT_RECENT_US = 100_000
 _UNLIMITED = 1 << 62
 
 
@@ -44,6 +51,12 @@ class BackgroundSettings:
     level: int
     holdoff_ns: int = 0
     share_rows: int = 0
+    slice_rows: int = 0  # 0: background batches keep their size
+    recent_ns: int = DEFAULT_RECENT_US * 1000
+
+    def slicing(self, last_foreground_ns: int, now_ns: int) -> bool:
+        """Whether background batches are cut to ``slice_rows`` now (higher-level work is recent)."""
+        return bool(self.slice_rows) and bool(last_foreground_ns) and now_ns - last_foreground_ns < self.recent_ns
 
     def hold_until(self, first_level: int, last_foreground_ns: int, now_ns: int) -> int | None:
         """When a batch led by a ``first_level`` request may start: None now, else the time (ns) to decide
@@ -53,18 +66,25 @@ class BackgroundSettings:
         until = last_foreground_ns + self.holdoff_ns
         return until if until > now_ns else None
 
-    def capped(self, items: Iterable[LeveledItem]) -> Iterator[LeveledItem]:
+    def capped(self, items: Iterable[LeveledItem], slicing: bool = False) -> Iterator[LeveledItem]:
         """``items`` (in service order) as a batch may take them: a batch led by a higher-level request
-        stops before its background rows would exceed ``share_rows``."""
+        stops before its background rows would exceed ``share_rows``; with ``slicing``, a batch led by a
+        background request stops before its rows would exceed ``slice_rows`` (its first request always goes)."""
         background_rows = 0
         first = True
         led_by_foreground = False
         for item in items:
             if first:
                 led_by_foreground, first = item.level < self.level, False
+                if not led_by_foreground:
+                    background_rows = item.batch_size
             elif led_by_foreground and item.level >= self.level:
                 background_rows += item.batch_size
                 if background_rows > self.share_rows:
+                    return
+            elif not led_by_foreground and slicing:
+                background_rows += item.batch_size
+                if background_rows > self.slice_rows:
                     return
             yield item
 
@@ -91,11 +111,21 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
     holdoff_us = _int_parameter(config, HOLDOFF_PARAMETER, where)
     has_share = SHARE_PARAMETER in config.parameters
     share_rows = _int_parameter(config, SHARE_PARAMETER, where) if has_share else _UNLIMITED
-    if not holdoff_us and not has_share:
+    slice_rows = _int_parameter(config, SLICE_PARAMETER, where)
+    recent_us = _int_parameter(config, RECENT_PARAMETER, where) if RECENT_PARAMETER in config.parameters else None
+    if not holdoff_us and not has_share and not slice_rows:
+        if recent_us is not None:
+            raise ModelConfigError(f"{where}: parameters {RECENT_PARAMETER!r} needs {SLICE_PARAMETER!r}; set both")
         return None
     if priority_levels < 2:
         raise ModelConfigError(
-            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r} need dynamic_batching priority_levels >= 2 "
-            "(the lowest level is the background); set priority_levels or remove them"
+            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r}/{SLICE_PARAMETER!r} need dynamic_batching "
+            "priority_levels >= 2 (the lowest level is the background); set priority_levels or remove them"
         )
-    return BackgroundSettings(level=priority_levels - 1, holdoff_ns=holdoff_us * 1000, share_rows=share_rows)
+    return BackgroundSettings(
+        level=priority_levels - 1,
+        holdoff_ns=holdoff_us * 1000,
+        share_rows=share_rows,
+        slice_rows=slice_rows,
+        recent_ns=(DEFAULT_RECENT_US if recent_us is None else recent_us) * 1000,
+    )

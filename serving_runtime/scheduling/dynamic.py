@@ -54,6 +54,7 @@ from shipyard.serving_runtime.scheduling.queue import (
     set_exception,
     set_result,
 )
+from shipyard.serving_runtime.scheduling.slicing import SliceBatch, SlicedRequest, Slicer
 from shipyard.serving_runtime.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,14 @@ def settings_from_config(config: Any, where: str) -> tuple[BatchingSettings, Que
     return batching, queue_settings_from_proto(db, where)
 
 
+def _record_failure(stats: ModelStats, request: InferenceRequest, reason: str, end_ns: int, enqueue_ns: int) -> None:
+    """A failed request, or each request of a group (``InferenceRequest.group_arrivals_ns``)."""
+    if request.group_arrivals_ns is None:
+        stats.record_failure(reason, end_ns - enqueue_ns)
+    else:
+        stats.record_group_failure(reason, end_ns, request.group_arrivals_ns)
+
+
 class DynamicBatcher:
     """A ``Scheduler`` for one model version (see ``scheduling.api.Scheduler``)."""
 
@@ -160,6 +169,7 @@ class DynamicBatcher:
         self._item_ns: float | None = None  # estimated compute per item (None: nothing ran yet)
         self._background = self._batching.background
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
+        self._slicer = Slicer(self._background, self._release) if self._background is not None else None
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -218,7 +228,7 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             if self._queue.discard(envelope):
                 self._release(1)
-                self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - now)
+                _record_failure(self.stats, request, RequestCancelled.reason, time.monotonic_ns(), now)
             else:  # executing: its batch records it when it ends (as Triton's); tell the model
                 hook = getattr(request, "cancel_hook", None)
                 if hook is not None:
@@ -242,10 +252,13 @@ class DynamicBatcher:
         self._release(1)
         stats = self.stats
         if batch.error is not None:
-            stats.record_failure(batch.error.reason, end - enqueue_ns)
+            _record_failure(stats, request, batch.error.reason, end, enqueue_ns)
             raise batch.error
         stats.record_execution(size, compute_ns)
-        stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
+        if request.group_arrivals_ns is not None:
+            stats.record_group_success(size, end, batch.compute_start_ns, compute_ns, request.group_arrivals_ns)
+        else:
+            stats.record_success(size, end - enqueue_ns, batch.compute_start_ns - enqueue_ns, compute_ns)
         result = batch.results[0]
         if isinstance(result, ServingError):
             raise result
@@ -302,7 +315,7 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        dropped = self._queue.drop_all()
+        dropped = self._queue.drop_all() + (self._slicer.abandon() if self._slicer is not None else [])
         if dropped:
             self._fail(dropped, ModelNotReady(f"{self._where} was unloaded before the request ran; retry"))
 
@@ -324,7 +337,7 @@ class DynamicBatcher:
         for envelope in envelopes:
             if not envelope.future.done():
                 set_exception(envelope.future, error)
-                self.stats.record_failure(error.reason, now - envelope.enqueue_ns)
+                _record_failure(self.stats, envelope.request, error.reason, now, envelope.enqueue_ns)
         self._release(len(envelopes))
 
     def _release(self, count: int) -> None:
@@ -338,14 +351,18 @@ class DynamicBatcher:
         queue = self._queue
         now = time.monotonic_ns()
         rejected = queue.expire(now)
-        while len(queue):
+        slicer = self._slicer
+        while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
-            if self._background is not None and self._idle:
-                hold = self._background.hold_until(next(iter(queue)).level, self._foreground_ns, now)
-                if hold is not None:
-                    self._arm_timer(hold)
+            if slicer is not None and self._idle:
+                plan = slicer.plan(queue, self._foreground_ns, now)
+                if plan.hold_until_ns is not None:
+                    self._arm_timer(plan.hold_until_ns)
                     break
-                items = self._background.capped(queue)  # type: ignore[assignment]
+                if plan.slice is not None:
+                    self._idle.pop().hand_off(plan.slice, self._handoff_s)
+                    continue
+                items = plan.items
             decision = decide(
                 items,
                 now,
@@ -397,10 +414,17 @@ class DynamicBatcher:
             self._foreground_ns = time.monotonic_ns()
         if self._inline:
             self._observe_compute(compute_ns, batch.size)
+        sliced = self._slicer.done(batch, compute_ns) if isinstance(batch, SliceBatch) and self._slicer else None
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()
         stats = self.stats
+        if isinstance(batch, SliceBatch):
+            if batch.error is None:
+                stats.record_execution(batch.size, compute_ns)
+            if sliced is not None:
+                self._answer_sliced(sliced, end)
+            return
         if batch.error is None:
             stats.record_execution(batch.size, compute_ns)
             # A request cancelled while it ran (its future is done) is still counted, as Triton does.
@@ -412,8 +436,11 @@ class DynamicBatcher:
                         set_exception(future, error)
                     else:
                         set_result(future, outputs)
+                group = envelope.request.group_arrivals_ns
                 if error is not None and not getattr(error, "counts_as_success", False):
-                    stats.record_failure(error.reason, end - envelope.enqueue_ns)
+                    _record_failure(stats, envelope.request, error.reason, end, envelope.enqueue_ns)
+                elif group is not None:
+                    stats.record_group_success(envelope.batch_size, end, envelope.dispatch_ns, compute_ns, group)
                 else:
                     stats.record_success(
                         envelope.batch_size,
@@ -426,5 +453,17 @@ class DynamicBatcher:
             for envelope in batch.envelopes:
                 if not envelope.future.done():
                     set_exception(envelope.future, failure)
-                stats.record_failure(failure.reason, end - envelope.enqueue_ns)
+                _record_failure(stats, envelope.request, failure.reason, end, envelope.enqueue_ns)
         self._release(len(batch.envelopes))
+
+    def _answer_sliced(self, sliced: SlicedRequest, end: int) -> None:
+        """Answer a background request run in slices (``slicing``): its joined outputs or its first error."""
+        envelope = sliced.envelope
+        if sliced.error is not None:
+            set_exception(envelope.future, sliced.error)
+            self.stats.record_failure(sliced.error.reason, end - envelope.enqueue_ns)
+        else:
+            set_result(envelope.future, sliced.joined())
+            queued = envelope.dispatch_ns - envelope.enqueue_ns
+            self.stats.record_success(envelope.batch_size, end - envelope.enqueue_ns, queued, sliced.compute_ns)
+        self._release(1)

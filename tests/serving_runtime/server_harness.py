@@ -211,10 +211,12 @@ def start_server(
     wait_ready: bool = True,
     wait_models: Sequence[str] = (),
     timeout: float = 60.0,
+    python: str = sys.executable,
 ) -> ServerProcess:
-    """Start a server on free ports and wait until it is live (and ready, and ``wait_models`` are)."""
+    """Start a server on free ports and wait until it is live (and ready, and ``wait_models`` are).
+    ``python``: the interpreter (another environment's, to run the shipyard installed there)."""
     http_port, grpc_port = free_port(), free_port()
-    args = [sys.executable, "-m", "shipyard.serving_runtime"]
+    args = [python, "-m", "shipyard.serving_runtime"]
     for repo in repositories:
         args += ["--model-repository", str(repo)]
     args += ["--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra]

@@ -16,9 +16,14 @@
 // thread never runs grpc's transport work (grpc runs queued transport work, and reactions, inline
 // in whichever thread starts an operation). The reactors' own lock is never held while calling into
 // grpc.
+//
+// The fast path for ModelInfer (fast_infer.h): once Python registers a model, plain valid requests
+// for it are parsed and grouped here and reach Python as whole groups (take_batches()), answered
+// with one complete() per group; everything else still arrives as a message.
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/eventfd.h>
@@ -38,6 +43,8 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "fast_infer.h"
 
 namespace py = pybind11;
 
@@ -242,12 +249,151 @@ class Frontend final : public grpc::CallbackGenericService {
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(Event{id, kind, method, grpc::ByteBuffer()});
     if (payload != nullptr) events_.back().payload.Swap(payload);
+    Signal();
+  }
+
+  // Wakes the event loop once until its next take(); called with events_mu_ held.
+  void Signal() {
     if (!signalled_) {
       signalled_ = true;
       uint64_t one = 1;
       ssize_t n = write(event_fd_, &one, sizeof one);
       (void)n;
     }
+  }
+
+  // The fast path: true when ``buffer`` was a plain valid ModelInfer request for a registered
+  // model and now waits in a group (the buffer is then cleared); false leaves it untouched.
+  bool TryFast(uint64_t id, grpc::ByteBuffer* buffer) {
+    if (!fast_any_.load(std::memory_order_acquire)) return false;
+    std::vector<grpc::Slice> slices;
+    if (!buffer->Valid() || !buffer->Dump(&slices).ok() || slices.empty()) return false;
+    grpc::Slice message;
+    if (slices.size() == 1) {
+      message = slices[0];
+    } else {
+      size_t total = 0;
+      for (auto& slice : slices) total += slice.size();
+      grpc_slice joined = grpc_slice_malloc(total);
+      uint8_t* dst = GRPC_SLICE_START_PTR(joined);
+      for (auto& slice : slices) {
+        std::memcpy(dst, slice.begin(), slice.size());
+        dst += slice.size();
+      }
+      message = grpc::Slice(joined, grpc::Slice::STEAL_REF);
+    }
+    std::string_view name, version;
+    if (!fastinfer::PeekModel(message.begin(), message.size(), &name, &version)) return false;
+    std::shared_ptr<const fastinfer::ModelSig> sig;
+    {
+      std::string key(name);
+      key.push_back('\0');
+      key.append(version);
+      std::lock_guard<std::mutex> lock(fast_mu_);
+      auto found = fast_models_.find(key);
+      if (found == fast_models_.end()) return false;
+      sig = found->second;
+    }
+    fastinfer::Parsed parsed;
+    if (!fastinfer::Parse(*sig, message.begin(), message.size(), &parsed)) return false;
+    fastinfer::Request request;
+    request.call_id = id;
+    request.id = std::string(parsed.id);
+    request.batch = parsed.batch;
+    request.outputs = std::move(parsed.outputs);
+    request.arrival_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+    request.message = message;
+    {
+      std::lock_guard<std::mutex> lock(events_mu_);
+      fastinfer::Group* group = nullptr;
+      for (auto& open : groups_) {
+        if (open->sig == sig && open->items + parsed.batch <= sig->max_batch && open->key == parsed.key &&
+            (sig->max_requests == 0 || open->requests.size() < sig->max_requests)) {
+          group = open.get();
+          break;
+        }
+      }
+      if (group == nullptr) {
+        groups_.push_back(std::make_unique<fastinfer::Group>());
+        group = groups_.back().get();
+        group->sig = sig;
+        group->key = parsed.key;
+      }
+      fastinfer::Append(*group, parsed, std::move(request));
+      Signal();
+    }
+    buffer->Clear();
+    return true;
+  }
+
+  int fast_method() const { return fast_method_.load(std::memory_order_relaxed); }
+
+  // Python: take ModelInfer (method index ``method``) through the fast path for registered models.
+  void EnableFast(int method) { fast_method_.store(method); }
+
+  // Python: requests for model ``name`` asking for version ``version`` ("" = the default one) go
+  // to the fast path, checked against these inputs and outputs, as groups tagged ``handle``.
+  void RegisterModel(const std::string& name, const std::string& version, int64_t handle,
+                     const std::string& response_name, const std::string& response_version, int64_t max_batch,
+                     size_t max_requests,
+                     const std::vector<std::tuple<std::string, std::string, std::string, std::vector<int64_t>, size_t, bool>>& inputs,
+                     const std::vector<std::string>& outputs) {
+    if (max_batch < 1) throw std::invalid_argument("the fast path needs max_batch_size >= 1");
+    auto sig = std::make_shared<fastinfer::ModelSig>();
+    sig->handle = handle;
+    sig->response_name = response_name;
+    sig->response_version = response_version;
+    sig->max_batch = max_batch;
+    sig->max_requests = max_requests;
+    for (auto& [in_name, datatype, dtype, dims, itemsize, optional] : inputs) {
+      fastinfer::InputSpec spec;
+      spec.name = in_name;
+      spec.datatype = datatype;
+      spec.dtype = dtype;
+      spec.dims = dims;
+      spec.itemsize = itemsize;
+      spec.optional = optional;
+      if (!optional) ++sig->required;
+      sig->inputs.push_back(std::move(spec));
+    }
+    sig->outputs = outputs;
+    std::string key = name;
+    key.push_back('\0');
+    key.append(version);
+    std::lock_guard<std::mutex> lock(fast_mu_);
+    fast_models_[key] = std::move(sig);
+    fast_any_.store(true, std::memory_order_release);
+  }
+
+  void UnregisterModel(const std::string& name, const std::string& version) {
+    std::string key = name;
+    key.push_back('\0');
+    key.append(version);
+    std::lock_guard<std::mutex> lock(fast_mu_);
+    fast_models_.erase(key);
+    fast_any_.store(!fast_models_.empty(), std::memory_order_release);
+  }
+
+  std::vector<std::unique_ptr<fastinfer::Group>> TakeGroups() {
+    std::vector<std::unique_ptr<fastinfer::Group>> groups;
+    std::lock_guard<std::mutex> lock(events_mu_);
+    groups.swap(groups_);
+    return groups;
+  }
+
+  // Hands answers to the writer thread (any thread, GIL not needed).
+  void QueueAnswers(std::deque<Answer>& answers) {
+    if (answers.empty()) return;
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(answers_mu_);
+      for (auto& answer : answers) answers_.push_back(std::move(answer));
+      wake = writer_idle_;
+      writer_idle_ = false;
+    }
+    if (wake) answers_cv_.notify_one();
   }
 
   void Forget(uint64_t id) {
@@ -292,14 +438,9 @@ class Frontend final : public grpc::CallbackGenericService {
       grpc::ByteBuffer copy(&slice, 1);
       answer.message.Swap(&copy);
     }
-    bool wake;
-    {
-      std::lock_guard<std::mutex> lock(answers_mu_);
-      answers_.push_back(std::move(answer));
-      wake = writer_idle_;
-      writer_idle_ = false;
-    }
-    if (wake) answers_cv_.notify_one();
+    std::deque<Answer> one;
+    one.push_back(std::move(answer));
+    QueueAnswers(one);
   }
 
   // Stop taking calls; calls in progress get ``grace_s`` seconds to be answered, then CANCELLED.
@@ -393,6 +534,11 @@ class Frontend final : public grpc::CallbackGenericService {
   std::unordered_map<uint64_t, Call*> calls_;
   std::mutex events_mu_;
   std::deque<Event> events_;
+  std::vector<std::unique_ptr<fastinfer::Group>> groups_;  // the fast path's open groups
+  std::mutex fast_mu_;
+  std::unordered_map<std::string, std::shared_ptr<const fastinfer::ModelSig>> fast_models_;
+  std::atomic<bool> fast_any_{false};
+  std::atomic<int> fast_method_{-1};
   bool signalled_ = false;
   std::mutex answers_mu_;
   std::condition_variable answers_cv_;
@@ -405,6 +551,7 @@ class Frontend final : public grpc::CallbackGenericService {
 void Call::OnReadDone(bool ok) {
   if (ok) {
     got_message_ = true;
+    if (!streaming_ && method_ == frontend_->fast_method() && frontend_->TryFast(id_, &read_buf_)) return;
     frontend_->Push(id_, kMessage, method_, &read_buf_);
     if (streaming_) {
       std::unique_lock<std::mutex> lock(mu_);
@@ -440,6 +587,173 @@ void Call::OnDone() {
   Unref();
 }
 
+// A group of fast-path requests, as Python sees it: one request of the dynamic batcher.
+// Exactly one of complete(), fail() or fallback() answers its calls; a batch dropped without
+// either falls back (its requests take the Python path).
+class FastBatch {
+ public:
+  FastBatch(Frontend* frontend, py::object owner, std::unique_ptr<fastinfer::Group> group)
+      : frontend_(frontend), owner_(std::move(owner)), group_(std::move(group)) {}
+  ~FastBatch() {
+    if (!done_) Fallback();
+  }
+
+  int64_t handle() const { return group_->sig->handle; }
+  size_t count() const { return group_->requests.size(); }
+  int64_t items() const { return group_->items; }
+
+  py::list arrivals() const {
+    py::list out(group_->requests.size());
+    size_t i = 0;
+    for (auto& r : group_->requests) out[i++] = py::int_(r.arrival_ns);
+    return out;
+  }
+
+  // The outputs to ask the backend for: the requests' common selection, () when any wants all
+  // (scheduling/batch.py's batch_outputs, over the group).
+  py::tuple outputs() const {
+    std::vector<int> names;
+    for (auto& r : group_->requests) {
+      if (r.outputs.empty()) return py::tuple();
+      for (int index : r.outputs) {
+        bool seen = false;
+        for (int n : names) seen |= n == index;
+        if (!seen) names.push_back(index);
+      }
+    }
+    py::tuple out(names.size());
+    for (size_t i = 0; i < names.size(); ++i) out[i] = py::str(group_->sig->outputs[names[i]]);
+    return out;
+  }
+
+  // The group's inputs, in model input order: arrays over the group's own buffers.
+  static py::dict Inputs(py::object self) {
+    auto& batch = self.cast<FastBatch&>();
+    auto& group = *batch.group_;
+    py::dict out;
+    for (size_t i = 0; i < group.sig->inputs.size(); ++i) {
+      if (!group.present[i]) continue;
+      const auto& spec = group.sig->inputs[i];
+      std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(group.items)};
+      for (int64_t d : group.item_shapes[i]) shape.push_back(static_cast<py::ssize_t>(d));
+      py::array array(py::dtype(spec.dtype), shape, {}, group.data[i].data(), self);
+      out[py::str(spec.name)] = array;
+    }
+    return out;
+  }
+
+  // ``outputs``: (name, datatype, C-contiguous array) per output the backend returned, in the
+  // order a request that names no outputs gets them. Splits rows per request (a group of one
+  // request sends the arrays whole), serializes and queues each response.
+  void Complete(const py::list& outputs) {
+    Claim();
+    auto& group = *group_;
+    const auto& sig = *group.sig;
+    const bool whole = group.requests.size() == 1;
+    std::vector<fastinfer::OutputView> views;
+    std::vector<py::array> keep;
+    std::vector<int> by_output(sig.outputs.size(), -1);
+    for (auto item : outputs) {
+      auto entry = item.cast<py::tuple>();
+      fastinfer::OutputView view;
+      view.name = entry[0].cast<std::string>();
+      view.datatype = entry[1].cast<std::string>();
+      auto array = entry[2].cast<py::array>();
+      if (!(array.flags() & py::array::c_style)) throw std::invalid_argument("output " + view.name + " is not C-contiguous");
+      view.data = static_cast<const char*>(array.data());
+      for (py::ssize_t d = 0; d < array.ndim(); ++d) view.shape.push_back(array.shape(d));
+      const size_t nbytes = static_cast<size_t>(array.nbytes());
+      if (whole) {
+        view.row_bytes = nbytes;
+      } else {
+        if (array.ndim() == 0 || array.shape(0) != group.items) throw std::invalid_argument("output " + view.name + " does not hold the group's items");
+        view.row_bytes = nbytes / static_cast<size_t>(group.items);
+      }
+      for (size_t o = 0; o < sig.outputs.size(); ++o) {
+        if (sig.outputs[o] == view.name) by_output[o] = static_cast<int>(views.size());
+      }
+      views.push_back(std::move(view));
+      keep.push_back(std::move(array));
+    }
+    std::vector<int> all(views.size());
+    for (size_t j = 0; j < all.size(); ++j) all[j] = static_cast<int>(j);
+    done_ = true;
+    py::gil_scoped_release release;
+    std::deque<Answer> answers;
+    int64_t start = 0;
+    std::vector<int> selected;
+    for (auto& r : group.requests) {
+      selected.clear();
+      bool missing = false;
+      if (r.outputs.empty()) {
+        selected = all;
+      } else {
+        for (int index : r.outputs) {
+          if (by_output[index] < 0) missing = true;
+          selected.push_back(by_output[index]);
+        }
+      }
+      if (missing) {  // Python checks this first; never expected
+        answers.push_back(Answer{r.call_id, false, grpc::ByteBuffer(), true,
+                                 grpc::Status(grpc::StatusCode::INTERNAL, "internal error: a requested output is missing")});
+      } else {
+        auto* bytes = new std::string(fastinfer::Response(sig, r, start, whole, views, selected));
+        grpc::Slice slice(bytes->data(), bytes->size(), [](void* p) { delete static_cast<std::string*>(p); }, bytes);
+        answers.push_back(Answer{r.call_id, true, grpc::ByteBuffer(&slice, 1), true, grpc::Status::OK});
+      }
+      start += r.batch;
+    }
+    frontend_->QueueAnswers(answers);
+  }
+
+  // Every request of the group ends with this status.
+  void Fail(int code, const std::string& message) {
+    Claim();
+    done_ = true;
+    std::deque<Answer> answers;
+    for (auto& r : group_->requests) {
+      answers.push_back(Answer{r.call_id, false, grpc::ByteBuffer(), true,
+                               grpc::Status(static_cast<grpc::StatusCode>(code), message)});
+    }
+    frontend_->QueueAnswers(answers);
+  }
+
+  // Every request of the group goes to the Python path as the message it came as.
+  void Fallback() {
+    done_ = true;
+    const int method = frontend_->fast_method();
+    for (auto& r : group_->requests) {
+      grpc::ByteBuffer payload(&r.message, 1);
+      frontend_->Push(r.call_id, kMessage, method, &payload);
+    }
+  }
+
+  void FallbackChecked() {
+    Claim();
+    Fallback();
+  }
+
+ private:
+  void Claim() const {
+    if (done_) throw std::logic_error("this fast-path batch was answered already");
+  }
+
+  Frontend* frontend_;
+  py::object owner_;  // keeps the Frontend alive
+  std::unique_ptr<fastinfer::Group> group_;
+  bool done_ = false;
+};
+
+py::list TakeBatches(py::object self) {
+  auto& frontend = self.cast<Frontend&>();
+  auto groups = frontend.TakeGroups();
+  py::list out(groups.size());
+  for (size_t i = 0; i < groups.size(); ++i) {
+    out[i] = py::cast(std::make_unique<FastBatch>(&frontend, self, std::move(groups[i])));
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_grpc_native, m) {
@@ -465,5 +779,22 @@ PYBIND11_MODULE(_grpc_native, m) {
       .def("shutdown", &Frontend::Shutdown, py::arg("grace_s"))
       .def("fileno", &Frontend::fd)
       .def_property_readonly("inflight", &Frontend::inflight)
-      .def_property_readonly("refused", &Frontend::refused);
+      .def_property_readonly("refused", &Frontend::refused)
+      .def("enable_fast", &Frontend::EnableFast, py::arg("method"))
+      .def("register_model", &Frontend::RegisterModel, py::arg("name"), py::arg("version"), py::arg("handle"),
+           py::arg("response_name"), py::arg("response_version"), py::arg("max_batch"), py::arg("max_requests"),
+           py::arg("inputs"),
+           py::arg("outputs"))
+      .def("unregister_model", &Frontend::UnregisterModel, py::arg("name"), py::arg("version"))
+      .def("take_batches", &TakeBatches);
+  py::class_<FastBatch>(m, "FastBatch")
+      .def_property_readonly("handle", &FastBatch::handle)
+      .def_property_readonly("count", &FastBatch::count)
+      .def_property_readonly("items", &FastBatch::items)
+      .def_property_readonly("arrivals", &FastBatch::arrivals)
+      .def_property_readonly("outputs", &FastBatch::outputs)
+      .def("inputs", &FastBatch::Inputs)
+      .def("complete", &FastBatch::Complete, py::arg("outputs"))
+      .def("fail", &FastBatch::Fail, py::arg("code"), py::arg("message"))
+      .def("fallback", &FastBatch::FallbackChecked);
 }

@@ -7,13 +7,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from score_harness import AFFINE_CONFIG, PRIO_CONFIG, TIGHT_CONFIG, Runtime, affine_onnx, start_runtime, write_model
+from score_harness import (
+    AFFINE_CONFIG,
+    PRIO_CONFIG,
+    SLICED_CONFIG,
+    TIGHT_CONFIG,
+    Runtime,
+    affine_onnx,
+    start_runtime,
+    write_model,
+)
 
 
 @pytest.fixture(scope="session")
 def score_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("score-repo")
-    for name, config in (("affine", AFFINE_CONFIG), ("prio", PRIO_CONFIG), ("tight", TIGHT_CONFIG)):
+    models = (("affine", AFFINE_CONFIG), ("prio", PRIO_CONFIG), ("tight", TIGHT_CONFIG), ("sliced", SLICED_CONFIG))
+    for name, config in models:
         write_model(repo, name, affine_onnx(), config)
     return repo
 

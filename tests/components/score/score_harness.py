@@ -40,8 +40,17 @@ PRIO_CONFIG = AFFINE_CONFIG.replace('"affine"', '"prio"').replace(
 )
 # the same model, with one queued request at most at priority level 2 (the batch job's)
 TIGHT_CONFIG = AFFINE_CONFIG.replace('"affine"', '"tight"').replace(
-    "max_queue_delay_microseconds: 500", "max_queue_delay_microseconds: 2000 priority_queue_policy "
-    "{ key: 2 value: { max_queue_size: 1 } }"
+    "max_queue_delay_microseconds: 500",
+    "max_queue_delay_microseconds: 2000 priority_queue_policy { key: 2 value: { max_queue_size: 1 } }",
+)
+
+# the same model, whose priority level 2 is a background level run in 4-row slices while real-time work was
+# seen in the last 60 s (serving_runtime/scheduling/slicing.py)
+SLICED_CONFIG = AFFINE_CONFIG.replace('"affine"', '"sliced"').replace(
+    "preferred_batch_size: [ 16 ] max_queue_delay_microseconds: 500 ", ""
+) + (
+    'parameters { key: "background_slice_rows" value: { string_value: "4" } }\n'
+    'parameters { key: "background_recent_us" value: { string_value: "60000000" } }\n'
 )
 
 

@@ -56,6 +56,32 @@ def test_priority_parameter_reaches_the_queue(runtime: Runtime) -> None:
         client.close()
 
 
+def test_batch_job_runs_in_slices_after_real_time_traffic(tmp_path: Path, runtime: Runtime) -> None:
+    """Model ``sliced``: after a real-time request, each 32-row batch-job request runs as 8 slices of 4 rows
+    (the server's statistics count executions), and the predictions are whole and in order."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(runtime.grpc_url)
+
+    def counts() -> tuple[int, int]:
+        stats = client.get_inference_statistics("sliced", as_json=True)["model_stats"][0]
+        return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+
+    item = grpcclient.InferInput("x", [1, 4], "FP32")
+    item.set_data_from_numpy(make_features(1))
+    client.infer("sliced", [item])  # real-time (the default level): the batch job is sliced from now on
+    before = counts()
+    x, keys = make_features(64, seed=3), np.arange(64)
+    source = write_input("parquet", tmp_path / "in.parquet", x, keys)
+    summary = score(str(source), str(tmp_path / "out"), "sliced", url=runtime.grpc_url, key="id", batch_size=32,
+                    show_progress=False)  # fmt: skip
+    assert (summary["requests"], summary["priority"]) == (2, 2)
+    executions, inferences = (now - then for now, then in zip(counts(), before, strict=True))
+    assert (executions, inferences) == (16, 64)
+    check_predictions(read_output(str(tmp_path / "out")), x, keys)
+    client.close()
+
+
 def test_backs_off_on_queue_full(tmp_path: Path, runtime: Runtime) -> None:
     """Model ``tight`` queues one priority-2 request at most: the others are refused (UNAVAILABLE) and resent."""
     x = make_features(400, seed=2)

@@ -1,0 +1,228 @@
+"""The native fast path for ModelInfer: per-request work in C++, Python once per group of requests.
+
+The C++ side (``native/fast_infer.h``) parses and checks plain, valid ModelInfer requests for the
+models registered here, groups them (same model, same item shapes, at most ``max_batch_size``
+items), concatenates their tensors and, once a group has run, splits the outputs and serializes a
+response per request. Python runs each group as ONE request of the model's dynamic batcher.
+
+One definition of the protocol: C++ takes only what ``grpc_codec.fast_request`` would take (no
+parameters, no shared memory, raw contents of the model's fixed-size inputs, known outputs);
+every other request (errors included) reaches the Python path unchanged, and so do a group's
+requests when its model was unloaded or replaced (``fallback``): statuses and messages are the
+Python path's.
+
+Registration is lazy and checked per group: a model version is registered the first time a
+ModelInfer for it succeeds on the Python path (``observe``), if it is eligible (``ineligible``);
+before each group runs, the manager is asked again which model serves that name and version,
+and a different answer unregisters it and sends the group to the Python path. So a request never
+runs on a version that is unloaded, and a reload needs no hook in the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from shipyard.serving_runtime.datatypes import numpy_to_triton
+from shipyard.serving_runtime.errors import BackendError, ModelNotReady, ServingError
+from shipyard.serving_runtime.protocol.service import InferenceService
+from shipyard.serving_runtime.protocol.types import ModelLike
+from shipyard.serving_runtime.protocol.validate import rules_for
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
+from shipyard.serving_runtime.traffic import canary_of
+
+log = logging.getLogger(__name__)
+
+_INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
+
+
+def ineligible(model: ModelLike) -> str | None:
+    """None when ``model`` can take the fast path, else why not.
+
+    Eligible: a model served by the dynamic batcher itself (no sequence batching, response cache,
+    ensemble scheduler, decoupled transaction policy, Python backend) with ``max_batch_size`` >= 1,
+    with ``dynamic_batching`` (groups of any number of requests) or without (the default
+    scheduler: groups of one request, so each still runs alone), one priority level without queue
+    size or timeout limits (a group is one entry of the queue), no canary split, fixed-size
+    datatypes on every input and output.
+    """
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+
+    scheduler = getattr(model, "scheduler", None)
+    if type(scheduler) is not DynamicBatcher:
+        return f"its scheduler is {type(scheduler).__name__}, not the dynamic batcher"
+    config: Any = getattr(model, "config", None)
+    if config is None:
+        return "it has no config"
+    if int(model.max_batch_size) < 1:
+        return "max_batch_size is 0"
+    if getattr(model, "decoupled", False) or getattr(model, "backend", "") == "python":
+        return "decoupled or Python models see each request"
+    batching = config.dynamic_batching
+    if batching.priority_levels or batching.priority_queue_policy:
+        return "it has priority levels"
+    policy = batching.default_queue_policy
+    if batching.HasField("default_queue_policy") and (policy.max_queue_size or policy.default_timeout_microseconds):
+        return "its queue policy limits the queue size or sets timeouts"
+    if canary_of(config) is not None:
+        return "it splits traffic between versions"
+    rules = rules_for(model)
+    if set(rules.fast_inputs) != set(rules.inputs):
+        return "an input is not of a fixed-size datatype"
+    if any(rule.datatype == "BYTES" for rule in rules.outputs.values()):
+        return "an output is BYTES"
+    return None
+
+
+@dataclass
+class _Entry:
+    """A registered (model name, requested version) and the served model it maps to."""
+
+    name: str
+    version: str
+    model: weakref.ReferenceType[Any]
+    outputs: tuple[str, ...]  # config order
+
+
+class FastPath:
+    """Registers models with the native frontend and runs the groups it hands over."""
+
+    def __init__(self, native: Any, service: InferenceService) -> None:
+        self._native = native
+        self._service = service
+        self._entries: dict[int, _Entry] = {}  # handle -> entry
+        self._keys: dict[tuple[str, str], int] = {}
+        self._refused: dict[tuple[str, str], weakref.ReferenceType[Any]] = {}  # ineligible, last seen
+        self._next_handle = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def observe(self, name: str, version: str) -> None:
+        """A ModelInfer for (``name``, ``version``) succeeded on the Python path: register it when
+        its model can take the fast path. Never raises."""
+        key = (name, version)
+        if key in self._keys:
+            return
+        try:
+            model = self._service.model(name, version)
+        except ServingError:
+            return
+        refused = self._refused.get(key)
+        if refused is not None and refused() is model:
+            return
+        reason = ineligible(model)
+        if reason is not None:
+            log.debug("model %r: gRPC requests take the Python path: %s", name, reason)
+            try:
+                self._refused[key] = weakref.ref(model)
+            except TypeError:
+                pass
+            return
+        self._register(key, model)
+
+    def _register(self, key: tuple[str, str], model: ModelLike) -> None:
+        rules = rules_for(model)
+        inputs = [
+            (spec.name, spec.datatype, rules.fast_inputs[spec.name].dtype.str, list(spec.dims),
+             rules.fast_inputs[spec.name].dtype.itemsize, rules.inputs[spec.name].optional)
+            for spec in model.inputs
+        ]  # fmt: skip
+        handle = self._next_handle
+        self._next_handle += 1
+        self._entries[handle] = _Entry(key[0], key[1], weakref.ref(model), tuple(rules.outputs))
+        self._keys[key] = handle
+        mbs = int(model.max_batch_size)
+        max_requests = 0 if model.config.HasField("dynamic_batching") else 1  # the default scheduler: alone
+        self._native.register_model(
+            key[0], key[1], handle, model.name, str(model.version), mbs, max_requests, inputs, list(rules.outputs)
+        )
+        log.info("model %r version %s: gRPC ModelInfer takes the native fast path", key[0], key[1] or "(default)")
+
+    def _unregister(self, handle: int) -> None:
+        entry = self._entries.pop(handle, None)
+        if entry is not None and self._keys.get((entry.name, entry.version)) == handle:
+            del self._keys[(entry.name, entry.version)]
+            self._native.unregister_model(entry.name, entry.version)
+
+    def _served(self, handle: int) -> tuple[_Entry, ModelLike] | None:
+        """The entry and its model when that model still serves its name and version, else None
+        (and the registration is dropped)."""
+        entry = self._entries.get(handle)
+        model = entry.model() if entry is not None else None
+        if entry is not None and model is not None:
+            try:
+                if self._service.model(entry.name, entry.version) is model:
+                    return entry, model
+            except ServingError:
+                pass
+        self._unregister(handle)
+        return None
+
+    # -- groups ----------------------------------------------------------------------------------
+
+    def run(self, batches: list[Any]) -> None:
+        """Start each group the native frontend handed over (on the event loop)."""
+        for batch in batches:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: Any) -> None:
+        served = self._served(batch.handle)
+        if served is None:
+            batch.fallback()
+            return
+        entry, model = served
+        request = InferenceRequest(
+            inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
+        )
+        try:
+            results = await model.infer(request)
+            outputs = _outputs(entry, model, batch, results)
+        except ModelNotReady:
+            batch.fallback()  # unloading: the Python path retries on the new version or answers
+        except ServingError as exc:
+            batch.fail(int(grpc.StatusCode[exc.grpc_code].value[0]), exc.message)
+        except asyncio.CancelledError:
+            batch.fail(int(grpc.StatusCode.CANCELLED.value[0]), "the server is shutting down")
+            raise
+        except Exception as exc:
+            log.exception("unexpected error in a gRPC call")
+            batch.fail(_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            batch.complete(outputs)
+
+    def cancel(self) -> None:
+        """Stop the groups in progress (server shutdown)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _outputs(entry: _Entry, model: ModelLike, batch: Any, results: Mapping[str, np.ndarray]) -> list[Any]:
+    """(name, datatype, contiguous array) per output, in the order a request naming none gets them
+    (validate.collect_outputs). Raises: BackendError as the Python path would."""
+    for name in batch.outputs:
+        if name not in results:
+            raise BackendError(f"model {model.name!r} returned no output {name!r}")
+    names = [name for name in entry.outputs if name in results] or list(results)
+    outputs = []
+    for name in names:
+        array = np.ascontiguousarray(results[name])
+        datatype = numpy_to_triton(array.dtype)
+        if datatype == "BYTES":
+            raise BackendError(f"model {model.name!r} returned BYTES for output {name!r}, not in its config")
+        if batch.count > 1 and (array.ndim == 0 or array.shape[0] != batch.items):
+            raise BackendError(
+                f"output {name!r} has shape {list(array.shape)} but the batch has {batch.items} items; "
+                "a batched model must return the batch as the first dimension of every output"
+            )
+        outputs.append((name, datatype, array))
+    return outputs
