@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -71,10 +72,12 @@ def measure(
     client: str,
     seconds: float,
     grpc_frontend: str = "auto",
+    shipyard_args: str = "",
 ) -> dict[str, Any]:
     """Run one cell against a fresh ``target_name`` and return per-thread CPU over its middle part.
 
-    ``grpc_frontend``: shipyard's ``--grpc-frontend`` (other targets ignore it).
+    ``grpc_frontend``: shipyard's ``--grpc-frontend``; ``shipyard_args``: more of its flags (other
+    targets ignore both).
 
     Raises: TargetUnavailable, RuntimeError (the target or the load generator failed).
     """
@@ -82,6 +85,7 @@ def measure(
     workdir = Path(tempfile.mkdtemp(prefix="shipyard-threads-"))
     if target_name == "shipyard":
         target = targets.shipyard_target([model], workdir, grpc_frontend=grpc_frontend)
+        target.server.argv.extend(shlex.split(shipyard_args))
     else:
         build = {
             "echo": targets.echo_target,
@@ -143,9 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shipyard-grpc-frontend", default="auto", choices=("auto", "native", "aio"), help="shipyard's --grpc-frontend"
     )
+    parser.add_argument(
+        "--shipyard-args", default="", help='more flags for shipyard\'s server, e.g. "--no-grpc-fast-path"'
+    )
     args = parser.parse_args(argv)
     out = measure(
-        args.target, args.model, args.protocol, args.concurrency, args.client, args.seconds, args.shipyard_grpc_frontend
+        args.target,
+        args.model,
+        args.protocol,
+        args.concurrency,
+        args.client,
+        args.seconds,
+        args.shipyard_grpc_frontend,
+        args.shipyard_args,
     )
     cell: CellResult = out["cell"]
     rate = cell.throughput

@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from shipyard.serving_runtime.datatypes import numpy_to_triton
-from shipyard.serving_runtime.errors import BackendError, ModelNotReady, ServingError
+from shipyard.serving_runtime.errors import BackendError, ModelNotReady, QueueFull, ServingError
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import rules_for
@@ -50,8 +50,9 @@ def ineligible(model: ModelLike) -> str | None:
     ensemble scheduler, decoupled transaction policy, Python backend) with ``max_batch_size`` >= 1,
     with ``dynamic_batching`` (groups of any number of requests) or without (the default
     scheduler: groups of one request, so each still runs alone), one priority level without queue
-    size or timeout limits (a group is one entry of the queue), no canary split, fixed-size
-    datatypes on every input and output.
+    timeouts (a group is one entry of the queue; ``max_queue_size`` counts its requests, and a group
+    that does not fit goes to the Python path), no canary split, fixed-size datatypes on every
+    input and output.
     """
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
@@ -68,9 +69,8 @@ def ineligible(model: ModelLike) -> str | None:
     batching = config.dynamic_batching
     if batching.priority_levels or batching.priority_queue_policy:
         return "it has priority levels"
-    policy = batching.default_queue_policy
-    if batching.HasField("default_queue_policy") and (policy.max_queue_size or policy.default_timeout_microseconds):
-        return "its queue policy limits the queue size or sets timeouts"
+    if batching.default_queue_policy.default_timeout_microseconds:
+        return "its queue policy sets timeouts"
     if canary_of(config) is not None:
         return "it splits traffic between versions"
     rules = rules_for(model)
@@ -187,8 +187,10 @@ class FastPath:
         try:
             results = await model.infer(request)
             outputs = _outputs(entry, model, batch, results)
-        except ModelNotReady:
-            batch.fallback()  # unloading: the Python path retries on the new version or answers
+        except (ModelNotReady, QueueFull):
+            # unloading: the Python path retries on the new version or answers; a full queue: each
+            # request is queued or refused on its own there, as max_queue_size counts requests
+            batch.fallback()
         except ServingError as exc:
             batch.fail(int(grpc.StatusCode[exc.grpc_code].value[0]), exc.message)
         except asyncio.CancelledError:

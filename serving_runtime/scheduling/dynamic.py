@@ -211,10 +211,13 @@ class DynamicBatcher:
             return self._run_inline(request, now)
         key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
+        if request.group_arrivals_ns is not None:
+            envelope.weight = len(request.group_arrivals_ns)
         try:
             self._queue.push(envelope)
         except QueueFull as exc:
-            self.stats.record_failure(exc.reason, 0)
+            if request.group_arrivals_ns is None:  # a group's requests are retried one by one
+                self.stats.record_failure(exc.reason, 0)
             raise
         self._pending += 1
         self.stats.pending = self._pending

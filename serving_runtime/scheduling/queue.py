@@ -39,6 +39,7 @@ class Envelope:
     state: int = QUEUED
     delayed: bool = False
     dispatch_ns: int = 0
+    weight: int = 1  # client requests it holds (a group of the native gRPC fast path: several)
 
 
 def set_result(future: asyncio.Future[Any], value: Any) -> None:
@@ -159,7 +160,7 @@ class RequestQueue:
         """
         level = self.settings.level_index(envelope.request.priority)
         policy = self._policies[level]
-        if policy.max_queue_size and self._live[level] >= policy.max_queue_size:
+        if policy.max_queue_size and self._live[level] + envelope.weight > policy.max_queue_size:
             raise QueueFull(
                 f"queue for priority level {level + 1} is full ({policy.max_queue_size} requests, "
                 "max_queue_size); retry later or raise max_queue_size"
@@ -171,7 +172,7 @@ class RequestQueue:
             self._seq += 1
             heapq.heappush(self._deadlines, (envelope.deadline_ns, self._seq, envelope))
         self._levels[level].append(envelope)
-        self._live[level] += 1
+        self._live[level] += envelope.weight
         self._size += 1
 
     def discard(self, envelope: Envelope) -> bool:
@@ -179,7 +180,7 @@ class RequestQueue:
         if envelope.state != QUEUED:
             return False
         envelope.state = GONE
-        self._live[envelope.level] -= 1
+        self._live[envelope.level] -= envelope.weight
         self._size -= 1
         return True
 
@@ -229,7 +230,7 @@ class RequestQueue:
                 if envelope.state != QUEUED:
                     continue
                 envelope.state = DISPATCHED
-                self._live[envelope.level] -= 1
+                self._live[envelope.level] -= envelope.weight
                 self._size -= 1
                 taken.append(envelope)
             if len(taken) >= count:

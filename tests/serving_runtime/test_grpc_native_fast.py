@@ -26,6 +26,11 @@ BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').repl
 )
 
 
+BOUNDED_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "bounded"').replace(
+    "dynamic_batching { }", "dynamic_batching { default_queue_policy { max_queue_size: 3 } }"
+)
+
+
 def _native_or_skip() -> None:
     from shipyard.serving_runtime.protocol import native_grpc
 
@@ -36,6 +41,7 @@ def _native_or_skip() -> None:
 def _repository(root: Path) -> Path:
     write_model(root, "batched", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, BATCHED_CONFIG)
     write_model(root, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)  # default scheduler
+    write_model(root, "bounded", {1: simple_onnx(100.0)}, BOUNDED_CONFIG)
     return root
 
 
@@ -54,7 +60,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
                     "--grpc-frontend",
                     "native",
                     *flags,
-                    wait_models=("batched", "simple"),
+                    wait_models=("batched", "simple", "bounded"),
                 )
             )
         yield started[0], started[1]
@@ -130,11 +136,20 @@ def test_same_answers_as_the_python_path(servers: tuple[ServerProcess, ServerPro
         assert got == want
 
 
-def _rows(server: ServerProcess, model: str, count: int, batch: int) -> None:
+def _rows(server: ServerProcess, model: str, count: int, batch: int, refused: list[str] | None = None) -> None:
+    """``count`` concurrent requests of ``batch`` items, each checked against its own inputs;
+    QueueFull answers are collected in ``refused`` when given (else they fail the test)."""
+
     def one(i: int) -> None:
         client = grpcclient.InferenceServerClient(server.grpc_host)
         try:
-            result = client.infer(model, _inputs(batch, float(i)), request_id=str(i))
+            try:
+                result = client.infer(model, _inputs(batch, float(i)), request_id=str(i))
+            except InferenceServerException as exc:
+                if refused is None or exc.status() != "StatusCode.UNAVAILABLE":
+                    raise
+                refused.append(str(exc.message()))
+                return
             assert result.get_response().id == str(i)
             base = np.arange(batch * 16, dtype=np.float32).reshape(batch, 16)
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), base * 3 + 2 * i + 100)
@@ -220,3 +235,63 @@ def test_reload_and_unload_never_serve_a_stale_version(explicit: tuple[ServerPro
         assert failed.value.status() == "StatusCode.UNAVAILABLE"
     finally:
         client.close()
+
+
+def test_a_bounded_queue_counts_each_request(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    fast, _ = servers
+    _infer(fast, "bounded", inputs=_inputs(1, 0.0))
+    assert "model 'bounded' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
+    before = _stats(fast, "bounded", "1")
+    refused: list[str] = []
+    _rows(fast, "bounded", 200, 1, refused)
+    after = _stats(fast, "bounded", "1")
+
+    def count(stats: dict[str, Any], kind: str) -> int:
+        return int(stats["inference_stats"][kind].get("count", 0))
+
+    assert set(refused) <= {
+        "queue for priority level 1 is full (3 requests, max_queue_size); retry later or raise max_queue_size"
+    }
+    assert count(after, "success") - count(before, "success") == 200 - len(refused)
+    assert count(after, "fail") - count(before, "fail") == len(refused)
+
+
+def _raw_call(server: ServerProcess, payload: bytes) -> tuple[str, bytes | str]:
+    """Send ``payload`` as a ModelInfer message as it is; (status, response bytes or message)."""
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_host) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        try:
+            return "OK", call(payload, timeout=10)
+        except grpc.RpcError as exc:
+            return str(exc.code()), str(exc.details())
+
+
+def test_mutated_messages_get_the_python_paths_answers(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """The C++ parser takes only what the Python path reads the same way: byte flips, truncations and
+    insertions in a valid request get identical answers with and without the fast path."""
+    from shipyard.serving_runtime.protocol.grpc_codec import encode_infer_request
+
+    fast, slow = servers
+    base = np.arange(32, dtype=np.float32).reshape(2, 16)
+    valid = encode_infer_request(
+        "batched", {"INPUT0": base, "INPUT1": base + 1}, request_id="x", outputs=["OUTPUT1"]
+    ).SerializeToString()
+    assert _raw_call(fast, valid) == _raw_call(slow, valid)
+    rng = np.random.default_rng(21)
+    accepted = 0
+    for _ in range(150):
+        data = bytearray(valid)
+        kind = rng.integers(3)
+        at = int(rng.integers(len(data)))
+        if kind == 0:
+            data[at] = int(rng.integers(256))
+        elif kind == 1:
+            del data[at:]
+        else:
+            data[at:at] = bytes(rng.integers(256, size=int(rng.integers(1, 4)), dtype=np.uint8))
+        got, want = _raw_call(fast, bytes(data)), _raw_call(slow, bytes(data))
+        assert got == want, f"mutation {kind} at {at}: {bytes(data)!r}"
+        accepted += got[0] == "OK"
+    assert accepted > 0
