@@ -146,6 +146,33 @@ class _Client(threading.Thread):
             time.sleep(0.01)
 
 
+def _breaks_on_real_pixels() -> Any:
+    """An ONNX model with the digits CNN's inputs and outputs that looks up a 10-entry table at index
+    ``int(pixel * 100)``: the logged example (all zeros) passes export, optimization and validation, while real
+    images (pixels up to 1.0) make ONNX Runtime fail with an index out of range."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"starts": np.array([0], np.int64), "ends": np.array([10], np.int64), "axes": np.array([1], np.int64),
+              "scale": np.array(100.0, np.float32), "table": np.linspace(-1, 1, 10).astype(np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first10"]),
+        helper.make_node("Mul", ["first10", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["logits"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "breaks_on_real_pixels",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def _digits(seed: int) -> Any:
     import torch
 
@@ -232,6 +259,36 @@ def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(sta
     _wait(lambda: client.get_model_version_by_alias("digits", "champion").version == str(v2.version), 30,
           "the alias back on v2")  # fmt: skip
     assert serving() == v2.version
+
+    # a version that passes every gate but breaks on live traffic: the canary is judged on the runtime's own
+    # metrics (nv_inference_request_failure of its repository version) and rolled back during the watch
+    v4 = registry.register_module(_breaks_on_real_pixels(), np.zeros((2, 1, 8, 8), np.float32), "digits",
+                                  tracking_uri=mlflow_url)  # fmt: skip
+    _wait(lambda: tag(v4.version, "shipyard.rollout.status") == "prepared", 240, "v4 prepared (its gates pass)")
+    load = _Client(stack["http"], x)
+    load.start()
+    _wait(lambda: load.ok > 5, 30, "the client's first answers")
+    started = time.monotonic()
+    client.set_registered_model_alias("digits", "champion", str(v4.version))
+    _wait(lambda: tag(v4.version, "shipyard.rollout.status") == "rolled_back", 120, "v4 rolled back")
+    rolled_back_s = time.monotonic() - started
+    reason = tag(v4.version, "shipyard.rollout.reason") or ""
+    assert reason.startswith("canary error rate") and "> 1.0%" in reason, reason
+    assert any("out of" in f or "indices" in f for f in load.failures), load.failures[:3]  # the canary's answers
+    _wait(lambda: client.get_model_version_by_alias("digits", "champion").version == str(v2.version), 30,
+          "the alias back on v2 after the canary")  # fmt: skip
+    assert serving() == v2.version
+    canary_rv = int(tag(v4.version, "shipyard.rollout.repo_version") or 0)
+    http = f"http://{stack['http']}"
+    _wait(lambda: not _ok(f"{http}/v2/models/digits/versions/{canary_rv}/ready"), 30, "the canary unloaded")
+    failed_before = len(load.failures)
+    ok_before = load.ok
+    time.sleep(2.0)
+    load.stop.set()
+    load.join(10)
+    print(f"v4 alias set -> rolled back on live errors: {rolled_back_s:.1f} s; reason: {reason}")
+    assert len(load.failures) == failed_before and load.ok > ok_before  # the stable version serves everything again
+    assert rolled_back_s < 60
 
 
 def test_canary_verdict_from_metric_snapshots() -> None:
