@@ -118,8 +118,17 @@ class KServeDeployments:
 
     def _api(self) -> Any:
         from shipyard.components.deploy import kube
+        from shipyard.components.deploy.errors import DeployError
 
-        return kube.api_client(os.environ.get("KUBECONFIG"))
+        try:
+            return kube.api_client(os.environ.get("KUBECONFIG"))
+        except DeployError as exc:
+            if os.environ.get("KUBECONFIG"):
+                raise  # its message names the file and what is wrong with it
+            raise PluginError(
+                "no Kubernetes cluster configured for -t shipyard:/kserve: set KUBECONFIG (or create ~/.kube/config, "
+                "or run inside a cluster); -t shipyard deploys on this machine instead"
+            ) from exc
 
     @staticmethod
     def _check_model_uri(model_uri: str, cfg: dict[str, Any]) -> None:
@@ -149,9 +158,7 @@ class KServeDeployments:
 
         version = registry.get_version(model_uri, cfg.get("tracking_uri"))
         repository = f"{str(root).rstrip('/')}/{name}/{version.name}-v{version.version}"
-        with tempfile.TemporaryDirectory(prefix="shipyard-kserve-") as work:
-            publish_model(cfg.get("model_name", name), f"models:/{version.name}/{version.version}", cfg,
-                          repository, Path(work))  # fmt: skip
+        _publish_apart(cfg.get("model_name", name), f"models:/{version.name}/{version.version}", cfg, repository)
         return repository
 
     def _specs(self, name: str, storage_uri: str, model_uri: str, cfg: dict[str, Any]) -> tuple[Any, Any]:
@@ -267,6 +274,32 @@ class KServeDeployments:
         if not described["url"]:
             raise PluginError(f"InferenceService {self.namespace}/{name} has no URL yet: {described['message']}")
         return infer(described["url"], described["model_name"], inputs)
+
+
+def _publish_in_child(name: str, model_uri: str, cfg: dict[str, Any], repository: str) -> tuple[int, str] | None:
+    """``publish_model`` in a child process; returns None, or (exit code, one line) for what it raised."""
+    from shipyard.components.user_errors import classify
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="shipyard-kserve-") as work:
+            publish_model(name, model_uri, cfg, repository, Path(work))
+    except Exception as exc:
+        outcome = classify(exc)
+        return outcome.code, outcome.message
+    return None
+
+
+def _publish_apart(name: str, model_uri: str, cfg: dict[str, Any], repository: str) -> None:
+    """Publish in a spawned process: publishing loads tritonclient.grpc's protos (the repository's config schema),
+    rendering the manifests loads the kserve SDK's, and both define the ``inference`` package, so one process
+    cannot hold both. Raises PluginError with the child's one line."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        failure = pool.submit(_publish_in_child, name, model_uri, cfg, repository).result()
+    if failure is not None:
+        raise PluginError(f"publishing {model_uri} to {repository} failed: {failure[1]}", failure[0])
 
 
 def _poll_s() -> float:

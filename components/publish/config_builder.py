@@ -21,7 +21,7 @@ PLATFORM_BY_SUFFIX = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".p
 PRIORITY_LEVELS = 2  # generated configs: level 1 real-time (the default), level 2 batch scoring
 DEFAULT_PRIORITY_LEVEL = 1
 BACKGROUND_SHARE_DIVISOR = 16  # background rows in a real-time batch: max_batch_size / 16
-BACKGROUND_SLICE_DIVISOR = 16  # rows of a background slice while real-time work is recent: max_batch_size / 16
+BACKGROUND_SLICE_DIVISOR = 8  # rows of a background slice while real-time work is recent: max_batch_size / 8
 FILENAME_BY_PLATFORM = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
 
 

@@ -8,6 +8,10 @@ splits the outputs per request and hands the result back to the event loop with 
 event loop for models whose batches take microseconds, see ``dynamic``); a lock per worker keeps
 the instance to one batch at a time and keeps closing from overlapping a batch.
 
+A backend with ``start_requests`` (Python models, whose compute runs in another process) takes a
+batch on the event loop itself and answers there (``backends/python/loop_call.py``); its worker
+thread only runs batches while that process restarts, and closes the instance.
+
 ``submit`` can hand the GIL over: it waits (at most ``handoff_s``, with the GIL released) until
 the worker has merged the inputs and entered the backend, which runs without the GIL. The
 dynamic batcher asks for that while its batches take 1 ms or more to compute.
@@ -89,6 +93,9 @@ class InstanceWorker:
         """Hand ``batch`` to this worker (it must be idle); block, with the GIL released, until the
         worker has entered the backend or ``handoff_s`` has passed (0: do not wait)."""
         batch.worker = self
+        start = getattr(self.instance, "start_requests", None)
+        if start is not None and self._on_done is not None and self._start_on_loop(start, batch):
+            return
         if handoff_s > 0 and self._thread.is_alive():
             batch.handoff = True
             self._entered.clear()
@@ -96,6 +103,21 @@ class InstanceWorker:
             self._entered.wait(handoff_s)
         else:
             self._inbox.put(batch)
+
+    def _start_on_loop(self, start: Callable[..., bool], batch: Batch) -> bool:
+        """A backend that computes in another process (Python models: ``start_requests``) gets the
+        batch on this thread, the event loop's, and answers on it: no worker thread in between.
+        False: it cannot now (e.g. its process restarts), the worker thread runs the batch."""
+        on_done = self._on_done
+        assert on_done is not None
+
+        def done(results: list[dict[str, np.ndarray] | ServingError]) -> None:
+            batch.results = results
+            batch.compute_end_ns = time.monotonic_ns()
+            on_done(batch)
+
+        batch.compute_start_ns = time.monotonic_ns()
+        return bool(start(batch.requests or [envelope.request for envelope in batch.envelopes], done))
 
     def run_inline(self, batch: Batch) -> None:
         """Run ``batch`` on the calling thread (the worker must be idle); results or the error are

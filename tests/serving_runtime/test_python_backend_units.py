@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shipyard.serving_runtime.backends.python import pb_utils
+from shipyard.serving_runtime.backends.python import batch_codec, pb_utils
 from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader
 
 
@@ -30,7 +30,41 @@ def test_tensors_round_trip_through_shared_memory(tmp_path: object) -> None:
         for (name, array), (name_back, _, array_back) in zip(tensors, back, strict=True):
             assert name == name_back and array_back.shape == array.shape and array_back.dtype == array.dtype
             np.testing.assert_array_equal(array_back, array)
-        assert pool.write(tensors)[0].slab == refs[0].slab  # read frees the slab for reuse
+        assert pool.write(tensors)[0][3] == refs[0][3]  # read frees the slab for reuse
+    finally:
+        pool.close()
+        reader.close()
+
+
+def test_a_batch_stacks_its_tensors_when_they_stack(tmp_path: object) -> None:
+    """Requests with the same tensors cross as one stacked tensor per name; anything else (BYTES,
+    other shapes or names) tensor by tensor; either way each item gets its own arrays back."""
+    pool, reader = SlabPool("batch", str(tmp_path)), SlabReader(str(tmp_path))
+    rng = np.random.default_rng(1)
+
+    def item(rows: int, width: int = 4) -> dict[str, np.ndarray]:
+        return {"x": rng.standard_normal((rows, width)).astype(np.float32), "n": np.arange(rows, dtype=np.int64)}
+
+    stacking = [item(1), item(3), item(2)]
+    batches = {
+        "rows": stacking,
+        "each": [item(1), item(1, width=5)],
+        "bytes": [{"s": np.array([b"a", b"bc"], np.object_)}, {"s": np.array([b"d"], np.object_)}],
+        "names": [item(1), {"x": item(1)["x"]}],
+    }
+    try:
+        for kind, items in batches.items():
+            encoded = batch_codec.encode(pool, items)
+            assert encoded[0] == ("rows" if kind == "rows" else "each"), kind
+            if kind == "rows":
+                assert len(encoded[1]) == 2 and encoded[2] == [1, 3, 2]  # one descriptor per name
+            back = batch_codec.decode(reader, encoded)
+            assert len(back) == len(items)
+            for sent, got in zip(items, back, strict=True):
+                assert sorted(sent) == sorted(name for name, _, _ in got), kind
+                for name, _, array in got:
+                    assert array.dtype == sent[name].dtype and array.shape == sent[name].shape
+                    np.testing.assert_array_equal(array, sent[name])
     finally:
         pool.close()
         reader.close()

@@ -11,6 +11,7 @@ fails, the instance answers with the reason until a later request's restart succ
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.serving_runtime.backends.python import batch_codec, loop_call
 from shipyard.serving_runtime.backends.python.errors import error_for_code
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
@@ -211,7 +213,8 @@ class PythonInstance:
     # -- the scheduler's side --------------------------------------------------------------------
 
     def execute_requests(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray] | ServingError]:
-        """Run one formed batch (``scheduling.InferenceRequest`` objects) through ``execute``.
+        """Run one formed batch (``scheduling.InferenceRequest`` objects) through ``execute``, on
+        the calling thread (the instance's worker; ``start_requests`` is the event loop's way).
 
         Never raises: each request gets its outputs or a ServingError.
         """
@@ -224,6 +227,56 @@ class PythonInstance:
             described = self._describe(requests, keys)
         except (ShmError, ServingError, ValueError) as exc:
             return [BackendError(str(exc)) for _ in requests]
+        self._register(requests, keys, stub)
+        try:
+            reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
+        except StubDied:
+            return [BackendError(self._death_message(stub)) for _ in requests]
+        except CallTimeout:
+            stub.kill()
+            return [BackendError(self._timeout_message()) for _ in requests]
+        finally:
+            self._running.difference_update(keys)
+        return self._results(reply, keys, len(requests))
+
+    def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None]) -> bool:
+        """Send one formed batch from the event loop, which reads the reply when it arrives
+        (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
+
+        False (nothing was sent): the process is being (re)started or a call is in progress; run
+        ``execute_requests`` on the worker thread instead. Call on the running event loop.
+        """
+        stub = self.stub
+        if self._closed or not stub.try_begin():
+            return False
+        loop = asyncio.get_running_loop()
+        keys = [next(_KEYS) for _ in requests]
+        try:
+            described = self._describe(requests, keys)
+        except (ShmError, ServingError, ValueError) as exc:
+            stub.end_call()
+            loop.call_soon(done, [BackendError(str(exc)) for _ in requests])
+            return True
+        self._register(requests, keys, stub)
+
+        def finish(reply: tuple[Any, ...] | None, failure: str | None) -> None:
+            self._running.difference_update(keys)
+            if reply is not None:
+                done(self._results(reply, keys, len(requests)))
+                return
+            message = self._timeout_message() if failure == loop_call.TIMED_OUT else self._death_message(stub)
+            for key in keys:  # a decoupled request's stream ends with the call
+                self._owner.pop(key, None)
+                responder = self.responders.pop(key, None)
+                if responder is not None:
+                    responder(None, BackendError(message), True)
+            done([BackendError(message) for _ in requests])
+
+        loop_call.start(loop, stub, ("exec", keys[0], described), self.execute_timeout_s, finish)
+        return True
+
+    def _register(self, requests: Sequence[Any], keys: list[int], stub: StubProcess) -> None:
+        """Note the batch's requests as running (decoupled: their responders) with their cancel hooks."""
         for key, request in zip(keys, requests, strict=True):
             if self.decoupled:
                 responder = getattr(request, "on_response", None)
@@ -235,21 +288,13 @@ class PythonInstance:
                 self._running.add(key)
             # called when the client goes away (a stream closed, a call cancelled): is_cancelled()
             setattr(request, "cancel_hook", functools.partial(self.cancel, key))  # noqa: B010
-        try:
-            reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
-        except StubDied:
-            return [BackendError(self._death_message(stub)) for _ in requests]
-        except CallTimeout:
-            stub.kill()
-            message = (
-                f"the Python model instance {self.name!r} of model {self.model_name!r} did not finish execute "
-                f"within {self.execute_timeout_s:g} s (parameter execute_timeout_s); its process was killed and "
-                "is being restarted"
-            )
-            return [BackendError(message) for _ in requests]
-        finally:
-            self._running.difference_update(keys)
-        return self._results(reply, keys, len(requests))
+
+    def _timeout_message(self) -> str:
+        return (
+            f"the Python model instance {self.name!r} of model {self.model_name!r} did not finish execute "
+            f"within {self.execute_timeout_s:g} s (parameter execute_timeout_s); its process was killed and "
+            "is being restarted"
+        )
 
     def _results(self, reply: tuple[Any, ...], keys: list[int], count: int) -> list[Any]:
         if reply[0] == "fail":
@@ -260,39 +305,27 @@ class PythonInstance:
                 if responder is not None:
                     responder(None, BackendError(message), True)
             return [BackendError(message) for _ in range(count)]
-        payloads = reply[2]
-        if payloads is None:  # decoupled: responses go through the responders
+        if reply[2] is None:  # decoupled: responses go through the responders
             return [{} for _ in range(count)]
-        tensors = iter(self.reader.read_many([p[1] for p in payloads if p[0] == "ok"]))
+        statuses, encoded = reply[2]
+        tensors = iter(batch_codec.decode(self.reader, encoded))
         results: list[Any] = []
-        for payload in payloads:
-            if payload[0] == "ok":
-                results.append(response_outputs(next(tensors), payload[2]))
+        for status in statuses:
+            if status[0] == "ok":
+                results.append(response_outputs(next(tensors), status[1]))
             else:
-                results.append(error_for_code(str(payload[1]), int(payload[2])))
+                results.append(error_for_code(str(status[1]), int(status[2])))
         return results
 
-    def _describe(self, requests: Sequence[Any], keys: list[int]) -> list[dict[str, Any]]:
-        tensors = [(name, array) for request in requests for name, array in request.inputs.items()]
-        refs = self.pool.write(tensors)
-        described: list[dict[str, Any]] = []
-        start = 0
+    def _describe(self, requests: Sequence[Any], keys: list[int]) -> tuple[Any, ...]:
+        """The ``exec`` call's body: per request (key, requested outputs, id, parameters), and
+        the inputs (``batch_codec``). Raises: ShmError, ValueError."""
+        meta = []
+        scalar = (str, int, float, bool)
         for key, request in zip(keys, requests, strict=True):
-            count = len(request.inputs)
-            parameters = {k: v for k, v in request.parameters.items() if isinstance(v, (str, int, float, bool))}
-            described.append(
-                {
-                    "key": key,
-                    "inputs": refs[start : start + count],
-                    "requested": list(request.outputs) or self.output_names,
-                    "request_id": request.request_id,
-                    "parameters": parameters,
-                    "model_name": self.model_name,
-                    "model_version": self.model_version,
-                }
-            )
-            start += count
-        return described
+            parameters = {k: v for k, v in request.parameters.items() if isinstance(v, scalar)}
+            meta.append((key, list(request.outputs) or self.output_names, request.request_id, parameters))
+        return (meta, batch_codec.encode(self.pool, [request.inputs for request in requests]))
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """One request (warm-up, or a caller without request lists). Raises: the request's error."""

@@ -141,6 +141,40 @@ class StubProcess:
             raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
         return reply
 
+    # -- a call driven by an event loop (``loop_call``): begin, send, then read when readable --
+
+    def try_begin(self) -> bool:
+        """Take the call slot without waiting; False when a call is in progress or the process is gone."""
+        if not self._call_lock.acquire(blocking=False):
+            return False
+        if not self.alive:
+            self._call_lock.release()
+            return False
+        return True
+
+    def send_call(self, message: tuple[Any, ...]) -> None:
+        """Send a call's message (the slot is taken). Raises: ChannelClosed."""
+        self.channel.send(message)
+
+    def read_reply(self) -> tuple[Any, ...]:
+        """Read the reply once the call socket is readable (the whole message follows at once).
+
+        Raises: ChannelClosed (the process ended: ``alive`` turns False), StubDied (not a reply).
+        """
+        self.channel.sock.settimeout(None)
+        try:
+            reply = self.channel.recv()
+        except ChannelClosed:
+            self.alive = False
+            raise
+        if reply[0] not in _REPLIES:
+            raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
+        return reply
+
+    def end_call(self) -> None:
+        """Give the call slot back."""
+        self._call_lock.release()
+
     def _wait_exit(self) -> None:
         try:
             self.proc.wait(timeout=5)

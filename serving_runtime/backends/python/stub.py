@@ -25,7 +25,7 @@ import traceback
 from concurrent.futures import Future
 from typing import Any
 
-from shipyard.serving_runtime.backends.python import pb_utils
+from shipyard.serving_runtime.backends.python import batch_codec, pb_utils
 from shipyard.serving_runtime.backends.python.ipc import Channel, ChannelClosed
 from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader, TensorRef
 
@@ -105,6 +105,26 @@ class StubRuntime:
                 results[index] = ("ok", refs[start : start + count], result[2])
                 start += count
         return results
+
+    def batch_reply(self, responses: list[tuple[Any, list[str] | None]]) -> tuple[Any, ...]:
+        """What the server needs of an ``execute``'s responses: per response ``("ok", params)``
+        or ``("err", msg, code)``, and the tensors of the ok ones (``batch_codec``)."""
+        statuses: list[tuple[Any, ...]] = []
+        outputs: list[dict[str, Any]] = []
+        for response, wanted in responses:
+            if not isinstance(response, pb_utils.InferenceResponse):
+                message = f"expected an InferenceResponse, got {type(response).__name__}"
+                statuses.append(("err", message, pb_utils.TritonError.INTERNAL))
+                continue
+            error = response.error()
+            if error is not None:
+                statuses.append(("err", error.message(), error.code()))
+                continue
+            outputs.append(
+                {t.name(): t.as_numpy() for t in response.output_tensors() if wanted is None or t.name() in wanted}
+            )
+            statuses.append(("ok", response._parameters or None))
+        return (statuses, batch_codec.encode(self.pool, outputs))
 
     # -- pb_utils._Runtime -----------------------------------------------------------------------
 
@@ -186,6 +206,8 @@ class Stub:
         self.model: Any = None
         self.decoupled = False
         self.instance_name = ""
+        self.model_name = ""
+        self.model_version = -1
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def read(self) -> None:
@@ -255,6 +277,8 @@ class Stub:
             self.runtime.model_config = json.loads(args["model_config"])
             self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.runtime.model_config)
             self.instance_name = args.get("model_instance_name", "")
+            self.model_name = args.get("model_name", "")
+            self.model_version = int(args.get("model_version", "-1") or -1)
             self.model = self.load_class(path)()
             initialize = getattr(self.model, "initialize", None)
             if initialize is not None:
@@ -271,17 +295,19 @@ class Stub:
             result = self.loop.run_until_complete(result)
         return result
 
-    def execute(self, batch: int, requests: list[dict[str, Any]]) -> tuple[Any, ...]:
+    def execute(self, batch: int, call: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``call``: ``instance.PythonInstance._describe``'s (per-request meta, encoded inputs)."""
         try:
-            inputs = self.runtime.reader.read_many([r["inputs"] for r in requests])
+            meta, encoded = call
+            inputs = batch_codec.decode(self.runtime.reader, encoded)
+            name, version = self.model_name, self.model_version
             incoming = [
                 pb_utils.InferenceRequest._incoming(
-                    r["key"], self.decoupled, model_name=r["model_name"],
-                    inputs=[pb_utils.Tensor(name, array) for name, _, array in tensors],
-                    requested_output_names=r["requested"], request_id=r["request_id"], parameters=r["parameters"],
-                    model_version=r["model_version"],
+                    key, self.decoupled, model_name=name, model_version=version,
+                    inputs=[pb_utils.Tensor(tensor, array) for tensor, _, array in tensors],
+                    requested_output_names=requested, request_id=request_id, parameters=parameters,
                 )
-                for r, tensors in zip(requests, inputs, strict=True)
+                for (key, requested, request_id, parameters), tensors in zip(meta, inputs, strict=True)
             ]  # fmt: skip
             responses = self._call(self.model.execute, incoming)
             if self.decoupled:
@@ -298,12 +324,12 @@ class Stub:
                     f"InferenceRequest(s) size is {len(incoming)}, and InferenceResponse(s) size is {got}"
                 )
             wanted = [request.requested_output_names() for request in incoming]
-            return ("done", batch, self.runtime.payloads(list(zip(responses, wanted, strict=True))))
+            return ("done", batch, self.runtime.batch_reply(list(zip(responses, wanted, strict=True))))
         except Exception as exc:
             return ("fail", batch, _error_text(exc))
         finally:
-            if not self.decoupled and requests:
-                self.runtime.forget_cancelled(max(r["key"] for r in requests))
+            if not self.decoupled and call[0]:
+                self.runtime.forget_cancelled(max(entry[0] for entry in call[0]))
 
     def finalize(self) -> None:
         finalize = getattr(self.model, "finalize", None)

@@ -216,7 +216,9 @@ def test_python_api_create_get_list_predict_canary_promote_delete(
     assert not server.mismatches and server.done, server.mismatches
 
 
-def test_errors_are_one_clear_line(cluster: Callable[[list[Any]], ReplayServer]) -> None:
+def test_errors_are_one_clear_line(
+    cluster: Callable[[list[Any]], ReplayServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = get_deploy_client("shipyard:/kserve/ml")
     spec = _service({"metadata": {}, "spec": {"predictor": {}}}, 1, [("1", 100)])
     server = cluster([_get(spec), _not_found(), _not_found()])
@@ -238,6 +240,12 @@ def test_errors_are_one_clear_line(cluster: Callable[[list[Any]], ReplayServer])
         get_deploy_client("shipyard:/kfserving")
     with pytest.raises(MlflowException, match=r"target shipyard:/kserve/Bad_NS: namespace 'Bad_NS' is not a valid"):
         get_deploy_client("shipyard:/kserve/Bad_NS")
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
+    with pytest.raises(MlflowException, match=r"^no Kubernetes cluster configured for -t shipyard:/kserve: set KUBE"):
+        client.list_deployments()
 
 
 def _mlflow(*args: str) -> subprocess.CompletedProcess[str]:
@@ -281,3 +289,58 @@ def test_mlflow_cli_create_predict_canary(
     assert refused.returncode == 2
     [line] = [ln for ln in refused.stderr.splitlines() if ln.strip()]
     assert "config: invalid literal for int()" in line and "give numbers for" in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_registry_model_is_published_to_the_store_and_served_from_there(
+    cluster: Callable[[list[Any]], ReplayServer], tmp_path: Path, tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch, crd_validate: Callable[[dict[str, Any]], None],
+) -> None:  # fmt: skip
+    """-m models:/... -C storage_uri=s3://...: optimized, validated and published to a real S3 emulator (moto), a
+    repository of its own per model version, which the InferenceService names and a runtime serves from the store."""
+    import onnx
+    from object_stores import start_s3
+
+    from shipyard import registry
+
+    store = start_s3(tmp_path)
+    try:
+        for key, value in store.env.items():
+            monkeypatch.setenv(key, value)
+        store.make_bucket("models")
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Mul", ["input", "two"], ["output"])], "double",
+            [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 4])],
+            [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 4])],
+            initializer=[onnx.numpy_helper.from_array(np.full(4, 2.0, np.float32), "two")],
+        )  # fmt: skip
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        reg = registry.register_module(model, np.ones((2, 4), np.float32), "doubler", tracking_uri=tracking_uri)
+
+        expected = "s3://models/repos/digits/doubler-v1"
+        placeholder = {"metadata": {}, "spec": {"predictor": {"model": {"storageUri": expected}}}}
+        server = cluster(_create_conversation(placeholder))
+        client = get_deploy_client("shipyard:/kserve/ml")
+        created = client.create_deployment("digits", reg.uri,
+                                           config={"storage_uri": "s3://models/repos", "tracking_uri": tracking_uri})
+        assert not server.mismatches and server.done, server.mismatches
+        isvc = _posted(server, ISVC_PATH)
+        crd_validate(isvc)
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == expected == created["storage_uri"]
+        assert isvc["metadata"]["annotations"]["shipyard.io/model-uri"] == reg.uri
+        fs = store.fs()
+        assert fs.exists("models/repos/digits/doubler-v1/digits/1/model.onnx")  # type: ignore[attr-defined]
+
+        # what KServe would run: the runtime on that storage URI; predict reaches it through the "ingress"
+        target = LocalTarget(tmp_path / "state")
+        served = target.start("from-store", expected, http_port=free_port(), grpc_port=free_port(), timeout_s=120)
+        try:
+            monkeypatch.setenv("SHIPYARD_KSERVE_INGRESS", served.http_url)
+            cluster([_get(_service(placeholder, 1, [("1", 100)]))])
+            rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+            np.testing.assert_array_equal(np.asarray(client.predict("digits", rows)["predictions"]), rows * 2)
+        finally:
+            target.stop("from-store")
+    finally:
+        store.stop()
