@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; batch {batch or 'default'}")
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
     background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
-                  "background_slice_rows": args.slice_rows}  # fmt: skip
+                  "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us}  # fmt: skip
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background}  # fmt: skip
@@ -289,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of real-time alone / with the job")
     parser.add_argument("--scorer-nice", type=int, default=10, help="niceness of the batch job next to the "
                         "real-time client (0: none; its client would run on its own machine)")  # fmt: skip
+    parser.add_argument("--slice-us", type=int, default=0, help="background_slice_us (0: none; slices sized by "
+                        "time, starting from --slice-rows)")  # fmt: skip
     parser.add_argument("--holdoff-us", type=int, default=0, help="background_holdoff_us (default 0: none)")
     parser.add_argument("--workdir", default="/tmp/shipyard-score-bench")
     parser.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "score"))
