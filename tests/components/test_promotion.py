@@ -432,3 +432,50 @@ def test_state_survives_a_restart_so_replays_and_rollouts_are_not_repeated(tmp_p
     assert again.get("rollout", "m")["repo_version"] == 4  # resume() continues this one; nothing is republished
     assert again.snapshot()["serving"] == {"m": {"version": 2, "repo_version": 3}}
     assert not (tmp_path / "state.json.tmp").exists()  # written atomically
+
+
+def _scaled_onnx(factor: float) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "factor"], ["output"])], "scaled",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.full(4, factor, np.float32), "factor")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_second_model_is_served_by_the_runtime_already_serving_the_repository(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """One runtime serves the whole repository: rolling out model B while model A serves must not start a second
+    runtime on the same ports (it failed with 'port in use' before)."""
+    from shipyard import registry
+    from shipyard.components.deploy.local import LocalTarget
+    from shipyard.components.promotion.rollout import Promoter
+    from shipyard.components.promotion.state import State
+
+    example = np.ones((2, 4), np.float32)
+    for name, factor in (("double", 2.0), ("triple", 3.0)):
+        registry.register_module(_scaled_onnx(factor), example, name, tracking_uri=tracking_uri)
+    settings = Settings(repository=(tmp_path / "repo").resolve(), tracking_uri=tracking_uri, http_port=free_port(),
+                        grpc_port=free_port(), profile=False, work_dir=tmp_path / "work")  # fmt: skip
+    promoter = Promoter(settings, State(tmp_path / "work" / "state.json"))
+    target = LocalTarget(tmp_path / "work" / "deployments")
+    try:
+        assert promoter.roll_out("double", 1).startswith("double/1 serves 100%")
+        assert promoter.roll_out("triple", 1).startswith("triple/1 serves 100%")
+        assert [d.name for d in target.list()] == ["double"]  # one runtime
+        http = f"http://127.0.0.1:{settings.http_port}"
+        for name, factor in (("double", 2.0), ("triple", 3.0)):
+            body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]})
+            request = urllib.request.Request(f"{http}/v2/models/{name}/infer", data=body.encode(),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert json.loads(resp.read())["outputs"][0]["data"] == [factor] * 4
+    finally:
+        for name in target.names():
+            target.stop(name)
