@@ -203,10 +203,12 @@ class TritonPythonModel:
 """
 
 
-def test_batches_cross_from_the_event_loop_and_survive_a_restart(tmp_path: Path) -> None:
-    """The dynamic batcher hands a Python model's batches to its process from the event loop (no
-    worker thread on the way); a dead process fails only its batch, and while it restarts the
-    worker thread runs the next one, which waits for initialize."""
+@pytest.mark.parametrize("loop_calls", [False, True])
+def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_calls: bool) -> None:
+    """The dynamic batcher hands a Python model's batches to its process through the instance's
+    worker thread, or (SHIPYARD_PYTHON_LOOP_CALL=1) from the event loop with no thread on the way;
+    either way a dead process fails only its batch, and while it restarts the worker thread runs
+    the next one, which waits for initialize."""
     import asyncio
     import json
     import threading
@@ -225,6 +227,7 @@ def test_batches_cross_from_the_event_loop_and_survive_a_restart(tmp_path: Path)
         "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
     }  # fmt: skip
     instance = PythonInstance(model, args, {}, ["y"])
+    instance.loop_calls = loop_calls
     on_threads: list[str] = []
     through_thread = instance.execute_requests
 
@@ -242,7 +245,10 @@ def test_batches_cross_from_the_event_loop_and_survive_a_restart(tmp_path: Path)
         results = await asyncio.gather(*(batcher.submit(request(i)) for i in range(20)))
         for i, result in enumerate(results):
             np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * i, np.float32))
-        assert on_threads == []  # every batch went from the loop to the process and back
+        if loop_calls:
+            assert on_threads == []  # every batch went from the loop to the process and back
+        else:
+            assert on_threads and all(name.startswith("echo-v1-i0") for name in on_threads)
         with pytest.raises(BackendError, match="ended with exit code 4; it is being restarted"):
             await batcher.submit(request(-1))
         again = await batcher.submit(request(5))
