@@ -40,11 +40,13 @@ _INLINE_DECOMPRESS_BYTES = 64 * 1024  # smaller compressed bodies are inflated o
 
 
 def default_max_connections() -> int:
-    """4096, or fewer when the process may not open that many files (room is kept for models, gRPC, logs)."""
+    """The default connection cap of each protocol (REST and gRPC): 4096, or fewer when the process may
+    not open that many files: half of the open-files limit less 256 (kept for models and logs), so that
+    REST and gRPC together cannot run the process out of descriptors."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 4096
-    return max(64, min(4096, soft - 256))
+    return max(64, min(4096, (soft - 256) // 2))
 
 
 @dataclass(frozen=True)
@@ -409,8 +411,8 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--http-body-timeout-secs", "body_timeout_s", float, "longest pause while a body arrives; beyond: 408"),
     ("--http-idle-timeout-secs", "idle_timeout_s", float, "an idle keep-alive connection is closed after this"),
     ("--http-max-connections", "max_connections", int,
-     "open REST connections at most; a new one beyond it gets 503 and is closed (default: 4096, fewer when "
-     "the open-files limit is lower)"),
+     "open REST connections at most; a new one beyond it gets 503 and is closed (default: 4096, or half of "
+     "the open-files limit less 256 when lower)"),
 )  # fmt: skip
 
 
