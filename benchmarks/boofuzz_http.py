@@ -28,6 +28,7 @@ class BoofuzzReport:
     cases: int = 0  # cases sent
     status: collections.Counter[int] = field(default_factory=collections.Counter)
     no_answer: int = 0  # sent, but no status line within RECV_TIMEOUT_S
+    no_answer_samples: list[bytes] = field(default_factory=list)  # what the first few such cases sent
     failures: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -127,6 +128,8 @@ def run(port: int, cases: int, model: str = "add_sub", host: str = "127.0.0.1") 
         status = _status(answer)
         if status is None:
             report.no_answer += 1
+            if len(report.no_answer_samples) < 5:
+                report.no_answer_samples.append((session.last_send or b"")[:300])
             return
         report.status[status] += 1
         if status >= 500 and status != 503:

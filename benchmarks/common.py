@@ -316,3 +316,26 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
 def python_module_argv(module: str, *args: str, python: str | None = None) -> list[str]:
     """``python -m module args...`` with this interpreter unless ``python`` is given."""
     return [python or sys.executable, "-m", module, *args]
+
+
+def lower_priority(niceness: int) -> None:
+    """Run this process (a load generator that must not compete with the server) at ``niceness``.
+
+    ``os.nice`` alone is not enough where the kernel groups CPU time by session (autogroup,
+    ``/proc/sys/kernel/sched_autogroup_enabled``, on by default in most distributions' kernels and on
+    the benchmark machine): there every session gets an equal share of the CPU whatever its processes'
+    nice values, so a client in the benchmark's session took as much CPU as the server in its own
+    (``ServerProcess`` starts it in a new session). So the client also starts a session of its own and
+    lowers that session's weight (``/proc/self/autogroup``, allowed for one's own processes) when
+    ``SHIPYARD_BENCH_CLIENT_SESSION=1``. Off by default: on the 2-core machine a client lowered so gets
+    so little CPU while the server is saturated that it offers a fraction of the burst (measured:
+    430-850 req/s of an 8-22k req/s target, against 2,000-4,200 without; docs/serving.md, "Overload"), so
+    the scenario would no longer be an overload. Call it in the client process (``preexec_fn``, or
+    first thing in a worker).
+    """
+    if os.environ.get("SHIPYARD_BENCH_CLIENT_SESSION", "0") == "1":
+        with contextlib.suppress(OSError):
+            os.setsid()
+            with open("/proc/self/autogroup", "w") as group:
+                group.write(str(niceness))
+    os.nice(niceness)

@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"took {time.monotonic() - started:.0f} s")
     for failure in report.failures[:20]:
         print("FAIL", failure)
+    for sample in report.boofuzz.no_answer_samples if report.boofuzz else []:
+        print("boofuzz case without an answer (not a failure):", sample)
     ok = not report.failures and report.alive and report.rss_growth_mb <= args.max_rss_growth_mb
     print("result:", "pass" if ok else "FAIL")
     return 0 if ok else 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK
+from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK, lower_priority
 
 # Immediate, explicit refusals: the queue policy's UNAVAILABLE, gRPC's RESOURCE_EXHAUSTED from the
 # server's concurrent-call limit, REST's 503 (queue full or the server's concurrency limit).
@@ -398,7 +397,8 @@ async def _open_loop(
             _done, pending = await asyncio.wait(set(inflight), timeout=spec.timeout_s + 5)
             for task in pending:
                 task.cancel()
-            outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
+            if pending:  # as the C++ client reports it: only when some were left unanswered
+                outcomes["unanswered"] = outcomes.get("unanswered", 0) + len(pending)
         return {
             "sent": sent,
             "warmup_ok": warmup_ok,
@@ -419,7 +419,7 @@ def _open_loop_worker(
     spec: LoadSpec, rate: float, duration_s: float, max_inflight: int, niceness: int, conn: Connection
 ) -> None:
     if niceness:
-        os.nice(niceness)
+        lower_priority(niceness)
     _report(conn, _open_loop(spec, rate, duration_s, max_inflight, conn))
 
 
@@ -464,7 +464,7 @@ def run_open_loop(
 ) -> dict[str, Any]:
     """Offer ``rate`` requests/s for ``duration_s`` regardless of replies (a burst), then wait for every reply.
 
-    ``niceness`` > 0 runs the client processes at that lower CPU priority (``os.nice``), so that on a
+    ``niceness`` > 0 runs the client processes at that lower CPU priority (``common.lower_priority``), so that on a
     machine they share with the server they take only the CPU the server leaves. ``client`` "native":
     gRPC from the C++ client, one process over the connections ``processes`` Python processes would
     hold (it can offer several times what they can).

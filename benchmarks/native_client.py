@@ -11,7 +11,6 @@ Build them with ``make bench-client`` (g++ and Debian's ``libgrpc++-dev``; ``mak
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK, REPO_ROOT
+from benchmarks.common import GRPC_INFER_METHOD, LOOPBACK, REPO_ROOT, lower_priority
 
 CLIENT_DIR = REPO_ROOT / "benchmarks" / "cpp_client"
 SOURCE = CLIENT_DIR / "closed_loop.cc"
@@ -154,7 +153,7 @@ def _execute(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+            preexec_fn=(lambda: lower_priority(niceness)) if niceness else None,
         )
         try:
             ready = _read_line(proc, timeout_s=60)

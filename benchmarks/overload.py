@@ -93,6 +93,32 @@ def model_counts(rest_port: int, model_name: str) -> dict[str, int] | None:
         return None
 
 
+def _cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds the process ``pid`` has used, CPU seconds the machine has been busy), or None."""
+    import psutil
+
+    try:
+        own = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    machine = psutil.cpu_times()
+    return own.user + own.system, machine.user + machine.nice + machine.system + machine.irq + machine.softirq
+
+
+def _cores(
+    start: tuple[float, float] | None, end: tuple[float, float] | None, wall_s: float, which: int
+) -> float | None:
+    if start is None or end is None or wall_s <= 0:
+        return None
+    return (end[which] - start[which]) / wall_s
+
+
+def _machine_cores() -> int:
+    import psutil
+
+    return int(psutil.cpu_count() or 1)
+
+
 def _start(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     """Run ``work`` in a thread; the dict gets ``value`` or ``error`` (a message) when it ends."""
     box: dict[str, Any] = {}
@@ -144,6 +170,7 @@ def run_overload(
         time.sleep(0.5)
         counts_before = model_counts(rest_port, served_name)
         t_burst = time.monotonic()
+        cpu_burst = _cpu_seconds(server_pid)
         probe_thread, probe_result = _start(
             lambda: loadgen.run_open_loop(spec, probe_rate, duration_s, max_inflight=256, processes=1)
         )
@@ -161,6 +188,7 @@ def run_overload(
             raise RuntimeError(f"the overload probe failed: {probe_result['error']}")
         probe = probe_result["value"]
         t_burst_end = time.monotonic()
+        cpu_burst_end = _cpu_seconds(server_pid)
         counts_after = model_counts(rest_port, served_name)
         time.sleep(0.5)
         after = loadgen.run_closed_loop(spec, 16, 0.5, window_s, processes, client)
@@ -221,6 +249,11 @@ def run_overload(
         "rss_peak_mb": rss_peak,
         "rss_after_mb": statistics.median(after_mb) if after_mb else None,
         "rss_growth_mb": None if rss_before is None or rss_peak is None else rss_peak - rss_before,
+        # CPU the server process and the whole machine used during the burst, in cores (the difference: the
+        # burst's client, the probe and anything else running; docs/serving.md, "Overload")
+        "server_cores_burst": _cores(cpu_burst, cpu_burst_end, t_burst_end - t_burst, 0),
+        "machine_cores_burst": _cores(cpu_burst, cpu_burst_end, t_burst_end - t_burst, 1),
+        "machine_cores": _machine_cores(),
         # what a client that is not itself saturated saw during the burst (see the module docstring)
         "probe": {"rate": probe_rate, **probe},
         "before": before.as_dict(),

@@ -178,6 +178,13 @@ def _checks(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
             yield from _overload_checks(label, overload)
 
 
+# Where the server makes each refusal the probe sees (report lines; docs/serving.md, "Overload").
+REFUSED_WHERE = {
+    "RESOURCE_EXHAUSTED": "grpc++ threads, past --grpc-max-concurrent-rpcs, no Python",
+    "UNAVAILABLE": "the model's queue, through the event loop",
+    "CANCELLED": "grpc core's pending-call limit",
+}
+
 # The overload scenarios in the results: key, the label that starts their checks' names, heading.
 OVERLOAD_SCENARIOS = (
     ("overload", "overload", "Overload (shipyard, bounded queue)"),
@@ -406,6 +413,19 @@ def _overload_lines(o: dict[str, Any]) -> list[str]:
             f"burst's latencies above include its own clients' backlog): {p_outcomes}; refused p50 "
             f"{fmt(refused['p50_ms'], 2)} ms, **p99 {fmt(refused['p99_ms'], 2)} ms**; answered p50 "
             f"{fmt(answered['p50_ms'], 1)} ms, p99 {fmt(answered['p99_ms'], 1)} ms"
+        )
+        by_kind = [
+            f"{kind} ({REFUSED_WHERE.get(kind, 'elsewhere')}) p50 {fmt(pct['p50_ms'], 1)} ms, "
+            f"p99 {fmt(pct['p99_ms'], 1)} ms"
+            for kind, pct in sorted((probe.get("error_latency") or {}).items())
+        ]
+        if by_kind:
+            lines.append("- the probe's refusals by where they were made: " + "; ".join(by_kind))
+    if o.get("server_cores_burst") is not None:
+        lines.append(
+            f"- CPU during the burst: the server {fmt(o['server_cores_burst'], 2)} cores, the whole machine "
+            f"{fmt(o['machine_cores_burst'], 2)} of {o.get('machine_cores')} (the rest: the burst's client, the "
+            "probe, anything else running)"
         )
     lines += [
         f"- server RSS: before {fmt(o['rss_before_mb'], 1)} MB, peak during burst {fmt(o['rss_peak_mb'], 1)} MB, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -247,14 +248,26 @@ def write_shipyard_repository(
     return root
 
 
-def shipyard_grpc_frontend(requested: str) -> str:
-    """The runtime's ``--grpc-frontend`` the benchmark runs: "auto" becomes what it would pick here.
+def _native_unavailable_reason(python: str | None) -> str | None:
+    """Why the native frontend cannot run under ``python`` (None: this interpreter), or None."""
+    if python is None:
+        from shipyard.serving_runtime.protocol.native_grpc import unavailable_reason
+
+        return unavailable_reason()
+    code = "from shipyard.serving_runtime.protocol.native_grpc import unavailable_reason as u; print(u() or '')"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    if out.returncode != 0:
+        raise TargetUnavailable(f"{python} cannot import shipyard's serving runtime: {out.stderr.strip()[-300:]}")
+    return out.stdout.strip() or None
+
+
+def shipyard_grpc_frontend(requested: str, python: str | None = None) -> str:
+    """The runtime's ``--grpc-frontend`` the benchmark runs: "auto" becomes what it would pick here
+    (under ``python``, another environment's interpreter, when given).
 
     Raises: TargetUnavailable when "native" is asked for and was not built (the message has the fix).
     """
-    from shipyard.serving_runtime.protocol.native_grpc import unavailable_reason
-
-    reason = unavailable_reason()
+    reason = _native_unavailable_reason(python)
     if requested == "native" and reason is not None:
         raise TargetUnavailable(reason)
     if requested == "auto":
@@ -268,13 +281,15 @@ def shipyard_target(
     overload_model: ModelSpec | None = None,
     max_queue_size: int = 256,
     grpc_frontend: str = "auto",
+    python: str | None = None,
 ) -> Target:
     """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance).
 
-    ``grpc_frontend``: the runtime's ``--grpc-frontend`` (auto, native, aio). Raises: TargetUnavailable
-    when native is asked for and was not built.
+    ``grpc_frontend``: the runtime's ``--grpc-frontend`` (auto, native, aio); ``python``: the
+    interpreter that runs it (e.g. a fresh venv's, where ``pip install .[serve]`` put shipyard;
+    default: this one). Raises: TargetUnavailable when native is asked for and was not built.
     """
-    frontend = shipyard_grpc_frontend(grpc_frontend)
+    frontend = shipyard_grpc_frontend(grpc_frontend, python)
     rest, grpc_port = common.free_port(), common.free_port()
     repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size)
     argv = common.python_module_argv(
@@ -289,6 +304,7 @@ def shipyard_target(
         str(grpc_port),
         "--grpc-frontend",
         frontend,
+        python=python,
     )
     server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
     probe = all_probes(
@@ -297,7 +313,8 @@ def shipyard_target(
     return Target(
         "shipyard",
         "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay), gRPC on "
-        + ("grpc++ (native frontend)" if frontend == "native" else "grpc.aio"),
+        + ("grpc++ (native frontend)" if frontend == "native" else "grpc.aio")
+        + (f"; run by {python}" if python else ""),
         server,
         probe,
         {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},

@@ -118,8 +118,17 @@ class KServeDeployments:
 
     def _api(self) -> Any:
         from shipyard.components.deploy import kube
+        from shipyard.components.deploy.errors import DeployError
 
-        return kube.api_client(os.environ.get("KUBECONFIG"))
+        try:
+            return kube.api_client(os.environ.get("KUBECONFIG"))
+        except DeployError as exc:
+            if os.environ.get("KUBECONFIG"):
+                raise  # its message names the file and what is wrong with it
+            raise PluginError(
+                "no Kubernetes cluster configured for -t shipyard:/kserve: set KUBECONFIG (or create ~/.kube/config, "
+                "or run inside a cluster); -t shipyard deploys on this machine instead"
+            ) from exc
 
     @staticmethod
     def _check_model_uri(model_uri: str, cfg: dict[str, Any]) -> None:

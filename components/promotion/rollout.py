@@ -198,6 +198,11 @@ class Promoter:
         deployment = s.deployment or name
         found = target.find(deployment)
         if found is None or not found.is_running():
+            # the runtime serves the whole repository (poll mode): a second model rides on the one already running
+            repository = str(s.repository.resolve())
+            for other in target.list():
+                if other.is_running() and other.repository == repository:
+                    return other.http_url
             if found is not None:
                 target.stop(deployment)
             poll = ["--model-control-mode", "poll", "--repository-poll-secs", "1"]

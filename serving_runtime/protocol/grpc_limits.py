@@ -58,7 +58,7 @@ def add_flags(group: Any) -> None:
     group.add_argument(
         "--grpc-max-connections", dest="grpc_limit_max_connections", type=int, default=None, metavar="N",
         help="open gRPC connections at most; a new one beyond it is closed at once and its calls fail "
-        "UNAVAILABLE (default: 4096, fewer when the open-files limit is lower; the native frontend needs "
+        "UNAVAILABLE (default: 4096, or half of the open-files limit less 256 when lower; the native frontend needs "
         "grpc++ >= 1.52 for it)",
     )  # fmt: skip
 

@@ -5,7 +5,10 @@
   a keep-alive connection may sit idle, and how many connections may be open at once (beyond it a new
   connection gets 503 and is closed, before it costs more than its socket).
 - ``protocol_class(limits)``: uvicorn's httptools protocol with the head-size, head-timeout and
-  connection limits (uvicorn has none of them for httptools).
+  connection limits (uvicorn has none of them for httptools). The head, body and keep-alive idle
+  timeouts cost a request a few clock reads: one timer per server sweeps the connections a few
+  times per timeout (``_Sweeper``) instead of timers armed and cancelled per request and per body
+  piece, which cost REST add_sub c=1 about a fifth of its throughput.
 - ``read_body(request, limits)``: the body, bounded in size and in time between pieces; a client that
   goes away mid-body is a ``RequestCancelled`` (499), not a traceback.
 - ``decompress(body, encoding, limits)``: gzip/deflate with the output bounded, off the event loop for
@@ -32,15 +35,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DISCONNECT_HOOKS = "shipyard.disconnect_hooks"  # scope key: callables run when the client's connection is lost
+CONNECTION = "shipyard.connection"  # scope key: our protocol (read_body registers its stall callback there)
 _INLINE_DECOMPRESS_BYTES = 64 * 1024  # smaller compressed bodies are inflated on the loop (cheaper than a thread hop)
 
 
 def default_max_connections() -> int:
-    """4096, or fewer when the process may not open that many files (room is kept for models, gRPC, logs)."""
+    """The default connection cap of each protocol (REST and gRPC): 4096, or fewer when the process may
+    not open that many files: half of the open-files limit less 256 (kept for models and logs), so that
+    REST and gRPC together cannot run the process out of descriptors."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 4096
-    return max(64, min(4096, soft - 256))
+    return max(64, min(4096, (soft - 256) // 2))
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,49 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
     return head.encode() + body
 
 
+class _Sweeper:
+    """One timer per server that enforces the head, body and idle timeouts of every connection.
+
+    A connection stamps the time its request head started arriving, the time of its last body piece
+    and the time its last response ended; every ``interval`` (a quarter of the shortest timeout, at
+    most 1 s) the sweep closes a connection whose head is overdue or that sat idle too long, and
+    times out a body read that stalled (read_body's callback). A limit is enforced between its
+    value and its value plus ``interval``."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.idle_timeout_s)
+        self.interval = min(1.0, max(0.01, shortest / 4))
+        self.handle: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[Any] = set()
+
+    def ensure(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        """Keep sweeping while ``connections`` (uvicorn's set of open connections) is not empty."""
+        if self.handle is None or self.loop is not loop:
+            self.loop, self.connections = loop, connections
+            self.handle = loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        for connection in list(self.connections):
+            check = getattr(connection, "check_timeouts", None)
+            if check is not None:
+                check(now)
+        self.handle = self.loop.call_later(self.interval, self.sweep) if self.connections else None
+
+
 def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol bounded by ``limits`` (pass it as ``uvicorn.Config(http=...)``)."""
+    sweeper = _Sweeper(limits)
 
     class GuardedProtocol(HttpToolsProtocol):
-        _head_timer: asyncio.TimerHandle | None = None
+        _head_since: float | None = None  # loop time the pending request head started arriving
+        _body_since = 0.0  # loop time of the request's head end or last body piece
+        _idle_since: float | None = None  # loop time the last response ended, while no new request came
         _head_bytes = 0
         _refused = False
+        body_stalled: Callable[[], None] | None = None  # set by read_body while it waits for the body
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             over = len(self.connections) >= limits.max_connections
@@ -104,30 +146,45 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 transport.write(_raw_response(503, "Service Unavailable", message))
                 transport.close()
                 return
-            self._start_head_timer()
+            self._head_since = self.loop.time()
+            sweeper.ensure(self.loop, self.connections)
 
-        def _start_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_bytes = 0
-            self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_timeout)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timeout(self) -> None:
-            self._head_timer = None
-            if self.cycle is None or self.cycle.response_complete:  # no request in progress: idle or slow head
+        def check_timeouts(self, now: float) -> None:
+            """Called by the sweep: close an overdue head, time out a stalled body read."""
+            cycle = self.cycle
+            between = cycle is None or cycle.response_complete
+            if between and self._head_since is not None and now - self._head_since > limits.header_timeout_s:
                 log.debug("closing a connection that sent no complete request head in %gs", limits.header_timeout_s)
+                self._head_since = None
                 self.transport.close()
+            elif between and self._idle_since is not None and now - self._idle_since > limits.idle_timeout_s:
+                self._idle_since = None  # uvicorn's keep-alive timeout, without its timer per response
+                self.transport.close()
+            elif not between and cycle.more_body and now - self._body_since > limits.body_timeout_s:
+                stalled, self.body_stalled = self.body_stalled, None
+                if stalled is not None:
+                    stalled()
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._start_head_timer()  # the first bytes of the next request on a keep-alive connection
+            if self._head_since is None and (self.cycle is None or self.cycle.response_complete):
+                self._head_since = self.loop.time()  # the first bytes of the next request on a keep-alive connection
+                self._idle_since = None
             super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, with the keep-alive timer replaced by the idle stamp the sweep reads
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_since = self.loop.time()
 
         def _count_head(self, size: int) -> None:
             self._head_bytes += size
@@ -147,16 +204,24 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._cancel_head_timer()
+            self._head_since = None
+            self._head_bytes = 0
+            self._body_since = self.loop.time()
             if not self._refused:
                 super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_since = self.loop.time()
+            super().on_body(body)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope[DISCONNECT_HOOKS] = []  # type: ignore[literal-required]
+            self.scope[CONNECTION] = self  # type: ignore[literal-required]
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._head_since = self._idle_since = None
+            self.body_stalled = None
             hooks: list[Callable[[], None]] = self.scope.get(DISCONNECT_HOOKS, []) if self.cycle is not None else []  # type: ignore[assignment]
             super().connection_lost(exc)
             for hook in list(hooks):
@@ -172,8 +237,6 @@ async def read_body(request: Any, limits: HttpLimits) -> bytes:
     Raises: PayloadTooLarge, BodyTimeout, RequestCancelled (the client went away mid-body),
     InvalidArgument (a malformed Content-Length).
     """
-    from starlette.requests import ClientDisconnect
-
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -182,38 +245,72 @@ async def read_body(request: Any, limits: HttpLimits) -> bytes:
             raise InvalidArgument(f"Content-Length {declared!r} is not an integer") from None
         if size > limits.max_body_bytes:
             raise PayloadTooLarge(_too_large("request body", size, limits.max_body_bytes, "--http-max-body-bytes"))
+    connection = request.scope.get(CONNECTION)
+    if connection is None:  # another server (an ASGI test transport): a timeout per piece
+        return await _read_pieces(request.receive, limits, limits.body_timeout_s)
+    # our protocol: its sweep calls ``stalled`` when no piece came for the timeout; no timer per piece
+    task = asyncio.current_task()
+    timed_out = False
+
+    def stalled() -> None:
+        nonlocal timed_out
+        timed_out = True
+        if task is not None:
+            task.cancel()
+
+    connection.body_stalled = stalled
+    try:
+        return await _read_pieces(request.receive, limits, None)
+    except asyncio.CancelledError:
+        if not timed_out:
+            raise
+        if task is not None:
+            task.uncancel()
+        raise _body_timeout(limits) from None
+    finally:
+        connection.body_stalled = None
+
+
+def _body_timeout(limits: HttpLimits) -> BodyTimeout:
+    return BodyTimeout(
+        f"no request body data for {limits.body_timeout_s:g}s (--http-body-timeout-secs); "
+        "send the whole body without pausing"
+    )
+
+
+async def _read_pieces(receive: Callable[[], Awaitable[Any]], limits: HttpLimits, timeout_s: float | None) -> bytes:
+    """The body's ASGI messages joined; ``timeout_s``: the longest wait for one (None: no timer)."""
     chunks: list[bytes] = []
     total = 0
-    stream = request.stream().__aiter__()
-    try:
-        while True:
+    while True:
+        if timeout_s is None:
+            message = await receive()
+        else:
             try:
-                chunk = await _next_chunk(stream, limits.body_timeout_s)
-            except StopAsyncIteration:
-                break
+                message = await _within(receive(), timeout_s)
             except TimeoutError:
-                raise BodyTimeout(
-                    f"no request body data for {limits.body_timeout_s:g}s (--http-body-timeout-secs); "
-                    "send the whole body without pausing"
-                ) from None
+                raise _body_timeout(limits) from None
+        if message["type"] == "http.disconnect":
+            log.debug("client went away while sending its request body")
+            raise RequestCancelled("the client closed the connection before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
             total += len(chunk)
             if total > limits.max_body_bytes:
                 raise PayloadTooLarge(_too_large("request body", total, limits.max_body_bytes, "--http-max-body-bytes"))
             chunks.append(chunk)
-    except ClientDisconnect:
-        log.debug("client went away while sending its request body")
-        raise RequestCancelled("the client closed the connection before sending the whole body") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _next_chunk(stream: Any, timeout_s: float) -> bytes:
-    """The next body piece within ``timeout_s``. ``asyncio.timeout`` (3.11+) costs a timer, where
-    ``wait_for`` on 3.11 wraps every piece in a task of its own (measured: REST c=1 on add_sub lost ~40%)."""
+async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """``awaitable`` within ``timeout_s``. ``asyncio.timeout`` (3.11+) costs a timer, where ``wait_for``
+    on 3.11 wraps every piece in a task of its own (measured: REST c=1 on add_sub lost ~40%)."""
     timeout = getattr(asyncio, "timeout", None)
     if timeout is None:  # Python 3.10
-        return await asyncio.wait_for(stream.__anext__(), timeout_s)
+        return await asyncio.wait_for(awaitable, timeout_s)
     async with timeout(timeout_s):
-        return await stream.__anext__()  # type: ignore[no-any-return]
+        return await awaitable
 
 
 def _too_large(what: str, size: int, limit: int, flag: str) -> str:
@@ -314,8 +411,8 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--http-body-timeout-secs", "body_timeout_s", float, "longest pause while a body arrives; beyond: 408"),
     ("--http-idle-timeout-secs", "idle_timeout_s", float, "an idle keep-alive connection is closed after this"),
     ("--http-max-connections", "max_connections", int,
-     "open REST connections at most; a new one beyond it gets 503 and is closed (default: 4096, fewer when "
-     "the open-files limit is lower)"),
+     "open REST connections at most; a new one beyond it gets 503 and is closed (default: 4096, or half of "
+     "the open-files limit less 256 when lower)"),
 )  # fmt: skip
 
 

@@ -14,7 +14,11 @@ parameters it does not know; both 0 or absent: off):
 - ``background_slice_rows``: while higher-level work is recent (a batch holding some finished within
   ``background_recent_us``, default 100 ms), a batch made only of background requests holds at most that
   many rows, and a bigger background request runs in slices of that many rows (``slicing.py``), so a
-  real-time request waits behind one slice at most instead of a whole batch job request.
+  real-time request waits behind one slice at most instead of a whole batch job request;
+- ``background_slice_us``: slices sized by time instead: the most rows whose slices were seen to compute
+  within that many microseconds (starting from ``background_slice_rows``, else 1, doubling while they fit;
+  ``slicing.SliceSizer``), so one setting fits a CPU (where a call's cost grows past a few rows) and a GPU
+  (where 128 rows cost about what 8 do).
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.
@@ -31,6 +35,7 @@ from shipyard.serving_runtime.errors import ModelConfigError
 HOLDOFF_PARAMETER = "background_holdoff_us"
 SHARE_PARAMETER = "background_share_rows"
 SLICE_PARAMETER = "background_slice_rows"
+SLICE_US_PARAMETER = "background_slice_us"
 RECENT_PARAMETER = "background_recent_us"
 DEFAULT_RECENT_US = 100_000
 _UNLIMITED = 1 << 62
@@ -51,12 +56,14 @@ class BackgroundSettings:
     level: int
     holdoff_ns: int = 0
     share_rows: int = 0
-    slice_rows: int = 0  # 0: background batches keep their size
+    slice_rows: int = 0  # 0: background batches keep their size (unless ``slice_ns``)
+    slice_ns: int = 0  # a time budget per slice (0: ``slice_rows`` fixed)
     recent_ns: int = DEFAULT_RECENT_US * 1000
 
     def slicing(self, last_foreground_ns: int, now_ns: int) -> bool:
         """Whether background batches are cut to ``slice_rows`` now (higher-level work is recent)."""
-        return bool(self.slice_rows) and bool(last_foreground_ns) and now_ns - last_foreground_ns < self.recent_ns
+        cut = bool(self.slice_rows or self.slice_ns)
+        return cut and bool(last_foreground_ns) and now_ns - last_foreground_ns < self.recent_ns
 
     def hold_until(self, first_level: int, last_foreground_ns: int, now_ns: int) -> int | None:
         """When a batch led by a ``first_level`` request may start: None now, else the time (ns) to decide
@@ -66,10 +73,10 @@ class BackgroundSettings:
         until = last_foreground_ns + self.holdoff_ns
         return until if until > now_ns else None
 
-    def capped(self, items: Iterable[LeveledItem], slicing: bool = False) -> Iterator[LeveledItem]:
+    def capped(self, items: Iterable[LeveledItem], slice_limit: int = 0) -> Iterator[LeveledItem]:
         """``items`` (in service order) as a batch may take them: a batch led by a higher-level request
-        stops before its background rows would exceed ``share_rows``; with ``slicing``, a batch led by a
-        background request stops before its rows would exceed ``slice_rows`` (its first request always goes)."""
+        stops before its background rows would exceed ``share_rows``; with a ``slice_limit`` (slicing now), a
+        batch led by a background request stops before its rows would exceed it (its first request goes)."""
         background_rows = 0
         first = True
         led_by_foreground = False
@@ -82,9 +89,9 @@ class BackgroundSettings:
                 background_rows += item.batch_size
                 if background_rows > self.share_rows:
                     return
-            elif not led_by_foreground and slicing:
+            elif not led_by_foreground and slice_limit:
                 background_rows += item.batch_size
-                if background_rows > self.slice_rows:
+                if background_rows > slice_limit:
                     return
             yield item
 
@@ -112,10 +119,13 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
     has_share = SHARE_PARAMETER in config.parameters
     share_rows = _int_parameter(config, SHARE_PARAMETER, where) if has_share else _UNLIMITED
     slice_rows = _int_parameter(config, SLICE_PARAMETER, where)
+    slice_us = _int_parameter(config, SLICE_US_PARAMETER, where)
     recent_us = _int_parameter(config, RECENT_PARAMETER, where) if RECENT_PARAMETER in config.parameters else None
-    if not holdoff_us and not has_share and not slice_rows:
+    if not holdoff_us and not has_share and not slice_rows and not slice_us:
         if recent_us is not None:
-            raise ModelConfigError(f"{where}: parameters {RECENT_PARAMETER!r} needs {SLICE_PARAMETER!r}; set both")
+            raise ModelConfigError(
+                f"{where}: parameters {RECENT_PARAMETER!r} needs {SLICE_PARAMETER!r} or {SLICE_US_PARAMETER!r}; set one"
+            )
         return None
     if priority_levels < 2:
         raise ModelConfigError(
@@ -127,5 +137,6 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         holdoff_ns=holdoff_us * 1000,
         share_rows=share_rows,
         slice_rows=slice_rows,
+        slice_ns=slice_us * 1000,
         recent_ns=(DEFAULT_RECENT_US if recent_us is None else recent_us) * 1000,
     )

@@ -169,7 +169,8 @@ class DynamicBatcher:
         self._item_ns: float | None = None  # estimated compute per item (None: nothing ran yet)
         self._background = self._batching.background
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
-        self._slicer = Slicer(self._background, self._release) if self._background is not None else None
+        background = self._background if self._merge else None  # only a batch dimension can be cut
+        self._slicer = Slicer(background, self._release, self._max_batch) if background is not None else None
         self.stats = ModelStats(model_name, version)
         self._where = where
 

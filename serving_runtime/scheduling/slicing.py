@@ -14,7 +14,13 @@ requests along it), so it is valid for any model that batches; decoupled request
 A request being sliced has left the queue: queue timeouts no longer apply and ``max_queue_size`` no
 longer counts it (it is executing).
 
-Public: ``Slicer``, ``SliceBatch``, ``Plan``. Everything here runs on the event loop thread.
+With ``background_slice_us`` the slice is sized by time (``SliceSizer``): it starts at
+``background_slice_rows`` (else 1) and doubles after each full slice that computed within the budget; a
+slice over it halves the size and keeps the bigger size off for ``RETRY_NS``. On a CPU the size settles
+where a call's cost starts to grow with rows; on a GPU, where a big batch costs about what a small one
+does, it grows to ``max_batch_size``.
+
+Public: ``Slicer``, ``SliceSizer``, ``SliceBatch``, ``Plan``. Everything here runs on the event loop thread.
 """
 
 from __future__ import annotations
@@ -31,6 +37,31 @@ from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.scheduling.background import BackgroundSettings
 from shipyard.serving_runtime.scheduling.instances import Batch
 from shipyard.serving_runtime.scheduling.queue import Envelope, RequestQueue
+
+RETRY_NS = 10_000_000_000  # a slice size seen over the budget is not tried again for 10 s
+
+
+@dataclass
+class SliceSizer:
+    """Rows per background slice: fixed (``budget_ns`` 0) or the most that compute within ``budget_ns``."""
+
+    budget_ns: int
+    max_rows: int
+    rows: int
+    too_slow: dict[int, int] = field(default_factory=dict)  # rows -> when a slice of that many was over budget
+
+    def observe(self, rows: int, compute_ns: int, now_ns: int) -> None:
+        """A slice of ``rows`` rows computed in ``compute_ns`` (only full-size slices count)."""
+        if not self.budget_ns or rows != self.rows:
+            return
+        if compute_ns > self.budget_ns:
+            self.too_slow[rows] = now_ns
+            self.rows = max(1, rows // 2)
+            return
+        bigger = min(rows * 2, self.max_rows)
+        seen = self.too_slow.get(bigger)
+        if bigger > rows and (seen is None or now_ns - seen >= RETRY_NS):
+            self.rows = bigger
 
 
 @dataclass(eq=False)
@@ -94,9 +125,10 @@ class Slicer:
     """The background requests being sliced, oldest first. ``release(n)``: the batcher's count of requests
     it accepted and has not finished, lowered when a caller went away."""
 
-    def __init__(self, settings: BackgroundSettings, release: Callable[[int], None]) -> None:
+    def __init__(self, settings: BackgroundSettings, release: Callable[[int], None], max_rows: int) -> None:
         self.settings = settings
         self._release = release
+        self.sizer = SliceSizer(settings.slice_ns, max_rows, min(settings.slice_rows or 1, max_rows))
         self._requests: deque[SlicedRequest] = deque()
 
     def _head(self) -> SlicedRequest | None:
@@ -126,14 +158,14 @@ class Slicer:
         hold = rules.hold_until(rules.level, last_foreground_ns, now_ns)
         if hold is not None:
             return Plan(hold_until_ns=hold)
-        slicing = rules.slicing(last_foreground_ns, now_ns)
+        rows = self.sizer.rows if rules.slicing(last_foreground_ns, now_ns) else 0  # 0: not slicing now
         head = self._head()
         if head is not None:
-            return Plan(slice=head.next_slice(rules.slice_rows if slicing else head.remaining))
+            return Plan(slice=head.next_slice(rows or head.remaining))
         if (
             first is not None
-            and slicing
-            and first.batch_size > rules.slice_rows
+            and rows
+            and first.batch_size > rows
             and first.request.on_response is None
             and not first.delayed
         ):
@@ -141,8 +173,8 @@ class Slicer:
             envelope.dispatch_ns = now_ns
             state = SlicedRequest(envelope)
             self._requests.append(state)
-            return Plan(slice=state.next_slice(rules.slice_rows))
-        return Plan(items=rules.capped(queue, slicing))
+            return Plan(slice=state.next_slice(rows))
+        return Plan(items=rules.capped(queue, rows))
 
     def done(self, batch: SliceBatch, compute_ns: int) -> SlicedRequest | None:
         """Take a finished slice (before the batcher decides again: a failed request gets no more slices);
@@ -151,6 +183,8 @@ class Slicer:
         assert state is not None
         state.in_flight -= 1
         state.compute_ns += compute_ns
+        if batch.error is None:
+            self.sizer.observe(batch.size, compute_ns, batch.compute_end_ns)
         if state.answered:
             return None
         outcome: Any = batch.error if batch.error is not None else batch.results[0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -368,6 +370,9 @@ def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None
             "rss_after_mb": 101.0,
             "rss_growth_mb": 10.0,
             "recovery_ratio": 1.0,
+            "server_cores_burst": 1.25,
+            "machine_cores_burst": 2.0,
+            "machine_cores": 2,
             "before": {"throughput": 4000.0},
             "after": {"throughput": 4000.0, "errors": 0},
             "probe": {
@@ -375,6 +380,7 @@ def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None
                 "outcomes": {"ok": 900},
                 "ok_latency": latency,
                 "refused_latency": {"p50_ms": refused_p99, "p99_ms": refused_p99, "max_ms": refused_p99},
+                "error_latency": {"RESOURCE_EXHAUSTED": latency, "UNAVAILABLE": latency} if refused_p99 else {},
             },
         }
 
@@ -389,6 +395,10 @@ def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None
     assert "## Overload (shipyard, bounded queue)" in markdown
     assert "## Overload (shipyard, bounded queue, many connections)" in markdown
     assert "over 16 gRPC connections" in markdown
+    # where the probe's refusals were made, and who had the CPU: what explains the refusal tail
+    assert "RESOURCE_EXHAUSTED (grpc++ threads, past --grpc-max-concurrent-rpcs, no Python) p50 1.0 ms" in markdown
+    assert "UNAVAILABLE (the model's queue, through the event loop)" in markdown
+    assert "CPU during the burst: the server 1.25 cores, the whole machine 2.00 of 2" in markdown
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path: Path) -> None:
@@ -406,3 +416,23 @@ async def test_request_path_serves_real_requests_through_the_handler(add_sub: co
     rate, cpu_us = await request_path.measure("add_sub", concurrency=4, seconds=0.2)
     assert rate > 100  # requests went through the handler path and were counted
     assert 0 < cpu_us < 10_000
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+def test_a_lowered_client_gets_a_session_of_its_own_only_when_asked(
+    own_session: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHIPYARD_BENCH_CLIENT_SESSION", "1" if own_session else "0")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(10)"], preexec_fn=lambda: common.lower_priority(7)
+    )
+    try:
+        time.sleep(0.3)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+        assert (os.getsid(child.pid) == child.pid) is own_session
+        group = Path(f"/proc/{child.pid}/autogroup")
+        if own_session and group.exists():  # kernels with autogroup: the session's weight is lowered too
+            assert group.read_text().split()[-1] == "7"
+    finally:
+        child.kill()
+        child.wait()

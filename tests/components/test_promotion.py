@@ -146,6 +146,33 @@ class _Client(threading.Thread):
             time.sleep(0.01)
 
 
+def _breaks_on_real_pixels() -> Any:
+    """An ONNX model with the digits CNN's inputs and outputs that looks up a 10-entry table at index
+    ``int(pixel * 100)``: the logged example (all zeros) passes export, optimization and validation, while real
+    images (pixels up to 1.0) make ONNX Runtime fail with an index out of range."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"starts": np.array([0], np.int64), "ends": np.array([10], np.int64), "axes": np.array([1], np.int64),
+              "scale": np.array(100.0, np.float32), "table": np.linspace(-1, 1, 10).astype(np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first10"]),
+        helper.make_node("Mul", ["first10", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["logits"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "breaks_on_real_pixels",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def _digits(seed: int) -> Any:
     import torch
 
@@ -232,6 +259,36 @@ def test_alias_moves_deploy_canary_then_full_and_a_broken_version_rolls_back(sta
     _wait(lambda: client.get_model_version_by_alias("digits", "champion").version == str(v2.version), 30,
           "the alias back on v2")  # fmt: skip
     assert serving() == v2.version
+
+    # a version that passes every gate but breaks on live traffic: the canary is judged on the runtime's own
+    # metrics (nv_inference_request_failure of its repository version) and rolled back during the watch
+    v4 = registry.register_module(_breaks_on_real_pixels(), np.zeros((2, 1, 8, 8), np.float32), "digits",
+                                  tracking_uri=mlflow_url)  # fmt: skip
+    _wait(lambda: tag(v4.version, "shipyard.rollout.status") == "prepared", 240, "v4 prepared (its gates pass)")
+    load = _Client(stack["http"], x)
+    load.start()
+    _wait(lambda: load.ok > 5, 30, "the client's first answers")
+    started = time.monotonic()
+    client.set_registered_model_alias("digits", "champion", str(v4.version))
+    _wait(lambda: tag(v4.version, "shipyard.rollout.status") == "rolled_back", 120, "v4 rolled back")
+    rolled_back_s = time.monotonic() - started
+    reason = tag(v4.version, "shipyard.rollout.reason") or ""
+    assert reason.startswith("canary error rate") and "> 1.0%" in reason, reason
+    assert any("out of" in f or "indices" in f for f in load.failures), load.failures[:3]  # the canary's answers
+    _wait(lambda: client.get_model_version_by_alias("digits", "champion").version == str(v2.version), 30,
+          "the alias back on v2 after the canary")  # fmt: skip
+    assert serving() == v2.version
+    canary_rv = int(tag(v4.version, "shipyard.rollout.repo_version") or 0)
+    http = f"http://{stack['http']}"
+    _wait(lambda: not _ok(f"{http}/v2/models/digits/versions/{canary_rv}/ready"), 30, "the canary unloaded")
+    failed_before = len(load.failures)
+    ok_before = load.ok
+    time.sleep(2.0)
+    load.stop.set()
+    load.join(10)
+    print(f"v4 alias set -> rolled back on live errors: {rolled_back_s:.1f} s; reason: {reason}")
+    assert len(load.failures) == failed_before and load.ok > ok_before  # the stable version serves everything again
+    assert rolled_back_s < 60
 
 
 def test_canary_verdict_from_metric_snapshots() -> None:
@@ -375,3 +432,50 @@ def test_state_survives_a_restart_so_replays_and_rollouts_are_not_repeated(tmp_p
     assert again.get("rollout", "m")["repo_version"] == 4  # resume() continues this one; nothing is republished
     assert again.snapshot()["serving"] == {"m": {"version": 2, "repo_version": 3}}
     assert not (tmp_path / "state.json.tmp").exists()  # written atomically
+
+
+def _scaled_onnx(factor: float) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "factor"], ["output"])], "scaled",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.full(4, factor, np.float32), "factor")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_second_model_is_served_by_the_runtime_already_serving_the_repository(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """One runtime serves the whole repository: rolling out model B while model A serves must not start a second
+    runtime on the same ports (it failed with 'port in use' before)."""
+    from shipyard import registry
+    from shipyard.components.deploy.local import LocalTarget
+    from shipyard.components.promotion.rollout import Promoter
+    from shipyard.components.promotion.state import State
+
+    example = np.ones((2, 4), np.float32)
+    for name, factor in (("double", 2.0), ("triple", 3.0)):
+        registry.register_module(_scaled_onnx(factor), example, name, tracking_uri=tracking_uri)
+    settings = Settings(repository=(tmp_path / "repo").resolve(), tracking_uri=tracking_uri, http_port=free_port(),
+                        grpc_port=free_port(), profile=False, work_dir=tmp_path / "work")  # fmt: skip
+    promoter = Promoter(settings, State(tmp_path / "work" / "state.json"))
+    target = LocalTarget(tmp_path / "work" / "deployments")
+    try:
+        assert promoter.roll_out("double", 1).startswith("double/1 serves 100%")
+        assert promoter.roll_out("triple", 1).startswith("triple/1 serves 100%")
+        assert [d.name for d in target.list()] == ["double"]  # one runtime
+        http = f"http://127.0.0.1:{settings.http_port}"
+        for name, factor in (("double", 2.0), ("triple", 3.0)):
+            body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]})
+            request = urllib.request.Request(f"{http}/v2/models/{name}/infer", data=body.encode(),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert json.loads(resp.read())["outputs"][0]["data"] == [factor] * 4
+    finally:
+        for name in target.names():
+            target.stop(name)

@@ -7,6 +7,7 @@ says so instead of silently serving uncapped.
 
 from __future__ import annotations
 
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from shipyard.serving_runtime import server as server_module
 from shipyard.serving_runtime.cli import parse_options
-from shipyard.serving_runtime.protocol import grpc_limits, native_grpc
+from shipyard.serving_runtime.protocol import grpc_limits, http_limits, native_grpc
 
 NATIVE = native_grpc.unavailable_reason()
 needs_native = pytest.mark.skipif(NATIVE is not None, reason=NATIVE or "")
@@ -82,6 +83,16 @@ def test_flags_defaults_and_bad_values(tmp_path: Path, capsys: pytest.CaptureFix
             parse_options(["--model-repository", str(tmp_path), flag, value])
         assert exit_info.value.code == 2
         assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_rest_and_grpc_caps_together_stay_below_the_open_files_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        rest, grpc_ = http_limits.HttpLimits().max_connections, grpc_limits.GrpcLimits().max_connections
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert rest == grpc_ == 384 and rest + grpc_ + 256 <= 1024
 
 
 def test_an_idle_connection_is_closed_and_the_client_reconnects_unnoticed(server: ServerProcess) -> None:

@@ -31,6 +31,29 @@ BOUNDED_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "bounded"').re
 )
 
 
+VARLEN_CONFIG = """
+name: "varlen"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+dynamic_batching { }
+"""
+
+
+def _varlen_onnx() -> bytes:
+    """y = x + x, FP32 [batch, n] with n free: requests group only with requests of their own width."""
+    from onnx import TensorProto, helper
+    from onnx_models import finish_model
+
+    def tensor(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "n"])
+
+    return finish_model(
+        helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "varlen", [tensor("x")], [tensor("y")])
+    )
+
+
 def _native_or_skip() -> None:
     from shipyard.serving_runtime.protocol import native_grpc
 
@@ -42,6 +65,7 @@ def _repository(root: Path) -> Path:
     write_model(root, "batched", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, BATCHED_CONFIG)
     write_model(root, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)  # default scheduler
     write_model(root, "bounded", {1: simple_onnx(100.0)}, BOUNDED_CONFIG)
+    write_model(root, "varlen", {1: _varlen_onnx()}, VARLEN_CONFIG)
     return root
 
 
@@ -60,7 +84,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
                     "--grpc-frontend",
                     "native",
                     *flags,
-                    wait_models=("batched", "simple", "bounded"),
+                    wait_models=("batched", "simple", "bounded", "varlen"),
                 )
             )
         yield started[0], started[1]
@@ -94,6 +118,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("batched", {"inputs": _inputs(3, 1.0), "request_id": "id-3"}),
     ("batched", {"inputs": _inputs(2, 2.0), "model_version": "1"}),
     ("batched", {"inputs": _inputs(2, 2.0), "outputs": [grpcclient.InferRequestedOutput("OUTPUT1")]}),
+    ("batched", {"inputs": list(reversed(_inputs(2, 6.0)))}),  # inputs in another order
     (
         "batched",
         {
@@ -295,3 +320,26 @@ def test_mutated_messages_get_the_python_paths_answers(servers: tuple[ServerProc
         assert got == want, f"mutation {kind} at {at}: {bytes(data)!r}"
         accepted += got[0] == "OK"
     assert accepted > 0
+
+
+def test_variable_dims_group_only_with_their_own_shape(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    fast, _ = servers
+
+    def one(i: int) -> None:
+        width, batch = 3 + 2 * (i % 3), 1 + i % 2
+        x = np.arange(batch * width, dtype=np.float32).reshape(batch, width) + i
+        tensor = grpcclient.InferInput("x", [batch, width], "FP32")
+        tensor.set_data_from_numpy(x)
+        client = grpcclient.InferenceServerClient(fast.grpc_host)
+        try:
+            np.testing.assert_array_equal(client.infer("varlen", [tensor]).as_numpy("y"), x + x)
+        finally:
+            client.close()
+
+    one(0)
+    assert "model 'varlen' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
+    before = _stats(fast, "varlen", "1")
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(one, range(150)))
+    after = _stats(fast, "varlen", "1")
+    assert int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"]) == 150

@@ -15,6 +15,7 @@ from test_scheduling_dynamic import FakeInstance, check, request, scheduler, unt
 from shipyard.serving_runtime.config import parse_config_text
 from shipyard.serving_runtime.errors import BackendError, ModelConfigError, ModelNotReady, RequestCancelled
 from shipyard.serving_runtime.scheduling.background import BackgroundSettings, background_from_config
+from shipyard.serving_runtime.scheduling.slicing import RETRY_NS, SliceSizer
 
 SLICED = (
     "dynamic_batching {{ priority_levels: 2 default_priority_level: 1 }}\n"
@@ -40,10 +41,10 @@ def test_slicing_applies_while_foreground_work_is_recent() -> None:
 def test_capped_cuts_background_only_batches_to_the_slice_while_slicing() -> None:
     rules = BackgroundSettings(level=1, slice_rows=4)
     background = [Item(1, 2), Item(1, 2), Item(1, 1), Item(1, 3)]
-    assert list(rules.capped(background, slicing=True)) == background[:2]  # 4 rows; the next makes 5
+    assert list(rules.capped(background, slice_limit=4)) == background[:2]  # 4 rows; the next makes 5
     assert list(rules.capped(background)) == background  # not slicing: as the decision takes them
     big = [Item(1, 9), Item(1, 1)]
-    assert list(rules.capped(big, slicing=True)) == big[:1]  # the first always goes (it is cut elsewhere)
+    assert list(rules.capped(big, slice_limit=4)) == big[:1]  # the first always goes (it is cut elsewhere)
 
 
 def test_slice_parameters_from_config() -> None:
@@ -58,8 +59,46 @@ def test_slice_parameters_from_config() -> None:
     rules = background_from_config(config(sliced), 2, "m")
     assert rules is not None and (rules.slice_rows, rules.recent_ns, rules.holdoff_ns) == (4, 2_000_000, 0)
     recent_only = 'parameters { key: "background_recent_us" value: { string_value: "10" } }'
-    with pytest.raises(ModelConfigError, match="'background_recent_us' needs 'background_slice_rows'"):
+    with pytest.raises(ModelConfigError, match="'background_recent_us' needs 'background_slice_rows' or"):
         background_from_config(config(recent_only), 2, "m")
+
+
+def test_sizer_settles_where_a_cpu_call_starts_to_cost_more_than_the_budget() -> None:
+    def cost_ns(rows: int) -> int:  # the wide MLP on one core: flat up to 16 rows, then 0.15 ms a row
+        return 2_400_000 if rows <= 16 else 150_000 * rows
+
+    sizer, now, seen = SliceSizer(budget_ns=3_000_000, max_rows=128, rows=1), 0, []
+    for _ in range(8):
+        seen.append(sizer.rows)
+        now += 1_000_000
+        sizer.observe(sizer.rows, cost_ns(sizer.rows), now)
+    assert seen == [1, 2, 4, 8, 16, 32, 16, 16]  # 32 was over budget: not tried again for a while
+    sizer.observe(16, cost_ns(16), now + RETRY_NS)
+    assert sizer.rows == 32  # tried again after RETRY_NS
+    sizer.observe(5, 1, now)  # a last, shorter slice says nothing
+    assert sizer.rows == 32
+
+
+def test_sizer_grows_to_the_max_where_a_batch_costs_the_same_and_is_fixed_without_a_budget() -> None:
+    gpu = SliceSizer(budget_ns=2_000_000, max_rows=128, rows=8)
+    for _ in range(6):
+        gpu.observe(gpu.rows, 1_000_000, 0)
+    assert gpu.rows == 128
+    fixed = SliceSizer(budget_ns=0, max_rows=128, rows=8)
+    fixed.observe(8, 1, 0)
+    assert fixed.rows == 8
+
+
+async def test_slices_sized_by_time_double_while_they_fit() -> None:
+    instance = FakeInstance()  # every call takes about the same (nothing): the slices grow
+    extra = SLICED.format(rows=1, recent_us=10_000_000).replace("background_slice_rows", "background_slice_us")
+    s = scheduler([instance], mbs=16, extra=extra.replace('string_value: "1"', 'string_value: "1000000"'))
+    check(await s.submit(request(0)), 0)
+    check(await s.submit(request(10, rows=15, priority=2)), 10, rows=15)
+    assert [run[0] for run in instance.runs] == [1, 1, 2, 4, 8]
+    check(await s.submit(request(11, rows=16, priority=2)), 11, rows=16)  # 16 rows fit in one slice now
+    assert [run[0] for run in instance.runs][5:] == [16]
+    s.close()
 
 
 async def test_real_time_request_runs_between_the_slices_of_a_background_request() -> None:

@@ -216,7 +216,9 @@ def test_python_api_create_get_list_predict_canary_promote_delete(
     assert not server.mismatches and server.done, server.mismatches
 
 
-def test_errors_are_one_clear_line(cluster: Callable[[list[Any]], ReplayServer]) -> None:
+def test_errors_are_one_clear_line(
+    cluster: Callable[[list[Any]], ReplayServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = get_deploy_client("shipyard:/kserve/ml")
     spec = _service({"metadata": {}, "spec": {"predictor": {}}}, 1, [("1", 100)])
     server = cluster([_get(spec), _not_found(), _not_found()])
@@ -238,6 +240,12 @@ def test_errors_are_one_clear_line(cluster: Callable[[list[Any]], ReplayServer])
         get_deploy_client("shipyard:/kfserving")
     with pytest.raises(MlflowException, match=r"target shipyard:/kserve/Bad_NS: namespace 'Bad_NS' is not a valid"):
         get_deploy_client("shipyard:/kserve/Bad_NS")
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
+    with pytest.raises(MlflowException, match=r"^no Kubernetes cluster configured for -t shipyard:/kserve: set KUBE"):
+        client.list_deployments()
 
 
 def _mlflow(*args: str) -> subprocess.CompletedProcess[str]:
