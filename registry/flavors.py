@@ -152,6 +152,39 @@ def log_flavor(obj: Any, flavor: str, input_example: Any) -> Any:
         import mlflow.tensorflow
         import tensorflow as tf
 
+        signatures = getattr(obj, "shipyard_signatures", None)  # a SavedModel folder: keep its own signatures
         return mlflow.tensorflow.log_model(obj, name="model", input_example=input_example,
+                                           saved_model_kwargs={"signatures": signatures} if signatures else None,
                                            pip_requirements=[f"tensorflow=={tf.__version__}"])  # fmt: skip
     raise RegistryError(f"log_flavor: {flavor!r} is logged by register_module's torch path")
+
+
+def load_saved_model(folder: Any) -> Any:
+    """A TF2 SavedModel folder as a ``tf.Module`` that MLflow's tensorflow flavor logs with the folder's own
+    ``serving_default`` signature. Raises RegistryError (TensorFlow missing, not a SavedModel, no serving_default)."""
+    _require("tensorflow")
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(folder))
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{folder} is not a TF2 SavedModel ({' '.join(str(exc).split())[:200]})") from None
+    serving: Any = getattr(loaded, "signatures", {}).get("serving_default")
+    if serving is None:
+        raise RegistryError(
+            f"{folder} has no 'serving_default' signature: save it with tf.saved_model.save(module, path, "
+            "signatures={'serving_default': module.__call__}) where __call__ is a tf.function with an input_signature"
+        )
+    names = list(serving.structured_input_signature[1])
+
+    class SavedModelModule(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name="saved_model")
+            self.loaded = loaded
+            self.shipyard_signatures = {"serving_default": serving}
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:  # MLflow calls it on the input example
+            feeds = kwargs or dict(zip(names, args, strict=False))
+            return serving(**{k: tf.convert_to_tensor(v) for k, v in feeds.items()})
+
+    return SavedModelModule()

@@ -244,12 +244,17 @@ def register_file(
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> RegisteredVersion:
-    """Register a saved model file; the file's SHA-256 identifies the source.
+    """Register a saved model file (or a TF2 SavedModel folder); the file's (folder's) SHA-256 identifies the source.
 
     Raises: RegistryError (missing file, a state dict, no input example).
     """
-    sha = sha256_file(path)
-    module = load_module_file(path)
+    if Path(path).is_dir() and (Path(path) / "saved_model.pb").is_file():  # a TF2 SavedModel folder
+        from shipyard.registry.digest import sha256_tree
+        from shipyard.registry.flavors import load_saved_model
+
+        sha, module = sha256_tree(path), load_saved_model(path)
+    else:
+        sha, module = sha256_file(path), load_module_file(path)
     return register_module(
         module,
         input_example,

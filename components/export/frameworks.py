@@ -10,7 +10,8 @@ framework's own predictions on the logged input example):
 - ``keras``: Keras 3's own ONNX export on the torch backend (no TensorFlow), extra ``keras``;
 - ``transformers``: the model as a torch module, inputs the tokenizer's (``input_ids``, ...), output
   ``logits``, dynamic batch and sequence axes, extra ``transformers``;
-- ``tensorflow``: a TF2 SavedModel (``tf.Module``) through tf2onnx on its ``serving_default`` signature,
+- ``tensorflow``: a TF2 SavedModel (a ``tf.Module``, or a SavedModel folder registered with ``register_file``)
+  through tf2onnx on its ``serving_default`` signature,
   extra ``tensorflow`` (TF 1 estimators and tf.keras models are refused with what to log instead);
 - ``pytorch`` is not handled here (``export_registered`` keeps the torch path).
 

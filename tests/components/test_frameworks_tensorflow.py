@@ -105,3 +105,43 @@ def test_an_op_without_onnx_translation_is_named_with_the_fallback(tmp_path: Pat
     with pytest.raises(ExportError, match=r"tensorflow model: TF op Complex cannot be converted to ONNX.*fallback"):
         deploy_flow(reg.uri, name="fft-tf", repository=tmp_path / "repo", work_dir=tmp_path / "work",
                     target="onnxruntime", max_batch_size=4, tracking_uri=tracking_uri, profile=False)  # fmt: skip
+
+
+async def test_savedmodel_folder_registered_by_the_cli_is_served_like_tensorflow(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """A SavedModel folder as teams have them on disk (tf.saved_model.save): `shipyard register FOLDER` logs it with
+    its own serving_default signature; registering the same folder again finds the same version."""
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+    net = DigitsNet()
+    folder = tmp_path / "saved_model"
+    tf.saved_model.save(net, str(folder), signatures={"serving_default": net.__call__})
+    example = tmp_path / "example.npy"
+    np.save(example, x[:2])
+    command = [sys.executable, "-m", "shipyard", "register", str(folder), "--name", "digits-savedmodel",
+               "--input-example", str(example), "--tracking-uri", tracking_uri]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    versions = registry.get_client(tracking_uri).search_model_versions("name='digits-savedmodel'")
+    assert [str(v.version) for v in versions] == ["1"]  # the same folder again: the same version
+    result = deploy_flow("models:/digits-savedmodel/1", name="digits-savedmodel", repository=tmp_path / "repo",
+                         work_dir=tmp_path / "work", target="onnxruntime", max_batch_size=16,
+                         tracking_uri=tracking_uri, profile=False)  # fmt: skip
+    assert result.export.input_names == ("pixels",) and result.export.max_abs_diff <= 1e-4
+    got = await _served(tmp_path / "repo", "digits-savedmodel", {"pixels": x})
+    np.testing.assert_allclose(got["probabilities"], net(tf.constant(x))["probabilities"].numpy(), atol=1e-4)
+
+
+def test_a_folder_without_serving_default_is_one_clear_error(tmp_path: Path, tracking_uri: str) -> None:
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    tf.saved_model.save(module, str(tmp_path / "bare"))
+    from shipyard.registry.errors import RegistryError
+
+    with pytest.raises(RegistryError, match=r"has no 'serving_default' signature: save it with tf.saved_model.save"):
+        registry.register_file(tmp_path / "bare", "bare", input_example=np.ones((1, 4)), tracking_uri=tracking_uri)
