@@ -5,10 +5,10 @@
   a keep-alive connection may sit idle, and how many connections may be open at once (beyond it a new
   connection gets 503 and is closed, before it costs more than its socket).
 - ``protocol_class(limits)``: uvicorn's httptools protocol with the head-size, head-timeout and
-  connection limits (uvicorn has none of them for httptools). The head and body timeouts cost a
-  request two clock reads: one timer per server sweeps the connections a few times per timeout
-  (``_Sweeper``) instead of a timer armed and cancelled per request and per body piece, which cost
-  REST add_sub c=1 about a fifth of its throughput.
+  connection limits (uvicorn has none of them for httptools). The head, body and keep-alive idle
+  timeouts cost a request a few clock reads: one timer per server sweeps the connections a few
+  times per timeout (``_Sweeper``) instead of timers armed and cancelled per request and per body
+  piece, which cost REST add_sub c=1 about a fifth of its throughput.
 - ``read_body(request, limits)``: the body, bounded in size and in time between pieces; a client that
   goes away mid-body is a ``RequestCancelled`` (499), not a traceback.
 - ``decompress(body, encoding, limits)``: gzip/deflate with the output bounded, off the event loop for
@@ -94,15 +94,17 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
 
 
 class _Sweeper:
-    """One timer per server that enforces the head and body timeouts of every connection.
+    """One timer per server that enforces the head, body and idle timeouts of every connection.
 
-    A connection stamps the time its request head started arriving and the time of its last body
-    piece; every ``interval`` (a quarter of the shorter timeout, at most 1 s) the sweep closes a
-    connection whose head is overdue and times out a body read that is (read_body's callback). A
-    limit is enforced between its value and its value plus ``interval``."""
+    A connection stamps the time its request head started arriving, the time of its last body piece
+    and the time its last response ended; every ``interval`` (a quarter of the shortest timeout, at
+    most 1 s) the sweep closes a connection whose head is overdue or that sat idle too long, and
+    times out a body read that stalled (read_body's callback). A limit is enforced between its
+    value and its value plus ``interval``."""
 
     def __init__(self, limits: HttpLimits) -> None:
-        self.interval = min(1.0, max(0.01, min(limits.header_timeout_s, limits.body_timeout_s) / 4))
+        shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.idle_timeout_s)
+        self.interval = min(1.0, max(0.01, shortest / 4))
         self.handle: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: set[Any] = set()
@@ -130,6 +132,7 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
     class GuardedProtocol(HttpToolsProtocol):
         _head_since: float | None = None  # loop time the pending request head started arriving
         _body_since = 0.0  # loop time of the request's head end or last body piece
+        _idle_since: float | None = None  # loop time the last response ended, while no new request came
         _head_bytes = 0
         _refused = False
         body_stalled: Callable[[], None] | None = None  # set by read_body while it waits for the body
@@ -154,6 +157,9 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 log.debug("closing a connection that sent no complete request head in %gs", limits.header_timeout_s)
                 self._head_since = None
                 self.transport.close()
+            elif between and self._idle_since is not None and now - self._idle_since > limits.idle_timeout_s:
+                self._idle_since = None  # uvicorn's keep-alive timeout, without its timer per response
+                self.transport.close()
             elif not between and cycle.more_body and now - self._body_since > limits.body_timeout_s:
                 stalled, self.body_stalled = self.body_stalled, None
                 if stalled is not None:
@@ -164,7 +170,21 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 return
             if self._head_since is None and (self.cycle is None or self.cycle.response_complete):
                 self._head_since = self.loop.time()  # the first bytes of the next request on a keep-alive connection
+                self._idle_since = None
             super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, with the keep-alive timer replaced by the idle stamp the sweep reads
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_since = self.loop.time()
 
         def _count_head(self, size: int) -> None:
             self._head_bytes += size
@@ -200,7 +220,7 @@ def protocol_class(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self.scope[CONNECTION] = self  # type: ignore[literal-required]
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._head_since = None
+            self._head_since = self._idle_since = None
             self.body_stalled = None
             hooks: list[Callable[[], None]] = self.scope.get(DISCONNECT_HOOKS, []) if self.cycle is not None else []  # type: ignore[assignment]
             super().connection_lost(exc)

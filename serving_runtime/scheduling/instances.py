@@ -8,9 +8,10 @@ splits the outputs per request and hands the result back to the event loop with 
 event loop for models whose batches take microseconds, see ``dynamic``); a lock per worker keeps
 the instance to one batch at a time and keeps closing from overlapping a batch.
 
-A backend with ``start_requests`` (Python models, whose compute runs in another process) takes a
-batch on the event loop itself and answers there (``backends/python/loop_call.py``); its worker
-thread only runs batches while that process restarts, and closes the instance.
+A backend whose ``start_requests`` accepts a batch (Python models with
+``SHIPYARD_PYTHON_LOOP_CALL=1``: their compute runs in another process) takes it on the event loop
+itself and answers there (``backends/python/loop_call.py``); its worker thread then only runs
+batches while that process restarts, and closes the instance.
 
 ``submit`` can hand the GIL over: it waits (at most ``handoff_s``, with the GIL released) until
 the worker has merged the inputs and entered the backend, which runs without the GIL. The

@@ -183,3 +183,80 @@ def test_stub_has_its_own_process_group_in_the_servers_session(tmp_path: Path) -
         assert os.getsid(pid) == os.getsid(0)
     finally:
         instance.close()
+
+
+ECHO_MODEL = """
+import os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            if float(x.reshape(-1)[0]) < 0:
+                os._exit(4)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x * 2)]))
+        return out
+"""
+
+
+@pytest.mark.parametrize("loop_calls", [False, True])
+def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_calls: bool) -> None:
+    """The dynamic batcher hands a Python model's batches to its process through the instance's
+    worker thread, or (SHIPYARD_PYTHON_LOOP_CALL=1) from the event loop with no thread on the way;
+    either way a dead process fails only its batch, and while it restarts the worker thread runs
+    the next one, which waits for initialize."""
+    import asyncio
+    import json
+    import threading
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+    from shipyard.serving_runtime.errors import BackendError
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+    from shipyard.serving_runtime.scheduling.dynamic import BatchingSettings, DynamicBatcher
+
+    model = tmp_path / "echo" / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text(ECHO_MODEL)
+    config = {"name": "echo", "backend": "python", "max_batch_size": 8}
+    args = {
+        "model_config": json.dumps(config), "model_instance_kind": "CPU", "model_instance_name": "echo_0",
+        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+    instance.loop_calls = loop_calls
+    on_threads: list[str] = []
+    through_thread = instance.execute_requests
+
+    def counted(requests: list[InferenceRequest]) -> list[object]:
+        on_threads.append(threading.current_thread().name)
+        return through_thread(requests)
+
+    instance.execute_requests = counted  # type: ignore[method-assign]
+    batcher = DynamicBatcher([instance], "echo", 1, BatchingSettings(max_batch_size=8))
+
+    def request(value: float) -> InferenceRequest:
+        return InferenceRequest({"x": np.full((1, 3), value, np.float32)})
+
+    async def main() -> None:
+        results = await asyncio.gather(*(batcher.submit(request(i)) for i in range(20)))
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * i, np.float32))
+        if loop_calls:
+            assert on_threads == []  # every batch went from the loop to the process and back
+        else:
+            assert on_threads and all(name.startswith("echo-v1-i0") for name in on_threads)
+        with pytest.raises(BackendError, match="ended with exit code 4; it is being restarted"):
+            await batcher.submit(request(-1))
+        again = await batcher.submit(request(5))
+        np.testing.assert_array_equal(again["y"], np.full((1, 3), 10, np.float32))
+        await batcher.drain()
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert instance.restarts == 1

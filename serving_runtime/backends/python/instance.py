@@ -33,6 +33,10 @@ from shipyard.serving_runtime.errors import BackendError, ModelLoadError, Servin
 
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
+# "1": batches go straight from the event loop to the process (start_requests) instead of through
+# the instance's worker thread (execute_requests, the default). Off by default: on the loaded
+# 2-core machine the loop path was slower at c=64 (docs/serving.md, Python models, "Two paths").
+LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
 DEFAULT_INIT_TIMEOUT_S = 300.0
 FINALIZE_TIMEOUT_S = 10.0
@@ -110,6 +114,7 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
+        self.loop_calls = os.environ.get(LOOP_CALL_ENV, "0") == "1"
         try:
             self.stub = self._start()
         except BaseException:
@@ -243,11 +248,12 @@ class PythonInstance:
         """Send one formed batch from the event loop, which reads the reply when it arrives
         (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
 
-        False (nothing was sent): the process is being (re)started or a call is in progress; run
-        ``execute_requests`` on the worker thread instead. Call on the running event loop.
+        False (nothing was sent): the loop path is off (``SHIPYARD_PYTHON_LOOP_CALL``), the process
+        is being (re)started or a call is in progress; run ``execute_requests`` on the worker
+        thread instead. Call on the running event loop.
         """
         stub = self.stub
-        if self._closed or not stub.try_begin():
+        if self._closed or not self.loop_calls or not stub.try_begin():
             return False
         loop = asyncio.get_running_loop()
         keys = [next(_KEYS) for _ in requests]
