@@ -7,6 +7,8 @@ mode). Keep this module free of kserve and tritonclient.grpc imports: both pytes
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -14,3 +16,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def served_in_process(repo: Path, name: str, feeds: dict[str, Any]) -> dict[str, Any]:
+    """``name``'s outputs for ``feeds`` (one batch), served by the runtime's model manager in this process."""
+    from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+    manager = ModelManager([repo], control_mode="none", gpu_count=0)
+    await manager.start()
+    try:
+        batch = next(iter(feeds.values())).shape[0]
+        return dict(await manager.get(name).infer(InferenceRequest(inputs=feeds, batch_size=batch)))
+    finally:
+        await manager.shutdown()

@@ -9,23 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import served_in_process
 
 from shipyard import registry
 from shipyard.components.errors import ExportError
 from shipyard.components.flow import deploy_flow
-
-
-async def _served(repo: Path, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from shipyard.serving_runtime.manager import ModelManager
-    from shipyard.serving_runtime.scheduling.api import InferenceRequest
-
-    manager = ModelManager([repo], control_mode="none", gpu_count=0)
-    await manager.start()
-    try:
-        batch = next(iter(feeds.values())).shape[0]
-        return dict(await manager.get(name).infer(InferenceRequest(inputs=feeds, batch_size=batch)))
-    finally:
-        await manager.shutdown()
 
 
 def _deploy(tmp_path: Path, uri: str, name: str, tracking_uri: str) -> Any:
@@ -50,7 +38,7 @@ async def test_sklearn_pipeline_on_digits_served_like_sklearn(tmp_path: Path, tr
     assert result.export.max_abs_diff <= 1e-4
     assert registry.get_lineage(reg.uri, tracking_uri)["shipyard.export.flavor"] == "sklearn"
 
-    got = await _served(tmp_path / "repo", "digits-sklearn", {"input": x[1200:1216]})
+    got = await served_in_process(tmp_path / "repo", "digits-sklearn", {"input": x[1200:1216]})
     np.testing.assert_array_equal(got["label"], model.predict(x[1200:1216]))
     np.testing.assert_allclose(got["probabilities"], model.predict_proba(x[1200:1216]), atol=1e-4)
 
@@ -76,7 +64,7 @@ async def test_keras3_model_trained_here_served_like_keras(tmp_path: Path, track
     assert result.export.max_abs_diff <= 1e-4
 
     probe = x[1200:1216]
-    got = await _served(tmp_path / "repo", "digits-keras", {"input": probe})
+    got = await served_in_process(tmp_path / "repo", "digits-keras", {"input": probe})
     want = keras.ops.convert_to_numpy(model(probe))
     np.testing.assert_allclose(got["output"], want, atol=1e-4)
     assert (got["output"].argmax(1) == y[1200:1216]).mean() > 0.8  # it learned something
@@ -113,7 +101,7 @@ async def test_tiny_transformers_classifier_dynamic_batch_and_sequence(tmp_path:
     enc = parts["tokenizer"](["good", "the movie is not good and the plot is awful", "bad"], padding=True,
                              return_tensors="np")  # fmt: skip
     feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in result.export.input_names}
-    got = await _served(tmp_path / "repo", "text-clf", feeds)
+    got = await served_in_process(tmp_path / "repo", "text-clf", feeds)
     with torch.no_grad():
         want = parts["model"](**{n: torch.from_numpy(a) for n, a in feeds.items()}).logits.numpy()
     np.testing.assert_allclose(got["logits"], want, atol=1e-4)
@@ -128,7 +116,7 @@ async def test_onnx_flavor_passes_through_checked(tmp_path: Path, tracking_uri: 
     reg = registry.register_module(onnx.load(str(digits_onnx)), x, "digits-onnx", tracking_uri=tracking_uri)
     result = _deploy(tmp_path, reg.uri, "digits-onnx", tracking_uri)
     assert result.export.exporter.startswith("onnx")
-    got = await _served(tmp_path / "repo", "digits-onnx", {"input": x})
+    got = await served_in_process(tmp_path / "repo", "digits-onnx", {"input": x})
     want = ort.InferenceSession(str(digits_onnx)).run(None, {"input": x})[0]
     np.testing.assert_allclose(got["logits"], want, atol=1e-5)
 

@@ -20,6 +20,8 @@ except ImportError:
     pytest.skip("tensorflow is not installed: pip install 'shipyard[tensorflow]' (or make test-tensorflow)",
                 allow_module_level=True)  # fmt: skip
 
+from helpers import served_in_process
+
 from shipyard import registry
 from shipyard.components.errors import ExportError
 from shipyard.components.flow import deploy_flow
@@ -58,19 +60,6 @@ def _train(x: np.ndarray, y: np.ndarray) -> DigitsNet:
     return net
 
 
-async def _served(repo: Path, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from shipyard.serving_runtime.manager import ModelManager
-    from shipyard.serving_runtime.scheduling.api import InferenceRequest
-
-    manager = ModelManager([repo], control_mode="none", gpu_count=0)
-    await manager.start()
-    try:
-        batch = next(iter(feeds.values())).shape[0]
-        return dict(await manager.get(name).infer(InferenceRequest(inputs=feeds, batch_size=batch)))
-    finally:
-        await manager.shutdown()
-
-
 async def test_tf_savedmodel_trained_here_served_like_tensorflow(tmp_path: Path, tracking_uri: str) -> None:
     from sklearn.datasets import load_digits
 
@@ -86,7 +75,7 @@ async def test_tf_savedmodel_trained_here_served_like_tensorflow(tmp_path: Path,
     assert registry.get_lineage(reg.uri, tracking_uri)["shipyard.export.flavor"] == "tensorflow"
 
     probe = x[1200:1216]
-    got = await _served(tmp_path / "repo", "digits-tf", {"pixels": probe})
+    got = await served_in_process(tmp_path / "repo", "digits-tf", {"pixels": probe})
     want = net(tf.constant(probe))["probabilities"].numpy()
     np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)
     assert (got["probabilities"].argmax(1) == y[1200:1216]).mean() > 0.8  # it learned something
@@ -133,7 +122,7 @@ async def test_savedmodel_folder_registered_by_the_cli_is_served_like_tensorflow
                          work_dir=tmp_path / "work", target="onnxruntime", max_batch_size=16,
                          tracking_uri=tracking_uri, profile=False)  # fmt: skip
     assert result.export.input_names == ("pixels",) and result.export.max_abs_diff <= 1e-4
-    got = await _served(tmp_path / "repo", "digits-savedmodel", {"pixels": x})
+    got = await served_in_process(tmp_path / "repo", "digits-savedmodel", {"pixels": x})
     np.testing.assert_allclose(got["probabilities"], net(tf.constant(x))["probabilities"].numpy(), atol=1e-4)
 
 
