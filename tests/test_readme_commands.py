@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, stop_local_runtimes
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -119,20 +119,10 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     try:
         _run_all(env, tmp_path, ran, skipped)
     finally:  # a failure midway leaves no runtime running
-        _stop_local_runtimes(tmp_path)
+        stop_local_runtimes(tmp_path / "state", tmp_path / "home" / "deployments")
     print("ran:", *ran, "skipped (make targets; a Kubeflow endpoint; an object store):", *skipped, sep="\n  ")
     assert len(ran) >= 12
     assert any(w.startswith("shipyard pipeline run deploy") for w in ran)
-
-
-def _stop_local_runtimes(scratch: Path) -> None:
-    """Stop the local deployments the commands recorded (``--state-dir`` and the plugin's default)."""
-    from shipyard.components.deploy.local import LocalTarget
-
-    for state_dir in (scratch / "state", scratch / "home" / "deployments"):
-        target = LocalTarget(state_dir)
-        for name in target.names():
-            target.stop(name)
 
 
 def _run_all(env: dict[str, str], tmp_path: Path, ran: list[str], skipped: list[str]) -> None:

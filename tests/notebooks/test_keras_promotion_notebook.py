@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TEST_KERNEL_NAME, stop_local_runtimes, write_test_kernelspec
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -19,18 +20,7 @@ if importlib.util.find_spec("keras") is None:  # not imported here: it would pic
     pytest.skip("keras is not installed: pip install 'shipyard[keras]'", allow_module_level=True)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "keras_promotion.ipynb"
-KERNEL_NAME = "shipyard-test-python"
 CELL_TIMEOUT_S = 240
-
-
-def _write_kernelspec(root: Path) -> Path:
-    """A kernelspec named KERNEL_NAME that runs sys.executable (this venv's python); returns the JUPYTER_PATH."""
-    spec_dir = root / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "shipyard test kernel", "language": "python"}  # fmt: skip
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    return root
 
 
 def test_committed_notebook_has_no_outputs() -> None:
@@ -45,28 +35,26 @@ def test_committed_notebook_has_no_outputs() -> None:
 def test_keras_notebook_promotes_by_alias_and_serves_what_keras_predicts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUPYTER_PATH", str(_write_kernelspec(tmp_path / "jupyter")))
+    monkeypatch.setenv("JUPYTER_PATH", str(write_test_kernelspec(tmp_path / "jupyter")))
     work = tmp_path / "work"
     monkeypatch.setenv("SHIPYARD_NOTEBOOK_DIR", str(work))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S,
+    client = nbclient.NotebookClient(nb, kernel_name=TEST_KERNEL_NAME, timeout=CELL_TIMEOUT_S,
                                      resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
     try:
         client.execute()
-    finally:
-        from shipyard.components.deploy import LocalTarget
-
-        leftover = LocalTarget(work / "promotion" / "deployments")
-        for name in leftover.names():  # a failed cell midway leaves the runtime running
-            leftover.stop(name)
+    finally:  # a failed cell midway leaves the runtime running
+        stop_local_runtimes(work / "promotion" / "deployments")
 
     for cell in nb.cells:  # where the time goes (pytest -s shows it)
         timing = cell.metadata.get("execution", {})
         if "shell.execute_reply" in timing:
             from datetime import datetime
 
-            start, end = (datetime.fromisoformat(timing[k].rstrip("Z")) for k in ("iopub.execute_input", "shell.execute_reply"))
+            start, end = (
+                datetime.fromisoformat(timing[k].rstrip("Z")) for k in ("iopub.execute_input", "shell.execute_reply")
+            )
             print(f"{(end - start).total_seconds():6.1f} s  {cell.source.splitlines()[0][:70]}")
     [summary_cell] = [c for c in nb.cells if "summary" in c.metadata.get("tags", [])]
     text = "".join(o.get("text", "") for o in summary_cell.outputs if o.get("output_type") == "stream")

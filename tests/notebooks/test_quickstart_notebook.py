@@ -13,41 +13,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TEST_KERNEL_NAME, stop_local_runtimes, write_test_kernelspec
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
-KERNEL_NAME = "shipyard-test-python"
 EXECUTION_TIMEOUT_S = 540  # the whole notebook; one cell may not take longer than CELL_TIMEOUT_S
 CELL_TIMEOUT_S = 300
 
 
-def _write_kernelspec(root: Path) -> Path:
-    """A kernelspec named KERNEL_NAME that runs sys.executable (this venv's python); returns the JUPYTER_PATH."""
-    spec_dir = root / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "shipyard test kernel",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    return root
-
-
 def _stream_text(cell: dict) -> str:  # type: ignore[type-arg]
     return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
-
-
-def _stop_leftover_servers(state_dir: Path) -> None:
-    """Stop runtime processes the notebook started but did not stop (a failed cell midway)."""
-    from shipyard.components.deploy import LocalTarget
-
-    target = LocalTarget(state_dir=state_dir)
-    for name in target.names():
-        target.stop(name)
 
 
 def test_committed_notebook_has_no_outputs() -> None:
@@ -64,7 +42,7 @@ def test_committed_notebook_has_no_outputs() -> None:
 def test_quickstart_notebook_executes_and_serves_what_torch_predicts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUPYTER_PATH", str(_write_kernelspec(tmp_path / "jupyter")))
+    monkeypatch.setenv("JUPYTER_PATH", str(write_test_kernelspec(tmp_path / "jupyter")))
     work = tmp_path / "work"
     monkeypatch.setenv("SHIPYARD_QUICKSTART_DIR", str(work))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -72,19 +50,19 @@ def test_quickstart_notebook_executes_and_serves_what_torch_predicts(
 
     from jupyter_client.kernelspec import KernelSpecManager
 
-    assert KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0] == sys.executable  # this venv's python
+    assert KernelSpecManager().get_kernel_spec(TEST_KERNEL_NAME).argv[0] == sys.executable  # this venv's python
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb,
-        kernel_name=KERNEL_NAME,
+        kernel_name=TEST_KERNEL_NAME,
         timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(tmp_path)}},
     )
     try:
         client.execute()
     finally:
-        _stop_leftover_servers(work / "deployments")
+        stop_local_runtimes(work / "deployments")
 
     by_tag = {tag: cell for cell in nb.cells for tag in cell.metadata.get("tags", [])}
     summary = json.loads(_stream_text(by_tag["summary"]))
