@@ -153,7 +153,7 @@ class RestLane:
             return
         from shipyard.serving_runtime.protocol.native_fast import ineligible
 
-        reason = ineligible(model)
+        reason = ineligible(model, version or "")
         if reason is not None:
             log.debug("model %r: REST requests take the ASGI path: %s", name, reason)
             try:

@@ -198,7 +198,8 @@ def _mutations() -> list[tuple[str, bytes]]:
         ("malformed JSON", _request("batched", b"{not json" + raw[9:], length)),
         ("header length beyond body", _request("batched", raw, len(raw) + 5)),
         ("no header length", _request("batched", raw, None)),
-        ("header length not a number", _request("batched", raw, None, extra_headers="Inference-Header-Content-Length: x\r\n")),
+        ("header length not a number",
+         _request("batched", raw, None, extra_headers="Inference-Header-Content-Length: x\r\n")),
         ("gzip encoding", _request("batched", raw, length, extra_headers="Content-Encoding: gzip\r\n")),
         ("version 9", _request("batched", raw, length, version="9")),
         ("version word", _request("batched", raw, length, version="one")),
@@ -321,7 +322,7 @@ def test_concurrent_requests_get_their_own_rows_and_are_counted(
 
 
 def test_unload_and_reload_mid_traffic(servers: tuple[ServerProcess, ServerProcess, Path]) -> None:
-    lane, off, repo = servers
+    lane, off, _ = servers
     _warm(lane, off)
     statuses: list[bytes] = []
     stop = threading.Event()
