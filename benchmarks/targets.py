@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 from benchmarks.common import LOOPBACK, ModelSpec, ServerProcess
@@ -231,23 +232,28 @@ def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0, publis
     )
 
 
-def published_batching() -> str:
-    """The priority fields of the publish step's ``dynamic_batching`` (components/publish/config_builder.py)."""
-    from shipyard.components.publish import config_builder as publish
+def _published_config() -> Any:
+    """What the publish step writes for a model with ``max_batch_size`` ``SHIPYARD_MAX_BATCH``
+    (components/publish/config_builder.py)."""
+    from shipyard.components.publish.config_builder import TensorInfo, build_config
 
-    return f" priority_levels: {publish.PRIORITY_LEVELS} default_priority_level: {publish.DEFAULT_PRIORITY_LEVEL}"
+    tensor = [TensorInfo("x", "FP32", (-1, 1))]
+    return build_config("m", "onnxruntime_onnx", tensor, tensor, max_batch_size=SHIPYARD_MAX_BATCH)
+
+
+def published_batching() -> str:
+    """The priority fields of the publish step's ``dynamic_batching``."""
+    batching = _published_config().dynamic_batching
+    return f" priority_levels: {batching.priority_levels} default_priority_level: {batching.default_priority_level}"
 
 
 def published_parameters() -> str:
-    """The publish step's background-level parameters for ``max_batch_size`` ``SHIPYARD_MAX_BATCH``."""
-    from shipyard.components.publish import config_builder as publish
-    from shipyard.serving_runtime.scheduling.background import SHARE_PARAMETER, SLICE_PARAMETER
-
-    values = {
-        SHARE_PARAMETER: max(1, SHIPYARD_MAX_BATCH // publish.BACKGROUND_SHARE_DIVISOR),
-        SLICE_PARAMETER: max(1, SHIPYARD_MAX_BATCH // publish.BACKGROUND_SLICE_DIVISOR),
-    }
-    return "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in values.items())
+    """The publish step's parameters (the background level's rules)."""
+    parameters = _published_config().parameters
+    return "".join(
+        f'parameters {{ key: "{key}" value: {{ string_value: "{parameters[key].string_value}" }} }}\n'
+        for key in sorted(parameters)
+    )
 
 
 def write_shipyard_repository(
