@@ -33,11 +33,16 @@ from typing import Any
 
 from benchmarks import common, targets
 from benchmarks.loadgen import run_closed_loop
-from shipyard.components.publish.config_builder import BACKGROUND_SHARE_DIVISOR, BACKGROUND_SLICE_DIVISOR
+from shipyard.components.publish.config_builder import (
+    BACKGROUND_FILL_DIVISOR,
+    BACKGROUND_SHARE_DIVISOR,
+    BACKGROUND_SLICE_DIVISOR,
+)
 
 MODEL = "wide_mlp"
 SLICE_ROWS = 128 // BACKGROUND_SLICE_DIVISOR  # what the publish step writes for max_batch_size 128
 SHARE_ROWS = 128 // BACKGROUND_SHARE_DIVISOR
+FILL_ROWS = 128 // BACKGROUND_FILL_DIVISOR
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
 
 
@@ -179,7 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; batch {batch or 'default'}")
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
     background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
-                  "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us}  # fmt: skip
+                  "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us,
+                  "background_fill_rows": args.fill_rows}  # fmt: skip
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background}  # fmt: skip
@@ -290,6 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=SLICE_ROWS,
         help=f"background_slice_rows (0: off; default {SLICE_ROWS}, what the publish step writes)",
     )
+    parser.add_argument("--fill-rows", type=int, default=FILL_ROWS, help="background_fill_rows: real-time "
+                        f"batches topped up with job rows to it (0: off; default {FILL_ROWS}: published)")  # fmt: skip
     parser.add_argument("--share-rows", type=int, default=SHARE_ROWS, help=f"background_share_rows ({SHARE_ROWS})")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of real-time alone / with the job")
     parser.add_argument("--scorer-nice", type=int, default=10, help="niceness of the batch job next to the "

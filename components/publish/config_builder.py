@@ -22,6 +22,7 @@ PRIORITY_LEVELS = 2  # generated configs: level 1 real-time (the default), level
 DEFAULT_PRIORITY_LEVEL = 1
 BACKGROUND_SHARE_DIVISOR = 16  # background rows in a real-time batch: max_batch_size / 16
 BACKGROUND_SLICE_DIVISOR = 8  # rows of a background slice while real-time work is recent: max_batch_size / 8
+BACKGROUND_FILL_DIVISOR = 8  # a real-time batch is topped up with background rows to max_batch_size / 8
 FILENAME_BY_PLATFORM = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
 
 
@@ -76,7 +77,8 @@ def build_config(
     ``batching``: ``preferred_batch_size`` (int or list) and ``max_queue_delay_microseconds``; when None and
     ``max_batch_size > 1``, plain ``dynamic_batching {}``. Batching configs get two priority levels (requests
     without a priority at level 1; ``shipyard score`` sends level 2, a background level: parameters
-    ``background_share_rows`` and ``background_slice_rows``; ``parameters`` may override them).
+    ``background_share_rows``, ``background_slice_rows`` and ``background_fill_rows``; ``parameters`` may
+    override them).
     Raises: PublishError (a tensor's first dim is not the batch dim, or the runtime rejects the config).
     """
     from tritonclient.grpc import model_config_pb2 as pb
@@ -84,7 +86,7 @@ def build_config(
     from shipyard.serving_runtime.config import new_config, validate_config
     from shipyard.serving_runtime.datatypes import triton_to_config
     from shipyard.serving_runtime.errors import ModelConfigError
-    from shipyard.serving_runtime.scheduling.background import SHARE_PARAMETER, SLICE_PARAMETER
+    from shipyard.serving_runtime.scheduling.background import FILL_PARAMETER, SHARE_PARAMETER, SLICE_PARAMETER
 
     config = new_config()
     config.name = name
@@ -118,6 +120,8 @@ def build_config(
         # (docs/scoring.md: why no hold-off)
         config.parameters[SHARE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SHARE_DIVISOR))
         config.parameters[SLICE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SLICE_DIVISOR))
+        # and its rows ride along in real-time batches up to the size of a slice (co-batching, docs/scoring.md)
+        config.parameters[FILL_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_FILL_DIVISOR))
         if batching:
             preferred = batching.get("preferred_batch_size")
             if preferred:

@@ -44,16 +44,20 @@ log = logging.getLogger(__name__)
 _INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
 
 
-def ineligible(model: ModelLike) -> str | None:
-    """None when ``model`` can take the fast path, else why not.
+def ineligible(model: ModelLike, version: str = "") -> str | None:
+    """None when ``model`` can take the fast path for requests naming ``version`` ("" = none), else
+    why not.
 
     Eligible: a model served by the dynamic batcher itself (no sequence batching, response cache,
     ensemble scheduler, decoupled transaction policy, Python backend) with ``max_batch_size`` >= 1,
     with ``dynamic_batching`` (groups of any number of requests) or without (the default
-    scheduler: groups of one request, so each still runs alone), one priority level without queue
-    timeouts (a group is one entry of the queue; ``max_queue_size`` counts its requests, and a group
-    that does not fit goes to the Python path), no canary split, fixed-size datatypes on every
-    input and output.
+    scheduler: groups of one request, so each still runs alone), and fixed-size datatypes on every
+    input and output. Priority levels and queue policies are fine (``_queueing_reason``): a group
+    holds only requests without a ``priority`` parameter, so it is one entry of the queue at the
+    default level, counting its requests against that level's ``max_queue_size`` (a group that
+    does not fit goes to the Python path). A canary split routes each unversioned request on its
+    own draw, so it rules out requests that name no version (``version`` ""); those naming one are
+    never rerouted.
     """
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
@@ -67,18 +71,43 @@ def ineligible(model: ModelLike) -> str | None:
         return "max_batch_size is 0"
     if getattr(model, "decoupled", False) or getattr(model, "backend", "") == "python":
         return "decoupled or Python models see each request"
-    batching = config.dynamic_batching
-    if batching.priority_levels or batching.priority_queue_policy:
-        return "it has priority levels"
-    if batching.default_queue_policy.default_timeout_microseconds:
-        return "its queue policy sets timeouts"
-    if canary_of(config) is not None:
-        return "it splits traffic between versions"
+    reason = _queueing_reason(config)
+    if reason is not None:
+        return reason
+    if not version and canary_of(config) is not None:
+        return "it splits unversioned traffic between versions"
     rules = rules_for(model)
     if set(rules.fast_inputs) != set(rules.inputs):
         return "an input is not of a fixed-size datatype"
     if any(rule.datatype == "BYTES" for rule in rules.outputs.values()):
         return "an output is BYTES"
+    return None
+
+
+def _queueing_reason(config: Any) -> str | None:
+    """Why a group cannot be one entry of this model's queue, or None.
+
+    A group enters the queue at the default priority level (its requests carry no ``priority``)
+    all at once: a queue-policy timeout of that level runs from then for each of its requests, as
+    the Python path's runs from when its request enters the queue, so the group times out (REJECT:
+    each request fails with the Python path's status and message; DELAY: it moves behind the rest)
+    as its requests would; ``allow_timeout_override`` needs a ``timeout`` parameter, which only the
+    Python path takes. Other levels' policies apply to Python-path requests only. Ruled out: a
+    default level that is the background level (``scheduling/background.py``), whose requests are
+    cut into slices and share batches row by row, which a group's statistics do not follow.
+    """
+    from shipyard.serving_runtime.errors import ModelConfigError
+    from shipyard.serving_runtime.scheduling.background import background_from_config
+
+    batching = config.dynamic_batching
+    levels = int(batching.priority_levels)
+    if levels >= 2 and int(batching.default_priority_level) == levels:
+        try:
+            background = background_from_config(config, levels, "")
+        except ModelConfigError:
+            background = None  # not loadable as such; the scheduler has it right
+        if background is not None:
+            return "its default priority level is the background level"
     return None
 
 
@@ -119,7 +148,7 @@ class FastPath:
         refused = self._refused.get(key)
         if refused is not None and refused() is model:
             return
-        reason = ineligible(model)
+        reason = ineligible(model, version)
         if reason is not None:
             log.debug("model %r: gRPC requests take the Python path: %s", name, reason)
             try:

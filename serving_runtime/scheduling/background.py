@@ -15,6 +15,9 @@ parameters it does not know; both 0 or absent: off):
   ``background_recent_us``, default 100 ms), a batch made only of background requests holds at most that
   many rows, and a bigger background request runs in slices of that many rows (``slicing.py``), so a
   real-time request waits behind one slice at most instead of a whole batch job request;
+- ``background_fill_rows``: a batch led by higher-level requests is topped up to that many rows with rows
+  from the head of a background request (co-batching, ``cobatch.py``): the job's rows ride along in batches
+  that run anyway, and its request completes across several of them;
 - ``background_slice_us``: slices sized by time instead: the most rows whose slices were seen to compute
   within that many microseconds (starting from ``background_slice_rows``, else 1, doubling while they fit;
   ``slicing.SliceSizer``), so one setting fits a CPU (where a call's cost grows past a few rows) and a GPU
@@ -37,6 +40,7 @@ SHARE_PARAMETER = "background_share_rows"
 SLICE_PARAMETER = "background_slice_rows"
 SLICE_US_PARAMETER = "background_slice_us"
 RECENT_PARAMETER = "background_recent_us"
+FILL_PARAMETER = "background_fill_rows"
 DEFAULT_RECENT_US = 100_000
 _UNLIMITED = 1 << 62
 
@@ -59,6 +63,7 @@ class BackgroundSettings:
     slice_rows: int = 0  # 0: background batches keep their size (unless ``slice_ns``)
     slice_ns: int = 0  # a time budget per slice (0: ``slice_rows`` fixed)
     recent_ns: int = DEFAULT_RECENT_US * 1000
+    fill_rows: int = 0  # 0: real-time batches are not topped up with background rows
 
     def slicing(self, last_foreground_ns: int, now_ns: int) -> bool:
         """Whether background batches are cut to ``slice_rows`` now (higher-level work is recent)."""
@@ -120,8 +125,9 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
     share_rows = _int_parameter(config, SHARE_PARAMETER, where) if has_share else _UNLIMITED
     slice_rows = _int_parameter(config, SLICE_PARAMETER, where)
     slice_us = _int_parameter(config, SLICE_US_PARAMETER, where)
+    fill_rows = _int_parameter(config, FILL_PARAMETER, where)
     recent_us = _int_parameter(config, RECENT_PARAMETER, where) if RECENT_PARAMETER in config.parameters else None
-    if not holdoff_us and not has_share and not slice_rows and not slice_us:
+    if not holdoff_us and not has_share and not slice_rows and not slice_us and not fill_rows:
         if recent_us is not None:
             raise ModelConfigError(
                 f"{where}: parameters {RECENT_PARAMETER!r} needs {SLICE_PARAMETER!r} or {SLICE_US_PARAMETER!r}; set one"
@@ -129,8 +135,9 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         return None
     if priority_levels < 2:
         raise ModelConfigError(
-            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r}/{SLICE_PARAMETER!r} need dynamic_batching "
-            "priority_levels >= 2 (the lowest level is the background); set priority_levels or remove them"
+            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r}/{SLICE_PARAMETER!r}/{FILL_PARAMETER!r} "
+            "need dynamic_batching priority_levels >= 2 (the lowest level is the background); set priority_levels or "
+            "remove them"
         )
     return BackgroundSettings(
         level=priority_levels - 1,
@@ -139,4 +146,5 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         slice_rows=slice_rows,
         slice_ns=slice_us * 1000,
         recent_ns=(DEFAULT_RECENT_US if recent_us is None else recent_us) * 1000,
+        fill_rows=fill_rows,
     )

@@ -44,6 +44,7 @@ from shipyard.serving_runtime.errors import (
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.scheduling.background import BackgroundSettings, background_from_config
 from shipyard.serving_runtime.scheduling.batch import shape_key
+from shipyard.serving_runtime.scheduling.cobatch import CoBatch, top_up
 from shipyard.serving_runtime.scheduling.decision import decide
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
 from shipyard.serving_runtime.scheduling.queue import (
@@ -382,8 +383,10 @@ class DynamicBatcher:
                 envelopes = queue.pop(decision.send)
                 for envelope in envelopes:
                     envelope.dispatch_ns = now
-                worker = self._idle.pop()
-                worker.hand_off(Batch(envelopes, decision.batch_size, self._merge), self._handoff_s)
+                batch = Batch(envelopes, decision.batch_size, self._merge)
+                if slicer is not None:  # background rows ride along in a real-time batch (cobatch.py)
+                    batch = top_up(batch, slicer, queue, self._max_batch, now)
+                self._idle.pop().hand_off(batch, self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
@@ -421,6 +424,7 @@ class DynamicBatcher:
         if self._inline:
             self._observe_compute(compute_ns, batch.size)
         sliced = self._slicer.done(batch, compute_ns) if isinstance(batch, SliceBatch) and self._slicer else None
+        riders = batch.finish(self._slicer, compute_ns) if isinstance(batch, CoBatch) and self._slicer else []
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()
@@ -461,6 +465,8 @@ class DynamicBatcher:
                     set_exception(envelope.future, failure)
                 _record_failure(stats, envelope.request, failure.reason, end, envelope.enqueue_ns)
         self._release(len(batch.envelopes))
+        for state in riders:
+            self._answer_sliced(state, end)
 
     def _answer_sliced(self, sliced: SlicedRequest, end: int) -> None:
         """Answer a background request run in slices (``slicing``): its joined outputs or its first error."""

@@ -80,8 +80,9 @@ class SlicedRequest:
     def remaining(self) -> int:
         return self.envelope.batch_size - self.next_row
 
-    def next_slice(self, rows: int) -> SliceBatch:
-        """A batch of the next ``rows`` rows (fewer at the end): views of the request's inputs."""
+    def take(self, rows: int) -> tuple[int, InferenceRequest]:
+        """The next ``rows`` rows (fewer at the end) as a request of views of the inputs, and its first row;
+        counted in flight until ``Slicer.part_done``."""
         request = self.envelope.request
         start = self.next_row
         stop = min(start + rows, self.envelope.batch_size)
@@ -95,7 +96,12 @@ class SlicedRequest:
         )
         self.next_row = stop
         self.in_flight += 1
-        return SliceBatch([], stop - start, True, requests=[part], sliced=self, start=start)
+        return start, part
+
+    def next_slice(self, rows: int) -> SliceBatch:
+        """A batch of the next ``rows`` rows (fewer at the end): views of the request's inputs."""
+        start, part = self.take(rows)
+        return SliceBatch([], part.batch_size, True, requests=[part], sliced=self, start=start)
 
     def joined(self) -> dict[str, np.ndarray]:
         """The outputs of every slice, in row order."""
@@ -131,7 +137,7 @@ class Slicer:
         self.sizer = SliceSizer(settings.slice_ns, max_rows, min(settings.slice_rows or 1, max_rows))
         self._requests: deque[SlicedRequest] = deque()
 
-    def _head(self) -> SlicedRequest | None:
+    def head(self) -> SlicedRequest | None:
         """The oldest request with rows left to dispatch; forgets those done, answered or abandoned."""
         requests = self._requests
         while requests:
@@ -147,7 +153,7 @@ class Slicer:
 
     def has_work(self) -> bool:
         """Rows of a sliced request wait to be dispatched."""
-        return self._head() is not None
+        return self.head() is not None
 
     def plan(self, queue: RequestQueue, last_foreground_ns: int, now_ns: int) -> Plan:
         """The next step for an idle instance: ``queue`` in service order."""
@@ -159,7 +165,7 @@ class Slicer:
         if hold is not None:
             return Plan(hold_until_ns=hold)
         rows = self.sizer.rows if rules.slicing(last_foreground_ns, now_ns) else 0  # 0: not slicing now
-        head = self._head()
+        head = self.head()
         if head is not None:
             return Plan(slice=head.next_slice(rows or head.remaining))
         if (
@@ -169,29 +175,41 @@ class Slicer:
             and first.request.on_response is None
             and not first.delayed
         ):
-            (envelope,) = queue.pop(1)
-            envelope.dispatch_ns = now_ns
-            state = SlicedRequest(envelope)
-            self._requests.append(state)
-            return Plan(slice=state.next_slice(rows))
+            return Plan(slice=self.adopt(queue, now_ns).next_slice(rows))
         return Plan(items=rules.capped(queue, rows))
+
+    def adopt(self, queue: RequestQueue, now_ns: int) -> SlicedRequest:
+        """Take the first queued request out of ``queue`` to run it in parts (slices, or rows riding along in
+        real-time batches: ``cobatch.py``); it is executing from now on."""
+        (envelope,) = queue.pop(1)
+        envelope.dispatch_ns = now_ns
+        state = SlicedRequest(envelope)
+        self._requests.append(state)
+        return state
 
     def done(self, batch: SliceBatch, compute_ns: int) -> SlicedRequest | None:
         """Take a finished slice (before the batcher decides again: a failed request gets no more slices);
         the request once it is to be answered (its ``error``, else ``joined()``), else None."""
         state = batch.sliced
         assert state is not None
-        state.in_flight -= 1
-        state.compute_ns += compute_ns
         if batch.error is None:
             self.sizer.observe(batch.size, compute_ns, batch.compute_end_ns)
+        outcome: Any = batch.error if batch.error is not None else batch.results[0]
+        return self.part_done(state, batch.start, outcome, compute_ns)
+
+    def part_done(
+        self, state: SlicedRequest, start: int, outcome: dict[str, np.ndarray] | ServingError, compute_ns: int
+    ) -> SlicedRequest | None:
+        """The rows from ``start`` of ``state`` have computed (their outputs) or failed; the request once it is
+        to be answered, else None."""
+        state.in_flight -= 1
+        state.compute_ns += compute_ns
         if state.answered:
             return None
-        outcome: Any = batch.error if batch.error is not None else batch.results[0]
         if isinstance(outcome, ServingError):
             state.answered, state.error = True, outcome
             return state
-        state.parts[batch.start] = outcome
+        state.parts[start] = outcome
         if state.remaining == 0 and state.in_flight == 0:
             state.answered = True
             return state

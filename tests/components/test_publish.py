@@ -40,7 +40,9 @@ def test_layout_config_versions_and_retention(tmp_path: Path, digits_onnx: Path)
     # real-time requests (no priority) at level 1, batch scoring at level 2
     assert (config.dynamic_batching.priority_levels, config.dynamic_batching.default_priority_level) == (2, 1)
     background = {k: v.string_value for k, v in config.parameters.items() if k.startswith("background_")}
-    assert background == {"background_share_rows": "2", "background_slice_rows": "4"}  # 32 / 16, 32 / 8
+    assert background == {  # 32 / 16, 32 / 8, 32 / 8
+        "background_share_rows": "2", "background_slice_rows": "4", "background_fill_rows": "4",
+    }  # fmt: skip
     assert config.parameters["mlflow_model_uri"].string_value == "models:/digits/3"
     assert not [p for p in (repo / "digits").iterdir() if p.name.startswith(".")]  # no staging left over
     assert results[2].version_uri == (repo / "digits" / "3").as_uri()

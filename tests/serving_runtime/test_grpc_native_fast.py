@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_harness import SIMPLE_CONFIG, ServerProcess, http_get, simple_onnx, start_server, write_model
+from server_harness import SIMPLE_CONFIG, ServerProcess, http_get, simple_onnx, slow_onnx, start_server, write_model
 from tritonclient.utils import InferenceServerException
 
 BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').replace(
@@ -29,6 +30,76 @@ BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').repl
 BOUNDED_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "bounded"').replace(
     "dynamic_batching { }", "dynamic_batching { default_queue_policy { max_queue_size: 3 } }"
 )
+
+
+# a canary: unversioned requests go to version 2 half of the time (each on its own draw)
+CANARY_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "canary"').replace(
+    "dynamic_batching { }",
+    'dynamic_batching { }\nparameters { key: "shipyard.canary" value: { string_value: "2:50" } }',
+)
+
+# two priority levels with a bounded default level: max_queue_size counts a group's requests there
+PRIO_BOUNDED_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "prio_bounded"').replace(
+    "dynamic_batching { }",
+    "dynamic_batching { priority_levels: 2 default_priority_level: 1 "
+    "priority_queue_policy { key: 1 value: { max_queue_size: 3 } } }",
+)
+
+# slow_onnx: 64 rows take ~0.4 s, 33 rows ~0.2 s on one thread of this machine, one instance
+SLOW_PRIO_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 512 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 512 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
+dynamic_batching {{ {batching} }}
+"""
+# plain requests queue at the lower level 2; a request with priority 1 goes first
+LOW_DEFAULT_CONFIG = SLOW_PRIO_CONFIG.format(name="lowdefault", batching="priority_levels: 2 default_priority_level: 2")
+# the default level 1 times out after 100 ms in the queue (REJECT)
+TIMEOUT_CONFIG = SLOW_PRIO_CONFIG.format(
+    name="timeout",
+    batching="priority_levels: 2 default_priority_level: 1 "
+    "priority_queue_policy { key: 1 value: { default_timeout_microseconds: 100000 } }",
+)
+
+# the default level 1 holds 2 requests at most
+SLOW_BOUNDED_CONFIG = SLOW_PRIO_CONFIG.format(
+    name="slowbounded",
+    batching="priority_levels: 2 default_priority_level: 1 "
+    "priority_queue_policy { key: 1 value: { max_queue_size: 2 } }",
+)
+
+# level 2 is a background level: while real-time work is recent (1 s), its requests run in 8-row slices
+BACKGROUND_CONFIG = SLOW_PRIO_CONFIG.format(
+    name="background", batching="priority_levels: 2 default_priority_level: 1"
+).replace(
+    "parameters {",
+    'parameters { key: "background_slice_rows" value: { string_value: "8" } }\n'
+    'parameters { key: "background_recent_us" value: { string_value: "1000000" } }\nparameters {',
+)
+# plain requests at the background level: not on the fast path (its requests are sliced one by one)
+BACKGROUND_DEFAULT_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "bgdefault"').replace(
+    "dynamic_batching { }",
+    "dynamic_batching { priority_levels: 2 default_priority_level: 2 }\n"
+    'parameters { key: "background_slice_rows" value: { string_value: "2" } }',
+)
+
+
+def _published_config(name: str) -> str:
+    """The config the publish step writes for the simple model: two priority levels (plain requests at
+    level 1), level 2 a background level."""
+    from shipyard.components.publish.config_builder import TensorInfo, build_config
+    from shipyard.serving_runtime.config import render_config
+
+    def tensors(prefix: str) -> list[TensorInfo]:
+        return [TensorInfo(f"{prefix}{i}", "FP32", (-1, 16)) for i in range(2)]
+
+    config = build_config(name, "onnxruntime_onnx", tensors("INPUT"), tensors("OUTPUT"), max_batch_size=8)
+    assert config.dynamic_batching.priority_levels == 2
+    return render_config(config)
 
 
 VARLEN_CONFIG = """
@@ -66,7 +137,29 @@ def _repository(root: Path) -> Path:
     write_model(root, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)  # default scheduler
     write_model(root, "bounded", {1: simple_onnx(100.0)}, BOUNDED_CONFIG)
     write_model(root, "varlen", {1: _varlen_onnx()}, VARLEN_CONFIG)
+    write_model(root, "canary", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, CANARY_CONFIG)
+    write_model(root, "published", {1: simple_onnx(100.0)}, _published_config("published"))
+    write_model(root, "prio_bounded", {1: simple_onnx(100.0)}, PRIO_BOUNDED_CONFIG)
+    write_model(root, "lowdefault", {1: slow_onnx()}, LOW_DEFAULT_CONFIG)
+    write_model(root, "timeout", {1: slow_onnx()}, TIMEOUT_CONFIG)
+    write_model(root, "slowbounded", {1: slow_onnx()}, SLOW_BOUNDED_CONFIG)
+    write_model(root, "background", {1: slow_onnx()}, BACKGROUND_CONFIG)
+    write_model(root, "bgdefault", {1: simple_onnx(0.0)}, BACKGROUND_DEFAULT_CONFIG)
     return root
+
+
+MODELS = (
+    "canary",
+    "batched",
+    "simple",
+    "bounded",
+    "varlen",
+    "published",
+    "prio_bounded",
+    "lowdefault",
+    "timeout",
+    "slowbounded",
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +177,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
                     "--grpc-frontend",
                     "native",
                     *flags,
-                    wait_models=("batched", "simple", "bounded", "varlen"),
+                    wait_models=MODELS,
                 )
             )
         yield started[0], started[1]
     finally:
         for server in started:
             server.stop()
+
+
+def _registered(server: ServerProcess, model: str, version: str = "(default)") -> None:
+    """Wait for the log line of ``model``'s registration (logged just after the first answer went out)."""
+    line = f"model {model!r} version {version}: gRPC ModelInfer takes the native fast path"
+    server.wait_until(lambda: line in server.log(), 10, line)
 
 
 def _inputs(batch: int, seed: float, names: tuple[str, ...] = ("INPUT0", "INPUT1")) -> list[Any]:
@@ -137,15 +236,33 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"priority": -1}}),
     ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"custom": "kept"}}),  # valid, Python path
     ("missing", {"inputs": _inputs(1, 0.0)}),
+    # two priority levels as publish writes them: plain requests on the fast path, the rest on Python's
+    ("published", {"inputs": _inputs(3, 7.0), "request_id": "p"}),
+    ("published", {"inputs": _inputs(1, 8.0), "outputs": [grpcclient.InferRequestedOutput("OUTPUT1")]}),
+    ("published", {"inputs": _inputs(2, 9.0), "priority": 2}),
+    ("published", {"inputs": _inputs(2, 9.0), "priority": 1}),
+    ("published", {"inputs": _inputs(2, 9.0), "priority": 7}),  # out of range: the default
+    ("canary", {"inputs": _inputs(2, 1.0), "model_version": "1"}),  # a version named: never rerouted
 ]
 
 
 def test_fast_path_is_used(servers: tuple[ServerProcess, ServerProcess]) -> None:
     fast, slow = servers
     for _ in range(2):
-        for model, version in (("batched", ""), ("simple", "1")):
+        for model, version in (
+            ("batched", ""),
+            ("simple", "1"),
+            ("published", ""),
+            ("canary", "2"),
+            ("canary", ""),
+            ("bgdefault", ""),
+        ):
             _infer(fast, model, inputs=_inputs(1, 0.0), model_version=version)
+    for model, version in (("published", "(default)"), ("canary", "2"), ("batched", "(default)"), ("simple", "1")):
+        _registered(fast, model, version)
     log = fast.log()
+    assert "model 'canary' version (default)" not in log
+    assert "model 'bgdefault'" not in log  # each unversioned request draws its version
     assert "ModelInfer fast path on" in log
     assert "model 'batched' version (default): gRPC ModelInfer takes the native fast path" in log
     assert "model 'simple' version 1: gRPC ModelInfer takes the native fast path" in log
@@ -262,14 +379,15 @@ def test_reload_and_unload_never_serve_a_stale_version(explicit: tuple[ServerPro
         client.close()
 
 
-def test_a_bounded_queue_counts_each_request(servers: tuple[ServerProcess, ServerProcess]) -> None:
+@pytest.mark.parametrize("model", ["bounded", "prio_bounded"])
+def test_a_bounded_queue_counts_each_request(servers: tuple[ServerProcess, ServerProcess], model: str) -> None:
     fast, _ = servers
-    _infer(fast, "bounded", inputs=_inputs(1, 0.0))
-    assert "model 'bounded' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
-    before = _stats(fast, "bounded", "1")
+    _infer(fast, model, inputs=_inputs(1, 0.0))
+    _registered(fast, model)
+    before = _stats(fast, model, "1")
     refused: list[str] = []
-    _rows(fast, "bounded", 200, 1, refused)
-    after = _stats(fast, "bounded", "1")
+    _rows(fast, model, 200, 1, refused)
+    after = _stats(fast, model, "1")
 
     def count(stats: dict[str, Any], kind: str) -> int:
         return int(stats["inference_stats"][kind].get("count", 0))
@@ -337,9 +455,115 @@ def test_variable_dims_group_only_with_their_own_shape(servers: tuple[ServerProc
             client.close()
 
     one(0)
-    assert "model 'varlen' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
+    _registered(fast, "varlen")
     before = _stats(fast, "varlen", "1")
     with ThreadPoolExecutor(24) as pool:
         list(pool.map(one, range(150)))
     after = _stats(fast, "varlen", "1")
     assert int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"]) == 150
+
+
+def _slow(server: ServerProcess, model: str, rows: int, seed: float, priority: int = 0) -> tuple[str, str]:
+    """One request of ``rows`` rows to a slow_onnx model, checked (a row of equal values is a fixed
+    point of its MatMuls); ("OK", "") or (status, message)."""
+    x = np.full((rows, 512), seed, dtype=np.float32)
+    tensor = grpcclient.InferInput("x", [rows, 512], "FP32")
+    tensor.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    try:
+        result = client.infer(model, [tensor], priority=priority)
+    except InferenceServerException as exc:
+        return str(exc.status()), str(exc.message())
+    finally:
+        client.close()
+    np.testing.assert_allclose(result.as_numpy("y"), x, rtol=1e-3)
+    return "OK", ""
+
+
+def _behind_a_blocker(server: ServerProcess, model: str, waves: list[list[tuple[str, int, int]]]) -> dict[str, Any]:
+    """A 64-row request occupies the model's one instance (~0.4 s); meanwhile each wave of (tag, rows,
+    priority) requests is sent 0.1 s after the previous one. Each tag's answer, and ``order``: the tags
+    in the order their answers came."""
+    answers: dict[str, Any] = {"order": []}
+
+    def one(tag: str, rows: int, priority: int) -> None:
+        answers[tag] = _slow(server, model, rows, float(len(answers)), priority)
+        answers["order"].append(tag)
+
+    assert _slow(server, model, 1, 0.5) == ("OK", "")  # the first request registers the model
+    if "ModelInfer fast path on" in server.log():
+        _registered(server, model)
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, "blocker", 64, 0)]
+        for wave in waves:
+            time.sleep(0.1)
+            futures += [pool.submit(one, *request) for request in wave]
+        for future in futures:
+            future.result()
+    return answers
+
+
+def test_a_higher_priority_request_overtakes_queued_groups(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """Plain requests (the fast path, the default level 2) queue behind a busy instance; a request with
+    priority 1 sent after them runs in the next batch (33-row requests: one per batch beside it)."""
+    fast, _ = servers
+    lows = [(f"low{i}", 33, 0) for i in range(4)]
+    answers = _behind_a_blocker(fast, "lowdefault", [lows, [("high", 1, 1)]])
+    assert all(answers[tag] == ("OK", "") for tag, _, _ in [*lows, ("high", 1, 1)])
+    order = answers["order"]
+    assert order[0] == "blocker"
+    assert sum(tag.startswith("low") for tag in order[: order.index("high")]) <= 1, order
+
+
+def test_queue_timeouts_are_the_python_paths(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """Plain requests queued past the default level's 100 ms timeout fail as on the Python path, each
+    counted; a request at level 2 (no timeout) waits and runs."""
+    got = []
+    for server in servers:
+        before = _stats(server, "timeout", "1")
+        waves = [[(f"plain{i}", 1, 0) for i in range(4)] + [("level2", 1, 2)]]
+        answers = _behind_a_blocker(server, "timeout", waves)
+        after = _stats(server, "timeout", "1")
+        failed = int(after["inference_stats"]["fail"]["count"]) - int(
+            before["inference_stats"].get("fail", {}).get("count", 0)
+        )
+        got.append(({tag: answer for tag, answer in answers.items() if tag != "order"}, failed))
+    timed_out = ("StatusCode.UNAVAILABLE", "request timed out in the queue of model 'timeout' version 1 before it ran")
+    want = {**{f"plain{i}": timed_out for i in range(4)}, "blocker": ("OK", ""), "level2": ("OK", "")}
+    assert got == [(want, 4), (want, 4)]
+
+
+def test_a_full_priority_level_refuses_as_the_python_path(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """Level 1 holds 2 requests: of 5 plain requests queued behind a busy instance (grouped on the fast
+    path; a group that does not fit goes to the Python path), 3 are refused; level 2 is not bounded."""
+    got = []
+    for server in servers:
+        answers = _behind_a_blocker(
+            server, "slowbounded", [[(f"plain{i}", 1, 0) for i in range(5)], [("level2", 1, 2)]]
+        )
+        del answers["order"]
+        got.append(sorted(answers.values()))
+    full = "queue for priority level 1 is full (2 requests, max_queue_size); retry later or raise max_queue_size"
+    want = sorted([("OK", "")] * 4 + [("StatusCode.UNAVAILABLE", full)] * 3)
+    assert got == [want, want]
+
+
+def test_fast_path_real_time_traffic_makes_background_requests_run_in_slices(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """A batch job's request (the background level 2) sent right after a plain request answered on the
+    fast path runs in 8-row slices (real-time work is recent), as after a Python-path one."""
+    fast, _ = servers
+    assert _slow(fast, "background", 1, 0.5) == ("OK", "")  # registers the model
+    _registered(fast, "background")
+
+    def executions(size: int) -> int:
+        for entry in _stats(fast, "background", "1").get("batch_stats", []):
+            if int(entry["batch_size"]) == size:
+                return int(entry["compute_infer"]["count"])
+        return 0
+
+    before = executions(8)
+    assert _slow(fast, "background", 1, 1.0) == ("OK", "")  # real time, on the fast path
+    assert _slow(fast, "background", 64, 2.0, priority=2) == ("OK", "")
+    assert executions(8) > before
