@@ -179,6 +179,14 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         "(default: on; --no-grpc-fast-path: every request takes the Python path)",
     )
     net.add_argument(
+        "--rest-fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="plain REST inference requests (binary or JSON tensors, no shared memory) for dynamically batched "
+        "models skip the ASGI app and are grouped, Python running once per group; anything else, errors "
+        "included, takes the ASGI path (default: on; --no-rest-fast-path: every request takes the ASGI path)",
+    )
+    net.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=_limit,
         default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
@@ -345,6 +353,7 @@ def parse_options(argv: Sequence[str] | None = None, prog: str | None = None) ->
         grpc_watchdog_secs=args.grpc_watchdog_secs,
         grpc_frontend=args.grpc_frontend,
         grpc_fast_path=args.grpc_fast_path,
+        rest_fast_path=args.rest_fast_path,
         cache_size_bytes=args.cache_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,

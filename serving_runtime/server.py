@@ -25,7 +25,7 @@ import grpc
 import uvicorn
 
 from shipyard.serving_runtime.errors import ServingError
-from shipyard.serving_runtime.protocol import grpc_limits, grpc_service, grpc_watchdog, http_limits, rest
+from shipyard.serving_runtime.protocol import grpc_limits, grpc_service, grpc_watchdog, http_limits, rest, rest_fast
 from shipyard.serving_runtime.protocol.grpc_limits import GrpcLimits
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.service import InferenceService
@@ -118,6 +118,7 @@ class ServerOptions:
     grpc_watchdog_secs: float = 5.0  # native frontend: probe the port this often (grpc_watchdog.py); 0: off
     grpc_frontend: str = "auto"  # GRPC_FRONTENDS
     grpc_fast_path: bool = True  # native frontend: ModelInfer parsed, grouped and answered in C++ (native_fast.py)
+    rest_fast_path: bool = True  # plain REST inference parsed, grouped and answered without ASGI (rest_fast.py)
     cache_size_bytes: int = 0  # --cache-config local,size=BYTES; 0: no response cache
 
 
@@ -202,10 +203,11 @@ class RuntimeServer:
         self.http_port = sock.getsockname()[1]
         render_metrics, self._sampler = _metrics_source(self.manager)
         await asyncio.to_thread(self._sampler.start)
+        lane = self._rest_lane()
         config = uvicorn.Config(
-            rest.build_app(self.service, render_metrics, opts.http_limits),
+            rest.build_app(self.service, render_metrics, opts.http_limits, lane.observe if lane else None),
             loop="none",
-            http=http_limits.protocol_class(opts.http_limits),
+            http=rest_fast.protocol_class(http_limits.protocol_class(opts.http_limits), lane),
             timeout_keep_alive=int(max(1, opts.http_limits.idle_timeout_s)),
             ws="none",
             lifespan="off",
@@ -243,6 +245,17 @@ class RuntimeServer:
             port,
             self.grpc_frontend,
         )
+
+    def _rest_lane(self) -> rest_fast.RestLane | None:
+        """The REST fast lane, unless ``--no-rest-fast-path`` or ``--http-max-concurrency`` (whose 503s
+        are uvicorn's, per ASGI cycle) turn it off."""
+        opts = self.options
+        if not opts.rest_fast_path:
+            return None
+        if opts.http_max_concurrency:
+            log.info("REST fast lane off: --http-max-concurrency counts ASGI requests")
+            return None
+        return rest_fast.RestLane(self.service, opts.http_limits)
 
     def _start_native_grpc(self, address: str) -> int:
         from shipyard.serving_runtime.protocol.native_grpc import NativeGrpcFrontend, connection_cap_reason

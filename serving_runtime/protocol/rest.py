@@ -63,9 +63,11 @@ def build_app(
     service: InferenceService,
     metrics: Callable[[], tuple[bytes, str]] | None = None,
     limits: HttpLimits | None = None,
+    served: Callable[[str, str | None], None] | None = None,
 ) -> Starlette:
     """The REST app over ``service``. ``metrics`` returns (body, content type) for ``GET /metrics``;
-    ``limits`` bound request bodies (default: ``HttpLimits()``)."""
+    ``limits`` bound request bodies (default: ``HttpLimits()``); ``served(model, version)`` is told of
+    each inference answered (the fast lane registers its paths so, ``rest_fast.py``)."""
     # One function on purpose (over ~80 lines): each handler is a few lines closing over
     # ``service``, ``bounds`` and ``metrics``, and the route table at the end names every one of them;
     # an extension adds its routes with one line there (``shm_endpoints.rest_routes``).
@@ -114,6 +116,8 @@ def build_app(
         content, json_length = rest_codec.encode_response(
             result.model_name, result.model_version, decoded, result.outputs, result.parameters
         )
+        if served is not None:
+            served(name, version)
         if json_length is None:
             return Response(content, media_type=JSON)
         return Response(
