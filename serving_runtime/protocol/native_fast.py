@@ -32,6 +32,7 @@ import numpy as np
 
 from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import BackendError, ModelNotReady, QueueFull, ServingError
+from shipyard.serving_runtime.protocol import native_fast_python
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import rules_for
@@ -48,7 +49,8 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
     why not.
 
     Eligible: a model served by the dynamic batcher itself (no sequence batching, response cache,
-    ensemble scheduler, decoupled transaction policy, Python backend) with ``max_batch_size`` >= 1,
+    ensemble scheduler, decoupled transaction policy) with ``max_batch_size`` >= 1 (a Python model's
+    groups reach its ``execute`` request by request: ``native_fast_python``),
     with ``dynamic_batching`` (groups of any number of requests) or without (the default
     scheduler: groups of one request, so each still runs alone), and fixed-size datatypes on every
     input and output. Priority levels and queue policies are fine (``_queueing_reason``): a group
@@ -68,8 +70,10 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
         return "it has no config"
     if int(model.max_batch_size) < 1:
         return "max_batch_size is 0"
-    if getattr(model, "decoupled", False) or getattr(model, "backend", "") == "python":
-        return "decoupled or Python models see each request"
+    if getattr(model, "decoupled", False):
+        return "decoupled models see each request"
+    if native_fast_python.per_request(model) and not native_fast_python.supported():
+        return "Python models see each request, and the native module predates answer_each (rebuild it)"
     reason = _queueing_reason(config)
     if reason is not None:
         return reason
@@ -131,6 +135,7 @@ class FastPath:
         self._refused: dict[tuple[str, str], weakref.ReferenceType[Any]] = {}  # ineligible, last seen
         self._next_handle = 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._members = native_fast_python.Members()  # Python models' requests in progress
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -210,11 +215,16 @@ class FastPath:
             batch.fallback()
             return
         entry, model = served
-        request = InferenceRequest(
+        group = native_fast_python.group_request(batch) if native_fast_python.per_request(model) else None
+        if group is not None:
+            self._members.add(batch, group)
+        request = group or InferenceRequest(
             inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
         )
         try:
             results = await model.infer(request)
+            if group is not None and native_fast_python.answered_each(batch, model, group, results):
+                return
             outputs = _outputs(entry, model, batch, results)
         except (ModelNotReady, QueueFull):
             # unloading: the Python path retries on the new version or answers; a full queue: each
@@ -230,6 +240,13 @@ class FastPath:
             batch.fail(_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         else:
             batch.complete(outputs)
+        finally:
+            if group is not None:
+                self._members.remove(batch)
+
+    def cancel_call(self, call_id: int) -> None:
+        """The client cancelled a call C++ took (and has answered): a Python model's ``is_cancelled()``."""
+        self._members.cancel(call_id)
 
     def cancel(self) -> None:
         """Stop the groups in progress (server shutdown)."""

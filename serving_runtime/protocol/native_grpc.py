@@ -225,6 +225,8 @@ class NativeGrpcFrontend:
                 self._streams.pop(call_id, None)
                 if task is not None:
                     task.cancel()
+                elif self._fast is not None:  # a call of a fast-path group (a Python model's)
+                    self._fast.cancel_call(call_id)
         if self._fast is not None:
             batches = self._native.take_batches()
             if batches:

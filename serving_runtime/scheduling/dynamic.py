@@ -55,6 +55,7 @@ from shipyard.serving_runtime.scheduling.queue import (
     set_exception,
     set_result,
 )
+from shipyard.serving_runtime.scheduling.refill import refill_for
 from shipyard.serving_runtime.scheduling.slicing import SliceBatch, SlicedRequest, Slicer
 from shipyard.serving_runtime.stats import ModelStats
 
@@ -172,6 +173,7 @@ class DynamicBatcher:
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
         background = self._background if self._merge else None  # only a batch dimension can be cut
         self._slicer = Slicer(background, self._release, self._max_batch) if background is not None else None
+        self._refill = refill_for(instances, self._merge, self._delay_ns, self._max_batch)  # refill.py
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -368,6 +370,10 @@ class DynamicBatcher:
                     self._idle.pop().hand_off(plan.slice, self._handoff_s)
                     continue
                 items = plan.items
+            hold_ns = self._refill.hold_until(queue.weight(), now) if self._refill and self._idle else None
+            if hold_ns is not None:
+                self._arm_timer(hold_ns)
+                break
             decision = decide(
                 items,
                 now,
@@ -423,6 +429,9 @@ class DynamicBatcher:
             self._observe_compute(compute_ns, batch.size)
         sliced = self._slicer.done(batch, compute_ns) if isinstance(batch, SliceBatch) and self._slicer else None
         riders = batch.finish(self._slicer, compute_ns) if isinstance(batch, CoBatch) and self._slicer else []
+        if self._refill is not None:
+            answered = sum(envelope.weight for envelope in batch.envelopes)
+            self._refill.finished(time.monotonic_ns(), answered, self._queue.weight(), compute_ns)
         if not self._closed:
             self._kick()  # the instance starts its next batch while we answer this one
         end = time.monotonic_ns()

@@ -30,6 +30,7 @@ from shipyard.serving_runtime.backends.python.errors import error_for_code
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
 from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
+from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regroup, run_members
 
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
@@ -83,6 +84,7 @@ class PythonInstance:
     """A ``BackendInstance`` that runs ``model.py`` in its own process."""
 
     inline_safe = False
+    refill_batches = True  # scheduling/refill.py: each call crosses a process boundary
 
     def __init__(
         self, model_path: Path, args: dict[str, str], parameters: Mapping[str, str], output_names: Sequence[str]
@@ -221,8 +223,11 @@ class PythonInstance:
         """Run one formed batch (``scheduling.InferenceRequest`` objects) through ``execute``, on
         the calling thread (the instance's worker; ``start_requests`` is the event loop's way).
 
-        Never raises: each request gets its outputs or a ServingError.
+        Never raises: each request gets its outputs or a ServingError. A ``RequestGroup`` (the
+        native gRPC fast path) runs as its members, one request each for ``execute``.
         """
+        if any(isinstance(request, RequestGroup) for request in requests):
+            return run_members(self.execute_requests, requests)
         reason = self._ensure_running()
         if reason is not None:
             return [BackendError(reason) for _ in requests]
@@ -252,6 +257,9 @@ class PythonInstance:
         is being (re)started or a call is in progress; run ``execute_requests`` on the worker
         thread instead. Call on the running event loop.
         """
+        if any(isinstance(request, RequestGroup) for request in requests):
+            flat, spans = expand(requests)
+            return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)))
         stub = self.stub
         if self._closed or not self.loop_calls or not stub.try_begin():
             return False

@@ -613,6 +613,59 @@ class FastBatch {
     return out;
   }
 
+  // Per request, in order: its items (first dimension), its id, its requested outputs (() = all)
+  // and its call id (a Python model sees each request: native_fast_python.py).
+  py::list rows() const {
+    py::list out(group_->requests.size());
+    size_t i = 0;
+    for (auto& r : group_->requests) out[i++] = py::int_(r.batch);
+    return out;
+  }
+  py::list ids() const {
+    py::list out(group_->requests.size());
+    size_t i = 0;
+    for (auto& r : group_->requests) out[i++] = py::str(r.id);
+    return out;
+  }
+  py::list requested() const {
+    py::list out(group_->requests.size());
+    size_t i = 0;
+    for (auto& r : group_->requests) {
+      py::tuple names(r.outputs.size());
+      for (size_t j = 0; j < r.outputs.size(); ++j) names[j] = py::str(group_->sig->outputs[r.outputs[j]]);
+      out[i++] = names;
+    }
+    return out;
+  }
+  py::list call_ids() const {
+    py::list out(group_->requests.size());
+    size_t i = 0;
+    for (auto& r : group_->requests) out[i++] = py::int_(r.call_id);
+    return out;
+  }
+
+  // One answer per request, in order: bytes (a serialized ModelInferResponse) or (code, message).
+  void AnswerEach(const py::list& answers_in) {
+    Claim();
+    if (answers_in.size() != group_->requests.size()) throw std::invalid_argument("answer_each needs one answer per request");
+    std::deque<Answer> answers;
+    size_t i = 0;
+    for (auto& r : group_->requests) {
+      py::handle item = answers_in[i++];
+      if (py::isinstance<py::bytes>(item)) {
+        auto* bytes = new std::string(item.cast<std::string>());
+        grpc::Slice slice(bytes->data(), bytes->size(), [](void* p) { delete static_cast<std::string*>(p); }, bytes);
+        answers.push_back(Answer{r.call_id, true, grpc::ByteBuffer(&slice, 1), true, grpc::Status::OK});
+      } else {
+        auto pair = item.cast<py::tuple>();
+        answers.push_back(Answer{r.call_id, false, grpc::ByteBuffer(), true,
+                                 grpc::Status(static_cast<grpc::StatusCode>(pair[0].cast<int>()), pair[1].cast<std::string>())});
+      }
+    }
+    done_ = true;
+    frontend_->QueueAnswers(answers);
+  }
+
   // The outputs to ask the backend for: the requests' common selection, () when any wants all
   // (scheduling/batch.py's batch_outputs, over the group).
   py::tuple outputs() const {
@@ -800,5 +853,10 @@ PYBIND11_MODULE(_grpc_native, m) {
       .def("inputs", &FastBatch::Inputs)
       .def("complete", &FastBatch::Complete, py::arg("outputs"))
       .def("fail", &FastBatch::Fail, py::arg("code"), py::arg("message"))
-      .def("fallback", &FastBatch::FallbackChecked);
+      .def("fallback", &FastBatch::FallbackChecked)
+      .def_property_readonly("rows", &FastBatch::rows)
+      .def_property_readonly("ids", &FastBatch::ids)
+      .def_property_readonly("requested", &FastBatch::requested)
+      .def_property_readonly("call_ids", &FastBatch::call_ids)
+      .def("answer_each", &FastBatch::AnswerEach, py::arg("answers"));
 }

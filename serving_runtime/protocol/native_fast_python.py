@@ -1,0 +1,104 @@
+"""Python models on the native gRPC fast path: C++ groups, Python's ``execute`` still sees each request.
+
+C++ parses, checks and groups plain ModelInfer requests as for any model (``native_fast``); the
+group runs as ONE request of the model's dynamic batcher, a ``scheduling.group.RequestGroup``
+whose members are the client requests (their own rows, ids and requested outputs), so the
+Python backend hands ``TritonPythonModel.execute`` one ``pb_utils.InferenceRequest`` per client
+request, exactly as on the Python path (and as Triton does).
+
+The answer: when every member succeeded with plain outputs whose first dimension is its own row
+count, the outputs come back joined and C++ splits and serializes them per request
+(``FastBatch.complete``). Otherwise (a member's error, response parameters, BYTES or other
+shapes) each request is answered on its own with what the Python path would send
+(``FastBatch.answer_each``): the same ``collect_outputs`` and ``encode_infer_response``, the same
+status and message for an error. ``is_cancelled()`` follows the client: a cancelled call marks
+its member cancelled for the model (``cancel_call``).
+
+Needs a native module built with ``answer_each``; an older build keeps Python models on the
+Python path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import grpc
+
+from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.protocol.grpc_codec import encode_infer_response
+from shipyard.serving_runtime.protocol.types import ModelLike
+from shipyard.serving_runtime.protocol.validate import collect_outputs
+from shipyard.serving_runtime.scheduling.group import GroupResults, RequestGroup, make_group
+
+_INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
+
+
+def supported() -> bool:
+    """True when the built native module can answer a group request by request."""
+    try:
+        native = importlib.import_module("shipyard.serving_runtime.protocol._grpc_native")
+    except ImportError:
+        return False
+    return hasattr(getattr(native, "FastBatch", None), "answer_each")
+
+
+def per_request(model: ModelLike) -> bool:
+    """True when ``model`` sees each client request (a Python model)."""
+    return getattr(model, "backend", "") == "python"
+
+
+def group_request(batch: Any) -> RequestGroup:
+    """The scheduler's request for a native group of a Python model's requests."""
+    return make_group(batch.inputs(), batch.rows, batch.ids, batch.requested, batch.arrivals, batch.outputs)
+
+
+def _status(error: ServingError) -> tuple[int, str]:
+    return int(grpc.StatusCode[error.grpc_code].value[0]), error.message
+
+
+def answered_each(batch: Any, model: ModelLike, group: RequestGroup, results: Any) -> bool:
+    """Answer each request of ``batch`` on its own when its members' outputs did not join
+    (see the module docstring); False when the joined outputs are to be sent (``complete``)."""
+    if not isinstance(results, GroupResults) or results.joined:
+        return False
+    answers: list[Any] = []
+    version = str(model.version)
+    for member, part in zip(group.members, results.parts, strict=True):
+        if isinstance(part, ServingError):
+            answers.append(_status(part))
+            continue
+        try:
+            outputs = collect_outputs(model, member, part)
+            response = encode_infer_response(
+                model.name, version, member.request_id or None, outputs, getattr(part, "parameters", None)
+            )
+            answers.append(response.SerializeToString())
+        except ServingError as exc:
+            answers.append(_status(exc))
+        except Exception as exc:  # as the Python path's ModelInfer answers it
+            answers.append((_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+    batch.answer_each(answers)
+    return True
+
+
+class Members:
+    """The members of the groups in progress by call id, to mark a cancelled call's (event loop only)."""
+
+    def __init__(self) -> None:
+        self._by_call: dict[int, Any] = {}
+
+    def add(self, batch: Any, group: RequestGroup) -> None:
+        for call_id, member in zip(batch.call_ids, group.members, strict=True):
+            self._by_call[call_id] = member
+
+    def remove(self, batch: Any) -> None:
+        for call_id in batch.call_ids:
+            self._by_call.pop(call_id, None)
+
+    def cancel(self, call_id: int) -> None:
+        """The client cancelled ``call_id`` (C++ has answered it): tell the model, if it runs."""
+        member = self._by_call.pop(call_id, None)
+        hook = getattr(member, "cancel_hook", None)
+        if hook is not None:
+            hook()

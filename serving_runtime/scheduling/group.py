@@ -1,0 +1,138 @@
+"""A group of client requests that runs as one request of the scheduler, but whose backend sees
+each request on its own (Python models on the native gRPC fast path, ``protocol/native_fast_python``).
+
+The scheduler queues and batches a ``RequestGroup`` like any request (its inputs are the members'
+rows, concatenated; statistics count each member, ``group_arrivals_ns``). A backend that takes
+requests as a list (``execute_requests``, Python models) runs ``members`` instead, one
+``InferenceRequest`` per client request with its own rows, id and requested outputs, and answers
+the group with ``GroupResults``: each member's own outcome, and, when every member succeeded with
+plain outputs whose first dimension is its row count, the outputs joined along the batch dimension
+(``joined``), which the native side splits and serializes per request itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+
+@dataclass
+class RequestGroup(InferenceRequest):
+    """See the module docstring. ``members``: one request per client request, in order."""
+
+    members: list[InferenceRequest] = field(default_factory=list)
+
+
+def make_group(
+    inputs: dict[str, np.ndarray],
+    rows: Sequence[int],
+    ids: Sequence[str],
+    requested: Sequence[tuple[str, ...]],
+    arrivals_ns: Sequence[int],
+    outputs: tuple[str, ...],
+) -> RequestGroup:
+    """The group of the client requests whose rows, one after another, make up ``inputs``."""
+    members = []
+    start = 0
+    for count, request_id, names in zip(rows, ids, requested, strict=True):
+        end = start + count
+        members.append(
+            InferenceRequest(
+                {name: array[start:end] for name, array in inputs.items()}, names, count, request_id=request_id
+            )
+        )
+        start = end
+    return RequestGroup(inputs, outputs, batch_size=start, group_arrivals_ns=arrivals_ns, members=members)
+
+
+class GroupResults(dict):  # type: ignore[type-arg]
+    """A group's outcome (see the module docstring): the joined outputs (this dict, when ``joined``)
+    and ``parts``, each member's outputs or its own error."""
+
+    joined: bool = False
+    parts: list[Any] = []
+
+
+def group_results(group: RequestGroup, parts: list[Any]) -> GroupResults | ServingError:
+    """The group's answer from its members' results. One error shared by every member (the
+    whole call failed) is the group's error, so statistics count the group as failed."""
+    first = parts[0]
+    if isinstance(first, ServingError) and not getattr(first, "counts_as_success", False):
+        if all(type(p) is type(first) and p.message == first.message for p in parts):
+            return first
+    joined = _join(group, parts)
+    result = GroupResults(joined or {})
+    result.joined = joined is not None
+    result.parts = parts
+    return result
+
+
+def _join(group: RequestGroup, parts: list[Any]) -> dict[str, np.ndarray] | None:
+    """Every member's outputs joined along the first dimension, or None when they do not join
+    (an error, response parameters, other names, dtypes or trailing shapes, rows that differ)."""
+    first = parts[0]
+    if not isinstance(first, dict) or getattr(first, "parameters", None) or not first:
+        return None
+    names = list(first)
+    specs = []
+    for name in names:
+        array = first[name]
+        if not isinstance(array, np.ndarray) or array.ndim == 0 or array.dtype.hasobject:
+            return None
+        specs.append((name, array.dtype, array.shape[1:]))
+    for part, member in zip(parts, group.members, strict=True):
+        if not isinstance(part, dict) or getattr(part, "parameters", None) or len(part) != len(names):
+            return None
+        for name, dtype, trailing in specs:
+            value = part.get(name)
+            if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape[1:] != trailing:
+                return None
+            if value.ndim == 0 or value.shape[0] != member.batch_size:
+                return None
+        if any(name not in part for name in member.outputs):  # that member fails on its own
+            return None
+    if len(parts) == 1:
+        return dict(first)
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
+def run_members(execute: Callable[[list[Any]], list[Any]], requests: Sequence[Any]) -> list[Any]:
+    """``execute`` (a backend's ``execute_requests`` over plain requests) over ``requests`` with
+    each ``RequestGroup`` replaced by its members; each group answered with ``group_results``."""
+    flat, spans = expand(requests)
+    return regroup(requests, spans, execute(flat))
+
+
+def expand(requests: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """The requests with each group replaced by its members, and how many each stands for
+    (0: a plain request)."""
+    flat: list[Any] = []
+    spans: list[int] = []
+    for request in requests:
+        if isinstance(request, RequestGroup):
+            flat.extend(request.members)
+            spans.append(len(request.members))
+        else:
+            flat.append(request)
+            spans.append(0)
+    return flat, spans
+
+
+def regroup(requests: Sequence[Any], spans: list[int], results: list[Any]) -> list[Any]:
+    """``results`` of the expanded requests, one per original request again."""
+    out: list[Any] = []
+    start = 0
+    for request, count in zip(requests, spans, strict=True):
+        if count:
+            out.append(group_results(request, results[start : start + count]))
+            start += count
+        else:
+            out.append(results[start])
+            start += 1
+    return out

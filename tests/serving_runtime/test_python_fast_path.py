@@ -1,0 +1,157 @@
+"""Python models on the native gRPC fast path (``protocol/native_fast_python.py``).
+
+Real servers on loopback, real tritonclient, one real Python model (``python_fast_repo/py_each``):
+a server with the fast path (the default with the native frontend) and one without
+(``--no-grpc-fast-path``) must give byte-identical responses and identical errors, whatever the
+model answers (outputs, its own error, response parameters, another dtype, rows that do not
+match); concurrent requests still reach ``execute`` one ``InferenceRequest`` per client request,
+each with its own rows and id; statistics count each request; ``is_cancelled()`` follows the client.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from server_harness import ServerProcess, start_server
+from tritonclient.utils import InferenceServerException
+
+REPO = Path(__file__).parent / "python_fast_repo"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """(fast path on, fast path off) over the same repository."""
+    from shipyard.serving_runtime.protocol import native_grpc
+
+    if (reason := native_grpc.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copytree(REPO, repo, dirs_exist_ok=True)
+    started: list[ServerProcess] = []
+    try:
+        for flags in ((), ("--no-grpc-fast-path",)):
+            server = start_server(
+                tmp_path_factory.mktemp("pyfast"), [repo], "--grpc-frontend", "native", *flags, wait_models=("py_each",)
+            )
+            started.append(server)
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.stop()
+
+
+def _x(rows: int, first: float, seed: float = 0.0) -> list[Any]:
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + seed
+    x[0, 0] = first
+    tensor = grpcclient.InferInput("X", [rows, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def _infer(server: ServerProcess, **kwargs: Any) -> bytes | tuple[str, str]:
+    """The serialized response, or (status, message) of the error."""
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    try:
+        return bytes(client.infer("py_each", **kwargs).get_response().SerializeToString())
+    except InferenceServerException as exc:
+        return (str(exc.status()), str(exc.message()))
+    finally:
+        client.close()
+
+
+def _registered(fast: ServerProcess) -> None:
+    _infer(fast, inputs=_x(1, 0.0))
+    assert "model 'py_each' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
+
+
+CASES: list[dict[str, Any]] = [
+    {"inputs": _x(1, 0.0)},
+    {"inputs": _x(3, 5.0), "request_id": "id-3"},
+    {"inputs": _x(2, 1.0), "outputs": [grpcclient.InferRequestedOutput("N")]},
+    {"inputs": _x(2, -1.0), "request_id": "bad"},  # the model's own error
+    {"inputs": _x(2, -3.0)},  # Y as FP64
+    {"inputs": _x(2, -4.0), "request_id": "p"},  # response parameters
+    {"inputs": _x(2, -5.0)},  # more rows than the request's
+    {"inputs": _x(1, 2.0), "outputs": [grpcclient.InferRequestedOutput("N"), grpcclient.InferRequestedOutput("Y")]},
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_same_answers_as_the_python_path(servers: tuple[ServerProcess, ServerProcess], case: int) -> None:
+    fast, slow = servers
+    _registered(fast)
+    got, want = _infer(fast, **CASES[case]), _infer(slow, **CASES[case])
+    assert got == want
+
+
+def _one(server: ServerProcess, i: int) -> tuple[int, Any]:
+    """Request ``i``: rows 1..3, every fifth the model's error, every seventh with parameters."""
+    rows = 1 + i % 3
+    first = -1.0 if i % 5 == 0 else (-4.0 if i % 7 == 0 else float(i))
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    try:
+        result = client.infer("py_each", _x(rows, first, seed=i), request_id=f"r{i}")
+    except InferenceServerException as exc:
+        return i, (str(exc.status()), str(exc.message()))
+    finally:
+        client.close()
+    return i, (result.get_response().id, result.as_numpy("Y"), result.as_numpy("N"), result.get_response().parameters)
+
+
+def _executes(server: ServerProcess) -> list[int]:
+    return [int(n) for n in re.findall(r"execute of (\d+) requests", server.log())]
+
+
+def test_concurrent_requests_reach_execute_one_by_one_with_their_own_answers(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    fast, _ = servers
+    _registered(fast)
+    client = grpcclient.InferenceServerClient(fast.grpc_host)
+    before = client.get_inference_statistics("py_each", as_json=True)["model_stats"][0]
+    executes_before = len(_executes(fast))
+    count = 240
+    with ThreadPoolExecutor(24) as pool:
+        answers = dict(pool.map(lambda i: _one(fast, i), range(count)))
+    for i, answer in answers.items():
+        rows = 1 + i % 3
+        if i % 5 == 0:
+            assert answer == ("StatusCode.INTERNAL", f"request 'r{i}' failed"), i
+            continue
+        request_id, y, n, parameters = answer
+        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + i
+        x[0, 0] = -4.0 if i % 7 == 0 else float(i)
+        assert request_id == f"r{i}"
+        np.testing.assert_array_equal(y, x + 1)
+        np.testing.assert_array_equal(n, np.full((rows, 1), rows, np.int32))
+        assert (parameters["rows"].int64_param == rows) if i % 7 == 0 else not parameters
+    after = client.get_inference_statistics("py_each", as_json=True)["model_stats"][0]
+    client.close()
+    # the model's own errors count as successes, as Triton counts them (tests/conformance)
+    done = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
+    assert done == count
+    rows_total = sum(1 + i % 3 for i in range(count))
+    assert int(after["inference_count"]) - int(before["inference_count"]) == rows_total
+    fast.wait_until(lambda: sum(_executes(fast)[executes_before:]) >= count, 10, "the execute log lines")
+    executes = _executes(fast)[executes_before:]
+    assert sum(executes) == count  # one InferenceRequest per client request, however they were grouped
+    assert int(after["execution_count"]) - int(before["execution_count"]) == len(executes)
+
+
+def test_model_sees_the_client_cancel_a_fast_path_call(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    fast, _ = servers
+    _registered(fast)
+    client = grpcclient.InferenceServerClient(fast.grpc_host)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("py_each", _x(1, -2.0), request_id="cancel-me", client_timeout=0.3)
+    client.close()
+    assert "DEADLINE_EXCEEDED" in str(raised.value.status())
+    fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "the model to see is_cancelled()")
