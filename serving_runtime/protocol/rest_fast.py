@@ -154,6 +154,8 @@ class RestLane:
         from shipyard.serving_runtime.protocol.native_fast import ineligible
 
         reason = ineligible(model, version or "")
+        if reason is None and getattr(model, "backend", "") == "python":
+            reason = "a Python model sees each request and may answer with its own parameters"
         if reason is not None:
             log.debug("model %r: REST requests take the ASGI path: %s", name, reason)
             try:
