@@ -205,7 +205,7 @@ class InProcessTarget:
         self._scratch = scratch  # a temporary copy of an object-store repository, removed on close
         self.description = description
         self._instances = instances
-        self._free: asyncio.Queue[Any] | None = None
+        self._feeder: Any = None  # feeder.Feeder, started with the first batch
 
     @classmethod
     def load(cls, repository: str, model: str, version: int | None = None) -> InProcessTarget:
@@ -246,20 +246,20 @@ class InProcessTarget:
         return cls(instances, model_info(definition.config, chosen), description, scratch)
 
     async def infer(self, inputs: Mapping[str, np.ndarray], priority: int) -> dict[str, np.ndarray]:
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for instance in self._instances:
-                self._free.put_nowait(instance)
-        instance = await self._free.get()
+        if self._feeder is None:  # instance threads that run queued batches back to back (feeder.py)
+            from shipyard.components.score.feeder import Feeder
+
+            self._feeder = Feeder(self._instances, tuple(t.name for t in self.info.outputs))
         try:
-            names = tuple(t.name for t in self.info.outputs)
-            return await asyncio.to_thread(instance.execute, inputs, names)
+            result: dict[str, np.ndarray] = await self._feeder.run(inputs)
+            return result
         except Exception as exc:
             raise ScoreError(f"model {self.info.name!r} failed on a batch: {exc}") from None
-        finally:
-            self._free.put_nowait(instance)
 
     async def close(self) -> None:
+        if self._feeder is not None:
+            await asyncio.to_thread(self._feeder.close)
+            self._feeder = None
         for instance in self._instances:
             await asyncio.to_thread(instance.close)
         self._instances = []

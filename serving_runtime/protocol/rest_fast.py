@@ -154,6 +154,8 @@ class RestLane:
         from shipyard.serving_runtime.protocol.native_fast import ineligible
 
         reason = ineligible(model, version or "")
+        if reason is None and getattr(model, "backend", "") == "python":
+            reason = "a Python model sees each request and may answer with its own parameters"
         if reason is not None:
             log.debug("model %r: REST requests take the ASGI path: %s", name, reason)
             try:
@@ -433,9 +435,7 @@ def _respond(item: Pending, status: int, content_type: bytes, content: bytes, js
     item.response_complete = True
     if item.disconnected or transport.is_closing():
         return
-    parts = [STATUS_LINE[status]]
-    for name, value in protocol.server_state.default_headers:
-        parts += [name, b": ", value, b"\r\n"]
+    parts = [_status_and_defaults(status, protocol.server_state.default_headers)]
     if json_length is not None:
         parts.append(b"inference-header-content-length: %d\r\n" % json_length)
     parts += [b"content-length: %d\r\n" % len(content), content_type]
@@ -451,6 +451,20 @@ def _respond(item: Pending, status: int, content_type: bytes, content: bytes, js
     if not item.keep_alive:
         transport.close()
     protocol.on_response_complete()
+
+
+_HEADS: dict[int, tuple[Any, bytes]] = {}  # status -> (uvicorn's default headers list, status line + them)
+
+
+def _status_and_defaults(status: int, defaults: list[tuple[bytes, bytes]]) -> bytes:
+    """The status line and uvicorn's default headers (``date``, ``server``), rebuilt when uvicorn
+    replaces its list (once a second, for the date)."""
+    cached = _HEADS.get(status)
+    if cached is not None and cached[0] is defaults:
+        return cached[1]
+    head = STATUS_LINE[status] + b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
+    _HEADS[status] = (defaults, head)
+    return head
 
 
 def _hand_all(group: list[Pending]) -> None:

@@ -218,3 +218,37 @@ def test_progress_lines_show_rate_and_eta_off_a_terminal() -> None:
     line = stream.getvalue().strip().splitlines()[-1]
     assert line.startswith("scored 500/1,000 rows, ") and " rows/s, ETA 0:0" in line
     assert 300 / 0.5 < progress.rate() < 300 / 0.05 + 1
+
+
+async def test_feeder_runs_queued_batches_back_to_back_and_answers_each() -> None:
+    """The in-process scorer's instance threads (feeder.py): every batch gets its own outputs, an instance's
+    error is that batch's answer only, and closing restores the interpreter's switch interval."""
+    import asyncio
+    import sys
+    import threading
+
+    from shipyard.components.score.feeder import Feeder
+
+    class Doubling:
+        def __init__(self) -> None:
+            self.threads: set[int] = set()
+
+        def execute(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+            self.threads.add(threading.get_ident())
+            if (inputs["x"] < 0).any():
+                raise RuntimeError("negative input")
+            return {"y": inputs["x"] * 2}
+
+    before = sys.getswitchinterval()
+    instances = [Doubling(), Doubling()]
+    feeder = Feeder(instances, ("y",))
+    assert sys.getswitchinterval() < before
+    batches = [np.full((3, 2), i, np.float32) for i in range(20)] + [np.full((1, 2), -1, np.float32)]
+    results = await asyncio.gather(*(feeder.run({"x": x}) for x in batches), return_exceptions=True)
+    for i, result in enumerate(results[:20]):
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["y"], np.full((3, 2), 2 * i, np.float32))
+    assert isinstance(results[20], RuntimeError) and "negative input" in str(results[20])
+    assert threading.get_ident() not in instances[0].threads | instances[1].threads
+    feeder.close()
+    assert sys.getswitchinterval() == before
