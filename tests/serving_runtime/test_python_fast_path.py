@@ -39,7 +39,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     try:
         for flags in ((), ("--no-grpc-fast-path",)):
             server = start_server(
-                tmp_path_factory.mktemp("pyfast"), [repo], "--grpc-frontend", "native", *flags, wait_models=("py_each", "ens_each")
+                tmp_path_factory.mktemp("pyfast"),
+                [repo],
+                "--grpc-frontend",
+                "native",
+                *flags,
+                wait_models=("py_each", "ens_each"),
             )
             started.append(server)
         yield started[0], started[1]
@@ -173,7 +178,9 @@ def test_an_ensemble_answers_as_on_the_python_path(servers: tuple[ServerProcess,
     assert got == want
 
 
-def test_an_ensembles_concurrent_requests_are_each_run_and_counted(servers: tuple[ServerProcess, ServerProcess]) -> None:
+def test_an_ensembles_concurrent_requests_are_each_run_and_counted(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
     fast, _ = servers
     _registered(fast, "ens_each")
     client = grpcclient.InferenceServerClient(fast.grpc_host)
