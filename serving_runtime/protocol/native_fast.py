@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,13 +219,20 @@ class FastPath:
         group = native_fast_python.group_request(batch) if native_fast_python.per_request(model) else None
         if group is not None:
             self._members.add(batch, group)
+        answer = _EarlyAnswer(entry, model, batch)
         request = group or InferenceRequest(
-            inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
+            inputs=batch.inputs(),
+            outputs=batch.outputs,
+            batch_size=batch.items,
+            group_arrivals_ns=batch.arrivals,
+            answer_early=answer.prepare,
         )
         try:
             results = await model.infer(request)
             if group is not None and native_fast_python.answered_each(batch, model, group, results):
                 return
+            if answer.claim():
+                return  # the instance's thread has answered (or is answering) it
             outputs = _outputs(entry, model, batch, results)
         except (ModelNotReady, QueueFull):
             # unloading: the Python path retries on the new version or answers; a full queue: each
@@ -233,7 +241,8 @@ class FastPath:
         except ServingError as exc:
             batch.fail(int(grpc.StatusCode[exc.grpc_code].value[0]), exc.message)
         except asyncio.CancelledError:
-            batch.fail(int(grpc.StatusCode.CANCELLED.value[0]), "the server is shutting down")
+            if not answer.claim():
+                batch.fail(int(grpc.StatusCode.CANCELLED.value[0]), "the server is shutting down")
             raise
         except Exception as exc:
             log.exception("unexpected error in a gRPC call")
@@ -252,6 +261,53 @@ class FastPath:
         """Stop the groups in progress (server shutdown)."""
         for task in list(self._tasks):
             task.cancel()
+
+
+class _EarlyAnswer:
+    """Answers a group from the instance's thread as soon as its batch has run (``answer_early``
+    of ``scheduling/api.py``): the client does not wait for the event loop to wake, take the
+    batch's completion and resume ``_run``. Exactly one side answers: ``prepare`` (the instance's
+    thread) or ``_run`` on the loop, whichever claims the group first; ``_run`` claims it before it
+    answers or fails it."""
+
+    __slots__ = ("_batch", "_claimed", "_entry", "_lock", "_model")
+
+    def __init__(self, entry: _Entry, model: ModelLike, batch: Any) -> None:
+        self._entry, self._model, self._batch = entry, model, batch
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def claim(self) -> bool:
+        """On the loop: True when the instance's thread has claimed the group, else claims it for
+        the loop (so ``prepare`` will not answer it)."""
+        with self._lock:
+            taken, self._claimed = self._claimed, True
+        return taken
+
+    def prepare(self, results: Mapping[str, np.ndarray]) -> Any:
+        """On the instance's thread: what sends the group's answers, or None (outputs the loop's
+        path would refuse, or the loop answered first)."""
+        try:
+            outputs = _outputs(self._entry, self._model, self._batch, results)
+        except ServingError:
+            return None  # _run raises the same error and fails the group
+        with self._lock:
+            if self._claimed:
+                return None
+            self._claimed = True
+        batch = self._batch
+
+        def send() -> None:
+            try:
+                try:
+                    batch.complete(outputs, now=True)  # grpc writes it on this thread
+                except TypeError:  # a module built before ``now``: the writer thread sends it
+                    batch.complete(outputs)
+            except Exception as exc:  # never expected: outputs were checked above
+                log.exception("answering a fast-path group failed")
+                batch.fail(_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+        return send
 
 
 def _outputs(entry: _Entry, model: ModelLike, batch: Any, results: Mapping[str, np.ndarray]) -> list[Any]:
