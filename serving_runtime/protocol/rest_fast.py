@@ -166,9 +166,7 @@ class RestLane:
             return
         from shipyard.serving_runtime.protocol.native_fast import ineligible
 
-        reason = ineligible(model, version or "")
-        if reason is None and getattr(model, "backend", "") == "python":
-            reason = "a Python model sees each request and may answer with its own parameters"
+        reason = ineligible(model, version or "") or _lane_reason(model)
         if reason is not None:
             log.debug("model %r: REST requests take the ASGI path: %s", name, reason)
             try:
@@ -303,6 +301,18 @@ class RestLane:
 
 
 _MAX_PLANS = 64  # per route; beyond it the cache starts over (headers that differ per request)
+
+
+def _lane_reason(model: ModelLike) -> str | None:
+    """What rules out the lane beyond ``native_fast.ineligible`` (which the gRPC fast path widens
+    with its own per-request handling): the lane runs plain groups on the dynamic batcher only."""
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+
+    if type(getattr(model, "scheduler", None)) is not DynamicBatcher:
+        return "its scheduler is not the dynamic batcher"
+    if getattr(model, "backend", "") == "python":
+        return "a Python model sees each request and may answer with its own parameters"
+    return None
 
 
 def _parse(pending: Pending, body: bytes) -> bool:
