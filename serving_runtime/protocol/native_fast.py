@@ -64,7 +64,7 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
     scheduler = getattr(model, "scheduler", None)
-    if type(scheduler) is not DynamicBatcher:
+    if type(scheduler) is not DynamicBatcher and not native_fast_python.ensemble_ok(scheduler):
         return f"its scheduler is {type(scheduler).__name__}, not the dynamic batcher"
     config: Any = getattr(model, "config", None)
     if config is None:
@@ -176,6 +176,8 @@ class FastPath:
         self._keys[key] = handle
         mbs = int(model.max_batch_size)
         max_requests = 0 if model.config.HasField("dynamic_batching") else 1  # the default scheduler: alone
+        if native_fast_python.per_member(model):  # each request runs on its own anyway
+            max_requests = 0
         self._native.register_model(
             key[0], key[1], handle, model.name, str(model.version), mbs, max_requests, inputs, list(rules.outputs)
         )
@@ -220,6 +222,8 @@ class FastPath:
         if group is not None:
             self._members.add(batch, group)
         answer = _EarlyAnswer(entry, model, batch)
+        if group is not None and not native_fast_python.per_member(model):
+            group.answer_early = native_fast_python.early_when_joined(answer.prepare)
         request = group or InferenceRequest(
             inputs=batch.inputs(),
             outputs=batch.outputs,
@@ -228,7 +232,13 @@ class FastPath:
             answer_early=answer.prepare,
         )
         try:
-            results = await model.infer(request)
+            if group is not None and native_fast_python.per_member(model):
+                results = await native_fast_python.infer_each(model, group, batch, self._members)
+                if results is None:  # the model is being replaced: the Python path retries
+                    batch.fallback()
+                    return
+            else:
+                results = await model.infer(request)
             if group is not None and native_fast_python.answered_each(batch, model, group, results):
                 return
             if answer.claim():

@@ -258,6 +258,9 @@ class DynamicBatcher:
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
         self._observe_compute(compute_ns, size, inline=True)
         end = time.monotonic_ns()
+        background = self._background
+        if background is not None and self._queue.settings.level_index(request.priority) < background.level:
+            self._foreground_ns = end  # real-time work ran (as in _on_batch_done): recent for slicing
         self._release(1)
         stats = self.stats
         if batch.error is not None:

@@ -170,6 +170,9 @@ def _mutations() -> list[tuple[str, bytes]]:
         raw, length = body(inputs, data, **top)
         cases.append((what, _request(model, raw, length)))
 
+    add("valid (its header is parsed once, then reused)", [tensor, other])
+    add("the same header, bytes left over", [tensor, other], b"\0" * 130)
+    add("the same header, bytes missing", [tensor, other], b"\0" * 100)
     add("wrong datatype", [{**tensor, "datatype": "FP64"}, other])
     add("wrong shape", [{**tensor, "shape": [1, 15]}, other])
     add("batch over max", [{**tensor, "shape": [9, 16]}, {**other, "shape": [9, 16]}])
@@ -292,12 +295,21 @@ def _stats(server: ServerProcess, model: str, version: str) -> dict[str, Any]:
     return json.loads(body)["model_stats"][0]  # type: ignore[no-any-return]
 
 
+def _metric(server: ServerProcess, name: str, model: str, version: str) -> float:
+    status, body = http_get(server.http_url + "/metrics")
+    assert status == 200
+    match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
+    assert match, f"no {name} for {model} {version}"
+    return float(match.group(1))
+
+
 def test_concurrent_requests_get_their_own_rows_and_are_counted(
     servers: tuple[ServerProcess, ServerProcess, Path],
 ) -> None:
     lane, off, _ = servers
     _warm(lane, off)
     before = _stats(lane, "batched", "2")
+    success_before = _metric(lane, "nv_inference_request_success", "batched", "2")
     jobs = [(float(i), 1 + i % 3) for i in range(120)]
     with ThreadPoolExecutor(24) as pool:
         got = list(pool.map(lambda job: _client_infer(lane, *job), jobs))
@@ -310,6 +322,9 @@ def test_concurrent_requests_get_their_own_rows_and_are_counted(
     success = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     assert success == len(jobs)
     assert int(after["inference_count"]) - int(before["inference_count"]) == sum(b for _, b in jobs)
+    queued = int(after["inference_stats"]["queue"]["count"]) - int(before["inference_stats"]["queue"]["count"])
+    assert queued == len(jobs)
+    assert _metric(lane, "nv_inference_request_success", "batched", "2") - success_before == len(jobs)
     # one request with curl, on each server: the same output
     outputs = []
     for server in (lane, off):
