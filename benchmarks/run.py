@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='more command-line flags for shipyard\'s server, e.g. "--grpc-max-streams-per-connection 32"',
     )
     parser.add_argument(
+        "--shipyard-published",
+        action="store_true",
+        help="serve shipyard's models with the publish step's batching (two priority levels, plain requests at "
+        "level 1, level 2 a background level), as every published model is",
+    )
+    parser.add_argument(
         "--shipyard-python",
         help="run shipyard's server with this interpreter, e.g. a fresh venv's after `pip install .[serve]` "
         "(default: this one)",
@@ -164,6 +170,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "client": args.client,
         "rest_client": args.client,
         "shipyard_args": args.shipyard_args,  # the C++ HTTP client with "native" since it was added
+        "shipyard_published": args.shipyard_published,
         "rounds": args.rounds,
         "note": note,
     }
@@ -199,7 +206,13 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argpar
         )
     overload = next((m for m in models if m.name == OVERLOAD_MODEL), None)
     target = targets.shipyard_target(
-        models, workdir, overload, OVERLOAD_QUEUE, args.shipyard_grpc_frontend, args.shipyard_python
+        models,
+        workdir,
+        overload,
+        OVERLOAD_QUEUE,
+        args.shipyard_grpc_frontend,
+        args.shipyard_python,
+        published=args.shipyard_published,
     )
     target.server.argv.extend(shlex.split(args.shipyard_args))
     return target

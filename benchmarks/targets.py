@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 from benchmarks.common import LOOPBACK, ModelSpec, ServerProcess
@@ -203,8 +204,9 @@ def mlserver_target(
     )
 
 
-def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str:
-    """The config.pbtxt the benchmark serves ``model`` with: dynamic batching, one instance, one thread."""
+def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0, published: bool = False) -> str:
+    """The config.pbtxt the benchmark serves ``model`` with: dynamic batching, one instance, one thread;
+    ``published``: with the two priority levels and background rules the publish step writes."""
 
     def tensors(kind: str, specs: Sequence[common.TensorSpec]) -> str:
         items = ",\n".join(
@@ -214,6 +216,8 @@ def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str
         return f"{kind} [\n{items}\n]\n"
 
     policy = f" default_queue_policy {{ max_queue_size: {max_queue_size} }}" if max_queue_size else ""
+    if published:
+        policy += published_batching()
     return (
         f'name: "{name}"\n'
         'backend: "onnxruntime"\n'
@@ -224,11 +228,40 @@ def shipyard_config(model: ModelSpec, name: str, max_queue_size: int = 0) -> str
         + f"dynamic_batching {{{policy} }}\n"
         + 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
         + 'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }\n'
+        + (published_parameters() if published else "")
+    )
+
+
+def _published_config() -> Any:
+    """What the publish step writes for a model with ``max_batch_size`` ``SHIPYARD_MAX_BATCH``
+    (components/publish/config_builder.py)."""
+    from shipyard.components.publish.config_builder import TensorInfo, build_config
+
+    tensor = [TensorInfo("x", "FP32", (-1, 1))]
+    return build_config("m", "onnxruntime_onnx", tensor, tensor, max_batch_size=SHIPYARD_MAX_BATCH)
+
+
+def published_batching() -> str:
+    """The priority fields of the publish step's ``dynamic_batching``."""
+    batching = _published_config().dynamic_batching
+    return f" priority_levels: {batching.priority_levels} default_priority_level: {batching.default_priority_level}"
+
+
+def published_parameters() -> str:
+    """The publish step's parameters (the background level's rules)."""
+    parameters = _published_config().parameters
+    return "".join(
+        f'parameters {{ key: "{key}" value: {{ string_value: "{parameters[key].string_value}" }} }}\n'
+        for key in sorted(parameters)
     )
 
 
 def write_shipyard_repository(
-    root: Path, models: Sequence[ModelSpec], overload_model: ModelSpec | None, max_queue_size: int
+    root: Path,
+    models: Sequence[ModelSpec],
+    overload_model: ModelSpec | None,
+    max_queue_size: int,
+    published: bool = False,
 ) -> Path:
     """A Triton-layout model repository with every model, plus ``<overload>_bounded`` with a bounded queue."""
     root.mkdir(parents=True, exist_ok=True)
@@ -244,7 +277,7 @@ def write_shipyard_repository(
                 os.link(model.onnx_path, target)
             except OSError:
                 shutil.copyfile(model.onnx_path, target)
-        (root / name / "config.pbtxt").write_text(shipyard_config(model, name, queue))
+        (root / name / "config.pbtxt").write_text(shipyard_config(model, name, queue, published))
     return root
 
 
@@ -282,16 +315,18 @@ def shipyard_target(
     max_queue_size: int = 256,
     grpc_frontend: str = "auto",
     python: str | None = None,
+    published: bool = False,
 ) -> Target:
     """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance).
 
     ``grpc_frontend``: the runtime's ``--grpc-frontend`` (auto, native, aio); ``python``: the
     interpreter that runs it (e.g. a fresh venv's, where ``pip install .[serve]`` put shipyard;
-    default: this one). Raises: TargetUnavailable when native is asked for and was not built.
+    default: this one); ``published``: the publish step's priority levels (``shipyard_config``).
+    Raises: TargetUnavailable when native is asked for and was not built.
     """
     frontend = shipyard_grpc_frontend(grpc_frontend, python)
     rest, grpc_port = common.free_port(), common.free_port()
-    repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size)
+    repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size, published)
     argv = common.python_module_argv(
         "shipyard.serving_runtime",
         "--model-repository",
@@ -314,7 +349,8 @@ def shipyard_target(
         "shipyard",
         "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay), gRPC on "
         + ("grpc++ (native frontend)" if frontend == "native" else "grpc.aio")
-        + (f"; run by {python}" if python else ""),
+        + (f"; run by {python}" if python else "")
+        + ("; the publish step's two priority levels" if published else ""),
         server,
         probe,
         {"grpc": grpc_spec(grpc_port), "rest": rest_spec(rest)},

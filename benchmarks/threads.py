@@ -73,18 +73,19 @@ def measure(
     seconds: float,
     grpc_frontend: str = "auto",
     shipyard_args: str = "",
+    shipyard_published: bool = False,
 ) -> dict[str, Any]:
     """Run one cell against a fresh ``target_name`` and return per-thread CPU over its middle part.
 
     ``grpc_frontend``: shipyard's ``--grpc-frontend``; ``shipyard_args``: more of its flags (other
-    targets ignore both).
+    targets ignore both); ``shipyard_published``: the publish step's priority levels (``targets.shipyard_config``).
 
     Raises: TargetUnavailable, RuntimeError (the target or the load generator failed).
     """
     model = common.load_model_spec(model_name)
     workdir = Path(tempfile.mkdtemp(prefix="shipyard-threads-"))
     if target_name == "shipyard":
-        target = targets.shipyard_target([model], workdir, grpc_frontend=grpc_frontend)
+        target = targets.shipyard_target([model], workdir, grpc_frontend=grpc_frontend, published=shipyard_published)
         target.server.argv.extend(shlex.split(shipyard_args))
     else:
         build = {
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shipyard-args", default="", help='more flags for shipyard\'s server, e.g. "--no-grpc-fast-path"'
     )
+    parser.add_argument(
+        "--shipyard-published", action="store_true", help="shipyard's model with the publish step's priority levels"
+    )
     args = parser.parse_args(argv)
     out = measure(
         args.target,
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds,
         args.shipyard_grpc_frontend,
         args.shipyard_args,
+        args.shipyard_published,
     )
     cell: CellResult = out["cell"]
     rate = cell.throughput

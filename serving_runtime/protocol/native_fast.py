@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
     scheduler = getattr(model, "scheduler", None)
-    if type(scheduler) is not DynamicBatcher:
+    if type(scheduler) is not DynamicBatcher and not native_fast_python.ensemble_ok(scheduler):
         return f"its scheduler is {type(scheduler).__name__}, not the dynamic batcher"
     config: Any = getattr(model, "config", None)
     if config is None:
@@ -175,6 +176,8 @@ class FastPath:
         self._keys[key] = handle
         mbs = int(model.max_batch_size)
         max_requests = 0 if model.config.HasField("dynamic_batching") else 1  # the default scheduler: alone
+        if native_fast_python.per_member(model):  # each request runs on its own anyway
+            max_requests = 0
         self._native.register_model(
             key[0], key[1], handle, model.name, str(model.version), mbs, max_requests, inputs, list(rules.outputs)
         )
@@ -218,13 +221,28 @@ class FastPath:
         group = native_fast_python.group_request(batch) if native_fast_python.per_request(model) else None
         if group is not None:
             self._members.add(batch, group)
+        answer = _EarlyAnswer(entry, model, batch)
+        if group is not None and not native_fast_python.per_member(model):
+            group.answer_early = native_fast_python.early_when_joined(answer.prepare)
         request = group or InferenceRequest(
-            inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
+            inputs=batch.inputs(),
+            outputs=batch.outputs,
+            batch_size=batch.items,
+            group_arrivals_ns=batch.arrivals,
+            answer_early=answer.prepare,
         )
         try:
-            results = await model.infer(request)
+            if group is not None and native_fast_python.per_member(model):
+                results = await native_fast_python.infer_each(model, group, batch, self._members)
+                if results is None:  # the model is being replaced: the Python path retries
+                    batch.fallback()
+                    return
+            else:
+                results = await model.infer(request)
             if group is not None and native_fast_python.answered_each(batch, model, group, results):
                 return
+            if answer.claim():
+                return  # the instance's thread has answered (or is answering) it
             outputs = _outputs(entry, model, batch, results)
         except (ModelNotReady, QueueFull):
             # unloading: the Python path retries on the new version or answers; a full queue: each
@@ -233,7 +251,8 @@ class FastPath:
         except ServingError as exc:
             batch.fail(int(grpc.StatusCode[exc.grpc_code].value[0]), exc.message)
         except asyncio.CancelledError:
-            batch.fail(int(grpc.StatusCode.CANCELLED.value[0]), "the server is shutting down")
+            if not answer.claim():
+                batch.fail(int(grpc.StatusCode.CANCELLED.value[0]), "the server is shutting down")
             raise
         except Exception as exc:
             log.exception("unexpected error in a gRPC call")
@@ -252,6 +271,53 @@ class FastPath:
         """Stop the groups in progress (server shutdown)."""
         for task in list(self._tasks):
             task.cancel()
+
+
+class _EarlyAnswer:
+    """Answers a group from the instance's thread as soon as its batch has run (``answer_early``
+    of ``scheduling/api.py``): the client does not wait for the event loop to wake, take the
+    batch's completion and resume ``_run``. Exactly one side answers: ``prepare`` (the instance's
+    thread) or ``_run`` on the loop, whichever claims the group first; ``_run`` claims it before it
+    answers or fails it."""
+
+    __slots__ = ("_batch", "_claimed", "_entry", "_lock", "_model")
+
+    def __init__(self, entry: _Entry, model: ModelLike, batch: Any) -> None:
+        self._entry, self._model, self._batch = entry, model, batch
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def claim(self) -> bool:
+        """On the loop: True when the instance's thread has claimed the group, else claims it for
+        the loop (so ``prepare`` will not answer it)."""
+        with self._lock:
+            taken, self._claimed = self._claimed, True
+        return taken
+
+    def prepare(self, results: Mapping[str, np.ndarray]) -> Any:
+        """On the instance's thread: what sends the group's answers, or None (outputs the loop's
+        path would refuse, or the loop answered first)."""
+        try:
+            outputs = _outputs(self._entry, self._model, self._batch, results)
+        except ServingError:
+            return None  # _run raises the same error and fails the group
+        with self._lock:
+            if self._claimed:
+                return None
+            self._claimed = True
+        batch = self._batch
+
+        def send() -> None:
+            try:
+                try:
+                    batch.complete(outputs, now=True)  # grpc writes it on this thread
+                except TypeError:  # a module built before ``now``: the writer thread sends it
+                    batch.complete(outputs)
+            except Exception as exc:  # never expected: outputs were checked above
+                log.exception("answering a fast-path group failed")
+                batch.fail(_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+        return send
 
 
 def _outputs(entry: _Entry, model: ModelLike, batch: Any, results: Mapping[str, np.ndarray]) -> list[Any]:

@@ -20,16 +20,18 @@ Python path.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
-from shipyard.serving_runtime.errors import ServingError
+from shipyard.serving_runtime.errors import BackendError, ModelNotReady, RequestCancelled, ServingError
 from shipyard.serving_runtime.protocol.grpc_codec import encode_infer_response
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import collect_outputs
-from shipyard.serving_runtime.scheduling.group import GroupResults, RequestGroup, make_group
+from shipyard.serving_runtime.scheduling.group import GroupResults, RequestGroup, group_results, make_group
 
 _INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
 
@@ -44,13 +46,62 @@ def supported() -> bool:
 
 
 def per_request(model: ModelLike) -> bool:
-    """True when ``model`` sees each client request (a Python model)."""
-    return getattr(model, "backend", "") == "python"
+    """True when ``model`` sees each client request (a Python model, an ensemble)."""
+    return getattr(model, "backend", "") == "python" or per_member(model)
+
+
+def per_member(model: ModelLike) -> bool:
+    """True when each request of a group runs as its own request of ``model`` (an ensemble)."""
+    from shipyard.serving_runtime.scheduling.ensemble import EnsembleScheduler
+
+    return type(getattr(model, "scheduler", None)) is EnsembleScheduler
+
+
+def ensemble_ok(scheduler: Any) -> bool:
+    """True when ``scheduler`` is an ensemble's and the native module can answer request by request."""
+    from shipyard.serving_runtime.scheduling.ensemble import EnsembleScheduler
+
+    return type(scheduler) is EnsembleScheduler and supported()
+
+
+async def infer_each(model: ModelLike, group: RequestGroup, batch: Any, members: Members) -> Any:
+    """Run each member of ``group`` as its own request of ``model`` (an ensemble: its statistics,
+    steps and errors are per request, as on the Python path), concurrently; the group's results
+    (``group_results``), or None when every member found the model unloading (fall back)."""
+    tasks = [asyncio.ensure_future(model.infer(member)) for member in group.members]
+    members.add_tasks(batch, tasks)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    if all(isinstance(outcome, ModelNotReady) for outcome in outcomes):
+        return None
+    parts: list[Any] = []
+    for outcome in outcomes:
+        if isinstance(outcome, asyncio.CancelledError):  # the client went away: C++ answered it
+            parts.append(RequestCancelled("request cancelled by the client before it finished"))
+        elif isinstance(outcome, BaseException) and not isinstance(outcome, ServingError):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            parts.append(BackendError(f"internal error: {type(outcome).__name__}: {outcome}"))
+        else:
+            parts.append(outcome)
+    results = group_results(group, parts)
+    if isinstance(results, ServingError):
+        raise results
+    return results
 
 
 def group_request(batch: Any) -> RequestGroup:
     """The scheduler's request for a native group of a Python model's requests."""
     return make_group(batch.inputs(), batch.rows, batch.ids, batch.requested, batch.arrivals, batch.outputs)
+
+
+def early_when_joined(prepare: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A group's ``answer_early`` (``native_fast._EarlyAnswer``) for joined outputs only: any other
+    outcome is answered request by request on the event loop (``answered_each``)."""
+
+    def early(results: Any) -> Any:
+        return prepare(results) if getattr(results, "joined", False) else None
+
+    return early
 
 
 def _status(error: ServingError) -> tuple[int, str]:
@@ -92,6 +143,11 @@ class Members:
         for call_id, member in zip(batch.call_ids, group.members, strict=True):
             self._by_call[call_id] = member
 
+    def add_tasks(self, batch: Any, tasks: Sequence[asyncio.Future[Any]]) -> None:
+        """Each request's own task (an ensemble's members): a cancelled call cancels it."""
+        for call_id, task in zip(batch.call_ids, tasks, strict=True):
+            self._by_call[call_id] = task
+
     def remove(self, batch: Any) -> None:
         for call_id in batch.call_ids:
             self._by_call.pop(call_id, None)
@@ -99,6 +155,9 @@ class Members:
     def cancel(self, call_id: int) -> None:
         """The client cancelled ``call_id`` (C++ has answered it): tell the model, if it runs."""
         member = self._by_call.pop(call_id, None)
+        if isinstance(member, asyncio.Future):
+            member.cancel()
+            return
         hook = getattr(member, "cancel_hook", None)
         if hook is not None:
             hook()

@@ -45,6 +45,10 @@ class InferenceRequest:
     # A group of client requests merged before the scheduler (the native gRPC fast path): their
     # arrival times (monotonic ns); statistics count each of them as a request.
     group_arrivals_ns: Sequence[int] | None = None
+    # Answer without the event loop (the native gRPC fast path, ``instances.answer_early``): called
+    # on the instance's thread with this request's outputs once its batch has run; returns what
+    # sends the answer (called once the loop has been handed the batch's completion), or None.
+    answer_early: Callable[[dict[str, np.ndarray]], Callable[[], None] | None] | None = None
 
 
 class Scheduler(Protocol):

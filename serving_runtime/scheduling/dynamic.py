@@ -225,7 +225,9 @@ class DynamicBatcher:
             raise
         self._pending += 1
         self.stats.pending = self._pending
-        if not self._kick_soon:
+        if request.group_arrivals_ns is not None and self._idle and len(self._queue) == 1:
+            self._kick()  # a group is the batch its requests formed already: an idle instance starts it now
+        elif not self._kick_soon:
             # Decide once all the callbacks of this loop iteration have run: requests woken or
             # read together (e.g. callers resubmitting as a batch is answered) join one batch.
             self._kick_soon = True
@@ -256,6 +258,9 @@ class DynamicBatcher:
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
         self._observe_compute(compute_ns, size, inline=True)
         end = time.monotonic_ns()
+        background = self._background
+        if background is not None and self._queue.settings.level_index(request.priority) < background.level:
+            self._foreground_ns = end  # real-time work ran (as in _on_batch_done): recent for slicing
         self._release(1)
         stats = self.stats
         if batch.error is not None:

@@ -155,11 +155,14 @@ class InstanceWorker:
                 assert isinstance(item, Batch)
                 with self._use:
                     self.run_batch(item)
+                senders = answer_early(item)
                 try:
                     assert self._post is not None and self._on_done is not None
                     self._post(self._on_done, item)
                 except RuntimeError:  # the event loop is closed: nobody is waiting any more
                     log.debug("event loop closed; dropping results of a batch on %s", self.name)
+                for send in senders:
+                    send()
         finally:
             self._close_instance()
 
@@ -203,6 +206,30 @@ class InstanceWorker:
         finally:
             if batch.handoff:
                 self._entered.set()
+
+
+def answer_early(batch: Batch) -> list[Callable[[], None]]:
+    """What answers the requests of a finished ``batch`` that asked to be answered from this thread
+    (``InferenceRequest.answer_early``: the native gRPC fast path), to call right after the batch's
+    completion was posted to the event loop: that post queues the statistics and futures ahead of
+    anything the client can send once it has its answer, and the answer skips the loop's wake-up
+    and turn (docs/serving.md, "Latency at concurrency 1"). Never raises."""
+    if batch.error is not None:
+        return []
+    senders = []
+    requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+    for request, result in zip(requests, batch.results, strict=False):
+        early = request.answer_early
+        if early is None or isinstance(result, ServingError):
+            continue
+        try:
+            send = early(result)
+        except Exception:  # the loop's path answers it (and reports the error)
+            log.exception("answering a request from instance thread failed; the event loop answers it")
+            continue
+        if send is not None:
+            senders.append(send)
+    return senders
 
 
 def make_workers(instances: Sequence[BackendInstance], model_name: str, version: int) -> list[InstanceWorker]:

@@ -266,6 +266,20 @@ def test_shipyard_config_parses_with_the_runtime_schema(add_sub: common.ModelSpe
     assert config.parameters["intra_op_thread_count"].string_value == "1"
 
 
+def test_shipyard_published_config_batches_as_the_publish_step_writes(add_sub: common.ModelSpec) -> None:
+    """``--shipyard-published``: the priority levels and background parameters of a published config."""
+    from shipyard.components.publish.config_builder import TensorInfo, build_config
+    from shipyard.serving_runtime.config import parse_config_text
+
+    config = parse_config_text(targets.shipyard_config(add_sub, "add_sub", published=True))
+    tensors = [TensorInfo(t.name, t.datatype, (-1, *t.dims)) for t in add_sub.inputs]
+    outputs = [TensorInfo(t.name, t.datatype, (-1, *t.dims)) for t in add_sub.outputs]
+    published = build_config("add_sub", "onnxruntime_onnx", tensors, outputs, max_batch_size=targets.SHIPYARD_MAX_BATCH)
+    assert config.dynamic_batching == published.dynamic_batching
+    for key, value in published.parameters.items():
+        assert config.parameters[key].string_value == value.string_value, key
+
+
 def _cell(target: str, protocol: str, model: str, c: int, throughput: float, p50: float, p99: float) -> dict:
     return {
         "target": target,

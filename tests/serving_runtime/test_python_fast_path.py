@@ -39,7 +39,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     try:
         for flags in ((), ("--no-grpc-fast-path",)):
             server = start_server(
-                tmp_path_factory.mktemp("pyfast"), [repo], "--grpc-frontend", "native", *flags, wait_models=("py_each",)
+                tmp_path_factory.mktemp("pyfast"),
+                [repo],
+                "--grpc-frontend",
+                "native",
+                *flags,
+                wait_models=("py_each", "ens_each"),
             )
             started.append(server)
         yield started[0], started[1]
@@ -48,28 +53,28 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
             server.stop()
 
 
-def _x(rows: int, first: float, seed: float = 0.0) -> list[Any]:
+def _x(rows: int, first: float, seed: float = 0.0, name: str = "X") -> list[Any]:
     x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + seed
     x[0, 0] = first
-    tensor = grpcclient.InferInput("X", [rows, 4], "FP32")
+    tensor = grpcclient.InferInput(name, [rows, 4], "FP32")
     tensor.set_data_from_numpy(x)
     return [tensor]
 
 
-def _infer(server: ServerProcess, **kwargs: Any) -> bytes | tuple[str, str]:
+def _infer(server: ServerProcess, model: str = "py_each", **kwargs: Any) -> bytes | tuple[str, str]:
     """The serialized response, or (status, message) of the error."""
     client = grpcclient.InferenceServerClient(server.grpc_host)
     try:
-        return bytes(client.infer("py_each", **kwargs).get_response().SerializeToString())
+        return bytes(client.infer(model, **kwargs).get_response().SerializeToString())
     except InferenceServerException as exc:
         return (str(exc.status()), str(exc.message()))
     finally:
         client.close()
 
 
-def _registered(fast: ServerProcess) -> None:
-    _infer(fast, inputs=_x(1, 0.0))
-    assert "model 'py_each' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
+def _registered(fast: ServerProcess, model: str = "py_each") -> None:
+    _infer(fast, model, inputs=_x(1, 0.0, name="IN" if model == "ens_each" else "X"))
+    assert f"model '{model}' version (default): gRPC ModelInfer takes the native fast path" in fast.log()
 
 
 CASES: list[dict[str, Any]] = [
@@ -155,3 +160,60 @@ def test_model_sees_the_client_cancel_a_fast_path_call(servers: tuple[ServerProc
     client.close()
     assert "DEADLINE_EXCEEDED" in str(raised.value.status())
     fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "the model to see is_cancelled()")
+
+
+ENSEMBLE_CASES: list[dict[str, Any]] = [
+    {"inputs": _x(2, 0.0, name="IN"), "request_id": "e1"},
+    {"inputs": _x(1, 3.0, name="IN"), "outputs": [grpcclient.InferRequestedOutput("ROWS")]},
+    {"inputs": _x(2, -1.0, name="IN"), "request_id": "bad"},  # the step's error, "in ensemble ..."
+    {"inputs": _x(2, -4.0, name="IN")},
+]
+
+
+@pytest.mark.parametrize("case", range(len(ENSEMBLE_CASES)))
+def test_an_ensemble_answers_as_on_the_python_path(servers: tuple[ServerProcess, ServerProcess], case: int) -> None:
+    fast, slow = servers
+    _registered(fast, "ens_each")
+    got, want = _infer(fast, "ens_each", **ENSEMBLE_CASES[case]), _infer(slow, "ens_each", **ENSEMBLE_CASES[case])
+    assert got == want
+
+
+def test_an_ensembles_concurrent_requests_are_each_run_and_counted(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    fast, _ = servers
+    _registered(fast, "ens_each")
+    client = grpcclient.InferenceServerClient(fast.grpc_host)
+    before = client.get_inference_statistics("ens_each", as_json=True)["model_stats"][0]
+
+    def one(i: int) -> tuple[int, Any]:
+        rows = 1 + i % 3
+        first = -1.0 if i % 5 == 0 else float(i)
+        own = grpcclient.InferenceServerClient(fast.grpc_host)
+        try:
+            result = own.infer("ens_each", _x(rows, first, seed=i, name="IN"), request_id=f"e{i}")
+        except InferenceServerException as exc:
+            return i, str(exc.message())
+        finally:
+            own.close()
+        return i, (result.get_response().id, result.as_numpy("OUT"), result.as_numpy("ROWS"))
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = dict(pool.map(one, range(120)))
+    for i, answer in answers.items():
+        rows = 1 + i % 3
+        if i % 5 == 0:
+            assert answer == f"in ensemble 'ens_each', request 'e{i}' failed", i
+            continue
+        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + i
+        x[0, 0] = float(i)
+        assert answer[0] == f"e{i}"
+        np.testing.assert_array_equal(answer[1], x + 1)
+        np.testing.assert_array_equal(answer[2], np.full((rows, 1), rows, np.int32))
+    after = client.get_inference_statistics("ens_each", as_json=True)["model_stats"][0]
+    client.close()
+    counted = {
+        kind: int(after["inference_stats"][kind]["count"]) - int(before["inference_stats"][kind]["count"])
+        for kind in ("success", "fail")
+    }
+    assert counted == {"success": 96, "fail": 24}  # each request on its own, as on the Python path

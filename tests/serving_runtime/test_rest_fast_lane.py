@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -30,6 +31,7 @@ BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').repl
     "instance_group", "dynamic_batching { }\ninstance_group"
 )
 MODELS = ("batched", "simple")
+PY_EACH = Path(__file__).parent / "python_fast_repo" / "py_each"  # a Python model: never on the lane
 LANE_LOG = "REST inference takes the fast lane"
 
 
@@ -39,12 +41,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "batched", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, BATCHED_CONFIG)
     write_model(repo, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)  # default scheduler
+    shutil.copytree(PY_EACH, repo / "py_each")
     started: list[ServerProcess] = []
     common = ("--model-control-mode", "explicit", "--load-model", "batched", "--load-model", "simple",
-              "--http-body-timeout-secs", "1")  # fmt: skip
+              "--load-model", "py_each", "--http-body-timeout-secs", "1")  # fmt: skip
     try:
         for flags in ((), ("--no-rest-fast-path",)):
-            started.append(start_server(tmp_path_factory.mktemp("lane"), [repo], *common, *flags, wait_models=MODELS))
+            wait = (*MODELS, "py_each")
+            started.append(start_server(tmp_path_factory.mktemp("lane"), [repo], *common, *flags, wait_models=wait))
         yield started[0], started[1], repo
     finally:
         for server in started:
@@ -149,7 +153,7 @@ def test_valid_requests_get_identical_bytes(servers: tuple[ServerProcess, Server
     body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "FP32", "data": list(range(16))}
                        for n in ("INPUT0", "INPUT1")]}  # fmt: skip
     response = _same(lane, off, _request("batched", json.dumps(body).encode(), None))[0]
-    assert b"\"data\":[100.0,102.0,104.0" in response
+    assert b'"data":[100.0,102.0,104.0' in response
 
 
 def _mutations() -> list[tuple[str, bytes]]:
@@ -166,6 +170,9 @@ def _mutations() -> list[tuple[str, bytes]]:
         raw, length = body(inputs, data, **top)
         cases.append((what, _request(model, raw, length)))
 
+    add("valid (its header is parsed once, then reused)", [tensor, other])
+    add("the same header, bytes left over", [tensor, other], b"\0" * 130)
+    add("the same header, bytes missing", [tensor, other], b"\0" * 100)
     add("wrong datatype", [{**tensor, "datatype": "FP64"}, other])
     add("wrong shape", [{**tensor, "shape": [1, 15]}, other])
     add("batch over max", [{**tensor, "shape": [9, 16]}, {**other, "shape": [9, 16]}])
@@ -288,12 +295,21 @@ def _stats(server: ServerProcess, model: str, version: str) -> dict[str, Any]:
     return json.loads(body)["model_stats"][0]  # type: ignore[no-any-return]
 
 
+def _metric(server: ServerProcess, name: str, model: str, version: str) -> float:
+    status, body = http_get(server.http_url + "/metrics")
+    assert status == 200
+    match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
+    assert match, f"no {name} for {model} {version}"
+    return float(match.group(1))
+
+
 def test_concurrent_requests_get_their_own_rows_and_are_counted(
     servers: tuple[ServerProcess, ServerProcess, Path],
 ) -> None:
     lane, off, _ = servers
     _warm(lane, off)
     before = _stats(lane, "batched", "2")
+    success_before = _metric(lane, "nv_inference_request_success", "batched", "2")
     jobs = [(float(i), 1 + i % 3) for i in range(120)]
     with ThreadPoolExecutor(24) as pool:
         got = list(pool.map(lambda job: _client_infer(lane, *job), jobs))
@@ -306,6 +322,9 @@ def test_concurrent_requests_get_their_own_rows_and_are_counted(
     success = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     assert success == len(jobs)
     assert int(after["inference_count"]) - int(before["inference_count"]) == sum(b for _, b in jobs)
+    queued = int(after["inference_stats"]["queue"]["count"]) - int(before["inference_stats"]["queue"]["count"])
+    assert queued == len(jobs)
+    assert _metric(lane, "nv_inference_request_success", "batched", "2") - success_before == len(jobs)
     # one request with curl, on each server: the same output
     outputs = []
     for server in (lane, off):
@@ -356,3 +375,19 @@ def test_unload_and_reload_mid_traffic(servers: tuple[ServerProcess, ServerProce
     _warm(lane, off)
     response = _same(lane, off, _binary(version="2", seed=5.0))[0]
     assert response.startswith(b"HTTP/1.1 200")
+
+
+def test_python_models_stay_on_the_asgi_path(servers: tuple[ServerProcess, ServerProcess, Path]) -> None:
+    """A Python model may answer each request with its own parameters: the lane never takes it."""
+    lane, off, _ = servers
+    _warm(lane, off)
+    responses = []
+    for first in (0.0, -4.0, 0.0):  # -4: the model answers with response parameters
+        x = np.full((2, 4), first, dtype=np.float32)
+        x[1] = 3.0
+        head = json.dumps({"inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}]}).encode()  # fmt: skip
+        responses.append(_same(lane, off, _request("py_each", head + x.tobytes(), len(head)))[0])
+    assert all(response.startswith(b"HTTP/1.1 200") for response in responses)
+    assert b'"parameters":{"mode":"params","rows":2}' in responses[1]
+    assert "model 'py_each'" not in "\n".join(line for line in lane.log().splitlines() if LANE_LOG in line)

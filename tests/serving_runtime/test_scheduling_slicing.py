@@ -6,6 +6,8 @@ rows back in order; errors, cancellation and unloading end a sliced request once
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,3 +175,33 @@ async def test_unloading_fails_a_sliced_request_with_model_not_ready() -> None:
     with pytest.raises(ModelNotReady):
         await background
     assert np.array([run[0] for run in instance.runs]).tolist() == [1, 4]
+
+
+class InlineInstance(FakeInstance):
+    """A FakeInstance the batcher may run on the event loop's thread; records whether each run did."""
+
+    inline_safe = True
+
+    def __init__(self, compute_s: float) -> None:
+        super().__init__(compute_s)
+        self.on_loop: list[bool] = []
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        return super().execute(inputs, outputs)
+
+
+async def test_a_real_time_request_run_inline_counts_as_recent_real_time_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small model runs a lone real-time request on the event loop (no batch ends on a worker): a
+    background request too big to run inline, right after it, is still cut into slices."""
+    from shipyard.serving_runtime.scheduling import dynamic
+
+    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 20_000_000)  # 1 row (~2 ms) inline, 32 rows (~64 ms) not
+    instance = InlineInstance(compute_s=0.002)
+    s = scheduler([instance], mbs=32, extra=SLICED.format(rows=8, recent_us=10_000_000))
+    check(await s.submit(request(1, priority=2)), 1)  # background work (not real time): a first cost estimate
+    check(await s.submit(request(2)), 2)
+    assert instance.on_loop == [False, True]  # the real-time request ran inline
+    check(await s.submit(request(3, rows=32, priority=2)), 3, rows=32)
+    assert [run[0] for run in instance.runs[2:]] == [8, 8, 8, 8]
+    s.close()

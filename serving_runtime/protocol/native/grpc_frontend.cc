@@ -476,21 +476,30 @@ class Frontend final : public grpc::CallbackGenericService {
         if (answers_.empty()) return;  // stopping, and nothing left to write
         batch.swap(answers_);
       }
-      for (auto& answer : batch) {
-        Call* call = nullptr;
-        {
-          std::lock_guard<std::mutex> lock(calls_mu_);
-          auto found = calls_.find(answer.id);
-          if (found == calls_.end()) continue;  // the call has ended (cancelled)
-          call = found->second;
-          call->Ref();
-        }
-        call->Send(answer.has_message ? &answer.message : nullptr, answer.finish, std::move(answer.status));
-        call->Unref();
-      }
+      Deliver(batch);
       batch.clear();
     }
   }
+
+ public:
+  // Hands ``answers`` to grpc on the calling thread (the writer, or an instance thread that has
+  // just computed them: FastBatch.complete(now=True)); never the event loop's thread.
+  void Deliver(std::deque<Answer>& answers) {
+    for (auto& answer : answers) {
+      Call* call = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(calls_mu_);
+        auto found = calls_.find(answer.id);
+        if (found == calls_.end()) continue;  // the call has ended (cancelled)
+        call = found->second;
+        call->Ref();
+      }
+      call->Send(answer.has_message ? &answer.message : nullptr, answer.finish, std::move(answer.status));
+      call->Unref();
+    }
+  }
+
+ private:
 
   void StopWriter() {
     {
@@ -701,8 +710,10 @@ class FastBatch {
 
   // ``outputs``: (name, datatype, C-contiguous array) per output the backend returned, in the
   // order a request that names no outputs gets them. Splits rows per request (a group of one
-  // request sends the arrays whole), serializes and queues each response.
-  void Complete(const py::list& outputs) {
+  // request sends the arrays whole), serializes and queues each response for the writer thread,
+  // or with ``now`` hands them to grpc on this thread (an instance thread, never the event loop's:
+  // one thread wake-up less per answer, docs/serving.md "Latency at concurrency 1").
+  void Complete(const py::list& outputs, bool now) {
     Claim();
     auto& group = *group_;
     const auto& sig = *group.sig;
@@ -760,7 +771,11 @@ class FastBatch {
       }
       start += r.batch;
     }
-    frontend_->QueueAnswers(answers);
+    if (now) {
+      frontend_->Deliver(answers);
+    } else {
+      frontend_->QueueAnswers(answers);
+    }
   }
 
   // Every request of the group ends with this status.
@@ -851,7 +866,7 @@ PYBIND11_MODULE(_grpc_native, m) {
       .def_property_readonly("arrivals", &FastBatch::arrivals)
       .def_property_readonly("outputs", &FastBatch::outputs)
       .def("inputs", &FastBatch::Inputs)
-      .def("complete", &FastBatch::Complete, py::arg("outputs"))
+      .def("complete", &FastBatch::Complete, py::arg("outputs"), py::arg("now") = false)
       .def("fail", &FastBatch::Fail, py::arg("code"), py::arg("message"))
       .def("fallback", &FastBatch::FallbackChecked)
       .def_property_readonly("rows", &FastBatch::rows)
