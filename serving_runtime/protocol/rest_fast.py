@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _TOP_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 _TENSOR_KEYS = frozenset({"name", "datatype", "shape", "parameters", "data"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
 _REFUSED_HEADERS = frozenset({b"transfer-encoding", b"content-encoding", b"expect"})
 _CT_BINARY = b"content-type: application/octet-stream\r\n"
 _CT_JSON = b"content-type: application/json\r\n"
@@ -67,7 +68,7 @@ class _NoEvent:
 class _Route:
     """A registered infer path and the model version it served when registered."""
 
-    __slots__ = ("alone", "inputs", "mbs", "model", "name", "order", "outputs", "url", "variable", "version")
+    __slots__ = ("alone", "inputs", "mbs", "model", "name", "order", "outputs", "plans", "url", "variable", "version")
 
     def __init__(self, url: bytes, name: str, version: str | None, model: ModelLike) -> None:
         rules = rules_for(model)
@@ -80,6 +81,18 @@ class _Route:
         self.mbs = int(model.max_batch_size)
         self.alone = not model.config.HasField("dynamic_batching")  # the default scheduler: one request a run
         self.variable = any(f.item_count == 0 for f in rules.fast_inputs.values())
+        self.plans: dict[bytes, _Plan] = {}  # JSON header -> what it was parsed to (binary tensors only)
+
+
+class _Plan:
+    """What a JSON header with binary tensors only parsed to: a request with the same header bytes
+    and body length is the same request but for its tensor bytes, so it is not parsed again."""
+
+    __slots__ = ("items", "key", "length", "request", "tensors")
+
+    def __init__(self, length: int, items: int, request: DecodedRequest, key: tuple[Any, ...]) -> None:
+        self.length, self.items, self.request, self.key = length, items, request, key
+        self.tensors: list[tuple[str, np.dtype, int, int, tuple[int, ...]]] = []  # name, dtype, count, offset, shape
 
 
 class Pending:
@@ -153,9 +166,7 @@ class RestLane:
             return
         from shipyard.serving_runtime.protocol.native_fast import ineligible
 
-        reason = ineligible(model, version or "")
-        if reason is None and getattr(model, "backend", "") == "python":
-            reason = "a Python model sees each request and may answer with its own parameters"
+        reason = ineligible(model, version or "") or _lane_reason(model)
         if reason is not None:
             log.debug("model %r: REST requests take the ASGI path: %s", name, reason)
             try:
@@ -289,12 +300,45 @@ class RestLane:
             task.cancel()
 
 
+_MAX_PLANS = 64  # per route; beyond it the cache starts over (headers that differ per request)
+
+
+def _lane_reason(model: ModelLike) -> str | None:
+    """What rules out the lane beyond ``native_fast.ineligible`` (which the gRPC fast path widens
+    with its own per-request handling): the lane runs plain groups on the dynamic batcher only."""
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+
+    if type(getattr(model, "scheduler", None)) is not DynamicBatcher:
+        return "its scheduler is not the dynamic batcher"
+    if getattr(model, "backend", "") == "python":
+        return "a Python model sees each request and may answer with its own parameters"
+    return None
+
+
 def _parse(pending: Pending, body: bytes) -> bool:
     """Fill ``pending`` from ``body`` when the ASGI path would serve it exactly so; else False."""
+    header_length = pending.header_length
+    if header_length is None:
+        return _parse_header(pending, body, None)
+    header = body[:header_length]
+    plan = pending.route.plans.get(header)
+    if plan is None:
+        return _parse_header(pending, body, header)
+    if plan.length != len(body):
+        return False  # binary sizes are fixed by the header: the ASGI path refuses this body
+    inputs = pending.inputs
+    for name, dtype, count, offset, shape in plan.tensors:
+        inputs[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+    pending.items, pending.request, pending.key = plan.items, plan.request, plan.key
+    return True
+
+
+def _parse_header(pending: Pending, body: bytes, header: bytes | None) -> bool:
+    """``_parse`` without a plan; records one for ``header`` when every tensor is binary."""
     route = pending.route
     header_length = pending.header_length
     try:
-        obj = json_loads(body if header_length is None else memoryview(body)[:header_length])
+        obj = json_loads(body if header is None else header)
     except ValueError:
         return False
     if type(obj) is not dict or not _TOP_KEYS.issuperset(obj):
@@ -315,6 +359,7 @@ def _parse(pending: Pending, body: bytes) -> bool:
     inputs = pending.inputs
     batch = 0
     shapes: list[tuple[int, ...]] = []
+    plan: list[tuple[str, np.dtype, int, int, tuple[int, ...]]] | None = [] if header is not None else None
     for tensor in tensors:
         if type(tensor) is not dict or not _TENSOR_KEYS.issuperset(tensor):
             return False
@@ -346,8 +391,11 @@ def _parse(pending: Pending, body: bytes) -> bool:
             if nbytes != count * spec[1].itemsize or offset + nbytes > len(body):
                 return False
             array = np.frombuffer(body, dtype=spec[1], count=count, offset=offset).reshape(shape)
+            if plan is not None:
+                plan.append((name, spec[1], count, offset, tuple(shape)))
             offset += nbytes
         elif "data" in tensor:
+            plan = None
             try:
                 array = decode_values(name, spec[0], tuple(shape), tensor["data"])
             except InvalidArgument:
@@ -362,6 +410,11 @@ def _parse(pending: Pending, body: bytes) -> bool:
     pending.items = batch
     pending.request = DecodedRequest([], requested[1], request_id, params or {})
     pending.key = (route, requested[0], tuple(shapes))
+    if plan is not None and header is not None:
+        if len(route.plans) >= _MAX_PLANS:
+            route.plans.clear()
+        recorded = route.plans[header] = _Plan(len(body), batch, pending.request, pending.key)
+        recorded.tensors = plan
     return True
 
 
@@ -374,7 +427,7 @@ def _requested(outputs: Any, route: _Route) -> tuple[tuple[str, ...], list[Reque
     names: list[str] = []
     requested: list[RequestedOutput] = []
     for out in outputs:
-        if type(out) is not dict or not {"name", "parameters"}.issuperset(out):
+        if type(out) is not dict or not _OUTPUT_KEYS.issuperset(out):
             return None
         name = out.get("name")
         if type(name) is not str or name not in route.outputs or name in names:

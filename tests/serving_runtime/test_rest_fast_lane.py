@@ -170,6 +170,9 @@ def _mutations() -> list[tuple[str, bytes]]:
         raw, length = body(inputs, data, **top)
         cases.append((what, _request(model, raw, length)))
 
+    add("valid (its header is parsed once, then reused)", [tensor, other])
+    add("the same header, bytes left over", [tensor, other], b"\0" * 130)
+    add("the same header, bytes missing", [tensor, other], b"\0" * 100)
     add("wrong datatype", [{**tensor, "datatype": "FP64"}, other])
     add("wrong shape", [{**tensor, "shape": [1, 15]}, other])
     add("batch over max", [{**tensor, "shape": [9, 16]}, {**other, "shape": [9, 16]}])
