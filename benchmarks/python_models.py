@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import threading
 import time
@@ -117,6 +118,9 @@ def _pipeline_spec(mlp: ModelSpec) -> ModelSpec:
     return ModelSpec("pipeline", mlp.onnx_path, mlp.inputs, (TensorSpec("top", "INT64", (5,)),))
 
 
+SHIPYARD_ARGS: list[str] = []  # --shipyard-args (e.g. "--no-grpc-fast-path" for an A/B)
+
+
 def _start_shipyard(repo: Path, workdir: Path) -> tuple[ServerProcess, int]:
     grpc_port, http_port = common.free_port(), common.free_port()
     argv = common.python_module_argv(
@@ -129,6 +133,7 @@ def _start_shipyard(repo: Path, workdir: Path) -> tuple[ServerProcess, int]:
         str(http_port),
         "--grpc-port",
         str(grpc_port),
+        *SHIPYARD_ARGS,
     )
     server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard-python.log", env={"OMP_NUM_THREADS": "1"})
     server.start()
@@ -260,7 +265,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", choices=CLIENTS, default="native")
     parser.add_argument("--servers", default="triton,shipyard", help="comma-separated: triton, shipyard")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--shipyard-args", default="", help='more flags for shipyard\'s server, e.g. "--no-grpc-fast-path"'
+    )
     args = parser.parse_args(argv)
+    SHIPYARD_ARGS[:] = shlex.split(args.shipyard_args)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.5)
     args.window = args.window if args.window is not None else (1.0 if args.quick else 4.0)

@@ -50,8 +50,9 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
     why not.
 
     Eligible: a model served by the dynamic batcher itself (no sequence batching, response cache,
-    ensemble scheduler, decoupled transaction policy) with ``max_batch_size`` >= 1 (a Python model's
-    groups reach its ``execute`` request by request: ``native_fast_python``),
+    decoupled transaction policy), or an ensemble's scheduler, with ``max_batch_size`` >= 1 (a Python
+    model's groups reach its ``execute`` request by request, an ensemble runs each request on its
+    own: ``native_fast_python``),
     with ``dynamic_batching`` (groups of any number of requests) or without (the default
     scheduler: groups of one request, so each still runs alone), and fixed-size datatypes on every
     input and output. Priority levels and queue policies are fine (``_queueing_reason``): a group
