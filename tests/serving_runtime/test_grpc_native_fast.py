@@ -241,7 +241,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("batched", {"inputs": _inputs(1, 0.0, ("INPUT0", "INPUT1", "INPUT2"))}),  # an unknown input
     ("batched", {"inputs": _inputs(1, 0.0), "outputs": [grpcclient.InferRequestedOutput("NOPE")]}),
     ("batched", {"inputs": _inputs(1, 0.0), "model_version": "7"}),
-    ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"priority": -1}}),
+    ("batched", {"inputs": _inputs(1, 0.0), "priority": 3}),  # a priority on a model without levels
     ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"custom": "kept"}}),  # valid, Python path
     ("missing", {"inputs": _inputs(1, 0.0)}),
     # two priority levels as publish writes them: plain requests on the fast path, the rest on Python's
