@@ -184,7 +184,7 @@ class DynamicBatcher:
         if self._loop is None:
             self._loop = loop
             for worker in self._workers:
-                worker.start(loop.call_soon_threadsafe, self._on_batch_done)
+                worker.start(loop.call_soon_threadsafe, self._on_batch_done, self._queue.__len__)
         elif self._loop is not loop:
             raise RuntimeError(f"{self._where}: the scheduler is bound to another event loop")
         return loop

@@ -76,14 +76,23 @@ class InstanceWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._post: Callable[[Callable[[Batch], None], Batch], object] | None = None
         self._on_done: Callable[[Batch], None] | None = None
+        self._backlog: Callable[[], int] | None = None
         self._entered = threading.Event()  # set when the current batch has entered the backend
         self._use = threading.Lock()  # one batch at a time on the instance, and never during close
         self._closed = False
 
-    def start(self, post: Callable[[Callable[[Batch], None], Batch], object], on_done: Callable[[Batch], None]) -> None:
-        """Start the thread; results are delivered with ``post(on_done, batch)``."""
+    def start(
+        self,
+        post: Callable[[Callable[[Batch], None], Batch], object],
+        on_done: Callable[[Batch], None],
+        backlog: Callable[[], int] | None = None,
+    ) -> None:
+        """Start the thread; results are delivered with ``post(on_done, batch)``. ``backlog()``:
+        requests waiting for an instance (read from this thread; while any wait, the loop answers
+        a finished batch and this thread goes on to the next one: see ``answer_early``)."""
         self._post = post
         self._on_done = on_done
+        self._backlog = backlog
         self._thread.start()
 
     @property
@@ -155,7 +164,7 @@ class InstanceWorker:
                 assert isinstance(item, Batch)
                 with self._use:
                     self.run_batch(item)
-                senders = answer_early(item)
+                senders = answer_early(item) if self._backlog is None or not self._backlog() else []
                 try:
                     assert self._post is not None and self._on_done is not None
                     self._post(self._on_done, item)
@@ -213,7 +222,9 @@ def answer_early(batch: Batch) -> list[Callable[[], None]]:
     (``InferenceRequest.answer_early``: the native gRPC fast path), to call right after the batch's
     completion was posted to the event loop: that post queues the statistics and futures ahead of
     anything the client can send once it has its answer, and the answer skips the loop's wake-up
-    and turn (docs/serving.md, "Latency at concurrency 1"). Never raises."""
+    and turn (docs/serving.md, "Latency at concurrency 1"). Only while no request waits for an
+    instance: under load this thread starts the next batch and the loop answers, as before.
+    Never raises."""
     if batch.error is not None:
         return []
     senders = []

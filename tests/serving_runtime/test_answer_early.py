@@ -69,6 +69,23 @@ def test_a_failed_batch_is_not_answered_early() -> None:
     asyncio.run(main())
 
 
+def test_with_requests_waiting_the_loop_answers_and_the_instance_goes_on() -> None:
+    async def main() -> None:
+        instance = FakeInstance(gated=True)
+        batcher = scheduler([instance])
+        calls: list[int] = []
+        first = asyncio.ensure_future(batcher.submit(_group([1.0], lambda outputs: calls.append(1))))
+        await asyncio.sleep(0)  # the group runs (held at the gate)
+        second = asyncio.ensure_future(batcher.submit(InferenceRequest({"x": np.ones((1, 4), np.float32)})))
+        await asyncio.sleep(0)  # queued behind it
+        instance.gate.set()
+        assert (await first)["y"][0, 0] == 2.0 and (await second)["y"][0, 0] == 2.0
+        assert calls == []  # a request was waiting when the group finished: not answered from the thread
+        batcher.close()
+
+    asyncio.run(main())
+
+
 def test_an_idle_instance_starts_a_group_at_once() -> None:
     async def main() -> None:
         instance = FakeInstance(gated=True)
