@@ -121,8 +121,10 @@ def _print_profile(profiler: Any) -> None:
     import pstats
 
     stats = pstats.Stats(profiler)
-    wanted = ("data_received", "on_headers_complete", "on_message_complete", "complete", "_parse", "_flush", "_run",
-              "infer", "_answer_all", "encode_response", "_respond", "on_response_complete")  # fmt: skip
+    wanted = set(
+        "data_received on_headers_complete on_message_complete complete parse _parse_header _flush _run infer "
+        "answer_all encode_response _respond on_response_complete".split()
+    )
     rows = []
     for (path, _line, name), (_cc, calls, _tt, cumulative, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if name in wanted and ("rest_fast" in path or "httptools" in path or "http_limits" in path

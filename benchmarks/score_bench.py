@@ -142,7 +142,41 @@ def mixed(port: int, model: common.ModelSpec, data: Path, work: Path, batch_size
         scorer.kill()
         scorer.wait(10)
     return {"realtime": cell, "batch_rows_per_s": (rows1 - rows0) / (t1 - t0), "batch_size": batch_size,
-            "batch_ran_throughout": still_running}  # fmt: skip
+            "batch_ran_throughout": still_running, "same_as_alone": same_as_alone(port, model, data, out)}  # fmt: skip
+
+
+def same_as_alone(port: int, model: common.ModelSpec, data: Path, out: Path, part_rows: int = 1024) -> dict[str, Any]:
+    """The co-batched job's predictions against the job alone, by key and bit for bit: the last part the job
+    wrote (while the real-time client ran: the job is killed when the window ends), scored again through the
+    same server with nothing else running (128-row requests at the lowest priority)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import tritonclient.grpc as grpcclient
+
+    written = sorted(out.glob("part-*.parquet"))
+    if not written:
+        return {"rows": 0, "identical": None}
+    index = int(written[-1].stem.split("-")[1])
+    got = pq.read_table(written[-1])
+    source = pq.ParquetFile(data).read().slice(index * part_rows, got.num_rows)
+    assert source.column("id").to_pylist() == got.column("id").to_pylist(), "part rows are not the input's rows"
+    x = np.asarray(source.column("x").combine_chunks().flatten()).reshape(got.num_rows, -1)
+    client = grpcclient.InferenceServerClient(f"{common.LOOPBACK}:{port}")
+    outputs = [name for name in got.column_names if name != "id"]
+    alone: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for start in range(0, got.num_rows, 128):
+        item = grpcclient.InferInput(model.inputs[0].name, list(x[start : start + 128].shape), "FP32")
+        item.set_data_from_numpy(np.ascontiguousarray(x[start : start + 128]))
+        answer = client.infer(MODEL, [item], priority=2)
+        for name in outputs:
+            alone[name].append(answer.as_numpy(name))
+    client.close()
+    identical = all(
+        np.array_equal(np.concatenate(alone[name]).reshape(got.num_rows, -1),
+                       np.asarray(got.column(name).combine_chunks().flatten()).reshape(got.num_rows, -1))
+        for name in outputs
+    )  # fmt: skip
+    return {"rows": got.num_rows, "identical": identical}
 
 
 def kill_and_restart(
@@ -258,6 +292,11 @@ def report(results: dict[str, Any]) -> str:
             f"| batch job next to real-time / alone (batch {size}), median of {len(pairs)} | {share:.2f}x | "
             f">= {TARGETS['batch_share']}x | {share >= TARGETS['batch_share']} |",
         ]  # fmt: skip
+    same = [cell["same_as_alone"] for entry in results["rounds"] for cell in entry["mixed"] if "same_as_alone" in cell]
+    if same:
+        rows, identical = sum(c["rows"] for c in same), all(c["identical"] is not False for c in same)
+        lines.append(f"| predictions of the job next to real-time = the job alone (by key, bit for bit) | {rows} rows "
+                     f"compared | equal | {identical} |")  # fmt: skip
     kill = results["kill_restart"]
     done = kill["rows_at_kill"] >= kill["input_rows"] or not kill["killed_while_running"]
     finished = "; every part was written: the resume was not exercised" if done else ""

@@ -21,4 +21,4 @@ def test_rest_lane_cost_reports_both_paths() -> None:
     match = re.search(r"lane ([\d.]+) µs, ASGI path ([\d.]+) µs per request", done.stdout)
     assert match, done.stdout
     assert float(match.group(1)) > 0 and float(match.group(2)) > 0
-    assert "rest_fast.py:_parse" in done.stdout  # the lane took the requests (the profile shows its parser)
+    assert "rest_fast_codec.py:parse" in done.stdout  # the lane took the requests (the profile shows its parser)

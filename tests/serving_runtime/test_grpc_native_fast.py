@@ -65,6 +65,13 @@ TIMEOUT_CONFIG = SLOW_PRIO_CONFIG.format(
     "priority_queue_policy { key: 1 value: { default_timeout_microseconds: 100000 } }",
 )
 
+# the default level 1's requests move behind every other after 100 ms in the queue (DELAY)
+DELAY_CONFIG = SLOW_PRIO_CONFIG.format(
+    name="delay",
+    batching="priority_levels: 2 default_priority_level: 1 "
+    "priority_queue_policy { key: 1 value: { default_timeout_microseconds: 100000 timeout_action: DELAY } }",
+)
+
 # the default level 1 holds 2 requests at most
 SLOW_BOUNDED_CONFIG = SLOW_PRIO_CONFIG.format(
     name="slowbounded",
@@ -143,6 +150,7 @@ def _repository(root: Path) -> Path:
     write_model(root, "lowdefault", {1: slow_onnx()}, LOW_DEFAULT_CONFIG)
     write_model(root, "timeout", {1: slow_onnx()}, TIMEOUT_CONFIG)
     write_model(root, "slowbounded", {1: slow_onnx()}, SLOW_BOUNDED_CONFIG)
+    write_model(root, "delay", {1: slow_onnx()}, DELAY_CONFIG)
     write_model(root, "background", {1: slow_onnx()}, BACKGROUND_CONFIG)
     write_model(root, "bgdefault", {1: simple_onnx(0.0)}, BACKGROUND_DEFAULT_CONFIG)
     return root
@@ -233,7 +241,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("batched", {"inputs": _inputs(1, 0.0, ("INPUT0", "INPUT1", "INPUT2"))}),  # an unknown input
     ("batched", {"inputs": _inputs(1, 0.0), "outputs": [grpcclient.InferRequestedOutput("NOPE")]}),
     ("batched", {"inputs": _inputs(1, 0.0), "model_version": "7"}),
-    ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"priority": -1}}),
+    ("batched", {"inputs": _inputs(1, 0.0), "priority": 3}),  # a priority on a model without levels
     ("batched", {"inputs": _inputs(1, 0.0), "parameters": {"custom": "kept"}}),  # valid, Python path
     ("missing", {"inputs": _inputs(1, 0.0)}),
     # two priority levels as publish writes them: plain requests on the fast path, the rest on Python's
@@ -531,6 +539,19 @@ def test_queue_timeouts_are_the_python_paths(servers: tuple[ServerProcess, Serve
     timed_out = ("StatusCode.UNAVAILABLE", "request timed out in the queue of model 'timeout' version 1 before it ran")
     want = {**{f"plain{i}": timed_out for i in range(4)}, "blocker": ("OK", ""), "level2": ("OK", "")}
     assert got == [(want, 4), (want, 4)]
+
+
+def test_delayed_groups_move_behind_lower_levels_as_on_the_python_path(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """Plain requests (level 1) past their 100 ms DELAY timeout move behind a level-2 request sent
+    after them (64 rows: it runs alone), on both paths; without the timeout they would run first."""
+    orders = []
+    for server in servers:
+        answers = _behind_a_blocker(server, "delay", [[("plain0", 1, 0), ("plain1", 1, 0)], [("level2", 64, 2)]])
+        assert all(answers[tag] == ("OK", "") for tag in ("blocker", "plain0", "plain1", "level2"))
+        orders.append([tag.rstrip("01") for tag in answers["order"]])
+    assert orders == [["blocker", "level2", "plain", "plain"]] * 2
 
 
 def test_a_full_priority_level_refuses_as_the_python_path(servers: tuple[ServerProcess, ServerProcess]) -> None:

@@ -391,3 +391,29 @@ def test_python_models_stay_on_the_asgi_path(servers: tuple[ServerProcess, Serve
     assert all(response.startswith(b"HTTP/1.1 200") for response in responses)
     assert b'"parameters":{"mode":"params","rows":2}' in responses[1]
     assert "model 'py_each'" not in "\n".join(line for line in lane.log().splitlines() if LANE_LOG in line)
+
+
+def test_a_body_in_pieces_and_a_client_that_leaves(servers: tuple[ServerProcess, ServerProcess, Path]) -> None:
+    lane, off, _ = servers
+    _warm(lane, off)
+    payload = _binary(batch=8, seed=4.0)
+    head_end = payload.index(b"\r\n\r\n") + 4
+    answers = []
+    for server in (lane, off):
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in (
+                payload[:20],
+                payload[20:head_end],
+                payload[head_end : head_end + 100],
+                payload[head_end + 100 :],
+            ):
+                sock.sendall(piece)
+                time.sleep(0.05)
+            answers.append(_read_response(sock, bytearray()))
+    assert answers[0] == answers[1] and answers[0].startswith(b"HTTP/1.1 200")
+    for _ in range(20):  # clients that send a request and go away at once
+        with socket.create_connection(("127.0.0.1", lane.http_port), timeout=10) as sock:
+            sock.sendall(_binary(batch=2))
+    assert _same(lane, off, _binary(seed=9.0))[0].startswith(b"HTTP/1.1 200")
+    assert "Traceback" not in lane.log()

@@ -140,3 +140,30 @@ async def test_unloading_fails_a_riding_background_request_with_model_not_ready(
     with pytest.raises(ModelNotReady):
         await background
     assert np.array([run[0] for run in instance.runs]).tolist()[:2] == [1, 4]
+
+
+async def test_a_native_fast_path_group_is_real_time_work_and_is_topped_up() -> None:
+    """A group of client requests (the native gRPC fast path: ``group_arrivals_ns``) at the default level
+    marks real-time work as recent (the background request is sliced) and carries background rows."""
+    import time
+
+    instance = FakeInstance(gated=True)
+    s = scheduler([instance], mbs=16, extra=COBATCHED.format(rows=2, fill=6))
+    now = time.monotonic_ns()
+    group = request(1, rows=2)
+    group.group_arrivals_ns = [now, now]
+    first = asyncio.ensure_future(s.submit(group))
+    await until(lambda: instance.started == 1)
+    background = asyncio.ensure_future(s.submit(request(10, rows=9, priority=2)))
+    second = request(2, rows=2)
+    second.group_arrivals_ns = [now, now]
+    late = asyncio.ensure_future(s.submit(second))
+    await asyncio.sleep(0.02)
+    instance.gate.set()
+    check(await first, 1, rows=2)
+    check(await late, 2, rows=2)
+    check(await background, 10, rows=9)
+    # the second group rode with 4 of the job's rows; the other 5 ran in slices of 2 (real-time is recent)
+    assert [run[0] for run in instance.runs] == [2, 6, 2, 2, 1]
+    assert s.stats.success.count == 2 + 2 + 1  # each group counts its client requests; the job once
+    s.close()
