@@ -231,8 +231,6 @@ class FastPath:
         if group is not None:
             self._members.add(batch, group)
         answer = _EarlyAnswer(entry, model, batch)
-        if group is not None and not native_fast_python.per_member(model):
-            group.answer_early = native_fast_python.early_when_joined(answer.prepare)
         request = group or InferenceRequest(
             inputs=batch.inputs(),
             outputs=batch.outputs,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -92,16 +92,6 @@ async def infer_each(model: ModelLike, group: RequestGroup, batch: Any, members:
 def group_request(batch: Any) -> RequestGroup:
     """The scheduler's request for a native group of a Python model's requests."""
     return make_group(batch.inputs(), batch.rows, batch.ids, batch.requested, batch.arrivals, batch.outputs)
-
-
-def early_when_joined(prepare: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A group's ``answer_early`` (``native_fast._EarlyAnswer``) for joined outputs only: any other
-    outcome is answered request by request on the event loop (``answered_each``)."""
-
-    def early(results: Any) -> Any:
-        return prepare(results) if getattr(results, "joined", False) else None
-
-    return early
 
 
 def _status(error: ServingError) -> tuple[int, str]:
