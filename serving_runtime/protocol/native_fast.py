@@ -34,6 +34,7 @@ import numpy as np
 from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import BackendError, ModelNotReady, QueueFull, ServingError
 from shipyard.serving_runtime.protocol import native_fast_python
+from shipyard.serving_runtime.protocol.eager import start_eagerly
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import rules_for
@@ -136,7 +137,7 @@ class FastPath:
         self._keys: dict[tuple[str, str], int] = {}
         self._refused: dict[tuple[str, str], weakref.ReferenceType[Any]] = {}  # ineligible, last seen
         self._next_handle = 1
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._members = native_fast_python.Members()  # Python models' requests in progress
 
     # -- registration ----------------------------------------------------------------------------
@@ -207,11 +208,18 @@ class FastPath:
     # -- groups ----------------------------------------------------------------------------------
 
     def run(self, batches: list[Any]) -> None:
-        """Start each group the native frontend handed over (on the event loop)."""
+        """Start each group the native frontend handed over (on the event loop): at once, up to its
+        first wait, so that it reaches its batcher on this turn of the loop (``eager.py``)."""
+        loop = asyncio.get_running_loop()
         for batch in batches:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                task = start_eagerly(loop, self._run(batch))
+            except Exception:  # _run answers its own errors; never expected
+                log.exception("starting a fast-path group failed")
+                continue
+            if task is not None:
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: Any) -> None:
         served = self._served(batch.handle)

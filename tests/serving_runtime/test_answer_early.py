@@ -207,3 +207,59 @@ def test_concurrent_requests_get_their_own_answers(mlp_server: tuple[Any, list[n
     with ThreadPoolExecutor(8) as pool:
         for x, y in pool.map(lambda seed: _ask(server, seed), range(64)):
             np.testing.assert_allclose(y, _reference(x, weights), rtol=1e-4, atol=1e-4)
+
+
+# -- eager start of a fast-path group (protocol/eager.py) ----------------------------------------
+
+
+def test_start_eagerly_runs_at_once_then_as_a_task() -> None:
+    from shipyard.serving_runtime.protocol.eager import start_eagerly
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        steps: list[str] = []
+        gate = loop.create_future()
+
+        async def work() -> str:
+            steps.append("started")
+            value = await gate
+            steps.append("resumed")
+            return value
+
+        task = start_eagerly(loop, work())
+        assert steps == ["started"]  # before any turn of the loop
+        assert task is not None and not task.done()
+        gate.set_result("done")
+        assert await task == "done" and steps == ["started", "resumed"]
+
+        async def quick() -> int:
+            return 7
+
+        assert start_eagerly(loop, quick()) is None  # finished without waiting
+
+        cleaned: list[str] = []
+
+        async def cancelled() -> None:
+            try:
+                await loop.create_future()
+            except asyncio.CancelledError:
+                cleaned.append("cleanup ran")  # as the fast path fails its group on shutdown
+                raise
+
+        task = start_eagerly(loop, cancelled())
+        assert task is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["cleanup ran"] and task.cancelled()
+
+        async def failing() -> None:
+            await asyncio.sleep(0)
+            raise ValueError("boom")
+
+        task = start_eagerly(loop, failing())
+        assert task is not None
+        with pytest.raises(ValueError, match="boom"):
+            await task
+
+    asyncio.run(main())
