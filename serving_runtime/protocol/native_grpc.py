@@ -243,10 +243,10 @@ class NativeGrpcFrontend:
         except Exception as exc:
             send(call_id, None, True, *_status(method, exc))
         else:
-            send(call_id, data)
-            if method is self._infer_method:
+            if method is self._infer_method:  # before the answer: a client that has it finds the model registered
                 assert self._fast is not None
                 self._fast.observe(request.model_name, request.model_version)
+            send(call_id, data)
         finally:
             self._calls.pop(call_id, None)
 
