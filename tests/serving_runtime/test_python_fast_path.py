@@ -33,6 +33,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
 
     if (reason := native_grpc.unavailable_reason()) is not None:
         pytest.skip(reason)
+    from shipyard.serving_runtime.protocol import native_fast_python
+
+    if not native_fast_python.supported():
+        pytest.skip("the native gRPC module predates FastBatch.answer_each; rebuild it with `make native`")
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO, repo, dirs_exist_ok=True)
     started: list[ServerProcess] = []
