@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shipyard.serving_runtime.backends.base import BackendInstance
 from shipyard.serving_runtime.scheduling.api import Scheduler
-from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher, settings_from_config
+from shipyard.serving_runtime.scheduling.batching import settings_from_config
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
 
 def create_scheduler(

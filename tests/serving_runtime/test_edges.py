@@ -291,7 +291,7 @@ def test_a_request_whose_client_left_leaves_the_queue(server: ServerProcess) -> 
 
 def test_an_absurd_max_queue_delay_is_refused_at_load(tmp_path: Path) -> None:
     from shipyard.serving_runtime.errors import ModelConfigError
-    from shipyard.serving_runtime.scheduling.dynamic import BatchingSettings
+    from shipyard.serving_runtime.scheduling.batching import BatchingSettings
 
     with pytest.raises(ModelConfigError, match=r"max_queue_delay_microseconds must be in 0\.\.60000000"):
         BatchingSettings(max_batch_size=8, max_queue_delay_us=2**64 - 1).validate("model 'm'")

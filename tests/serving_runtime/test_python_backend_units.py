@@ -216,7 +216,8 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     from shipyard.serving_runtime.backends.python.instance import PythonInstance
     from shipyard.serving_runtime.errors import BackendError
     from shipyard.serving_runtime.scheduling.api import InferenceRequest
-    from shipyard.serving_runtime.scheduling.dynamic import BatchingSettings, DynamicBatcher
+    from shipyard.serving_runtime.scheduling.batching import BatchingSettings
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
     model = tmp_path / "echo" / "1" / "model.py"
     model.parent.mkdir(parents=True)
