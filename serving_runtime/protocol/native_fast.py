@@ -75,6 +75,8 @@ def ineligible(model: ModelLike, version: str = "") -> str | None:
         return "max_batch_size is 0"
     if getattr(model, "decoupled", False):
         return "decoupled models see each request"
+    if getattr(model, "backend", "") == "python" and not native_fast_python.python_models_on():
+        return "Python models take the Python path (SHIPYARD_PYTHON_FAST_PATH=1 puts them on the fast path)"
     if native_fast_python.per_request(model) and not native_fast_python.supported():
         return "Python models see each request, and the native module predates answer_each (rebuild it)"
     reason = _queueing_reason(config)

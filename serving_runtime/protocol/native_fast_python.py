@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,15 @@ from shipyard.serving_runtime.protocol.validate import collect_outputs
 from shipyard.serving_runtime.scheduling.group import GroupResults, RequestGroup, group_results, make_group
 
 _INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
+
+
+PYTHON_MODELS_ENV = "SHIPYARD_PYTHON_FAST_PATH"
+
+
+def python_models_on() -> bool:
+    """True when Python models take the fast path (``SHIPYARD_PYTHON_FAST_PATH=1``; off by default: on
+    the quiet machine it measured no faster than the Python path, docs/serving.md "Python models")."""
+    return os.environ.get(PYTHON_MODELS_ENV, "0") == "1"
 
 
 def supported() -> bool:

@@ -10,6 +10,7 @@ each with its own rows and id; statistics count each request; ``is_cancelled()``
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO, repo, dirs_exist_ok=True)
     started: list[ServerProcess] = []
+    previous = os.environ.get(native_fast_python.PYTHON_MODELS_ENV)
+    os.environ[native_fast_python.PYTHON_MODELS_ENV] = "1"  # off by default; the servers inherit it
     try:
         for flags in ((), ("--no-grpc-fast-path",)):
             server = start_server(
@@ -53,6 +56,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
             started.append(server)
         yield started[0], started[1]
     finally:
+        if previous is None:
+            os.environ.pop(native_fast_python.PYTHON_MODELS_ENV, None)
+        else:
+            os.environ[native_fast_python.PYTHON_MODELS_ENV] = previous
         for server in started:
             server.stop()
 

@@ -36,7 +36,8 @@ def _sizes(instance: FakeInstance) -> list[int]:
     return [run[0] for run in instance.runs]
 
 
-def test_a_closed_loop_runs_whole_batches_with_refill() -> None:
+def test_a_closed_loop_runs_whole_batches_with_refill(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REFILL_ENV, "1")
     refilled, plain = RefillInstance(compute_s=0.02), FakeInstance(compute_s=0.02)
     asyncio.run(_closed_loop(refilled, 8, 12))
     asyncio.run(_closed_loop(plain, 8, 12))
@@ -46,8 +47,12 @@ def test_a_closed_loop_runs_whole_batches_with_refill() -> None:
     assert len(refilled.runs) < len(plain.runs)
 
 
-def test_refill_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(REFILL_ENV, "0")
+@pytest.mark.parametrize("setting", ["0", None])
+def test_refill_is_off_by_default_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, setting: str | None) -> None:
+    if setting is None:
+        monkeypatch.delenv(REFILL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(REFILL_ENV, setting)
     instance = RefillInstance(compute_s=0.02)
     asyncio.run(_closed_loop(instance, 8, 12))
     assert statistics.median(_sizes(instance)) < 8
