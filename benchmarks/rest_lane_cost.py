@@ -25,33 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common, targets
-
-
-class _Transport(asyncio.Transport):
-    """Counts the responses written to it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answers = 0
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.answers += bytes(data).count(b"HTTP/1.1 ")
-
-    def close(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from benchmarks.rest_loop_cost import CountingTransport
 
 
 async def _stack(repo: Path, lane_on: bool) -> tuple[Any, Any, Any]:
@@ -82,7 +56,7 @@ async def _measure(repo: Path, request: bytes, lane_on: bool, connections: int, 
     pairs = []
     for _ in range(connections):
         protocol = factory(config=config, server_state=state, app_state={})
-        transport = _Transport()
+        transport = CountingTransport(b"HTTP/1.1 ")
         protocol.connection_made(transport)
         pairs.append((protocol, transport))
 

@@ -47,16 +47,17 @@ def _load(path: str | None) -> ModuleType:
     return module
 
 
-class _Transport(asyncio.Transport):
-    """Collects answers; the protocol under test writes here instead of a socket."""
+class CountingTransport(asyncio.Transport):
+    """Collects answers (counted by ``marker``); the protocol under test writes here instead of a socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: bytes = b"ok") -> None:
         super().__init__()
+        self.marker = marker
         self.answers = 0
         self.closing = False
 
     def write(self, data: Any) -> None:
-        self.answers += bytes(data).count(b"ok")
+        self.answers += bytes(data).count(self.marker)
 
     def close(self) -> None:
         self.closing = True
@@ -92,7 +93,7 @@ async def measure(limits_module: ModuleType, requests: int) -> float:
     config.load()
     protocol_class: Any = config.http_protocol_class
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = _Transport()
+    transport = CountingTransport()
     protocol.connection_made(transport)
 
     async def run(count: int) -> None:

@@ -235,3 +235,17 @@ def start_server(
         server.stop(signal.SIGKILL)
         raise
     return server
+
+
+def grpc_answer(server: ServerProcess, model: str, **kwargs: Any) -> bytes | tuple[str, str]:
+    """One ModelInfer through tritonclient: the serialized response, or (status, message) of the error."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    try:
+        return bytes(client.infer(model, **kwargs).get_response().SerializeToString())
+    except InferenceServerException as exc:
+        return (str(exc.status()), str(exc.message()))
+    finally:
+        client.close()

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_harness import SIMPLE_CONFIG, ServerProcess, http_get, simple_onnx, slow_onnx, start_server, write_model
+from server_harness import (
+    SIMPLE_CONFIG,
+    ServerProcess,
+    grpc_answer,
+    http_get,
+    simple_onnx,
+    slow_onnx,
+    start_server,
+    write_model,
+)
 from tritonclient.utils import InferenceServerException
 
 BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').replace(
@@ -209,15 +218,7 @@ def _inputs(batch: int, seed: float, names: tuple[str, ...] = ("INPUT0", "INPUT1
     return inputs
 
 
-def _infer(server: ServerProcess, model: str, **kwargs: Any) -> bytes | tuple[str, str]:
-    """The serialized response, or (status, message) of the error."""
-    client = grpcclient.InferenceServerClient(server.grpc_host)
-    try:
-        return bytes(client.infer(model, **kwargs).get_response().SerializeToString())
-    except InferenceServerException as exc:
-        return (str(exc.status()), str(exc.message()))
-    finally:
-        client.close()
+_infer = grpc_answer
 
 
 CASES: list[tuple[str, dict[str, Any]]] = [

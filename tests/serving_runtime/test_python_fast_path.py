@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_harness import ServerProcess, start_server
+from server_harness import ServerProcess, grpc_answer, start_server
 from tritonclient.utils import InferenceServerException
 
 REPO = Path(__file__).parent / "python_fast_repo"
@@ -74,13 +74,7 @@ def _x(rows: int, first: float, seed: float = 0.0, name: str = "X") -> list[Any]
 
 def _infer(server: ServerProcess, model: str = "py_each", **kwargs: Any) -> bytes | tuple[str, str]:
     """The serialized response, or (status, message) of the error."""
-    client = grpcclient.InferenceServerClient(server.grpc_host)
-    try:
-        return bytes(client.infer(model, **kwargs).get_response().SerializeToString())
-    except InferenceServerException as exc:
-        return (str(exc.status()), str(exc.message()))
-    finally:
-        client.close()
+    return grpc_answer(server, model, **kwargs)
 
 
 def _registered(fast: ServerProcess, model: str = "py_each") -> None:
