@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.serving_runtime.backends.python.batch_codec import stacked_rows
 from shipyard.serving_runtime.errors import ServingError
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
@@ -76,27 +77,14 @@ def group_results(group: RequestGroup, parts: list[Any]) -> GroupResults | Servi
 def _join(group: RequestGroup, parts: list[Any]) -> dict[str, np.ndarray] | None:
     """Every member's outputs joined along the first dimension, or None when they do not join
     (an error, response parameters, other names, dtypes or trailing shapes, rows that differ)."""
-    first = parts[0]
-    if not isinstance(first, dict) or getattr(first, "parameters", None) or not first:
+    if any(not isinstance(part, dict) or getattr(part, "parameters", None) for part in parts):
         return None
-    names = list(first)
-    specs = []
-    for name in names:
-        array = first[name]
-        if not isinstance(array, np.ndarray) or array.ndim == 0 or array.dtype.hasobject:
-            return None
-        specs.append((name, array.dtype, array.shape[1:]))
+    if stacked_rows(parts) != [member.batch_size for member in group.members]:
+        return None
     for part, member in zip(parts, group.members, strict=True):
-        if not isinstance(part, dict) or getattr(part, "parameters", None) or len(part) != len(names):
-            return None
-        for name, dtype, trailing in specs:
-            value = part.get(name)
-            if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape[1:] != trailing:
-                return None
-            if value.ndim == 0 or value.shape[0] != member.batch_size:
-                return None
         if any(name not in part for name in member.outputs):  # that member fails on its own
             return None
+    first, names = parts[0], list(parts[0])
     if len(parts) == 1:
         return dict(first)
     return {name: np.concatenate([part[name] for part in parts]) for name in names}

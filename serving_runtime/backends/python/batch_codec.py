@@ -25,17 +25,15 @@ Items = Sequence[Mapping[str, np.ndarray]]
 Decoded = list[list[tuple[str, str, np.ndarray]]]  # per item: (name, datatype, array)
 
 
-def _rows(items: Items) -> list[int] | None:
-    """Each item's first dimension when the items stack (see the module docstring), else None."""
-    if len(items) < 2:
-        return None
-    first = items[0]
-    names = list(first)
+def stacked_rows(items: Sequence[Mapping[str, Any]]) -> list[int] | None:
+    """Each item's first dimension when every item holds the same names, each an array of one
+    dtype and trailing shape across items with one first dimension within an item, else None."""
+    names = list(items[0]) if items else []
     if not names:
         return None
     specs = []
     for name in names:
-        array = first[name]
+        array = items[0][name]
         if not isinstance(array, np.ndarray) or array.ndim == 0 or array.dtype.hasobject:
             return None
         specs.append((name, array.dtype, array.shape[1:]))
@@ -53,6 +51,13 @@ def _rows(items: Items) -> list[int] | None:
             count = value.shape[0]
         rows.append(count)
     return rows
+
+
+def _rows(items: Items) -> list[int] | None:
+    """Each item's first dimension when the items stack (see the module docstring), else None."""
+    if len(items) < 2:
+        return None
+    return stacked_rows(items)
 
 
 def encode(pool: SlabPool, items: Items) -> tuple[Any, ...]:
