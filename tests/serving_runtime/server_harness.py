@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,3 +250,12 @@ def grpc_answer(server: ServerProcess, model: str, **kwargs: Any) -> bytes | tup
         return (str(exc.status()), str(exc.message()))
     finally:
         client.close()
+
+
+def metric_value(server: ServerProcess, name: str, model: str, version: str) -> float:
+    """One Prometheus sample of ``server``'s /metrics for (``model``, ``version``); fails when absent."""
+    status, body = http_get(server.http_url + "/metrics")
+    assert status == 200
+    match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
+    assert match, f"no {name} for {model} {version}"
+    return float(match.group(1))

@@ -8,7 +8,6 @@ statistics and Prometheus count every request; a reload or unload never serves a
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from server_harness import (
     SIMPLE_CONFIG,
     ServerProcess,
     grpc_answer,
-    http_get,
+    metric_value,
     simple_onnx,
     slow_onnx,
     start_server,
@@ -319,12 +318,7 @@ def _stats(server: ServerProcess, model: str, version: str) -> dict[str, Any]:
     return dict(stats["model_stats"][0])
 
 
-def _metric(server: ServerProcess, name: str, model: str, version: str) -> float:
-    status, body = http_get(server.http_url + "/metrics")
-    assert status == 200
-    match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
-    assert match, f"no {name} for {model} {version}"
-    return float(match.group(1))
+_metric = metric_value
 
 
 def test_concurrent_requests_get_their_own_rows_and_are_counted(servers: tuple[ServerProcess, ServerProcess]) -> None:

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from server_harness import SIMPLE_CONFIG, ServerProcess, http_get, http_post, simple_onnx, start_server, write_model
+from server_harness import (
+    SIMPLE_CONFIG,
+    ServerProcess,
+    http_get,
+    http_post,
+    metric_value,
+    simple_onnx,
+    start_server,
+    write_model,
+)
 
 BATCHED_CONFIG = SIMPLE_CONFIG.replace('name: "simple"', 'name: "batched"').replace(
     "instance_group", "dynamic_batching { }\ninstance_group"
@@ -295,12 +304,7 @@ def _stats(server: ServerProcess, model: str, version: str) -> dict[str, Any]:
     return json.loads(body)["model_stats"][0]  # type: ignore[no-any-return]
 
 
-def _metric(server: ServerProcess, name: str, model: str, version: str) -> float:
-    status, body = http_get(server.http_url + "/metrics")
-    assert status == 200
-    match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
-    assert match, f"no {name} for {model} {version}"
-    return float(match.group(1))
+_metric = metric_value
 
 
 def test_concurrent_requests_get_their_own_rows_and_are_counted(
