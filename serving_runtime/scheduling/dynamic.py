@@ -191,6 +191,8 @@ class DynamicBatcher:
                 if hook is not None:
                     hook()
             raise RequestCancelled("request cancelled by the client before it finished") from None
+        finally:
+            request.leave = None  # a group's: no cycle request -> leave -> envelope -> request
 
     def _leave(self, envelope: Envelope, position: int, start: int, stop: int) -> bool:
         """The client of request ``position`` of a queued group (rows ``start:stop``) went away: as a
