@@ -14,7 +14,7 @@ EXTRAS ?= serve,pipeline,dev,sklearn,keras,transformers
 STAMP := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install native native-deps demo test lint unit bench bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check test-tensorflow
+.PHONY: install native native-deps demo test lint unit bench bench-pip-venv bench-score bench-stateful bench-env bench-client bench-client-deps clean fuzz soak triton-env emulators image-check test-tensorflow
 
 install: $(STAMP)
 
@@ -152,6 +152,10 @@ bench-client-deps: native-deps
 
 # BENCH_ARGS: e.g. --quick, --models wide_mlp, --targets echo,shipyard (python -m benchmarks.run --help)
 # BENCH_PY_ARGS: the Python-model and ensemble rows beside the real Triton (python -m benchmarks.python_models --help)
+# issue 21: shipyard as pip installs it from the sdist, for `make bench BENCH_ARGS="... --shipyard-python .venv-pip/bin/python"`
+bench-pip-venv: install
+	$(BIN)/python -m benchmarks.pip_venv .venv-pip
+
 bench: install native bench-env bench-client triton-env
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.python_models $(BENCH_PY_ARGS)

@@ -297,6 +297,68 @@ class ServerProcess:
 _LIVE: list[ServerProcess] = []
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The live processes (not zombies) in process group ``pgid`` (a server and the children it started:
+    Triton's Python-backend stubs, MLServer's workers), read from /proc; empty where /proc is missing."""
+    pids = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry / "stat")
+            if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``."""
+    ticks = 0
+    for pid in group_pids(pgid):
+        fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_stopped(pgids: Sequence[int], timeout_s: float = 2.0) -> None:
+    """Wait (at most ``timeout_s``) until every process of ``pgids`` is stopped: a signal is delivered
+    after ``killpg`` returns, and a process may run on for a moment."""
+    deadline = time.monotonic() + timeout_s
+    pending = [pid for pgid in pgids for pid in group_pids(pgid)]
+    while pending and time.monotonic() < deadline:
+        pending = [pid for pid in pending if (f := _stat_fields(Path(f"/proc/{pid}/stat"))) and f[0] not in "tT"]
+        if pending:
+            time.sleep(0.005)
+
+
+def _stat_fields(path: Path) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (field 3, the state, first), or None when gone."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+@contextlib.contextmanager
+def paused(servers: Sequence[ServerProcess]) -> Iterator[None]:
+    """Stop (SIGSTOP) every process group of ``servers`` for the block, and continue (SIGCONT) them on
+    leaving it, even on error: the interleaved rounds measure one target while the others are up, and an
+    idle server's threads and children (Triton's Python-backend stubs poll) otherwise take CPU from it."""
+    stopped: list[int] = []
+    try:
+        for server in servers:
+            if server.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(server.pid, signal.SIGSTOP)
+                    stopped.append(server.pid)
+        _wait_stopped(stopped)
+        yield
+    finally:
+        for pgid in stopped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGCONT)
+
+
 def stop_all() -> None:
     """Stop every server process still running (called at exit and on SIGTERM/SIGINT)."""
     for server in list(_LIVE):

@@ -27,6 +27,8 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -174,6 +176,41 @@ def _crash_loop(port: int, count: int, results: dict[str, Any]) -> None:
     results.update(sent=sent, failed=failed, errors=sorted(set(errors)))
 
 
+def _batch_counts(port: int, name: str) -> tuple[int, int] | None:
+    """(inference_count, execution_count) of ``name`` from the server's statistics, None if unavailable."""
+    try:
+        from tritonclient.grpc import InferenceServerClient
+
+        client = InferenceServerClient(f"{LOOPBACK}:{port}")
+        try:
+            stats = client.get_inference_statistics(model_name=name, as_json=True)
+        finally:
+            client.close()
+        entry = stats["model_stats"][0]
+        return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+    except Exception:  # statistics are a diagnostic column: a server without them still reports
+        return None
+
+
+def _average_batch(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def compute_ceiling(mlp: ModelSpec, concurrency: list[int], seconds: float) -> dict[str, float]:
+    """The wide MLP's one-thread ONNX Runtime session alone (``benchmarks.inprocess``, its own process)
+    at batch 1 and at c/2 and c for every c: the most one instance can compute. Under a closed loop of c
+    callers and one instance, batches alternate between the callers waiting and those in flight, so c/2
+    is the batch a perfect scheduler sustains; c is the bound if answers took no time at all."""
+    batches = sorted({1, *(max(1, c // 2) for c in concurrency), *concurrency})
+    argv = [sys.executable, "-m", "benchmarks.inprocess", "--onnx", str(mlp.onnx_path)]
+    argv += ["--batches", ",".join(map(str, batches)), "--seconds", str(seconds)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=common.REPO_ROOT, timeout=600)
+    sweep: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])["sweep"]
+    return sweep
+
+
 def measure_server(
     start: Callable[[Path, Path], tuple[ServerProcess, int]],
     repo: Path,
@@ -187,9 +224,13 @@ def measure_server(
     try:
         for name, spec in (("mlp_py", mlp), ("pipeline", _pipeline_spec(mlp))):
             load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=name))
+            step = "mlp_step" if name == "pipeline" else name  # the ensemble's batches: its MLP step's
             for concurrency in args.concurrency:
+                before = _batch_counts(port, step)
                 cell = run_closed_loop(load, concurrency, args.warmup, args.window, args.client_procs, args.client)
-                cells[f"{name}/c{concurrency}"] = asdict(cell)
+                cells[f"{name}/c{concurrency}"] = asdict(cell) | {
+                    "avg_batch": _average_batch(before, _batch_counts(port, step))
+                }
                 print(
                     f"  {server.name:12s} {name:9s} c={concurrency:<3d} {cell.throughput:8.0f} inf/s  "
                     f"p50 {cell.p50_ms or 0:.2f} ms  p99 {cell.p99_ms or 0:.2f} ms  errors {cell.errors}",
@@ -214,15 +255,45 @@ def measure_server(
 
 def _cell(cells: dict[str, Any], key: str) -> CellResult | None:
     data = cells.get(key)
-    return CellResult(**data) if data else None
+    return CellResult(**{k: v for k, v in data.items() if k != "avg_batch"}) if data else None
+
+
+def _batch(cells: dict[str, Any], key: str) -> str:
+    value = cells.get(key, {}).get("avg_batch")
+    return f"{value:.1f}" if value else "-"
+
+
+def ceiling_lines(results: dict[str, Any], concurrency: list[int]) -> list[str]:
+    """The one-instance compute ceiling of ``mlp_py`` per c, and what it allows against Triton."""
+    sweep, t = results.get("ceiling"), results["servers"].get("triton", {})
+    if not sweep:
+        return []
+    lines = [
+        "",
+        "One-instance compute ceiling of `mlp_py` (`python -m benchmarks.inprocess`: the same ONNX file, one"
+        " intra-op thread, no server): both servers run one instance of this session, so no server can pass"
+        " these rows.",
+        "",
+        "| c | ceiling at batch c/2, inf/s | at batch c | Triton inf/s | ceiling (c/2) / Triton |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in concurrency:
+        half, full, a = sweep.get(str(max(1, c // 2))), sweep.get(str(c)), _cell(t, f"mlp_py/c{c}")
+        if half is None or full is None:
+            continue
+        ratio = f"{half / a.throughput:.2f}x" if a and a.throughput else "-"
+        triton = f"{a.throughput:,.0f}" if a else "-"
+        lines.append(f"| {c} | {half:,.0f} | {full:,.0f} | {triton} | {ratio} |")
+    return lines
 
 
 def report(results: dict[str, Any], concurrency: list[int]) -> str:
     """The markdown rows: shipyard beside Triton, the ratio, and whether the issue's target is met."""
     s, t = results["servers"].get("shipyard", {}), results["servers"].get("triton", {})
     lines = [
-        "| model | c | Triton inf/s | shipyard inf/s | ratio | Triton p50 ms | shipyard p50 ms | target | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| model | c | Triton inf/s | shipyard inf/s | ratio | Triton p50 ms | shipyard p50 ms | avg batch T / s"
+        " | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name in ("mlp_py", "pipeline"):
         for c in concurrency:
@@ -238,8 +309,10 @@ def report(results: dict[str, Any], concurrency: list[int]) -> str:
                 met = "yes" if (b.p50_ms or 0) <= (a.p50_ms or 0) else "NO"
             lines.append(
                 f"| {name} | {c} | {a.throughput:,.0f} | {b.throughput:,.0f} | {ratio:.2f}x | "
-                f"{a.p50_ms or 0:.2f} | {b.p50_ms or 0:.2f} | {target} | {met} |"
+                f"{a.p50_ms or 0:.2f} | {b.p50_ms or 0:.2f} | {_batch(t, f'{name}/c{c}')} / "
+                f"{_batch(s, f'{name}/c{c}')} | {target} | {met} |"
             )
+    lines += ceiling_lines(results, concurrency)
     for server_name, cells in (("Triton", t), ("shipyard", s)):
         crash = cells.get("crash")
         if crash:
@@ -265,6 +338,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", choices=CLIENTS, default="native")
     parser.add_argument("--servers", default="triton,shipyard", help="comma-separated: triton, shipyard")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--ceiling-seconds", type=float, default=1.0, help="seconds per batch size of the compute ceiling (0: skip)"
+    )
     parser.add_argument(
         "--shipyard-args", default="", help='more flags for shipyard\'s server, e.g. "--no-grpc-fast-path"'
     )
@@ -298,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             results["errors"][name] = message
             print(f"  {name}: FAILED: {message}", flush=True)
+    if args.ceiling_seconds > 0:
+        results["ceiling"] = compute_ceiling(mlp, args.concurrency, args.ceiling_seconds)
     table = report(results, args.concurrency)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "python_models.json").write_text(json.dumps(results, indent=2))

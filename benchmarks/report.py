@@ -73,10 +73,12 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         }
     results["ratios"] = ratios
     results["round_ratios"] = _round_ratios(results.get("rounds", []))
-    from benchmarks import report_native  # issue 21's references (imports this module)
+    from benchmarks import report_native, report_rounds  # issue 21's references (report_native imports this module)
 
     results["vs_triton"] = report_native.vs_triton(results)
-    results["checks"] = list(_checks(results)) + report_native.tag(report_native.checks(results))
+    results["pip_vs_source"] = report_rounds.pip_vs_source(results.get("rounds", []))
+    checks = [*report_native.checks(results), *report_rounds.checks(results)]
+    results["checks"] = list(_checks(results)) + report_native.tag(checks)
     return results
 
 
@@ -352,8 +354,7 @@ def _model_lines(results: dict[str, Any], model: str) -> list[str]:
     if inproc:
         lines.append(f"| in-process limit | batch 1 | — | {fmt(inproc.get('batch1'))} | | | | |")
         lines.append(
-            f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} "
-            "| | | | |"
+            f"| in-process limit | batch {inproc.get('best_batch')} (best) | — | {fmt(inproc.get('best'))} | | | | |"
         )
     for cell in results.get("cells", []):
         if cell["model"] != model:
@@ -567,7 +568,9 @@ def _rounds_lines(results: dict[str, Any]) -> list[str]:
         table.setdefault((row["model"], row["target"]), {})[row["round"]] = value
     for (model, target), per_round in table.items():
         lines.append(f"| {model} | {target} | " + " | ".join(per_round.get(r, "—") for r in round_ids) + " |")
-    return lines
+    from benchmarks import report_rounds
+
+    return lines + report_rounds.lines(results)
 
 
 def summary_markdown(markdown: str) -> str:

@@ -45,6 +45,8 @@ OVERLOAD_QUEUE = 256
 # same load from many clients, which only the server-wide limits and the queue can refuse).
 OVERLOAD_MANY_CONNECTIONS = 8
 DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results"
+# The second shipyard target --shipyard-python adds: the same server run by another interpreter.
+PIP_TARGET = "shipyard-pip"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,8 +100,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--shipyard-python",
-        help="run shipyard's server with this interpreter, e.g. a fresh venv's after `pip install .[serve]` "
-        "(default: this one)",
+        help="also measure a second shipyard target, shipyard-pip, run by this interpreter (a fresh venv's after "
+        "`pip install .[serve]`: `python -m benchmarks.pip_venv DIR` builds one), in the sweep and in the same "
+        "interleaved rounds as the source tree's shipyard; the report prints shipyard-pip / shipyard per round",
+    )
+    parser.add_argument(
+        "--pause-others",
+        action="store_true",
+        help="in the interleaved rounds, stop the other targets' process groups (SIGSTOP, Triton's Python-backend "
+        "stubs included) for each cell and continue them after (default: leave them running; the report prints "
+        "the CPU they used during each cell either way)",
     )
     parser.add_argument("--no-overload", action="store_true", help="skip the overload scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -112,7 +122,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = [m for m in (args.models or ",".join(QUICK_MODELS if args.quick else DEFAULT_MODELS)).split(",") if m]
     args.targets = [t for t in args.targets.split(",") if t]
-    unknown = sorted(set(args.targets) - set(targets.TARGET_NAMES))
+    if args.shipyard_python and PIP_TARGET not in args.targets:
+        args.targets.append(PIP_TARGET)
+    if PIP_TARGET in args.targets and not args.shipyard_python:
+        hint = "`python -m benchmarks.pip_venv VENV` builds one"
+        parser.error(f"target {PIP_TARGET} needs --shipyard-python VENV/bin/python ({hint})")
+    unknown = sorted(set(args.targets) - {*targets.TARGET_NAMES, PIP_TARGET})
     if unknown:
         parser.error(f"unknown target(s) {unknown}; choose from {', '.join(targets.TARGET_NAMES)}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
@@ -172,6 +187,8 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "shipyard_args": args.shipyard_args,  # the C++ HTTP client with "native" since it was added
         "shipyard_published": args.shipyard_published,
         "rounds": args.rounds,
+        "rounds_pause_others": args.pause_others,
+        "shipyard_python": args.shipyard_python,
         "note": note,
     }
 
@@ -211,8 +228,9 @@ def build_target(name: str, models: list[ModelSpec], workdir: Path, args: argpar
         overload,
         OVERLOAD_QUEUE,
         args.shipyard_grpc_frontend,
-        args.shipyard_python,
+        args.shipyard_python if name == PIP_TARGET else None,
         published=args.shipyard_published,
+        name=name,
     )
     target.server.argv.extend(shlex.split(args.shipyard_args))
     return target
@@ -305,14 +323,37 @@ def run_rounds(
                 for target in order:
                     if not target.server.alive():
                         raise RuntimeError(f"{target.name} died during the rounds; log:\n{target.server.log_tail()}")
-                    spec = target.specs["grpc"](model)
-                    cell = _measure(spec, c, args)
-                    rows.append({"round": number, "model": model.name, "target": target.name, **cell.as_dict()})
+                    others = [t for t in started if t is not target]
+                    cell, others_cpu = _measure_alone(target.specs["grpc"](model), c, args, others)
+                    rows.append(
+                        {
+                            "round": number,
+                            "model": model.name,
+                            "target": target.name,
+                            **cell.as_dict(),
+                            "others_cpu": others_cpu,
+                        }
+                    )
                     log(
-                        f"  round {number + 1} {target.name:9s} {model.name:10s} {cell.throughput:9.0f} inf/s  "
-                        f"p99 {_ms(cell.p99_ms)}  errors {cell.errors}"
+                        f"  round {number + 1} {target.name:12s} {model.name:10s} {cell.throughput:9.0f} inf/s  "
+                        f"p99 {_ms(cell.p99_ms)}  errors {cell.errors}  other targets' CPU "
+                        + ", ".join(f"{name} {share:.1%}" for name, share in others_cpu.items())
                     )
     return rows
+
+
+def _measure_alone(
+    spec: LoadSpec, concurrency: int, args: argparse.Namespace, others: list[targets.Target]
+) -> tuple[CellResult, dict[str, float]]:
+    """One cell of the rounds (the ``others`` paused with ``--pause-others``) and the CPU each of
+    them used meanwhile, as a share of one core over the cell's warm-up and window (read from
+    /proc/PID/stat of every process in its group, Triton's Python-backend stubs included)."""
+    before = {t.name: common.group_cpu_seconds(t.server.pid) for t in others}
+    started = time.monotonic()
+    with common.paused([t.server for t in others] if args.pause_others else []):
+        cell = _measure(spec, concurrency, args)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    return cell, {t.name: (common.group_cpu_seconds(t.server.pid) - before[t.name]) / elapsed for t in others}
 
 
 def _measure(spec: LoadSpec, concurrency: int, args: argparse.Namespace) -> CellResult:

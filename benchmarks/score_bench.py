@@ -50,9 +50,10 @@ def log(message: str) -> None:
     print(f"[score-bench] {message}", file=sys.stderr, flush=True)
 
 
-def write_repository(root: Path, model: common.ModelSpec, background: dict[str, int]) -> Path:
+def write_repository(root: Path, model: common.ModelSpec, background: dict[str, Any]) -> Path:
     """The wide MLP with the benchmark's config plus the two priority levels and the ``background`` rules
-    (``background_*`` parameters; 0 leaves one out)."""
+    (``background_*`` parameters; 0 leaves one out); ``background_instances`` adds that many instances (the
+    idle lane)."""
     version = root / MODEL / "1"
     version.mkdir(parents=True, exist_ok=True)
     if not (version / "model.onnx").exists():
@@ -66,6 +67,10 @@ def write_repository(root: Path, model: common.ModelSpec, background: dict[str, 
         "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + parameters
     )
     assert "priority_levels" in config, config
+    lane = int(background.get("background_instances") or 0)
+    if lane:
+        config = config.replace("count: 1 kind: KIND_CPU", f"count: {1 + lane} kind: KIND_CPU")
+        assert f"count: {1 + lane}" in config, config
     (root / MODEL / "config.pbtxt").write_text(config)
     return root
 
@@ -219,7 +224,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
     background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
                   "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us,
-                  "background_fill_rows": args.fill_rows}  # fmt: skip
+                  "background_fill_rows": args.fill_rows, "background_instances": args.background_instances,
+                  "background_thread_priority": args.thread_priority if args.background_instances else ""}  # fmt: skip
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background}  # fmt: skip
@@ -343,6 +349,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "real-time client (0: none; its client would run on its own machine)")  # fmt: skip
     parser.add_argument("--slice-us", type=int, default=0, help="background_slice_us (0: none; slices sized by "
                         "time, starting from --slice-rows)")  # fmt: skip
+    parser.add_argument("--background-instances", type=int, default=0, help="background_instances: an idle lane "
+                        "of that many more instances for background work only (0: none)")  # fmt: skip
+    parser.add_argument("--thread-priority", default="idle", choices=("idle", "nice", "normal"),
+                        help="background_thread_priority of the idle lane's threads")  # fmt: skip
     parser.add_argument("--holdoff-us", type=int, default=0, help="background_holdoff_us (default 0: none)")
     parser.add_argument("--workdir", default="/tmp/shipyard-score-bench")
     parser.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "score"))

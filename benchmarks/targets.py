@@ -316,6 +316,7 @@ def shipyard_target(
     grpc_frontend: str = "auto",
     python: str | None = None,
     published: bool = False,
+    name: str = "shipyard",
 ) -> Target:
     """shipyard's runtime with dynamic batching (max_batch_size 128, no queue delay, one instance).
 
@@ -326,7 +327,7 @@ def shipyard_target(
     """
     frontend = shipyard_grpc_frontend(grpc_frontend, python)
     rest, grpc_port = common.free_port(), common.free_port()
-    repo = write_shipyard_repository(workdir / "shipyard-repo", models, overload_model, max_queue_size, published)
+    repo = write_shipyard_repository(workdir / f"{name}-repo", models, overload_model, max_queue_size, published)
     argv = common.python_module_argv(
         "shipyard.serving_runtime",
         "--model-repository",
@@ -341,12 +342,12 @@ def shipyard_target(
         frontend,
         python=python,
     )
-    server = ServerProcess("shipyard", argv, workdir / "logs" / "shipyard.log", env=_ONE_THREAD_ENV)
+    server = ServerProcess(name, argv, workdir / "logs" / f"{name}.log", env=_ONE_THREAD_ENV)
     probe = all_probes(
         http_probe(rest, "/v2/health/ready"), grpc_probe(grpc_port, common.grpc_request_bytes(models[0]))
     )
     return Target(
-        "shipyard",
+        name,
         "shipyard runtime, dynamic batching (max_batch_size 128, no queue delay), gRPC on "
         + ("grpc++ (native frontend)" if frontend == "native" else "grpc.aio")
         + (f"; run by {python}" if python else "")

@@ -74,15 +74,32 @@ def ensemble_ok(scheduler: Any) -> bool:
     return type(scheduler) is EnsembleScheduler and supported()
 
 
+GROUPS_ENV = "SHIPYARD_ENSEMBLE_GROUPS"
+
+
+def ensemble_groups_on() -> bool:
+    """True (the default) when an ensemble runs a fast-path group's requests together, each step as
+    one group of its model (``scheduling/ensemble_group.py``); ``SHIPYARD_ENSEMBLE_GROUPS=0``: each
+    request on its own, as on the Python path."""
+    return os.environ.get(GROUPS_ENV, "1") != "0"
+
+
 async def infer_each(model: ModelLike, group: RequestGroup, batch: Any, members: Members) -> Any:
-    """Run each member of ``group`` as its own request of ``model`` (an ensemble: its statistics,
-    steps and errors are per request, as on the Python path), concurrently; the group's results
+    """Run the members of ``group`` as requests of ``model`` (an ensemble: its statistics, steps
+    and errors are per request, as on the Python path): together (``submit_group``; each member's
+    ``cancel_hook`` follows its client), or each as its own task; the group's results
     (``group_results``), or None when every member found the model unloading (fall back)."""
-    tasks = [asyncio.ensure_future(model.infer(member)) for member in group.members]
-    members.add_tasks(batch, tasks)
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    if all(isinstance(outcome, ModelNotReady) for outcome in outcomes):
-        return None
+    submit_group = getattr(getattr(model, "scheduler", None), "submit_group", None)
+    if submit_group is not None and ensemble_groups_on():
+        outcomes = await submit_group(group.members)
+        if outcomes is None:
+            return None
+    else:
+        tasks = [asyncio.ensure_future(model.infer(member)) for member in group.members]
+        members.add_tasks(batch, tasks)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        if all(isinstance(outcome, ModelNotReady) for outcome in outcomes):
+            return None
     parts: list[Any] = []
     for outcome in outcomes:
         if isinstance(outcome, asyncio.CancelledError):  # the client went away: C++ answered it

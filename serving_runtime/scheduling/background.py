@@ -21,7 +21,11 @@ parameters it does not know; both 0 or absent: off):
 - ``background_slice_us``: slices sized by time instead: the most rows whose slices were seen to compute
   within that many microseconds (starting from ``background_slice_rows``, else 1, doubling while they fit;
   ``slicing.SliceSizer``), so one setting fits a CPU (where a call's cost grows past a few rows) and a GPU
-  (where 128 rows cost about what 8 do).
+  (where 128 rows cost about what 8 do);
+- ``background_instances``: the last that many instances of the ``instance_group`` run only background
+  requests, whole, on threads at the OS's idle CPU priority (``background_thread_priority``: ``idle``,
+  ``nice`` or ``normal``), and the others take no background-only work while real-time work is recent
+  (the idle lane, ``idle_lane.py``).
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.
@@ -41,6 +45,9 @@ SLICE_PARAMETER = "background_slice_rows"
 SLICE_US_PARAMETER = "background_slice_us"
 RECENT_PARAMETER = "background_recent_us"
 FILL_PARAMETER = "background_fill_rows"
+INSTANCES_PARAMETER = "background_instances"
+THREAD_PRIORITY_PARAMETER = "background_thread_priority"
+THREAD_PRIORITIES = ("idle", "nice", "normal")
 DEFAULT_RECENT_US = 100_000
 _UNLIMITED = 1 << 62
 
@@ -64,6 +71,8 @@ class BackgroundSettings:
     slice_ns: int = 0  # a time budget per slice (0: ``slice_rows`` fixed)
     recent_ns: int = DEFAULT_RECENT_US * 1000
     fill_rows: int = 0  # 0: real-time batches are not topped up with background rows
+    instances: int = 0  # the idle lane's instances (the last of the group; 0: none)
+    thread_priority: str = "idle"  # the idle lane's threads: ``THREAD_PRIORITIES``
 
     def slicing(self, last_foreground_ns: int, now_ns: int) -> bool:
         """Whether background batches are cut to ``slice_rows`` now (higher-level work is recent)."""
@@ -127,7 +136,9 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
     slice_us = _int_parameter(config, SLICE_US_PARAMETER, where)
     fill_rows = _int_parameter(config, FILL_PARAMETER, where)
     recent_us = _int_parameter(config, RECENT_PARAMETER, where) if RECENT_PARAMETER in config.parameters else None
-    if not holdoff_us and not has_share and not slice_rows and not slice_us and not fill_rows:
+    instances = _int_parameter(config, INSTANCES_PARAMETER, where)
+    thread_priority = _thread_priority(config, where, instances)
+    if not holdoff_us and not has_share and not slice_rows and not slice_us and not fill_rows and not instances:
         if recent_us is not None:
             raise ModelConfigError(
                 f"{where}: parameters {RECENT_PARAMETER!r} needs {SLICE_PARAMETER!r} or {SLICE_US_PARAMETER!r}; set one"
@@ -135,7 +146,8 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         return None
     if priority_levels < 2:
         raise ModelConfigError(
-            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r}/{SLICE_PARAMETER!r}/{FILL_PARAMETER!r} "
+            f"{where}: parameters {HOLDOFF_PARAMETER!r}/{SHARE_PARAMETER!r}/{SLICE_PARAMETER!r}/"
+            f"{INSTANCES_PARAMETER!r}/{FILL_PARAMETER!r} "
             "need dynamic_batching priority_levels >= 2 (the lowest level is the background); set priority_levels or "
             "remove them"
         )
@@ -147,4 +159,22 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         slice_ns=slice_us * 1000,
         recent_ns=(DEFAULT_RECENT_US if recent_us is None else recent_us) * 1000,
         fill_rows=fill_rows,
+        instances=instances,
+        thread_priority=thread_priority,
     )
+
+
+def _thread_priority(config: Any, where: str, instances: int) -> str:
+    if THREAD_PRIORITY_PARAMETER not in config.parameters:
+        return "idle"
+    value = config.parameters[THREAD_PRIORITY_PARAMETER].string_value
+    if value not in THREAD_PRIORITIES:
+        raise ModelConfigError(
+            f"{where}: parameters {THREAD_PRIORITY_PARAMETER!r} must be one of {', '.join(THREAD_PRIORITIES)}, "
+            f"got {value!r}"
+        )
+    if not instances:
+        raise ModelConfigError(
+            f"{where}: parameters {THREAD_PRIORITY_PARAMETER!r} needs {INSTANCES_PARAMETER!r}; set it or remove this"
+        )
+    return value

@@ -45,6 +45,7 @@ from shipyard.serving_runtime.scheduling.batching import BatchingSettings
 from shipyard.serving_runtime.scheduling.cobatch import CoBatch, top_up
 from shipyard.serving_runtime.scheduling.decision import decide
 from shipyard.serving_runtime.scheduling.group import drop_member
+from shipyard.serving_runtime.scheduling.idle_lane import lane_for
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
 from shipyard.serving_runtime.scheduling.queue import (
     QUEUED,
@@ -102,8 +103,11 @@ class DynamicBatcher:
         self._preferred = self._batching.preferred_batch_sizes if self._merge else ()
         self._delay_ns = self._batching.max_queue_delay_us * 1000 if self._merge else 0
         self._queue = RequestQueue(queueing or QueueSettings())
-        self._workers = make_workers(instances, model_name, version)
-        self._idle: list[InstanceWorker] = list(reversed(self._workers))
+        realtime, self._lane = lane_for(instances, self._batching.background if self._merge else None,
+                                        model_name, version, where)  # fmt: skip
+        self._workers = make_workers(realtime, model_name, version)
+        self._idle: list[InstanceWorker] = list(reversed(self._workers))  # real-time instances (not the lane's)
+        self._workers += self._lane.workers if self._lane is not None else []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_ns = 0
@@ -332,8 +336,13 @@ class DynamicBatcher:
         now = time.monotonic_ns()
         rejected = queue.expire(now)
         slicer = self._slicer
+        lane = self._lane
+        if lane is not None and slicer is not None:
+            lane.dispatch(queue, slicer, now)  # background requests go to the idle lane first (idle_lane.py)
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
+            if lane is not None and lane.keeps_foreground_free(queue, self._foreground_ns, now):
+                break  # background-only work waits for the idle lane
             if slicer is not None and self._idle:
                 plan = slicer.plan(queue, self._foreground_ns, now)
                 if plan.hold_until_ns is not None:
@@ -368,6 +377,8 @@ class DynamicBatcher:
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
             break
+        if lane is not None and slicer is not None:
+            lane.dispatch(queue, slicer, now)  # the rest of a request co-batching took rows of
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)
@@ -393,7 +404,10 @@ class DynamicBatcher:
 
     def _on_batch_done(self, batch: Batch) -> None:
         assert batch.worker is not None
-        self._idle.append(batch.worker)
+        if self._lane is not None and self._lane.owns(batch.worker):
+            self._lane.release(batch.worker)
+        else:
+            self._idle.append(batch.worker)
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
         if self._background is not None and any(e.level < self._background.level for e in batch.envelopes):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,11 +145,35 @@ class EnsembleScheduler:
             raise InvalidArgument(f"{step.label(self.plan.name)}: the model returned no output(s) {', '.join(missing)}")
         return results
 
+    async def submit_group(self, requests: Sequence[InferenceRequest]) -> list[Any] | None:
+        """Run ``requests`` together, each step as one group of its model (``ensemble_group``):
+        each request's outputs or its own error, or None (unloading: retry them one by one)."""
+        from shipyard.serving_runtime.scheduling.ensemble_group import run_group
+
+        return await run_group(self, requests)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def resolve(self, name: str, version: int | None) -> Any:
+        """The loaded model a step names (raises ModelNotReady / ModelNotFound as the resolver does)."""
+        return self._resolve(name, version)
+
+    def hold(self, count: int) -> None:
+        """``count`` requests accepted (``drain`` waits for them until ``_release``)."""
+        self._pending += count
+        self.stats.pending = self._pending
+
+    def release(self, count: int) -> None:
+        """``count`` accepted requests finished."""
+        self._release(count)
+
     def pending_count(self) -> int:
         return self._pending
 
-    def _release(self) -> None:
-        self._pending -= 1
+    def _release(self, count: int = 1) -> None:
+        self._pending -= count
         self.stats.pending = self._pending
         if self._pending == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)

@@ -246,6 +246,23 @@ class RequestQueue:
                 break
         return taken
 
+    def at_level(self, level: int) -> Iterator[Envelope]:
+        """Live requests of one level (0-based), FIFO; not the delayed ones."""
+        for envelope in self._levels[level]:
+            if envelope.state == QUEUED:
+                yield envelope
+
+    def take(self, envelope: Envelope) -> None:
+        """Take one live, undelayed request out of the queue out of turn (``idle_lane.py``), marking it
+        dispatched; the others keep their order."""
+        assert envelope.state == QUEUED and not envelope.delayed
+        envelope.state = DISPATCHED
+        self._live[envelope.level] -= envelope.weight
+        self._size -= 1
+        level = self._levels[envelope.level]
+        while level and level[0].state != QUEUED:
+            level.popleft()
+
     def drop_all(self) -> list[Envelope]:
         """Remove every live request (closing); the caller fails their futures."""
         dropped = [envelope for envelope in self if self.discard(envelope)]

@@ -182,6 +182,14 @@ class Slicer:
         """Take the first queued request out of ``queue`` to run it in parts (slices, or rows riding along in
         real-time batches: ``cobatch.py``); it is executing from now on."""
         (envelope,) = queue.pop(1)
+        return self.adopt_envelope(queue, envelope, now_ns, taken=True)
+
+    def adopt_envelope(
+        self, queue: RequestQueue, envelope: Envelope, now_ns: int, taken: bool = False
+    ) -> SlicedRequest:
+        """``adopt`` for a given queued ``envelope`` (``taken``: already out of ``queue``)."""
+        if not taken:
+            queue.take(envelope)
         envelope.dispatch_ns = now_ns
         state = SlicedRequest(envelope)
         self._requests.append(state)

@@ -450,3 +450,85 @@ def test_a_lowered_client_gets_a_session_of_its_own_only_when_asked(
     finally:
         child.kill()
         child.wait()
+
+
+def test_paused_stops_a_server_and_its_children_and_the_cpu_read_sees_it(tmp_path: Path) -> None:
+    # a "server" that spins, with a spinning child in its process group (as Triton's Python-backend stubs)
+    spin = "import os, time\nos.fork()\nwhile True: pass\n"
+    server = common.ServerProcess("spin", [sys.executable, "-c", spin], tmp_path / "spin.log")
+    with common.running(server):
+        deadline = time.monotonic() + 10
+        while len(common.group_pids(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(common.group_pids(server.pid)) == 2
+
+        def uses_cpu() -> bool:  # within 5 s, however busy the shared machine is
+            before = common.group_cpu_seconds(server.pid)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and common.group_cpu_seconds(server.pid) - before < 0.05:
+                time.sleep(0.05)
+            return common.group_cpu_seconds(server.pid) - before >= 0.05
+
+        assert uses_cpu()
+        with common.paused([server]):
+            states = {
+                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                for pid in common.group_pids(server.pid)
+            }
+            assert states == {"T"}  # both stopped
+            paused_at = common.group_cpu_seconds(server.pid)
+            time.sleep(0.5)
+            assert common.group_cpu_seconds(server.pid) - paused_at <= 0.01  # one clock tick at most
+        assert uses_cpu()  # continued
+    deadline = time.monotonic() + 5  # SIGKILLed with the group: the child goes a moment after its parent
+    while common.group_pids(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert common.group_pids(server.pid) == []
+
+
+def test_pip_target_against_the_source_tree_per_round_and_within_the_rounds_noise(tmp_path: Path) -> None:
+    def row(number: int, model: str, target: str, throughput: float, others: float = 0.0) -> dict:
+        return {
+            "round": number, "model": model, "target": target, "throughput": throughput, "completed": 1000,
+            "others_cpu": {"triton": others},
+        }  # fmt: skip
+
+    results = {
+        "meta": {"cpus": 2, "rounds_pause_others": False},
+        "targets": {},
+        "cells": [_cell("shipyard", "grpc", "add_sub", 64, 5000.0, 10.0, 12.0)],
+        "rounds": [
+            row(0, "add_sub", "shipyard", 10000.0, 0.004),
+            row(0, "add_sub", "shipyard-pip", 9800.0),  # 0.98
+            row(1, "add_sub", "shipyard", 11000.0),
+            row(1, "add_sub", "shipyard-pip", 10500.0),  # 0.955
+            row(2, "add_sub", "shipyard", 9000.0),  # the source's own rounds: 10,000 +- 10%
+            row(2, "add_sub", "shipyard-pip", 9900.0),  # 1.10
+            row(0, "wide_mlp", "shipyard", 3000.0),
+            row(0, "wide_mlp", "shipyard-pip", 2000.0),  # 0.667
+            row(1, "wide_mlp", "shipyard", 3030.0),
+            row(1, "wide_mlp", "shipyard-pip", 2020.0),  # 0.667: a real difference, beyond 1% noise
+        ],
+    }
+    paths = report.write_reports(results, tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    add_sub = saved["pip_vs_source"]["add_sub"]
+    assert add_sub["values"] == pytest.approx([0.98, 10500 / 11000, 1.10])
+    assert add_sub["noise"] == pytest.approx(0.1) and add_sub["within_noise"] is True
+    assert saved["pip_vs_source"]["wide_mlp"]["within_noise"] is False
+    checks = {c["name"]: c for c in saved["checks"]}
+    assert checks["add_sub: shipyard-pip / shipyard, median of 3 interleaved rounds (gRPC, c=64)"]["pass"] is True
+    assert checks["wide_mlp: shipyard-pip / shipyard, median of 2 interleaved rounds (gRPC, c=64)"]["pass"] is False
+    markdown = paths["md"].read_text()
+    assert "| add_sub | 0.980 | 0.955 | 1.100 | 0.980 | ±0.100 | yes |" in markdown
+    assert "| wide_mlp | 0.667 | 0.667 | — | 0.667 | ±0.005 | no |" in markdown
+    assert "left running" in markdown and "at most 0.4% (triton during shipyard's add_sub cell)" in markdown
+
+
+def test_shipyard_python_adds_the_pip_target_and_it_needs_an_interpreter() -> None:
+    from benchmarks import run
+
+    args = run.parse_args(["--targets", "shipyard", "--client", "python", "--shipyard-python", sys.executable])
+    assert args.targets == ["shipyard", "shipyard-pip"]
+    with pytest.raises(SystemExit):
+        run.parse_args(["--targets", "shipyard,shipyard-pip", "--client", "python"])

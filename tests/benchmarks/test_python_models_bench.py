@@ -31,9 +31,14 @@ def _cell(throughput: float, p50: float) -> dict[str, object]:
 def test_report_rows_say_whether_each_target_is_met() -> None:
     triton = {"mlp_py/c1": _cell(300, 3.0), "mlp_py/c16": _cell(1000, 10), "pipeline/c64": _cell(800, 50)}
     shipyard = {"mlp_py/c1": _cell(350, 2.5), "mlp_py/c16": _cell(1400, 8), "pipeline/c64": _cell(1300, 30)}
+    triton["mlp_py/c16"]["avg_batch"] = 4.4
     shipyard["crash"] = {"mlp_py_c16": _cell(1000, 9), "crashy": {"sent": 20, "failed": 20, "errors": ["INTERNAL: x"]}}
-    table = report({"servers": {"triton": triton, "shipyard": shipyard}}, [1, 16, 64])
-    assert "| mlp_py | 1 | 300 | 350 | 1.17x | 3.00 | 2.50 | p50 no worse | yes |" in table
-    assert "| mlp_py | 16 | 1,000 | 1,400 | 1.40x | 10.00 | 8.00 | >= 1.5x | NO |" in table
-    assert "| pipeline | 64 | 800 | 1,300 | 1.62x | 50.00 | 30.00 | >= 1.5x | yes |" in table
+    ceiling = {"1": 400.0, "8": 2000.0, "16": 2600.0, "32": 3000.0, "64": 3300.0}
+    table = report({"servers": {"triton": triton, "shipyard": shipyard}, "ceiling": ceiling}, [1, 16, 64])
+    assert "| mlp_py | 1 | 300 | 350 | 1.17x | 3.00 | 2.50 | - / - | p50 no worse | yes |" in table
+    assert "| mlp_py | 16 | 1,000 | 1,400 | 1.40x | 10.00 | 8.00 | 4.4 / - | >= 1.5x | NO |" in table
+    assert "| pipeline | 64 | 800 | 1,300 | 1.62x | 50.00 | 30.00 | - / - | >= 1.5x | yes |" in table
+    # the compute ceiling: batch c/2 against Triton's measured throughput (c=64: no Triton cell here)
+    assert "| 16 | 2,000 | 2,600 | 1,000 | 2.00x |" in table
+    assert "| 64 | 3,000 | 3,300 | - | - |" in table
     assert "0 failed `mlp_py` requests (target 0: met)" in table

@@ -1,0 +1,274 @@
+"""An ensemble runs a native fast-path group together (``scheduling/ensemble_group.py``).
+
+Real servers on loopback, real tritonclient, a real 3-step ensemble ``chain``: Python ``pre``
+(Y = X + 1) -> ONNX Runtime ``double`` (y = 2x) -> Python ``post`` (Y = X * 10, N = rows).
+A server with the fast path (each step one group of its model) and one without
+(``--no-grpc-fast-path``, each request through each step on its own) must give byte-identical
+answers and errors; concurrent requests, some failing at the first step and some at the last,
+each get their own answer; every Python ``execute`` still sees one request per client request;
+statistics count requests per request and executions per batch, as on the Python path; a client
+that cancels is seen by the step its request is in (``is_cancelled()``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from server_harness import ServerProcess, double_onnx, grpc_answer, start_server, write_model
+from tritonclient.utils import InferenceServerException
+
+PY_CONFIG = """
+backend: "python"
+max_batch_size: 64
+input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 4 ] }}{extra} ]
+dynamic_batching {{ }}
+"""
+
+# X[0, 0] == -1: pre refuses the request (naming its id)
+PRE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pb_utils.Logger.log_info(f"pre execute of {len(requests)} requests")
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if x[0, 0] == -1:
+                error = pb_utils.TritonError(f"pre refused {request.request_id()!r}")
+                out.append(pb_utils.InferenceResponse(error=error))
+                continue
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x + 1).astype(np.float32))]))
+        return out
+"""
+
+# its X[0, 0] == 42 (the client's 20): post refuses; == -4 (the client's -3): waits for the cancel
+POST = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pb_utils.Logger.log_info(f"post execute of {len(requests)} requests")
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if x[0, 0] == 42:
+                error = pb_utils.TritonError(f"post refused {request.request_id()!r}")
+                out.append(pb_utils.InferenceResponse(error=error))
+                continue
+            if x[0, 0] == -4:
+                deadline = time.monotonic() + 1.5
+                while not request.is_cancelled() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if request.is_cancelled():
+                    pb_utils.Logger.log_info(f"request {request.request_id()} saw is_cancelled()")
+            rows = np.full((x.shape[0], 1), x.shape[0], np.int32)
+            tensors = [pb_utils.Tensor("Y", (x * 10).astype(np.float32)), pb_utils.Tensor("N", rows)]
+            wanted = request.requested_output_names()
+            out.append(pb_utils.InferenceResponse([t for t in tensors if t.name() in wanted]))
+        return out
+"""
+
+DOUBLE = """
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+dynamic_batching { }
+"""
+
+CHAIN = """
+platform: "ensemble"
+max_batch_size: 64
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "ROWS" data_type: TYPE_INT32 dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "pre" model_version: -1 input_map { key: "X" value: "IN" } output_map { key: "Y" value: "a" } },
+  { model_name: "double" model_version: -1 input_map { key: "x" value: "a" } output_map { key: "y" value: "b" } },
+  { model_name: "post" model_version: -1 input_map { key: "X" value: "b" }
+    output_map [ { key: "Y" value: "OUT" }, { key: "N" value: "ROWS" } ] }
+] }
+"""
+
+MODELS = ("chain", "pre", "double", "post")
+
+
+def _repository(root: Path) -> Path:
+    for name, source, extra in (("pre", PRE, ""), ("post", POST, ', { name: "N" data_type: TYPE_INT32 dims: [ 1 ] }')):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(PY_CONFIG.format(extra=extra))
+        (root / name / "1" / "model.py").write_text(source)
+    write_model(root, "double", {1: double_onnx(4)}, DOUBLE)
+    (root / "chain" / "1").mkdir(parents=True)
+    (root / "chain" / "config.pbtxt").write_text(CHAIN)
+    return root
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """(fast path with ensemble groups, no fast path) over the same repository."""
+    from shipyard.serving_runtime.protocol import native_fast_python, native_grpc
+
+    if (reason := native_grpc.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    if not native_fast_python.supported():
+        pytest.skip("the native gRPC module predates FastBatch.answer_each; rebuild it with `make native`")
+    repo = _repository(tmp_path_factory.mktemp("repo"))
+    started: list[ServerProcess] = []
+    previous = os.environ.pop(native_fast_python.GROUPS_ENV, None)
+    try:
+        for flags in ((), ("--no-grpc-fast-path",)):
+            dirname = tmp_path_factory.mktemp("ensgroup")
+            started.append(start_server(dirname, [repo], "--grpc-frontend", "native", *flags, wait_models=MODELS))
+        fast = started[0]
+        _infer(fast, _x(1, 0.0))
+        line = "model 'chain' version (default): gRPC ModelInfer takes the native fast path"
+        fast.wait_until(lambda: line in fast.log(), 10, "the fast path registration")
+        yield started[0], started[1]
+    finally:
+        if previous is not None:
+            os.environ[native_fast_python.GROUPS_ENV] = previous
+        for server in started:
+            server.stop()
+
+
+def _x(rows: int, first: float, seed: float = 0.0) -> list[Any]:
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + seed
+    x[0, 0] = first
+    tensor = grpcclient.InferInput("IN", [rows, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def _infer(server: ServerProcess, inputs: list[Any], **kwargs: Any) -> bytes | tuple[str, str]:
+    return grpc_answer(server, "chain", inputs=inputs, **kwargs)
+
+
+CASES: list[dict[str, Any]] = [
+    {"inputs": _x(1, 0.0)},
+    {"inputs": _x(3, 5.0), "request_id": "id-3"},
+    {"inputs": _x(2, 1.0), "outputs": [grpcclient.InferRequestedOutput("ROWS")]},
+    {"inputs": _x(2, -1.0), "request_id": "bad-pre"},  # the first step's error
+    {"inputs": _x(2, 20.0), "request_id": "bad-post"},  # the last step's error
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_answers_and_errors_are_byte_identical_to_the_python_path(
+    servers: tuple[ServerProcess, ServerProcess], case: int
+) -> None:
+    fast, slow = servers
+    got, want = _infer(fast, **CASES[case]), _infer(slow, **CASES[case])
+    assert got == want
+    if case == 3:
+        assert got == ("StatusCode.INTERNAL", "in ensemble 'chain', pre refused 'bad-pre'")
+
+
+def _stats(server: ServerProcess) -> dict[str, dict[str, int]]:
+    client = grpcclient.InferenceServerClient(server.grpc_host)
+    try:
+        out = {}
+        for name in MODELS:
+            [entry] = client.get_inference_statistics(name, as_json=True)["model_stats"]
+            stats = entry["inference_stats"]
+            out[name] = {
+                "success": int(stats.get("success", {}).get("count", 0)),
+                "fail": int(stats.get("fail", {}).get("count", 0)),
+                "inferences": int(entry.get("inference_count", 0)),
+                "executions": int(entry.get("execution_count", 0)),
+            }
+        return out
+    finally:
+        client.close()
+
+
+def _concurrently(server: ServerProcess, count: int) -> dict[int, Any]:
+    """``count`` requests from 24 clients at once; request i fails at pre when i % 7 == 0, at
+    post when i % 7 == 3 (20 at its first element), else answers."""
+
+    def one(i: int) -> tuple[int, Any]:
+        rows = 1 + i % 3
+        first = -1.0 if i % 7 == 0 else 20.0 if i % 7 == 3 else 1000.0 + i
+        own = grpcclient.InferenceServerClient(server.grpc_host)
+        try:
+            result = own.infer("chain", _x(rows, first, seed=i), request_id=f"r{i}")
+        except InferenceServerException as exc:
+            return i, str(exc.message())
+        finally:
+            own.close()
+        return i, (result.get_response().id, result.as_numpy("OUT"), result.as_numpy("ROWS"))
+
+    with ThreadPoolExecutor(24) as pool:
+        return dict(pool.map(one, range(count)))
+
+
+def _delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in after}
+
+
+def test_a_group_with_failing_requests_answers_each_and_counts_as_the_python_path(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    fast, slow = servers
+    counted = {}
+    for server in (fast, slow):
+        before, executes_before = _stats(server), len(_executes(server, "pre"))
+        answers = _concurrently(server, 140)
+        counted[server.grpc_host] = delta = _delta(before, _stats(server))
+        for i, answer in answers.items():
+            rows = 1 + i % 3
+            if i % 7 == 0:
+                assert answer == f"in ensemble 'chain', pre refused 'r{i}'", i
+                continue
+            if i % 7 == 3:
+                assert answer == f"in ensemble 'chain', post refused 'r{i}'", i
+                continue
+            x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + i
+            x[0, 0] = 1000.0 + i
+            assert answer[0] == f"r{i}"
+            np.testing.assert_array_equal(answer[1], (x + 1) * 2 * 10)
+            np.testing.assert_array_equal(answer[2], np.full((rows, 1), rows, np.int32))
+        executes = _executes(server, "pre")[executes_before:]
+        assert sum(executes) == 140  # one InferenceRequest per client request, however grouped
+        assert delta["pre"]["executions"] == len(executes)
+    fast_delta, slow_delta = counted[fast.grpc_host], counted[slow.grpc_host]
+    # requests: per request on both paths (120 reach double, 100 succeed at post)
+    assert fast_delta["chain"]["success"] == slow_delta["chain"]["success"] == 100
+    assert fast_delta["chain"]["fail"] == slow_delta["chain"]["fail"] == 40
+    for name, requests in (("pre", 140), ("double", 120), ("post", 120)):
+        assert fast_delta[name]["success"] + fast_delta[name]["fail"] == requests, name
+        assert fast_delta[name]["success"] == slow_delta[name]["success"], name
+        assert fast_delta[name]["inferences"] == slow_delta[name]["inferences"], name
+    # executions: per batch; the groups batched (fewer executions than requests)
+    assert fast_delta["double"]["executions"] < 120
+    assert fast_delta["chain"]["executions"] == slow_delta["chain"]["executions"] == 100  # one per answered request
+
+
+def _executes(server: ServerProcess, model: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"{model} execute of (\d+) requests", server.log())]
+
+
+def test_a_step_sees_its_client_cancel(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    fast, _ = servers
+    client = grpcclient.InferenceServerClient(fast.grpc_host)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("chain", _x(1, -3.0), request_id="cancel-me", client_timeout=0.3)
+    client.close()
+    assert "DEADLINE_EXCEEDED" in str(raised.value.status())
+    fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "post to see is_cancelled()")
+    assert _infer(fast, _x(1, 0.0)) == _infer(servers[1], _x(1, 0.0))  # and it serves on

@@ -1,0 +1,172 @@
+"""The idle lane (scheduling/idle_lane.py) with real ONNX Runtime instances: background requests run whole on
+the lane's instance, whose thread is at the OS's idle priority; real-time requests overtake a background
+request that is computing there (they are answered while it is held), and the real-time instance stays free of
+background work while real-time work is recent, and takes it when real-time work has stopped.
+
+The lane's instance is a real ORT session behind a gate (``Gated``): what it runs waits for the test to open
+the gate, so "overtaking" is shown by order of answers, not by timing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+from test_scheduling_onnx import ADD_SUB, Recorded, add_sub_request, load
+
+from shipyard.serving_runtime.backends.base import BackendInstance
+from shipyard.serving_runtime.config import parse_config_text
+from shipyard.serving_runtime.errors import ModelConfigError
+from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler
+from shipyard.serving_runtime.scheduling.background import background_from_config
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+from shipyard.zoo import onnx_model
+
+
+def lane_config(recent_us: int = 10_000_000, instances: int = 1, fill: int = 0, priority: str = "idle") -> str:
+    params = {"background_instances": instances, "background_recent_us": recent_us, "background_slice_rows": 4,
+              "background_fill_rows": fill, "background_thread_priority": priority,
+              "background_share_rows": 0}  # fmt: skip
+    text = "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+    return ADD_SUB.format(mbs=64).replace(
+        "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + text
+    )
+
+
+class Gated:
+    """A real instance whose executions wait for ``gate``."""
+
+    def __init__(self, inner: Recorded) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.threads: list[int] = []
+
+    @property
+    def runs(self) -> list[tuple[int, float, float]]:
+        return self.inner.runs
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_native_id())
+        self.entered.set()
+        self.gate.wait(30)
+        return self.inner.execute(inputs, outputs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def lane_scheduler(config: str) -> tuple[DynamicBatcher, Recorded, Gated]:
+    realtime, lane = load(onnx_model("add_sub"), 2)
+    gated = Gated(lane)
+    instances: list[BackendInstance] = [realtime, gated]  # type: ignore[list-item]
+    made = create_scheduler(parse_config_text(config), instances, "add_sub", 1)
+    assert isinstance(made, DynamicBatcher)
+    return made, realtime, gated
+
+
+def background(seed: int, rows: int) -> tuple[InferenceRequest, np.ndarray, np.ndarray]:
+    req, a, b = add_sub_request(seed, rows=rows)
+    req.priority = 2
+    return req, a, b
+
+
+def assert_answer(outputs: dict[str, np.ndarray], a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(outputs["OUTPUT0"], a + b, rtol=1e-6)
+    np.testing.assert_allclose(outputs["OUTPUT1"], a - b, rtol=1e-6)
+
+
+async def realtime_burst(s: DynamicBatcher, first_seed: int, count: int = 20) -> int:
+    cases = [add_sub_request(first_seed + i, rows=1 + i % 2) for i in range(count)]
+    results = await asyncio.gather(*(s.submit(req) for req, _, _ in cases))
+    for (_, a, b), outputs in zip(cases, results, strict=True):
+        assert_answer(outputs, a, b)
+    return sum(req.batch_size for req, _, _ in cases)
+
+
+def test_lane_parameters_from_config() -> None:
+    config = parse_config_text(lane_config(priority="nice"))
+    rules = background_from_config(config, 2, "m")
+    assert rules is not None and (rules.instances, rules.thread_priority) == (1, "nice")
+    with pytest.raises(ModelConfigError, match="'background_thread_priority' must be one of idle, nice, normal"):
+        background_from_config(parse_config_text(lane_config(priority="lowest")), 2, "m")
+    no_lane = lane_config(instances=0).replace('"background_slice_rows"', '"unused"')
+    with pytest.raises(ModelConfigError, match="'background_thread_priority' needs 'background_instances'"):
+        background_from_config(parse_config_text(no_lane), 2, "m")
+    with pytest.raises(ModelConfigError, match="'background_instances' is 2 but the instance_group has 2"):
+        lane_scheduler(lane_config(instances=2))
+
+
+async def test_real_time_requests_overtake_a_background_request_on_the_idle_lane() -> None:
+    s, realtime, lane = lane_scheduler(lane_config())
+    job, a, b = background(100, rows=48)
+    held = asyncio.ensure_future(s.submit(job))
+    await asyncio.to_thread(lane.entered.wait, 10)  # the job computes on the lane (held by the gate)
+    rows = await realtime_burst(s, 0)
+    assert not held.done(), "the background request finished before the gate opened"
+    assert sum(run[0] for run in realtime.runs) == rows, "the real-time instance ran background rows"
+    lane.gate.set()
+    assert_answer(await held, a, b)  # one answer, whole, every row
+    assert [run[0] for run in lane.runs] == [48], "the lane runs a background request whole"
+    if sys.platform == "linux":
+        assert os.sched_getscheduler(lane.threads[0]) == os.SCHED_IDLE
+        own = next(t for t in threading.enumerate() if t.name == "add_sub-v1-i0").native_id
+        assert own is not None and os.sched_getscheduler(own) == os.SCHED_OTHER
+    stats = s.stats
+    assert stats.inference_count == rows + 48 and s.pending_count() == 0
+    s.close()
+
+
+async def test_the_real_time_instance_takes_no_background_work_while_real_time_is_recent() -> None:
+    s, realtime, lane = lane_scheduler(lane_config())
+    await realtime_burst(s, 0)  # real-time work is recent (10 s)
+    first, a1, b1 = background(100, rows=40)
+    second, a2, b2 = background(101, rows=24)
+    held = [asyncio.ensure_future(s.submit(req)) for req in (first, second)]
+    await asyncio.to_thread(lane.entered.wait, 10)
+    rows = await realtime_burst(s, 50)
+    assert not any(f.done() for f in held) and s.pending_count() == 2, "a background request ran off the lane"
+    assert sum(run[0] for run in realtime.runs) == 2 * rows
+    lane.gate.set()
+    assert_answer(await held[0], a1, b1)
+    assert_answer(await held[1], a2, b2)
+    assert [run[0] for run in lane.runs] == [40, 24]
+    s.close()
+
+
+async def test_without_recent_real_time_work_both_instances_run_background_requests() -> None:
+    """A job alone keeps the real-time instance's rate: once real-time work is not recent, that instance takes
+    background requests too (while the lane's is held)."""
+    s, realtime, lane = lane_scheduler(lane_config(recent_us=1))
+    await realtime_burst(s, 0)
+    await asyncio.sleep(0.01)  # real-time work is no longer recent (1 us)
+    first, a1, b1 = background(100, rows=40)
+    held = asyncio.ensure_future(s.submit(first))
+    await asyncio.to_thread(lane.entered.wait, 10)
+    second, a2, b2 = background(101, rows=24)
+    assert_answer(await s.submit(second), a2, b2)  # on the real-time instance, while the lane's is held
+    assert not held.done()
+    lane.gate.set()
+    assert_answer(await held, a1, b1)
+    assert realtime.runs[-1][0] == 24 and [run[0] for run in lane.runs] == [40]
+    s.close()
+
+
+async def test_co_batching_and_the_lane_share_one_background_request() -> None:
+    """With ``background_fill_rows`` too, a real-time batch takes rows of the background request and the lane
+    runs the rest: every row once, in order, one answer."""
+    s, realtime, lane = lane_scheduler(lane_config(fill=8))
+    lane.gate.set()
+    await realtime_burst(s, 0)
+    jobs = [background(100 + i, rows=30) for i in range(4)]
+    answers = asyncio.gather(*(s.submit(req) for req, _, _ in jobs))
+    await realtime_burst(s, 50, count=40)
+    for (_, a, b), outputs in zip(jobs, await answers, strict=True):
+        assert_answer(outputs, a, b)
+    assert s.stats.inference_count == sum(run[0] for run in realtime.runs + lane.runs)
+    assert s.pending_count() == 0
+    s.close()
