@@ -532,3 +532,13 @@ def test_shipyard_python_adds_the_pip_target_and_it_needs_an_interpreter() -> No
     assert args.targets == ["shipyard", "shipyard-pip"]
     with pytest.raises(SystemExit):
         run.parse_args(["--targets", "shipyard,shipyard-pip", "--client", "python"])
+
+
+def test_threads_prints_the_executions_by_batch_size() -> None:
+    from benchmarks import threads
+
+    lines = threads.batch_lines([(1, 80), (3, 10), (40, 10)])  # 80 + 30 + 400 = 510 items in 100 executions
+    assert lines[0] == "executions: 100, 5.1 items each on average"
+    assert lines[1] == "  batch 1        80% of executions,   16% of items"
+    assert lines[-1] == "  batch 17-64    10% of executions,   78% of items"
+    assert threads.batch_lines([]) == []

@@ -34,9 +34,11 @@ from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regr
 
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
-# "1": batches go straight from the event loop to the process (start_requests) instead of through
-# the instance's worker thread (execute_requests, the default). Off by default: on the loaded
-# 2-core machine the loop path was slower at c=64 (docs/serving.md, Python models, "Two paths").
+# Which batches go straight from the event loop to the process (start_requests) instead of through
+# the instance's worker thread (execute_requests). "1": every batch; "0": none; unset (or
+# "single"): a batch of one request, i.e. light load, where the loop path saves the worker's two
+# hand-overs (~70 us at c=1); larger batches keep the worker thread, as the loop path was slower
+# at c=64 on the loaded 2-core machine (docs/serving.md, Python models, "Two paths").
 LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
 DEFAULT_INIT_TIMEOUT_S = 300.0
@@ -116,7 +118,9 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
-        self.loop_calls = os.environ.get(LOOP_CALL_ENV, "0") == "1"
+        mode = os.environ.get(LOOP_CALL_ENV, "single")
+        self.loop_calls = mode == "1"  # every batch from the loop
+        self.loop_single = mode not in ("0", "1")  # a batch of one request from the loop
         try:
             self.stub = self._start()
         except BaseException:
@@ -253,17 +257,22 @@ class PythonInstance:
         """Send one formed batch from the event loop, which reads the reply when it arrives
         (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
 
-        False (nothing was sent): the loop path is off (``SHIPYARD_PYTHON_LOOP_CALL``), the process
-        is being (re)started or a call is in progress; run ``execute_requests`` on the worker
-        thread instead. Call on the running event loop.
+        False (nothing was sent): the loop path is off for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
+        by default only a batch of one request takes it), the process is being (re)started, a call
+        is in progress or no event loop runs here; run ``execute_requests`` on the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
             flat, spans = expand(requests)
             return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)))
-        stub = self.stub
-        if self._closed or not self.loop_calls or not stub.try_begin():
+        if self._closed or not (self.loop_calls or (self.loop_single and len(requests) == 1)):
             return False
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        stub = self.stub
+        if not stub.try_begin():
+            return False
         keys = [next(_KEYS) for _ in requests]
         try:
             described = self._describe(requests, keys)
