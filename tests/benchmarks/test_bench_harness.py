@@ -523,6 +523,11 @@ def test_pip_target_against_the_source_tree_per_round_and_within_the_rounds_nois
     assert "| add_sub | 0.980 | 0.955 | 1.100 | 0.980 | ±0.100 | yes |" in markdown
     assert "| wide_mlp | 0.667 | 0.667 | — | 0.667 | ±0.005 | no |" in markdown
     assert "left running" in markdown and "at most 0.4% (triton during shipyard's add_sub cell)" in markdown
+    assert "were stopped (SIGSTOP" not in markdown
+    results["meta"]["rounds_pause_others"] = True
+    markdown = report.write_reports(results, tmp_path)["md"].read_text()
+    assert "Interleaved rounds: the targets not being measured were stopped (SIGSTOP" in markdown  # the header
+    assert "were stopped (SIGSTOP to their process groups) during each cell, continued after" in markdown
 
 
 def test_shipyard_python_adds_the_pip_target_and_it_needs_an_interpreter() -> None:
