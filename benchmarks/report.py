@@ -288,6 +288,11 @@ def _header_lines(meta: dict[str, Any]) -> list[str]:
         f"warm-up {meta.get('warmup_s', '?')} s, window {meta.get('window_s', '?')} s per cell. ONNX Runtime with "
         "one intra-op thread everywhere.",
     ]
+    if meta.get("rounds_pause_others"):
+        lines.append(
+            "Interleaved rounds: the targets not being measured were stopped (SIGSTOP to their process groups) "
+            "during each cell, every target alike."
+        )
     if meta.get("note"):
         lines += ["", f"**Note:** {meta['note']}"]
     return lines

@@ -14,6 +14,10 @@
 The server is ``python -m shipyard.serving_runtime`` with the wide MLP at max_batch_size 128, one instance,
 one ONNX Runtime thread, ``dynamic_batching { priority_levels: 2 default_priority_level: 1 }`` (what the
 publish step writes). Results: ``score.json`` and ``score.md`` in ``--out``.
+
+``--background-instances 1`` adds the idle lane (``serving_runtime/scheduling/idle_lane.py``): a second
+instance that runs only the job's requests, on a thread at the OS's idle CPU priority (``--thread-priority``);
+``--fill-rows 0`` turns co-batching off; ``--scorer-nice 0`` runs the job's client at normal priority.
 """
 
 from __future__ import annotations
@@ -228,7 +232,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "background_thread_priority": args.thread_priority if args.background_instances else ""}  # fmt: skip
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
-            "concurrency": args.concurrency, "client": args.client, "background": background}  # fmt: skip
+            "concurrency": args.concurrency, "client": args.client, "background": background,
+            "scorer_nice": args.scorer_nice, "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg())}  # fmt: skip
     results: dict[str, Any] = {"meta": meta, "inprocess_limit": limit}
     inproc = run_scorer(score_argv(data, work / "inproc", "--repository", str(repo), batch_size=batch))
     results["alone_inprocess"] = inproc
@@ -265,6 +270,9 @@ def report(results: dict[str, Any]) -> str:
     alone = results["alone_served"]["rows_per_s"]
     lines = [
         f"# Batch scoring next to real-time traffic ({MODEL}, {results['meta']['rows']} rows)", "",
+        "Server background rules: " + (", ".join(f"{k} {v}" for k, v in results["meta"]["background"].items() if v)
+                                        or "none") + f"; scorer nice {results['meta'].get('scorer_nice', '?')}; "
+        f"load average at the start {results['meta'].get('loadavg', '?')}", "",
         "| measurement | value | target | pass |", "|---|---|---|---|",
         f"| in-process limit (batch {results['inprocess_limit']['best_batch']}) | {limit:,.0f} rows/s | | |",
         f"| shipyard score --repository (in-process) | {results['alone_inprocess']['rows_per_s']:,.0f} rows/s "

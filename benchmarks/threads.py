@@ -9,17 +9,22 @@ the middle of the window, plus the load generator's own CPU. Prints, per thread,
 CPU it ran and waited, and its CPU per request; then the server's and the client's CPU per request.
 
 On this 2-core machine a thread that runs ~100% of a CPU (plus its wait) is the bottleneck; when
-the threads' running shares add up to ~200% the machine is. Linux only.
+the threads' running shares add up to ~200% the machine is. For shipyard it also prints how big the
+model's executions were over the whole cell (the statistics extension's ``batch_stats``): the Python
+work per execution is paid once per batch, so a cell of mostly one-item executions pays it per
+request. Linux only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +120,7 @@ def measure(
         time.sleep(seconds)
         after, elapsed = sample(pids), time.monotonic() - t0
         loader.join()
+        sizes = batch_sizes(target.ports["rest"], model.name) if target_name == "shipyard" else []
     cell = result["cell"]
     rate = cell.throughput
     threads: list[dict[str, Any]] = []
@@ -134,7 +140,34 @@ def measure(
         "server_cpu": server_cpu,
         "server_us_per_request": server_cpu / rate * 1e6 if rate else None,
         "client_us_per_request": client_us,
+        "batch_sizes": sizes,
     }
+
+
+BATCH_BUCKETS = ((1, 1), (2, 4), (5, 16), (17, 64), (65, 1 << 30))
+
+
+def batch_sizes(rest_port: int, model: str) -> list[tuple[int, int]]:
+    """(batch size, executions) of ``model`` so far, from shipyard's statistics endpoint."""
+    url = f"http://{common.LOOPBACK}:{rest_port}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return sorted((int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in stats.get("batch_stats", []))
+
+
+def batch_lines(sizes: list[tuple[int, int]]) -> list[str]:
+    """Per bucket of batch sizes: its share of the executions and of the items they ran."""
+    executions, items = sum(c for _, c in sizes), sum(b * c for b, c in sizes)
+    if not executions:
+        return []
+    out = [f"executions: {executions:,}, {items / executions:.1f} items each on average"]
+    for low, high in BATCH_BUCKETS:
+        count = sum(c for b, c in sizes if low <= b <= high)
+        ran = sum(b * c for b, c in sizes if low <= b <= high)
+        if count:
+            label = f"{low}" if low == high else f"{low}-{high}" if high < 1 << 30 else f">={low}"
+            out.append(f"  batch {label:6s} {count / executions:5.0%} of executions, {ran / items:5.0%} of items")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'—' if server_us is None else f'{server_us:.0f}'} µs per request; client: "
         f"{'—' if client_us is None else f'{client_us:.0f}'} µs per request"
     )
+    for line in batch_lines(out["batch_sizes"]):
+        print(line)
     return 0
 
 

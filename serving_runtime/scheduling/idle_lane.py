@@ -101,8 +101,8 @@ class IdleLane:
         """Whether the other instances take no background-only work now: real-time work is recent and
         none is queued first."""
         first = next(iter(queue), None)
-        if first is not None and first.level < self.settings.level:
-            return False
+        if first is not None and (first.level < self.settings.level or not _lane_can_run(first)):
+            return False  # real-time work, or a request the lane cannot take (decoupled, delayed): as before
         return bool(last_foreground_ns) and now_ns - last_foreground_ns < self.settings.recent_ns
 
     def dispatch(self, queue: RequestQueue, slicer: Slicer, now_ns: int) -> None:
@@ -122,11 +122,13 @@ def _first_background(queue: RequestQueue, level: int) -> Envelope | None:
     """The first queued background request the lane can run (not decoupled, not a fast-path group, not
     delayed), else None; real-time requests queued before it are left to the other instances."""
     for envelope in queue.at_level(level):
-        request = envelope.request
-        if request.on_response is None and request.group_arrivals_ns is None:
-            return envelope
-        return None
+        return envelope if _lane_can_run(envelope) else None
     return None
+
+
+def _lane_can_run(envelope: Envelope) -> bool:
+    request = envelope.request
+    return request.on_response is None and request.group_arrivals_ns is None and not envelope.delayed
 
 
 def lane_for(

@@ -523,6 +523,11 @@ def test_pip_target_against_the_source_tree_per_round_and_within_the_rounds_nois
     assert "| add_sub | 0.980 | 0.955 | 1.100 | 0.980 | ±0.100 | yes |" in markdown
     assert "| wide_mlp | 0.667 | 0.667 | — | 0.667 | ±0.005 | no |" in markdown
     assert "left running" in markdown and "at most 0.4% (triton during shipyard's add_sub cell)" in markdown
+    assert "were stopped (SIGSTOP" not in markdown
+    results["meta"]["rounds_pause_others"] = True
+    markdown = report.write_reports(results, tmp_path)["md"].read_text()
+    assert "Interleaved rounds: the targets not being measured were stopped (SIGSTOP" in markdown  # the header
+    assert "were stopped (SIGSTOP to their process groups) during each cell, continued after" in markdown
 
 
 def test_shipyard_python_adds_the_pip_target_and_it_needs_an_interpreter() -> None:
@@ -532,3 +537,13 @@ def test_shipyard_python_adds_the_pip_target_and_it_needs_an_interpreter() -> No
     assert args.targets == ["shipyard", "shipyard-pip"]
     with pytest.raises(SystemExit):
         run.parse_args(["--targets", "shipyard,shipyard-pip", "--client", "python"])
+
+
+def test_threads_prints_the_executions_by_batch_size() -> None:
+    from benchmarks import threads
+
+    lines = threads.batch_lines([(1, 80), (3, 10), (40, 10)])  # 80 + 30 + 400 = 510 items in 100 executions
+    assert lines[0] == "executions: 100, 5.1 items each on average"
+    assert lines[1] == "  batch 1        80% of executions,   16% of items"
+    assert lines[-1] == "  batch 17-64    10% of executions,   78% of items"
+    assert threads.batch_lines([]) == []

@@ -170,3 +170,16 @@ async def test_co_batching_and_the_lane_share_one_background_request() -> None:
     assert s.stats.inference_count == sum(run[0] for run in realtime.runs + lane.runs)
     assert s.pending_count() == 0
     s.close()
+
+
+async def test_a_background_request_the_lane_cannot_take_runs_on_the_real_time_instance() -> None:
+    """A decoupled request (``on_response``) cannot be run in parts: the lane leaves it, and the real-time
+    instance runs it even while real-time work is recent (it is not starved)."""
+    s, realtime, lane = lane_scheduler(lane_config())
+    await realtime_burst(s, 0)
+    job, a, b = background(100, rows=16)
+    job.on_response = lambda *_: None
+    assert_answer(await asyncio.wait_for(s.submit(job), 10), a, b)
+    assert realtime.runs[-1][0] == 16 and not lane.runs
+    lane.gate.set()
+    s.close()
