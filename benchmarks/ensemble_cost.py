@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{role:12s} {name[:18]:18s} {cpu * 100:6.1f}% {wait * 100:7.1f}% {cpu / max(rate, 1) * 1e6:7.1f}")
     for role, cpu in totals.items():
         print(f"{role:12s} total {cpu * 100:.0f}% of one CPU, {cpu / max(rate, 1) * 1e6:.0f} µs per request")
+    everything = sum(totals.values())
+    print(f"server and stubs: {everything * 100:.0f}% of one CPU, {everything / max(rate, 1) * 1e6:.0f} µs per request")
     for name, m in out["models"].items():
         print(
             f"{name:9s} requests {m['requests']:6d} executions {m['executions']:5d} avg batch {m['avg_batch']:5.1f} "

@@ -316,7 +316,7 @@ class DynamicBatcher:
             lane.dispatch(queue, slicer, now)  # background requests go to the idle lane first (idle_lane.py)
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
-            if lane is not None and lane.keeps_foreground_free(queue, self._foreground_ns, now):
+            if lane is not None and lane.keeps_foreground_free(queue):
                 break  # background-only work waits for the idle lane
             if slicer is not None and self._idle:
                 plan = slicer.plan(queue, self._foreground_ns, now)
