@@ -24,8 +24,7 @@ parameters it does not know; both 0 or absent: off):
   (where 128 rows cost about what 8 do);
 - ``background_instances``: the last that many instances of the ``instance_group`` run only background
   requests, whole, on threads at the OS's idle CPU priority (``background_thread_priority``: ``idle``,
-  ``nice`` or ``normal``), and the others take no background-only work while real-time work is recent
-  (the idle lane, ``idle_lane.py``).
+  ``nice`` or ``normal``), and the others take no background-only work (the idle lane, ``idle_lane.py``).
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.

@@ -56,6 +56,21 @@ def make_group(
     return RequestGroup(inputs, outputs, batch_size=start, group_arrivals_ns=arrivals_ns, members=members)
 
 
+def drop_member(request: InferenceRequest, position: int, start: int, stop: int) -> int:
+    """Take the client request at ``position`` of a queued group request (rows ``start:stop`` of its
+    inputs; a ``RequestGroup``'s member too) out, its client having gone away; its arrival time.
+    A group left empty keeps its inputs (it never runs)."""
+    arrivals = list(request.group_arrivals_ns or ())
+    arrival = arrivals.pop(position)
+    request.group_arrivals_ns = arrivals
+    if arrivals:
+        request.inputs = {name: np.concatenate((a[:start], a[stop:])) for name, a in request.inputs.items()}
+        request.batch_size -= stop - start
+    if isinstance(request, RequestGroup):
+        request.members.pop(position)
+    return arrival
+
+
 class GroupResults(dict):  # type: ignore[type-arg]
     """A group's outcome (see the module docstring): the joined outputs (this dict, when ``joined``)
     and ``parts``, each member's outputs or its own error."""

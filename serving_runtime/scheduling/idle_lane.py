@@ -13,9 +13,14 @@ form the *idle lane*:
   default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19; ``normal`` leaves it, for measuring), so the
   kernel gives their compute only the CPU time that nothing else wants: a real-time batch's compute, the
   event loop and the clients preempt it at once, instead of queueing behind it;
-- while real-time work is recent (``background_recent_us``) the other instances take no background-only
-  work (no slices): they stay free for the next real-time arrival; when real-time work stops they take
-  background work as before, so a job alone keeps its rate.
+- the other instances are **reserved** for real-time work: they take no background-only work (no slices,
+  no whole background batches), whether real-time work is recent or not, so a real-time request never
+  waits behind a background batch, not even the first one after a quiet spell. Background rows still ride
+  in their real-time batches with ``background_fill_rows`` (co-batching) and whole small background
+  requests join them up to ``background_share_rows``. A job alone runs on the lane only (at idle priority,
+  but then nothing else wants the CPU); a lane of more instances runs more of its requests at once.
+  Requests the lane cannot take (decoupled, fast-path groups, delayed by a queue policy) go to the
+  real-time instances as before.
 
 With ONNX Runtime at ``intra_op_thread_count: 1`` a run computes on the calling thread, so lowering the
 worker thread lowers the compute; the pool threads of a bigger ``intra_op_thread_count`` were started
@@ -97,13 +102,10 @@ class IdleLane:
         assert isinstance(worker, LaneWorker)
         self._idle.append(worker)
 
-    def keeps_foreground_free(self, queue: RequestQueue, last_foreground_ns: int, now_ns: int) -> bool:
-        """Whether the other instances take no background-only work now: real-time work is recent and
-        none is queued first."""
+    def keeps_foreground_free(self, queue: RequestQueue) -> bool:
+        """Whether the other (real-time) instances take no work now: what is queued first is for the lane."""
         first = next(iter(queue), None)
-        if first is not None and (first.level < self.settings.level or not _lane_can_run(first)):
-            return False  # real-time work, or a request the lane cannot take (decoupled, delayed): as before
-        return bool(last_foreground_ns) and now_ns - last_foreground_ns < self.settings.recent_ns
+        return first is None or (first.level >= self.settings.level and _lane_can_run(first))
 
     def dispatch(self, queue: RequestQueue, slicer: Slicer, now_ns: int) -> None:
         """Give each idle lane worker a background request: the rest of the one being run in parts (a rider

@@ -261,3 +261,40 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     finally:
         batcher.close()
     assert instance.restarts == 1
+
+
+def test_the_stubs_spin_for_the_next_call_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SHIPYARD_PYTHON_STUB_SPIN_US the process polls for the next call after answering one,
+    then blocks: calls are answered as usual, and an idle process stops using the CPU."""
+    import json
+    import os
+    import time
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+    monkeypatch.setenv("SHIPYARD_PYTHON_STUB_SPIN_US", "50000")  # 50 ms, long enough to see
+    model = tmp_path / "1" / "model.py"
+    model.parent.mkdir()
+    model.write_text(ECHO_MODEL)
+    args = {
+        "model_config": json.dumps({"name": "m"}), "model_instance_kind": "CPU", "model_instance_name": "m_0",
+        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "m",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{instance.stub.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        for value in range(5):
+            (result,) = instance.execute_requests([InferenceRequest({"x": np.full((1, 2), value, np.float32)})])
+            assert not isinstance(result, Exception)
+            np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * value, np.float32))
+        time.sleep(0.2)  # past the spin
+        before = cpu_s()
+        time.sleep(1.0)
+        assert cpu_s() - before < 0.1  # blocked, not spinning
+    finally:
+        instance.close()
