@@ -177,7 +177,12 @@ class DynamicBatcher:
         self.stats.pending = self._pending
         if request.group_arrivals_ns is not None:
             request.leave = partial(self._leave, envelope)
-        if request.group_arrivals_ns is not None and self._idle and len(self._queue) == 1:
+        if (
+            request.group_arrivals_ns is not None
+            and self._idle
+            and len(self._queue) == 1
+            and getattr(request, "formed", True)
+        ):
             self._kick()  # a group is the batch its requests formed already: an idle instance starts it now
         elif not self._kick_soon:
             # Decide once all the callbacks of this loop iteration have run: requests woken or

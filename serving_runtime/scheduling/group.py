@@ -25,9 +25,13 @@ from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 @dataclass
 class RequestGroup(InferenceRequest):
-    """See the module docstring. ``members``: one request per client request, in order."""
+    """See the module docstring. ``members``: one request per client request, in order.
+    ``formed``: the group is a batch already (the fast path's: an idle instance starts it at
+    once); False (an ensemble step's): it waits, as a request does, for the others that arrive on
+    the same turn of the event loop (the other groups of the step before's batch) to join it."""
 
     members: list[InferenceRequest] = field(default_factory=list)
+    formed: bool = True
 
 
 def make_group(
