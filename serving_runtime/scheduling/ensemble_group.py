@@ -22,6 +22,7 @@ its running step's model (``is_cancelled()``) and leaves the group.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from shipyard.serving_runtime.scheduling.ensemble import EnsembleScheduler, Step
 
 _CANCELLED = "request cancelled by the client before it finished"
+# A step's group waits for the others of its turn of the event loop (``RequestGroup.formed``):
+# the groups of one batch of the step before reach the next step together and batch as one.
+# SHIPYARD_ENSEMBLE_JOIN=0: each group starts an idle instance at once (for A/B runs).
+JOIN_ENV = "SHIPYARD_ENSEMBLE_JOIN"
 
 
 class _Member:
@@ -289,6 +294,7 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
         timeout_us=first.timeout_us,
         group_arrivals_ns=[now] * len(subs),
         members=subs,
+        formed=os.environ.get(JOIN_ENV, "1") == "0",
     )
     for member, sub in zip(going, subs, strict=True):
         member.running.append(sub)

@@ -25,9 +25,13 @@ from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 @dataclass
 class RequestGroup(InferenceRequest):
-    """See the module docstring. ``members``: one request per client request, in order."""
+    """See the module docstring. ``members``: one request per client request, in order.
+    ``formed``: the group is a batch already (the fast path's: an idle instance starts it at
+    once); False (an ensemble step's): it waits, as a request does, for the others that arrive on
+    the same turn of the event loop (the other groups of the step before's batch) to join it."""
 
     members: list[InferenceRequest] = field(default_factory=list)
+    formed: bool = True
 
 
 def make_group(
@@ -50,6 +54,21 @@ def make_group(
         )
         start = end
     return RequestGroup(inputs, outputs, batch_size=start, group_arrivals_ns=arrivals_ns, members=members)
+
+
+def drop_member(request: InferenceRequest, position: int, start: int, stop: int) -> int:
+    """Take the client request at ``position`` of a queued group request (rows ``start:stop`` of its
+    inputs; a ``RequestGroup``'s member too) out, its client having gone away; its arrival time.
+    A group left empty keeps its inputs (it never runs)."""
+    arrivals = list(request.group_arrivals_ns or ())
+    arrival = arrivals.pop(position)
+    request.group_arrivals_ns = arrivals
+    if arrivals:
+        request.inputs = {name: np.concatenate((a[:start], a[stop:])) for name, a in request.inputs.items()}
+        request.batch_size -= stop - start
+    if isinstance(request, RequestGroup):
+        request.members.pop(position)
+    return arrival
 
 
 class GroupResults(dict):  # type: ignore[type-arg]

@@ -12,6 +12,7 @@ that cancels is seen by the step its request is in (``is_cancelled()``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterator
@@ -272,3 +273,49 @@ def test_a_step_sees_its_client_cancel(servers: tuple[ServerProcess, ServerProce
     assert "DEADLINE_EXCEEDED" in str(raised.value.status())
     fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "post to see is_cancelled()")
     assert _infer(fast, _x(1, 0.0)) == _infer(servers[1], _x(1, 0.0))  # and it serves on
+
+
+async def test_groups_that_reach_a_step_together_run_as_one_batch(tmp_path: Path) -> None:
+    """Two groups submitted on the same turn of the event loop (as the groups of one batch of the
+    step before are answered) join one batch of an idle step model, not one batch each."""
+    from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.scheduling import InferenceRequest
+
+    repo = tmp_path / "repo"
+    write_model(repo, "double", {1: double_onnx(4)}, DOUBLE)
+    (repo / "twice" / "1").mkdir(parents=True)
+    (repo / "twice" / "config.pbtxt").write_text(TWICE)
+    manager = ModelManager([repo], "none")
+    await manager.start()
+    try:
+        ensemble = manager.get("twice")
+
+        def group(seed: int) -> list[InferenceRequest]:
+            return [
+                InferenceRequest({"IN": np.full((rows, 4), seed + rows, np.float32)}, batch_size=rows)
+                for rows in (1, 2)
+            ]
+
+        answers = await asyncio.gather(
+            ensemble.scheduler.submit_group(group(0)), ensemble.scheduler.submit_group(group(10))
+        )
+        for seed, parts in zip((0, 10), answers, strict=True):
+            for rows, part in zip((1, 2), parts, strict=True):
+                np.testing.assert_array_equal(part["OUT"], np.full((rows, 4), 2 * (seed + rows), np.float32))
+        [double] = [s for s in manager.all_stats() if s.name == "double"]
+        [twice] = [s for s in manager.all_stats() if s.name == "twice"]
+        assert (double.execution_count, double.inference_count) == (1, 6)  # one batch of both groups
+        assert twice.as_triton_dict()["inference_stats"]["success"]["count"] == 4  # each request
+    finally:
+        await manager.shutdown()
+
+
+TWICE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "double" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }
+] }
+"""
