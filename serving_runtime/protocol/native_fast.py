@@ -128,6 +128,8 @@ class _Entry:
     version: str
     model: weakref.ReferenceType[Any]
     outputs: tuple[str, ...]  # config order
+    per_request: bool = False  # native_fast_python.per_request(model), fixed per model: once, not per group
+    per_member: bool = False  # native_fast_python.per_member(model)
 
 
 class FastPath:
@@ -178,7 +180,10 @@ class FastPath:
         ]  # fmt: skip
         handle = self._next_handle
         self._next_handle += 1
-        self._entries[handle] = _Entry(key[0], key[1], weakref.ref(model), tuple(rules.outputs))
+        self._entries[handle] = _Entry(
+            key[0], key[1], weakref.ref(model), tuple(rules.outputs),
+            native_fast_python.per_request(model), native_fast_python.per_member(model),
+        )  # fmt: skip
         self._keys[key] = handle
         mbs = int(model.max_batch_size)
         max_requests = 0 if model.config.HasField("dynamic_batching") else 1  # the default scheduler: alone
@@ -231,7 +236,7 @@ class FastPath:
             batch.fallback()
             return
         entry, model = served
-        group = native_fast_python.group_request(batch) if native_fast_python.per_request(model) else None
+        group = native_fast_python.group_request(batch) if entry.per_request else None
         if group is not None:
             self._members.add(batch, group)
         request = group or InferenceRequest(
@@ -243,7 +248,7 @@ class FastPath:
         if group is None:
             request.answer_early = answer.prepare
         try:
-            if group is not None and native_fast_python.per_member(model):
+            if group is not None and entry.per_member:
                 results = await native_fast_python.infer_each(model, group, batch, self._members)
                 if results is None:  # the model is being replaced: the Python path retries
                     batch.fallback()
