@@ -15,8 +15,10 @@ ensemble 'e', ..."), the others go on. The ensemble's statistics count each memb
 A step runs member by member (as ``submit`` would) when its model does not take groups: not a
 dynamic batcher, no batch dimension, decoupled, more rows than its ``max_batch_size``, or its
 queue refused the group (``max_queue_size`` counts requests; each is then queued or refused on
-its own). A member whose client cancelled (``cancel_hook``, called by the fast path) is told to
-its running step's model (``is_cancelled()``) and leaves the group.
+its own). A member whose client cancelled (``cancel_hook``, called by the fast path) leaves the
+group: while its step's group is queued it leaves that too (``Leaving``: that model never runs it
+and counts it CANCELED, as the Python path's cancelled step request leaves the queue); once the
+step runs, its model is told (``is_cancelled()``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from shipyard.serving_runtime.errors import (
     ServingError,
 )
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
-from shipyard.serving_runtime.scheduling.group import GroupResults, RequestGroup
+from shipyard.serving_runtime.scheduling.group import GroupResults, Leaving, RequestGroup
 
 if TYPE_CHECKING:
     from shipyard.serving_runtime.scheduling.ensemble import EnsembleScheduler, Step
@@ -69,6 +71,10 @@ class _Member:
             if isinstance(item, asyncio.Future):
                 item.cancel()
                 continue
+            if isinstance(item, tuple):  # (Leaving, index, step request) of a step group (_as_group)
+                leaving, index, item = item
+                if leaving.leave(index):  # still queued: it leaves the group
+                    continue
             hook = getattr(item, "cancel_hook", None)
             if hook is not None:
                 hook()
@@ -296,8 +302,10 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
         members=subs,
         formed=os.environ.get(JOIN_ENV, "1") == "0",
     )
-    for member, sub in zip(going, subs, strict=True):
-        member.running.append(sub)
+    leaving = Leaving(group, rows, list)
+    entries = [(leaving, index, sub) for index, sub in enumerate(subs)]
+    for member, entry in zip(going, entries, strict=True):
+        member.running.append(entry)
     try:
         result = await model.infer(group)
     except QueueFull:
@@ -307,11 +315,15 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
     except Exception as exc:  # as the Python path's per-request run reports it
         return [_Internal(f"internal error: {type(exc).__name__}: {exc}")] * len(subs)
     finally:
-        for member, sub in zip(going, subs, strict=True):
-            member.running.remove(sub)
-    if isinstance(result, GroupResults):
-        return list(result.parts)
-    return _split(result, rows)
+        for member, entry in zip(going, entries, strict=True):
+            member.running.remove(entry)
+    gone = leaving.gone
+    kept = rows if gone is None else [count for count, left in zip(rows, gone, strict=True) if not left]
+    parts = list(result.parts) if isinstance(result, GroupResults) else _split(result, kept)
+    if gone is None:
+        return parts
+    stayed = iter(parts)  # the members that left get their cancellation back
+    return [RequestCancelled(_CANCELLED) if left else next(stayed) for left in gone]
 
 
 def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[Any]:
