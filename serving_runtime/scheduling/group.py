@@ -9,9 +9,9 @@ the group with ``GroupResults``: each member's own outcome, and, when every memb
 plain outputs whose first dimension is its row count, the outputs joined along the batch dimension
 (``joined``), which the native side splits and serializes per request itself.
 
-``Leaving``: which members of a queued group left it because their clients went away
-(``protocol/fast_leave.py``; an ensemble's step groups, ``ensemble_group.py``); ``drop_member``
-takes one out of the group request (``DynamicBatcher._leave``).
+``Leaving``: which members of a fast-path group left it while it was queued because their
+clients went away (``protocol/fast_leave.py``); ``drop_member`` takes one out of the group
+request (``DynamicBatcher._leave``, which an ensemble's step groups use too: ``ensemble_group._leave``).
 """
 
 from __future__ import annotations
