@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,6 +66,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
         pb_utils.Logger.log_info(f"post execute of {len(requests)} requests")
+        pb_utils.Logger.log_info("post ran " + " ".join(r.request_id() or "-" for r in requests))
         out = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
@@ -273,6 +275,28 @@ def test_a_step_sees_its_client_cancel(servers: tuple[ServerProcess, ServerProce
     assert "DEADLINE_EXCEEDED" in str(raised.value.status())
     fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "post to see is_cancelled()")
     assert _infer(fast, _x(1, 0.0)) == _infer(servers[1], _x(1, 0.0))  # and it serves on
+
+
+def test_a_request_whose_client_leaves_while_its_step_is_queued_never_runs_there(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """As on the Python path: it leaves the step's queue (the step counts it CANCELED, its
+    ``execute`` never sees it) while the request ahead of it holds the step's instance."""
+    deltas = []
+    for server in servers:
+        before = _stats(server)
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(_infer, server, _x(1, -3.0), request_id="ahead")  # holds post 1.5 s
+            time.sleep(0.4)
+            left = _infer(server, _x(1, 5.0), request_id="left-in-queue", client_timeout=0.3)
+            assert isinstance(ahead.result(), bytes)
+        assert isinstance(left, tuple) and "DEADLINE_EXCEEDED" in left[0]
+        assert "left-in-queue" not in " ".join(re.findall(r"post ran (.*)", server.log()))
+        deltas.append(_delta(before, _stats(server)))
+    fast, slow = deltas
+    assert fast["post"] == slow["post"]
+    assert (fast["post"]["success"], fast["post"]["fail"]) == (1, 1)
+    assert fast["chain"]["fail"] == slow["chain"]["fail"] == 1
 
 
 async def test_groups_that_reach_a_step_together_run_as_one_batch(tmp_path: Path) -> None:
