@@ -279,7 +279,7 @@ def _takes_groups(model: Any, subs: list[InferenceRequest]) -> bool:
     """True when ``subs`` can go to ``model`` as one queue entry (see the module docstring)."""
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    if type(model.scheduler) is not DynamicBatcher:
+    if type(getattr(model, "scheduler", None)) is not DynamicBatcher:
         return False
     max_batch = int(model.max_batch_size)
     if max_batch <= 0 or sum(s.batch_size for s in subs) > max_batch:

@@ -343,3 +343,34 @@ ensemble_scheduling { step [
   { model_name: "double" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }
 ] }
 """
+
+
+def test_requests_whose_clients_leave_while_their_step_group_is_queued_leave_it(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """``post`` is busy (a request that waits 1.5 s in it); requests whose deadline passes while
+    they wait in ``post``'s queue (in a step group on the fast path) never reach its ``execute``
+    and count as CANCELED there, as on the Python path; the others get the same bytes."""
+    got = []
+    for server in servers:
+        before, executes_before = _stats(server), len(_executes(server, "post"))
+        with ThreadPoolExecutor(12) as pool:
+            blocker = pool.submit(_infer, server, _x(1, -3.0), request_id="blocker", client_timeout=30)
+            time.sleep(0.3)
+            jobs = [(f"left{i}", 0.7) for i in range(4)] + [(f"stay{i}", 30.0) for i in range(4)]
+            futures = {
+                tag: pool.submit(_infer, server, _x(2, 500.0 + i, seed=i), request_id=tag, client_timeout=timeout)
+                for i, (tag, timeout) in enumerate(jobs)
+            }
+            answers = {tag: future.result() for tag, future in futures.items()}
+            assert isinstance(blocker.result(), bytes)
+        time.sleep(0.3)
+        delta = _delta(before, _stats(server))
+        executed = sum(_executes(server, "post")[executes_before:])
+        got.append((answers, {m: {k: delta[m][k] for k in ("success", "fail")} for m in delta}, executed))
+    for answers, delta, executed in got:
+        assert all(answers[f"left{i}"] == ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded") for i in range(4))
+        assert all(isinstance(answers[f"stay{i}"], bytes) for i in range(4))
+        assert delta["post"] == {"success": 5, "fail": 4}, delta
+        assert executed == 5  # post's execute saw the blocker and the four that stayed
+    assert got[0] == got[1]
