@@ -279,6 +279,12 @@ class FastPath:
             batch.complete(outputs)
         finally:
             self._groups.discard(leaving)
+            # request -> answer.prepare -> answer -> leaving -> request is a reference cycle: broken
+            # here, the group (and its FastBatch's buffers) is freed now by reference counting, not by
+            # the cyclic collector (which, with one such cycle per group, ran every ~550 groups on the
+            # loop, 1.6 ms each, at c=64 on add_sub). The instance's thread is done with it by now, or
+            # (cancelled) finds None and leaves the answer to this path, which has claimed it.
+            request.answer_early = None
             if group is not None:
                 self._members.remove(batch)
 

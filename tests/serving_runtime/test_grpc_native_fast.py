@@ -651,3 +651,31 @@ def _metric_reason(server: ServerProcess, model: str, reason: str) -> float:
         ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _gc_collected(server: ServerProcess) -> float:
+    """Objects the server's cyclic garbage collector has freed so far (all generations)."""
+    import re
+
+    from server_harness import http_get
+
+    body = http_get(server.http_url + "/metrics")[1].decode()
+    return sum(float(v) for v in re.findall(r"^python_gc_objects_collected_total\{[^}]*\} (\S+)$", body, re.M))
+
+
+def test_finished_groups_are_freed_without_the_cyclic_collector(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """A fast-path group's objects go as soon as it is answered (reference counting): with a reference
+    cycle per group, the collector ran on the event loop every few hundred groups (1.6 ms each at
+    c=64 on a tiny model) and freed thousands of objects in 1,500 requests."""
+    fast, _ = servers
+    _infer(fast, "batched", inputs=_inputs(1, 0.0))  # registers it
+    client = grpcclient.InferenceServerClient(fast.grpc_host)
+    try:
+        before = _gc_collected(fast)
+        inputs = _inputs(1, 2.0)
+        for _ in range(1500):
+            client.infer("batched", inputs)
+        collected = _gc_collected(fast) - before
+    finally:
+        client.close()
+    assert collected < 1000, f"the collector freed {collected:.0f} objects over 1,500 fast-path requests"
