@@ -24,7 +24,7 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from shipyard.serving_runtime.datatypes import numpy_to_triton
 from shipyard.serving_runtime.errors import BackendError, ModelNotReady, QueueFull, ServingError
 from shipyard.serving_runtime.protocol import native_fast_python
 from shipyard.serving_runtime.protocol.eager import start_eagerly
+from shipyard.serving_runtime.protocol.fast_leave import Leaving
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import rules_for
@@ -127,6 +128,8 @@ class _Entry:
     version: str
     model: weakref.ReferenceType[Any]
     outputs: tuple[str, ...]  # config order
+    per_request: bool = False  # native_fast_python.per_request(model), fixed per model: once, not per group
+    per_member: bool = False  # native_fast_python.per_member(model)
 
 
 class FastPath:
@@ -141,6 +144,7 @@ class FastPath:
         self._next_handle = 1
         self._tasks: set[asyncio.Task[Any]] = set()
         self._members = native_fast_python.Members()  # Python models' requests in progress
+        self._groups: set[Leaving] = set()  # the groups in progress (fast_leave.py)
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -176,7 +180,10 @@ class FastPath:
         ]  # fmt: skip
         handle = self._next_handle
         self._next_handle += 1
-        self._entries[handle] = _Entry(key[0], key[1], weakref.ref(model), tuple(rules.outputs))
+        self._entries[handle] = _Entry(
+            key[0], key[1], weakref.ref(model), tuple(rules.outputs),
+            native_fast_python.per_request(model), native_fast_python.per_member(model),
+        )  # fmt: skip
         self._keys[key] = handle
         mbs = int(model.max_batch_size)
         max_requests = 0 if model.config.HasField("dynamic_batching") else 1  # the default scheduler: alone
@@ -229,29 +236,31 @@ class FastPath:
             batch.fallback()
             return
         entry, model = served
-        group = native_fast_python.group_request(batch) if native_fast_python.per_request(model) else None
+        group = native_fast_python.group_request(batch) if entry.per_request else None
         if group is not None:
             self._members.add(batch, group)
-        answer = _EarlyAnswer(entry, model, batch)
         request = group or InferenceRequest(
-            inputs=batch.inputs(),
-            outputs=batch.outputs,
-            batch_size=batch.items,
-            group_arrivals_ns=batch.arrivals,
-            answer_early=answer.prepare,
+            inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
         )
+        leaving = Leaving(request, batch, _batch_rows)
+        self._groups.add(leaving)
+        answer = _EarlyAnswer(entry, model, batch, leaving)
+        if group is None:
+            request.answer_early = answer.prepare
         try:
-            if group is not None and native_fast_python.per_member(model):
+            if group is not None and entry.per_member:
                 results = await native_fast_python.infer_each(model, group, batch, self._members)
                 if results is None:  # the model is being replaced: the Python path retries
                     batch.fallback()
                     return
             else:
                 results = await model.infer(request)
-            if group is not None and native_fast_python.answered_each(batch, model, group, results):
+            if group is not None and native_fast_python.answered_each(batch, model, group, results, leaving.gone):
                 return
             if answer.claim():
                 return  # the instance's thread has answered (or is answering) it
+            if leaving.gone is not None:
+                results = leaving.expand(results, batch.items)
             outputs = _outputs(entry, model, batch, results)
         except (ModelNotReady, QueueFull):
             # unloading: the Python path retries on the new version or answers; a full queue: each
@@ -269,17 +278,29 @@ class FastPath:
         else:
             batch.complete(outputs)
         finally:
+            self._groups.discard(leaving)
             if group is not None:
                 self._members.remove(batch)
 
     def cancel_call(self, call_id: int) -> None:
-        """The client cancelled a call C++ took (and has answered): a Python model's ``is_cancelled()``."""
+        """The client cancelled a call C++ took (and has answered): it leaves its group while that is
+        queued (``fast_leave``), else a Python model's ``is_cancelled()`` turns true."""
+        for leaving in self._groups:
+            call_ids = leaving.owner.call_ids
+            if call_id in call_ids:
+                if leaving.leave(call_ids.index(call_id)):
+                    return
+                break
         self._members.cancel(call_id)
 
     def cancel(self) -> None:
         """Stop the groups in progress (server shutdown)."""
         for task in list(self._tasks):
             task.cancel()
+
+
+def _batch_rows(batch: Any) -> Sequence[int]:
+    return batch.rows  # type: ignore[no-any-return]
 
 
 class _EarlyAnswer:
@@ -289,10 +310,10 @@ class _EarlyAnswer:
     thread) or ``_run`` on the loop, whichever claims the group first; ``_run`` claims it before it
     answers or fails it."""
 
-    __slots__ = ("_batch", "_claimed", "_entry", "_lock", "_model")
+    __slots__ = ("_batch", "_claimed", "_entry", "_leaving", "_lock", "_model")
 
-    def __init__(self, entry: _Entry, model: ModelLike, batch: Any) -> None:
-        self._entry, self._model, self._batch = entry, model, batch
+    def __init__(self, entry: _Entry, model: ModelLike, batch: Any, leaving: Leaving) -> None:
+        self._entry, self._model, self._batch, self._leaving = entry, model, batch, leaving
         self._lock = threading.Lock()
         self._claimed = False
 
@@ -307,6 +328,8 @@ class _EarlyAnswer:
         """On the instance's thread: what sends the group's answers, or None (outputs the loop's
         path would refuse, or the loop answered first)."""
         try:
+            if self._leaving.gone is not None:  # set before the group left the queue
+                results = self._leaving.expand(results, self._batch.items)
             outputs = _outputs(self._entry, self._model, self._batch, results)
         except ServingError:
             return None  # _run raises the same error and fails the group

@@ -125,14 +125,23 @@ def _status(error: ServingError) -> tuple[int, str]:
     return int(grpc.StatusCode[error.grpc_code].value[0]), error.message
 
 
-def answered_each(batch: Any, model: ModelLike, group: RequestGroup, results: Any) -> bool:
+def answered_each(
+    batch: Any, model: ModelLike, group: RequestGroup, results: Any, gone: Sequence[bool] | None = None
+) -> bool:
     """Answer each request of ``batch`` on its own when its members' outputs did not join
-    (see the module docstring); False when the joined outputs are to be sent (``complete``)."""
+    (see the module docstring); False when the joined outputs are to be sent (``complete``).
+    ``gone``: per request of ``batch``, True when it left the group while queued (``fast_leave``):
+    it is not among ``group.members`` any more and its (ended) call gets CANCELLED."""
     if not isinstance(results, GroupResults) or results.joined:
         return False
     answers: list[Any] = []
     version = str(model.version)
-    for member, part in zip(group.members, results.parts, strict=True):
+    stayed = iter(zip(group.members, results.parts, strict=True))
+    for left in gone if gone is not None else [False] * len(group.members):
+        if left:
+            answers.append(_status(RequestCancelled("request cancelled by the client before it finished")))
+            continue
+        member, part = next(stayed)
         if isinstance(part, ServingError):
             answers.append(_status(part))
             continue

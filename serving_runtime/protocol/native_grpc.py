@@ -205,6 +205,7 @@ class NativeGrpcFrontend:
         loop = self._loop
         assert loop is not None
         calls = self._calls
+        left: list[int] = []
         for call_id, kind, index, payload in self._native.take():
             if kind == message:
                 method = self._table[index]
@@ -225,12 +226,15 @@ class NativeGrpcFrontend:
                 self._streams.pop(call_id, None)
                 if task is not None:
                     task.cancel()
-                elif self._fast is not None:  # a call of a fast-path group (a Python model's)
-                    self._fast.cancel_call(call_id)
+                elif self._fast is not None:  # a call of a fast-path group
+                    left.append(call_id)
         if self._fast is not None:
             batches = self._native.take_batches()
             if batches:
                 self._fast.run(batches)
+            # after its group (taken in this pass at the latest) has been queued: it leaves the group
+            for call_id in left:
+                self._fast.cancel_call(call_id)
 
     async def _unary(self, call_id: int, method: _Method, payload: bytes) -> None:
         send = self._native.send

@@ -21,8 +21,9 @@ A group whose model version was unloaded or replaced, or that hit ``ModelNotRead
 goes to the ASGI path request by request. Registration is lazy, as on the gRPC fast path: a path
 is registered after the ASGI path served it once, when ``native_fast.ineligible`` has no objection.
 
-Differences a client cannot see in a response: a lane request whose client disconnects while it
-waits is not taken out of its group (it runs, and is counted, as a gRPC fast-path request is).
+A client that disconnects while its request waits leaves it as on the ASGI path: before its group
+is queued the request is dropped; while the group is queued it leaves the group (``fast_leave``:
+never run, counted CANCELED); once the group executes it runs and is counted by its outcome.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from shipyard.serving_runtime.errors import ModelNotReady, QueueFull, ServingError
+from shipyard.serving_runtime.protocol.fast_leave import Leaving
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
 from shipyard.serving_runtime.protocol.rest_fast_codec import Pending, Route, answer_all, check_batched, fail_all, parse
 from shipyard.serving_runtime.protocol.service import InferenceService
@@ -61,6 +63,7 @@ class RestLane:
         self._waiting: dict[tuple[Any, ...], list[Pending]] = {}
         self._flush_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._groups: set[Leaving] = set()  # the groups in progress (fast_leave.py)
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -182,6 +185,11 @@ class RestLane:
         if model is None:
             _hand_all(group)
             return
+        if any(item.disconnected for item in group):  # gone before its group was queued: never runs
+            group = [item for item in group if not item.disconnected]
+            if not group:
+                return
+            first = group[0]
         if len(group) == 1:
             inputs = first.inputs
         else:
@@ -192,10 +200,15 @@ class RestLane:
             batch_size=sum(item.items for item in group),
             group_arrivals_ns=[item.arrival for item in group],
         )
+        leaving = Leaving(request, group, _pending_rows)
+        self._groups.add(leaving)
+        live = group
         try:
             results = await model.infer(request)
+            if leaving.gone is not None:
+                live = [item for item, left in zip(group, leaving.gone, strict=True) if not left]
             outputs = collect_outputs(model, request, results)
-            check_batched(model, outputs, len(group), request.batch_size)
+            check_batched(model, outputs, len(live), request.batch_size)
         except (ModelNotReady, QueueFull):
             _hand_all(group)  # as on the gRPC fast path: the ASGI path retries or answers each one
         except ServingError as exc:
@@ -208,7 +221,17 @@ class RestLane:
             log.exception("unexpected error serving a REST inference")
             fail_all(group, 500, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            answer_all(model, group, outputs, getattr(results, "parameters", None))
+            answer_all(model, live, outputs, getattr(results, "parameters", None))
+        finally:
+            self._groups.discard(leaving)
+
+    def left(self, pending: Pending) -> None:
+        """``pending``'s client closed its connection: it leaves its group while that is queued."""
+        for leaving in self._groups:
+            group: list[Pending] = leaving.owner
+            if pending in group:
+                leaving.leave(group.index(pending))
+                return
 
     def cancel(self) -> None:
         """Stop the groups in progress (server shutdown)."""
@@ -226,6 +249,10 @@ def _lane_reason(model: ModelLike) -> str | None:
     if getattr(model, "backend", "") == "python":
         return "a Python model sees each request and may answer with its own parameters"
     return None
+
+
+def _pending_rows(group: list[Pending]) -> list[int]:
+    return [item.items for item in group]
 
 
 def _hand_all(group: list[Pending]) -> None:
@@ -275,6 +302,12 @@ def protocol_class(base: type[HttpToolsProtocol], lane: RestLane | None) -> type
                     self.lane_handoff(cycle, more_body=False)
                 return
             super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            cycle: Any = self.cycle
+            super().connection_lost(exc)
+            if type(cycle) is Pending and cycle.disconnected and cycle.arrival:
+                the_lane.left(cycle)
 
         def lane_handoff(self, pending: Pending, more_body: bool) -> None:
             """Serve ``pending`` on the ASGI path: a cycle with its head and the body read so far."""

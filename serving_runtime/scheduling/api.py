@@ -49,6 +49,10 @@ class InferenceRequest:
     # on the instance's thread with this request's outputs once its batch has run; returns what
     # sends the answer (called once the loop has been handed the batch's completion), or None.
     answer_early: Callable[[dict[str, np.ndarray]], Callable[[], None] | None] | None = None
+    # Set by the dynamic batcher once a group is queued: ``leave(position, start, stop)`` takes the
+    # request at ``position`` of the group (rows ``start:stop``) out, its client having gone away;
+    # False when the group is no longer queued (``DynamicBatcher._leave``, ``protocol/fast_leave``).
+    leave: Callable[[int, int, int], bool] | None = None
 
 
 class Scheduler(Protocol):

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -43,9 +44,11 @@ from shipyard.serving_runtime.scheduling.batch import shape_key
 from shipyard.serving_runtime.scheduling.batching import BatchingSettings
 from shipyard.serving_runtime.scheduling.cobatch import CoBatch, top_up
 from shipyard.serving_runtime.scheduling.decision import decide
+from shipyard.serving_runtime.scheduling.group import drop_member
 from shipyard.serving_runtime.scheduling.idle_lane import lane_for
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
 from shipyard.serving_runtime.scheduling.queue import (
+    QUEUED,
     Envelope,
     QueueSettings,
     RequestQueue,
@@ -172,7 +175,14 @@ class DynamicBatcher:
             raise
         self._pending += 1
         self.stats.pending = self._pending
-        if request.group_arrivals_ns is not None and self._idle and len(self._queue) == 1:
+        if request.group_arrivals_ns is not None:
+            request.leave = partial(self._leave, envelope)
+        if (
+            request.group_arrivals_ns is not None
+            and self._idle
+            and len(self._queue) == 1
+            and getattr(request, "formed", True)
+        ):
             self._kick()  # a group is the batch its requests formed already: an idle instance starts it now
         elif not self._kick_soon:
             # Decide once all the callbacks of this loop iteration have run: requests woken or
@@ -190,6 +200,26 @@ class DynamicBatcher:
                 if hook is not None:
                     hook()
             raise RequestCancelled("request cancelled by the client before it finished") from None
+        finally:
+            request.leave = None  # a group's: no cycle request -> leave -> envelope -> request
+
+    def _leave(self, envelope: Envelope, position: int, start: int, stop: int) -> bool:
+        """The client of request ``position`` of a queued group (rows ``start:stop``) went away: as a
+        cancelled request leaves the queue on the Python path, it leaves the group (counted CANCELED,
+        timed from its own arrival); the group runs without it, or, left empty, leaves the queue.
+        False when the group is no longer queued (executing: its batch counts it when it ends)."""
+        if envelope.state != QUEUED:
+            return False
+        request = envelope.request
+        arrival = drop_member(request, position, start, stop)
+        self.stats.record_failure(RequestCancelled.reason, time.monotonic_ns() - arrival)
+        if request.group_arrivals_ns:
+            envelope.batch_size = request.batch_size
+            self._queue.lighten(envelope)
+        elif self._queue.discard(envelope):
+            self._release(1)
+            set_exception(envelope.future, RequestCancelled("request cancelled by the client before it finished"))
+        return True
 
     def _run_inline(self, request: InferenceRequest, enqueue_ns: int) -> dict[str, np.ndarray]:
         """Run ``request`` on an idle instance on this (the event loop's) thread."""

@@ -16,12 +16,16 @@ A step runs member by member (as ``submit`` would) when its model does not take 
 dynamic batcher, no batch dimension, decoupled, more rows than its ``max_batch_size``, or its
 queue refused the group (``max_queue_size`` counts requests; each is then queued or refused on
 its own). A member whose client cancelled (``cancel_hook``, called by the fast path) is told to
-its running step's model (``is_cancelled()``) and leaves the group.
+its step: while the step's group is queued, the request leaves it (``RequestGroup.leave``: the
+step model never runs it and counts it CANCELED, as a cancelled request leaves the queue on the
+Python path); once it executes, the model is told (``is_cancelled()``). Either way the request
+leaves the ensemble's group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,10 @@ if TYPE_CHECKING:
     from shipyard.serving_runtime.scheduling.ensemble import EnsembleScheduler, Step
 
 _CANCELLED = "request cancelled by the client before it finished"
+# A step's group waits for the others of its turn of the event loop (``RequestGroup.formed``):
+# the groups of one batch of the step before reach the next step together and batch as one.
+# SHIPYARD_ENSEMBLE_JOIN=0: each group starts an idle instance at once (for A/B runs).
+JOIN_ENV = "SHIPYARD_ENSEMBLE_JOIN"
 
 
 class _Member:
@@ -54,19 +62,33 @@ class _Member:
         self.request = request
         self.tensors: dict[str, np.ndarray] = dict(request.inputs)
         self.outcome: Any = None  # its outputs or its error, once it has one
-        self.running: list[Any] = []  # the step requests (or tasks) it has in flight
+        # in flight: (step group, its request) or the task of its request of a step run one by one
+        self.running: list[Any] = []
 
     def cancel(self) -> None:
-        """The client went away: tell the model running its step; the member leaves the group."""
+        """The client went away: out of its step's queued group, or the model running it is told;
+        the member leaves the ensemble's group."""
         if self.outcome is None:
             self.outcome = RequestCancelled(_CANCELLED)
         for item in self.running:
             if isinstance(item, asyncio.Future):
                 item.cancel()
                 continue
-            hook = getattr(item, "cancel_hook", None)
+            group, sub = item
+            if _leave(group, sub):
+                continue
+            hook = getattr(sub, "cancel_hook", None)
             if hook is not None:
                 hook()
+
+
+def _leave(group: RequestGroup, sub: InferenceRequest) -> bool:
+    """Take ``sub`` out of ``group`` while the group is queued (False: it executes, or has left)."""
+    if group.leave is None or not any(member is sub for member in group.members):
+        return False
+    position = next(i for i, member in enumerate(group.members) if member is sub)
+    start = sum(member.batch_size for member in group.members[:position])
+    return group.leave(position, start, start + sub.batch_size)
 
 
 async def run_group(scheduler: EnsembleScheduler, requests: Sequence[InferenceRequest]) -> list[Any] | None:
@@ -257,7 +279,7 @@ def _takes_groups(model: Any, subs: list[InferenceRequest]) -> bool:
     """True when ``subs`` can go to ``model`` as one queue entry (see the module docstring)."""
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    if len(subs) < 2 or type(model.scheduler) is not DynamicBatcher:
+    if type(getattr(model, "scheduler", None)) is not DynamicBatcher:
         return False
     max_batch = int(model.max_batch_size)
     if max_batch <= 0 or sum(s.batch_size for s in subs) > max_batch:
@@ -278,7 +300,10 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
     """``subs`` as one ``RequestGroup`` of ``model``; each member's outputs or error, or None when
     the model's queue refused the group (the caller queues them one by one)."""
     first = subs[0]
-    inputs = {name: np.concatenate([s.inputs[name] for s in subs]) for name in first.inputs}
+    if len(subs) == 1:
+        inputs = dict(first.inputs)
+    else:
+        inputs = {name: np.concatenate([s.inputs[name] for s in subs]) for name in first.inputs}
     rows = [s.batch_size for s in subs]
     now = time.monotonic_ns()
     group = RequestGroup(
@@ -288,10 +313,11 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
         priority=first.priority,
         timeout_us=first.timeout_us,
         group_arrivals_ns=[now] * len(subs),
-        members=subs,
+        members=list(subs),  # a member that leaves is taken out of this list
+        formed=os.environ.get(JOIN_ENV, "1") == "0",
     )
     for member, sub in zip(going, subs, strict=True):
-        member.running.append(sub)
+        member.running.append((group, sub))
     try:
         result = await model.infer(group)
     except QueueFull:
@@ -302,10 +328,13 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
         return [_Internal(f"internal error: {type(exc).__name__}: {exc}")] * len(subs)
     finally:
         for member, sub in zip(going, subs, strict=True):
-            member.running.remove(sub)
-    if isinstance(result, GroupResults):
-        return list(result.parts)
-    return _split(result, rows)
+            member.running = [item for item in member.running if not (isinstance(item, tuple) and item[1] is sub)]
+    stayed = group.members  # without those whose clients left while it was queued
+    parts = list(result.parts) if isinstance(result, GroupResults) else _split(result, [s.batch_size for s in stayed])
+    if len(stayed) == len(subs):
+        return parts
+    by_sub = {id(sub): part for sub, part in zip(stayed, parts, strict=True)}
+    return [by_sub.get(id(sub), RequestCancelled(_CANCELLED)) for sub in subs]
 
 
 def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[Any]:
@@ -335,5 +364,5 @@ async def _each(model: Any, going: list[_Member], subs: list[InferenceRequest]) 
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for member, task in zip(going, tasks, strict=True):
-            member.running.remove(task)
+            member.running = [item for item in member.running if item is not task]
     return _parts(outcomes)

@@ -8,11 +8,15 @@ requests as a list (``execute_requests``, Python models) runs ``members`` instea
 the group with ``GroupResults``: each member's own outcome, and, when every member succeeded with
 plain outputs whose first dimension is its row count, the outputs joined along the batch dimension
 (``joined``), which the native side splits and serializes per request itself.
+
+``Leaving``: which members of a fast-path group left it while it was queued because their
+clients went away (``protocol/fast_leave.py``); ``drop_member`` takes one out of the group
+request (``DynamicBatcher._leave``, which an ensemble's step groups use too: ``ensemble_group._leave``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +29,13 @@ from shipyard.serving_runtime.scheduling.api import InferenceRequest
 
 @dataclass
 class RequestGroup(InferenceRequest):
-    """See the module docstring. ``members``: one request per client request, in order."""
+    """See the module docstring. ``members``: one request per client request, in order.
+    ``formed``: the group is a batch already (the fast path's: an idle instance starts it at
+    once); False (an ensemble step's): it waits, as a request does, for the others that arrive on
+    the same turn of the event loop (the other groups of the step before's batch) to join it."""
 
     members: list[InferenceRequest] = field(default_factory=list)
+    formed: bool = True
 
 
 def make_group(
@@ -50,6 +58,21 @@ def make_group(
         )
         start = end
     return RequestGroup(inputs, outputs, batch_size=start, group_arrivals_ns=arrivals_ns, members=members)
+
+
+def drop_member(request: InferenceRequest, position: int, start: int, stop: int) -> int:
+    """Take the client request at ``position`` of a queued group request (rows ``start:stop`` of its
+    inputs; a ``RequestGroup``'s member too) out, its client having gone away; its arrival time.
+    A group left empty keeps its inputs (it never runs)."""
+    arrivals = list(request.group_arrivals_ns or ())
+    arrival = arrivals.pop(position)
+    request.group_arrivals_ns = arrivals
+    if arrivals:
+        request.inputs = {name: np.concatenate((a[:start], a[stop:])) for name, a in request.inputs.items()}
+        request.batch_size -= stop - start
+    if isinstance(request, RequestGroup):
+        request.members.pop(position)
+    return arrival
 
 
 class GroupResults(dict):  # type: ignore[type-arg]
@@ -124,3 +147,57 @@ def regroup(requests: Sequence[Any], spans: list[int], results: list[Any]) -> li
             out.append(results[start])
             start += 1
     return out
+
+
+class Leaving:
+    """One fast-path group in progress: which of its requests left it while it was queued.
+
+    ``owner``: what the caller finds the group by (a native ``FastBatch``, the lane's list of
+    requests); ``rows_of(owner)``: each request's items in the group's order, read only when a
+    request leaves."""
+
+    __slots__ = ("_rows", "gone", "owner", "request", "rows_of")
+
+    def __init__(self, request: InferenceRequest, owner: Any, rows_of: Callable[[Any], Sequence[int]]) -> None:
+        self.request = request
+        self.owner = owner
+        self.rows_of = rows_of
+        self._rows: list[int] = []
+        self.gone: list[bool] | None = None  # None: nobody left
+
+    def leave(self, index: int) -> bool:
+        """The client of request ``index`` went away: True when it left the queued group (or had
+        already), False when the group is executing or never queued (it runs with it)."""
+        hook = self.request.leave
+        if hook is None:
+            return False
+        rows = self._rows = self._rows or list(self.rows_of(self.owner))
+        gone = self.gone if self.gone is not None else [False] * len(rows)
+        if gone[index]:
+            return True
+        position = start = 0
+        for count, left in zip(rows[:index], gone[:index], strict=True):
+            if not left:
+                position += 1
+                start += count
+        if not hook(position, start, start + rows[index]):
+            return False
+        gone[index] = True
+        self.gone = gone
+        return True
+
+    def expand(self, results: Mapping[str, np.ndarray], items: int) -> dict[str, np.ndarray]:
+        """``results`` of the group without its left requests, with zero rows put back in their
+        places so that they split by every request's rows (``items`` in all). An array whose first
+        dimension is not the remaining items is kept as it is (the caller refuses it)."""
+        assert self.gone is not None
+        kept = np.repeat(np.logical_not(self.gone), self._rows)
+        out: dict[str, np.ndarray] = {}
+        for name, array in results.items():
+            if array.ndim == 0 or array.shape[0] != int(kept.sum()):
+                out[name] = array
+                continue
+            full = np.zeros((items, *array.shape[1:]), array.dtype)
+            full[kept] = array
+            out[name] = full
+        return out

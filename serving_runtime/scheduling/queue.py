@@ -188,6 +188,11 @@ class RequestQueue:
         self._size -= 1
         return True
 
+    def lighten(self, envelope: Envelope) -> None:
+        """One client request of a queued group left it (``DynamicBatcher._leave``)."""
+        envelope.weight -= 1
+        self._live[envelope.level] -= 1
+
     def next_deadline(self) -> int | None:
         """The earliest timeout among queued requests (ns), or None."""
         deadlines = self._deadlines

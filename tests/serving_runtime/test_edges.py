@@ -262,28 +262,36 @@ def _metric(server: ServerProcess, name: str, model: str, extra: str = "") -> fl
     return 0.0
 
 
-def test_a_request_whose_client_left_leaves_the_queue(server: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    "path", ["/v2/models/slow/infer", "/v2/models/slow/versions/1/infer"], ids=["fast-lane", "asgi-path"]
+)
+def test_a_request_whose_client_left_leaves_the_queue(server: ServerProcess, path: str) -> None:
+    """On the REST fast lane (the unversioned path, served once so that the lane takes it) and on the
+    ASGI path (a versioned path nothing has served, so the lane has not registered it) alike."""
     batch = np.ones((64, 512), np.float32).tolist()
     body = json.dumps(_one_input("x", "FP32", [64, 512], batch)).encode()
+    if path == "/v2/models/slow/infer":
+        small = json.dumps(_one_input("x", "FP32", [1, 512], batch[:1])).encode()
+        assert http_post(f"{server.http_url}{path}", small)[0] == 200
+        line = "model 'slow' version (default): REST inference takes the fast lane"
+        server.wait_until(lambda: line in server.log(), 10, line)
     succeeded = _metric(server, "nv_inference_request_success", "slow")
     cancelled = _metric(server, "nv_inference_request_failure", "slow", 'reason="CANCELED"')
     busy = threading.Thread(target=lambda: http_post(f"{server.http_url}/v2/models/slow/infer", body))
     busy.start()
     time.sleep(0.2)
-    # a versioned path the ASGI path has not served yet, so the REST fast lane never takes it (a lane
-    # request runs even when its client left: a documented difference, docs/serving.md)
-    request = (b"POST /v2/models/slow/versions/1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+               + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
     sock = _connect(server)
     sock.sendall(request)
     deadline = time.monotonic() + 5
-    while _metric(server, "nv_inference_pending_request_count", "slow") < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while _metric(server, "nv_inference_pending_request_count", "slow") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the busy request runs, the second one is queued
     queued = _metric(server, "nv_inference_pending_request_count", "slow")
     sock.close()  # the client gives up while its request waits behind the busy instance
     busy.join(60)
     time.sleep(0.5)
-    if queued < 1:
+    if queued < 2:
         pytest.skip("the busy request finished before the second one queued (machine too fast to observe)")
     # the abandoned request was cancelled in the queue: it never ran (only the busy one succeeded)
     assert _metric(server, "nv_inference_request_failure", "slow", 'reason="CANCELED"') == cancelled + 1

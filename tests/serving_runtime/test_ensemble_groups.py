@@ -12,8 +12,10 @@ that cancels is seen by the step its request is in (``is_cancelled()``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +66,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
         pb_utils.Logger.log_info(f"post execute of {len(requests)} requests")
+        pb_utils.Logger.log_info("post ran " + " ".join(r.request_id() or "-" for r in requests))
         out = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
@@ -272,3 +275,102 @@ def test_a_step_sees_its_client_cancel(servers: tuple[ServerProcess, ServerProce
     assert "DEADLINE_EXCEEDED" in str(raised.value.status())
     fast.wait_until(lambda: "request cancel-me saw is_cancelled()" in fast.log(), 10, "post to see is_cancelled()")
     assert _infer(fast, _x(1, 0.0)) == _infer(servers[1], _x(1, 0.0))  # and it serves on
+
+
+def test_a_request_whose_client_leaves_while_its_step_is_queued_never_runs_there(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """As on the Python path: it leaves the step's queue (the step counts it CANCELED, its
+    ``execute`` never sees it) while the request ahead of it holds the step's instance."""
+    deltas = []
+    for server in servers:
+        before = _stats(server)
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(_infer, server, _x(1, -3.0), request_id="ahead")  # holds post 1.5 s
+            time.sleep(0.4)
+            left = _infer(server, _x(1, 5.0), request_id="left-in-queue", client_timeout=0.3)
+            assert isinstance(ahead.result(), bytes)
+        assert isinstance(left, tuple) and "DEADLINE_EXCEEDED" in left[0]
+        assert "left-in-queue" not in " ".join(re.findall(r"post ran (.*)", server.log()))
+        deltas.append(_delta(before, _stats(server)))
+    fast, slow = deltas
+    assert fast["post"] == slow["post"]
+    assert (fast["post"]["success"], fast["post"]["fail"]) == (1, 1)
+    assert fast["chain"]["fail"] == slow["chain"]["fail"] == 1
+
+
+async def test_groups_that_reach_a_step_together_run_as_one_batch(tmp_path: Path) -> None:
+    """Two groups submitted on the same turn of the event loop (as the groups of one batch of the
+    step before are answered) join one batch of an idle step model, not one batch each."""
+    from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.scheduling import InferenceRequest
+
+    repo = tmp_path / "repo"
+    write_model(repo, "double", {1: double_onnx(4)}, DOUBLE)
+    (repo / "twice" / "1").mkdir(parents=True)
+    (repo / "twice" / "config.pbtxt").write_text(TWICE)
+    manager = ModelManager([repo], "none")
+    await manager.start()
+    try:
+        ensemble = manager.get("twice")
+
+        def group(seed: int) -> list[InferenceRequest]:
+            return [
+                InferenceRequest({"IN": np.full((rows, 4), seed + rows, np.float32)}, batch_size=rows)
+                for rows in (1, 2)
+            ]
+
+        answers = await asyncio.gather(
+            ensemble.scheduler.submit_group(group(0)), ensemble.scheduler.submit_group(group(10))
+        )
+        for seed, parts in zip((0, 10), answers, strict=True):
+            for rows, part in zip((1, 2), parts, strict=True):
+                np.testing.assert_array_equal(part["OUT"], np.full((rows, 4), 2 * (seed + rows), np.float32))
+        [double] = [s for s in manager.all_stats() if s.name == "double"]
+        [twice] = [s for s in manager.all_stats() if s.name == "twice"]
+        assert (double.execution_count, double.inference_count) == (1, 6)  # one batch of both groups
+        assert twice.as_triton_dict()["inference_stats"]["success"]["count"] == 4  # each request
+    finally:
+        await manager.shutdown()
+
+
+TWICE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "double" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }
+] }
+"""
+
+
+def test_requests_whose_clients_leave_while_their_step_group_is_queued_leave_it(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """``post`` is busy (a request that waits 1.5 s in it); requests whose deadline passes while
+    they wait in ``post``'s queue (in a step group on the fast path) never reach its ``execute``
+    and count as CANCELED there, as on the Python path; the others get the same bytes."""
+    got = []
+    for server in servers:
+        before, executes_before = _stats(server), len(_executes(server, "post"))
+        with ThreadPoolExecutor(12) as pool:
+            blocker = pool.submit(_infer, server, _x(1, -3.0), request_id="blocker", client_timeout=30)
+            time.sleep(0.3)
+            jobs = [(f"left{i}", 0.7) for i in range(4)] + [(f"stay{i}", 30.0) for i in range(4)]
+            futures = {
+                tag: pool.submit(_infer, server, _x(2, 500.0 + i, seed=i), request_id=tag, client_timeout=timeout)
+                for i, (tag, timeout) in enumerate(jobs)
+            }
+            answers = {tag: future.result() for tag, future in futures.items()}
+            assert isinstance(blocker.result(), bytes)
+        time.sleep(0.3)
+        delta = _delta(before, _stats(server))
+        executed = sum(_executes(server, "post")[executes_before:])
+        got.append((answers, {m: {k: delta[m][k] for k in ("success", "fail")} for m in delta}, executed))
+    for answers, delta, executed in got:
+        assert all(answers[f"left{i}"] == ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded") for i in range(4))
+        assert all(isinstance(answers[f"stay{i}"], bytes) for i in range(4))
+        assert delta["post"] == {"success": 5, "fail": 4}, delta
+        assert executed == 5  # post's execute saw the blocker and the four that stayed
+    assert got[0] == got[1]

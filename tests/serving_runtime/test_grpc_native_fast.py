@@ -87,6 +87,9 @@ SLOW_BOUNDED_CONFIG = SLOW_PRIO_CONFIG.format(
     "priority_queue_policy { key: 1 value: { max_queue_size: 2 } }",
 )
 
+# one instance, dynamic batching: requests queued behind a busy instance are grouped on the fast path
+LEAVE_CONFIG = SLOW_PRIO_CONFIG.format(name="leave", batching="")
+
 # level 2 is a background level: while real-time work is recent (1 s), its requests run in 8-row slices
 BACKGROUND_CONFIG = SLOW_PRIO_CONFIG.format(
     name="background", batching="priority_levels: 2 default_priority_level: 1"
@@ -161,6 +164,7 @@ def _repository(root: Path) -> Path:
     write_model(root, "delay", {1: slow_onnx()}, DELAY_CONFIG)
     write_model(root, "background", {1: slow_onnx()}, BACKGROUND_CONFIG)
     write_model(root, "bgdefault", {1: simple_onnx(0.0)}, BACKGROUND_DEFAULT_CONFIG)
+    write_model(root, "leave", {1: slow_onnx()}, LEAVE_CONFIG)
     return root
 
 
@@ -175,6 +179,7 @@ MODELS = (
     "lowdefault",
     "timeout",
     "slowbounded",
+    "leave",
 )
 
 
@@ -583,3 +588,66 @@ def test_fast_path_real_time_traffic_makes_background_requests_run_in_slices(
     assert _slow(fast, "background", 1, 1.0) == ("OK", "")  # real time, on the fast path
     assert _slow(fast, "background", 64, 2.0, priority=2) == ("OK", "")
     assert executions(8) > before
+
+
+def _leave_answer(server: ServerProcess, tag: str, rows: int, seed: float, timeout: float) -> bytes | tuple[str, str]:
+    x = np.full((rows, 512), seed, dtype=np.float32)
+    tensor = grpcclient.InferInput("x", [rows, 512], "FP32")
+    tensor.set_data_from_numpy(x)
+    return grpc_answer(server, "leave", inputs=[tensor], request_id=tag, client_timeout=timeout)
+
+
+def test_requests_whose_clients_leave_a_queued_group_leave_it_as_on_the_python_path(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """Behind a busy instance and a queued 64-row request, requests whose deadline passes while they
+    wait (grouped with the others on the fast path) never run and count as CANCELED; the rest of
+    their group runs without them and gets the Python path's bytes; the counts are the Python path's."""
+    got = []
+    for server in servers:
+        assert _leave_answer(server, "warm", 1, 0.5, 60)[:1] != ("StatusCode",)  # registers the model
+        if server is servers[0]:
+            _registered(server, "leave")
+        started = time.monotonic()
+        _leave_answer(server, "time", 64, 0.5, 60)
+        one = time.monotonic() - started  # a 64-row run
+        before = _stats(server, "leave", "1")
+        cancelled = _metric_reason(server, "leave", "CANCELED")
+        with ThreadPoolExecutor(12) as pool:
+            blockers = [pool.submit(_leave_answer, server, f"blocker{i}", 64, 1.0, 60) for i in range(2)]
+            time.sleep(one / 10)
+            jobs = [(f"left{i}", 4, float(i), one / 3) for i in range(5)] + [
+                (f"stay{i}", 4, float(i), 60.0) for i in range(5)
+            ]
+            futures = {tag: pool.submit(_leave_answer, server, tag, rows, seed, t) for tag, rows, seed, t in jobs}
+            answers = {tag: future.result() for tag, future in futures.items()}
+            assert all(isinstance(blocker.result(), bytes) for blocker in blockers)
+        time.sleep(0.3)
+        after = _stats(server, "leave", "1")
+        counts = {
+            what: int(after["inference_stats"].get(what, {}).get("count", 0))
+            - int(before["inference_stats"].get(what, {}).get("count", 0))
+            for what in ("success", "fail")
+        }
+        got.append((answers, counts, _metric_reason(server, "leave", "CANCELED") - cancelled))
+    for answers, counts, cancelled in got:
+        assert {
+            tag for tag, answer in answers.items() if answer == ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded")
+        } == {f"left{i}" for i in range(5)}
+        assert (counts, cancelled) == ({"success": 7, "fail": 5}, 5), answers
+    stayed = [{tag: answer for tag, answer in answers.items() if tag.startswith("stay")} for answers, _, _ in got]
+    assert stayed[0] == stayed[1] and all(isinstance(answer, bytes) for answer in stayed[0].values())
+
+
+def _metric_reason(server: ServerProcess, model: str, reason: str) -> float:
+    from server_harness import http_get
+
+    body = http_get(server.http_url + "/metrics")[1].decode()
+    for line in body.splitlines():
+        if (
+            line.startswith("nv_inference_request_failure{")
+            and f'model="{model}"' in line
+            and f'reason="{reason}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -261,3 +261,93 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     finally:
         batcher.close()
     assert instance.restarts == 1
+
+
+def test_the_stubs_spin_for_the_next_call_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SHIPYARD_PYTHON_STUB_SPIN_US the process polls for the next call after answering one,
+    then blocks: calls are answered as usual, and an idle process stops using the CPU."""
+    import json
+    import os
+    import time
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+
+    monkeypatch.setenv("SHIPYARD_PYTHON_STUB_SPIN_US", "50000")  # 50 ms, long enough to see
+    model = tmp_path / "1" / "model.py"
+    model.parent.mkdir()
+    model.write_text(ECHO_MODEL)
+    args = {
+        "model_config": json.dumps({"name": "m"}), "model_instance_kind": "CPU", "model_instance_name": "m_0",
+        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "m",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{instance.stub.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        for value in range(5):
+            (result,) = instance.execute_requests([InferenceRequest({"x": np.full((1, 2), value, np.float32)})])
+            assert not isinstance(result, Exception)
+            np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * value, np.float32))
+        time.sleep(0.2)  # past the spin
+        before = cpu_s()
+        time.sleep(1.0)
+        assert cpu_s() - before < 0.1  # blocked, not spinning
+    finally:
+        instance.close()
+
+
+def test_single_mode_sends_a_lone_request_from_the_loop_and_a_batch_through_the_thread(tmp_path: Path) -> None:
+    """SHIPYARD_PYTHON_LOOP_CALL=single: a batch of one request goes from the event loop to the
+    process (no worker thread on the way), a batch of several through the instance's thread."""
+    import asyncio
+    import json
+    import threading
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+    from shipyard.serving_runtime.scheduling.api import InferenceRequest
+    from shipyard.serving_runtime.scheduling.batching import BatchingSettings
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+
+    model = tmp_path / "echo" / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text(ECHO_MODEL)
+    args = {
+        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
+        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
+        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
+    }  # fmt: skip
+    instance = PythonInstance(model, args, {}, ["y"])
+    instance.loop_single = True
+    sizes_on_thread: list[int] = []
+    through_thread = instance.execute_requests
+
+    def counted(requests: list[InferenceRequest]) -> list[object]:
+        assert threading.current_thread() is not threading.main_thread()
+        sizes_on_thread.append(len(requests))
+        return through_thread(requests)
+
+    instance.execute_requests = counted  # type: ignore[method-assign]
+    batcher = DynamicBatcher([instance], "echo", 1, BatchingSettings(max_batch_size=8))
+
+    def request(value: float) -> InferenceRequest:
+        return InferenceRequest({"x": np.full((1, 3), value, np.float32)})
+
+    async def main() -> None:
+        for value in range(3):  # one at a time: batches of one, from the loop
+            result = await batcher.submit(request(value))
+            np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * value, np.float32))
+        assert sizes_on_thread == []
+        results = await asyncio.gather(*(batcher.submit(request(i)) for i in range(8)))
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * i, np.float32))
+        assert sizes_on_thread and all(size > 1 for size in sizes_on_thread)
+        await batcher.drain()
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()

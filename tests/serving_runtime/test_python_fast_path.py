@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,3 +224,47 @@ def test_an_ensembles_concurrent_requests_are_each_run_and_counted(
         for kind in ("success", "fail")
     }
     assert counted == {"success": 96, "fail": 24}  # each request on its own, as on the Python path
+
+
+@pytest.mark.parametrize("stay_first", [2.0, -4.0], ids=["joined", "answered-each"])
+def test_requests_whose_clients_leave_a_queued_group_never_reach_execute(
+    servers: tuple[ServerProcess, ServerProcess], stay_first: float
+) -> None:
+    """Behind a busy instance (a request that waits 1.5 s in ``execute``), requests whose deadline
+    passes while they wait leave their group: ``execute`` never sees them, they count as CANCELED,
+    and the requests that stayed get the Python path's bytes (joined outputs, or each answered on
+    its own when one returns response parameters), with the same counts as the Python path."""
+    fast, _ = servers
+    _registered(fast)
+    got = []
+    for server in servers:
+        client = grpcclient.InferenceServerClient(server.grpc_host)
+        before = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
+        executes_before = len(_executes(server))
+        with ThreadPoolExecutor(12) as pool:
+            blocker = pool.submit(_infer, server, inputs=_x(1, -2.0), request_id="blocker", client_timeout=30)
+            time.sleep(0.3)
+            jobs = [(f"left{i}", 0.6) for i in range(4)] + [(f"stay{i}", 30.0) for i in range(4)]
+            futures = {
+                tag: pool.submit(_infer, server, inputs=_x(2, stay_first if tag == "stay0" else 5.0, i), request_id=tag,
+                                 client_timeout=timeout)
+                for i, (tag, timeout) in enumerate(jobs)
+            }  # fmt: skip
+            answers = {tag: future.result() for tag, future in futures.items()}
+            assert isinstance(blocker.result(), bytes)
+        time.sleep(0.3)
+        after = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
+        client.close()
+        counts = {
+            w: int(after.get(w, {}).get("count", 0)) - int(before.get(w, {}).get("count", 0))
+            for w in ("success", "fail")
+        }
+        server.wait_until(lambda s=server, n=executes_before: sum(_executes(s)[n:]) >= 5, 10, "the execute log lines")
+        time.sleep(0.2)
+        got.append((answers, counts, sum(_executes(server)[executes_before:])))
+    for answers, counts, executed in got:
+        assert all(answers[f"left{i}"] == ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded") for i in range(4))
+        assert all(isinstance(answers[f"stay{i}"], bytes) for i in range(4))
+        assert counts == {"success": 5, "fail": 4}
+        assert executed == 5  # execute saw the blocker and the four that stayed, never the others
+    assert got[0] == got[1]

@@ -27,11 +27,13 @@ import pytest
 import tritonclient.http as httpclient
 from server_harness import (
     SIMPLE_CONFIG,
+    SLOW_CONFIG,
     ServerProcess,
     http_get,
     http_post,
     metric_value,
     simple_onnx,
+    slow_onnx,
     start_server,
     write_model,
 )
@@ -51,12 +53,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     write_model(repo, "batched", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, BATCHED_CONFIG)
     write_model(repo, "simple", {1: simple_onnx(0.0), 2: simple_onnx(100.0)}, SIMPLE_CONFIG)  # default scheduler
     shutil.copytree(PY_EACH, repo / "py_each")
+    write_model(repo, "slow", {1: slow_onnx()}, SLOW_CONFIG + "dynamic_batching { }\n")
     started: list[ServerProcess] = []
     common = ("--model-control-mode", "explicit", "--load-model", "batched", "--load-model", "simple",
-              "--load-model", "py_each", "--http-body-timeout-secs", "1")  # fmt: skip
+              "--load-model", "py_each", "--load-model", "slow", "--http-body-timeout-secs", "1")  # fmt: skip
     try:
         for flags in ((), ("--no-rest-fast-path",)):
-            wait = (*MODELS, "py_each")
+            wait = (*MODELS, "py_each", "slow")
             started.append(start_server(tmp_path_factory.mktemp("lane"), [repo], *common, *flags, wait_models=wait))
         yield started[0], started[1], repo
     finally:
@@ -421,3 +424,66 @@ def test_a_body_in_pieces_and_a_client_that_leaves(servers: tuple[ServerProcess,
             sock.sendall(_binary(batch=2))
     assert _same(lane, off, _binary(seed=9.0))[0].startswith(b"HTTP/1.1 200")
     assert "Traceback" not in lane.log()
+
+
+def _slow_request(rows: int, seed: float) -> bytes:
+    x = np.full((rows, 512), seed, dtype=np.float32).tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [rows, 512], "datatype": "FP32", "parameters": {"binary_data_size": len(x)}}
+            ]
+        }
+    ).encode()
+    return _request("slow", head + x, len(head))
+
+
+def _failures(server: ServerProcess, reason: str) -> float:
+    body = http_get(server.http_url + "/metrics")[1].decode()
+    for line in body.splitlines():
+        if line.startswith("nv_inference_request_failure{") and 'model="slow"' in line and f'reason="{reason}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_clients_that_leave_a_queued_group_leave_it_as_on_the_asgi_path(
+    servers: tuple[ServerProcess, ServerProcess, Path],
+) -> None:
+    """Behind a busy instance and a queued 64-row request, requests whose clients close their
+    connections while they wait (grouped with others on the lane) never run and count as CANCELED;
+    the others run without them and get the ASGI path's bytes; the counts are the ASGI path's."""
+    lane, off, _ = servers
+    got = []
+    for server in (lane, off):
+        for _ in range(2):  # the first registers the path with the lane
+            assert _exchange(server, _slow_request(1, 0.5))[0].startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        _exchange(server, _slow_request(64, 0.5))
+        one = time.monotonic() - started  # a 64-row run
+        before = _stats(server, "slow", "1")
+        cancelled = _failures(server, "CANCELED")
+        with ThreadPoolExecutor(2) as pool:
+            blockers = [pool.submit(_exchange, server, _slow_request(64, 1.0)) for _ in range(2)]
+            time.sleep(one / 10)
+            socks = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(10)]
+            for i, sock in enumerate(socks):
+                sock.sendall(_slow_request(4, float(i)))
+            time.sleep(one / 2)  # the first blocker runs, the second and these ten wait
+            for sock in socks[:5]:
+                sock.close()  # these clients give up while their requests wait
+            answers = [_read_response(sock, bytearray()) for sock in socks[5:]]
+            for sock in socks[5:]:
+                sock.close()
+            assert all(blocker.result()[0].startswith(b"HTTP/1.1 200") for blocker in blockers)
+        time.sleep(0.3)
+        after = _stats(server, "slow", "1")
+        counts = {
+            what: int(after["inference_stats"].get(what, {}).get("count", 0))
+            - int(before["inference_stats"].get(what, {}).get("count", 0))
+            for what in ("success", "fail")
+        }
+        got.append((answers, counts, _failures(server, "CANCELED") - cancelled))
+    assert LANE_LOG in lane.log() and "model 'slow'" in "\n".join(x for x in lane.log().splitlines() if LANE_LOG in x)
+    assert got[0] == got[1]
+    assert got[0][1:] == ({"success": 7, "fail": 5}, 5)
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in got[0][0])

@@ -511,3 +511,47 @@ def test_handoff_returns_once_the_worker_is_inside_the_backend() -> None:
     finally:
         instance.gate.set()
         worker.stop(timeout_s=5)
+
+
+def group(values: list[float], rows: list[int]) -> InferenceRequest:
+    """A group of client requests queued as one (the fast paths): their rows, one after another."""
+    parts = [request(v, r).inputs["x"] for v, r in zip(values, rows, strict=True)]
+    arrivals = [time.monotonic_ns()] * len(values)
+    return InferenceRequest(inputs={"x": np.concatenate(parts)}, batch_size=sum(rows), group_arrivals_ns=arrivals)
+
+
+async def test_requests_leaving_a_queued_group_never_run_and_count_as_cancelled() -> None:
+    """``protocol/fast_leave``: members whose clients leave while their group waits are taken out of it
+    (counted CANCELED, as a cancelled queued request); the group runs with the others' rows, which go
+    back to their places; once the group runs nobody leaves it; a group everyone left never runs."""
+    from shipyard.serving_runtime.protocol.fast_leave import Leaving
+
+    instance = FakeInstance(gated=True)
+    s = scheduler([instance])
+    running = asyncio.ensure_future(s.submit(request(0)))
+    await until(lambda: instance.started == 1)
+    kept = group([1.0, 2.0, 3.0, 4.0], [1, 2, 1, 3])
+    empty = group([7.0], [2])
+    leaving = Leaving(kept, [1, 2, 1, 3], list)
+    leaving_all = Leaving(empty, [2], list)
+    assert not leaving.leave(1)  # not queued yet
+    kept_task = asyncio.ensure_future(s.submit(kept))
+    empty_task = asyncio.ensure_future(s.submit(empty))
+    await until(lambda: s.pending_count() == 3)
+    assert leaving.leave(1) and leaving.leave(2) and leaving.leave(1)  # again: already out
+    assert leaving_all.leave(0)
+    with pytest.raises(RequestCancelled):
+        await empty_task
+    assert s.pending_count() == 2 and kept.batch_size == 4 and len(kept.group_arrivals_ns or ()) == 2
+    instance.gate.set()
+    await running
+    outputs = await kept_task
+    assert instance.seen == [0.0, 1.0, 4.0, 4.0, 4.0]  # members 0 and 3 ran, without 1 and 2
+    assert not leaving.leave(3)  # it ran: it stays (counted by its outcome)
+    full = leaving.expand(outputs, 7)
+    np.testing.assert_array_equal(full["y"][:, 0], [2.0, 0, 0, 0, 8.0, 8.0, 8.0])
+    np.testing.assert_array_equal(full["y"][4:, 1], [0.0, 2.0, 4.0])
+    assert s.stats.failures_by_reason["CANCELED"] == 3
+    assert s.stats.success.count == 3  # the running request and the group's two members
+    assert s.pending_count() == 0
+    s.close()

@@ -35,10 +35,11 @@ from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regr
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
 # Which batches go straight from the event loop to the process (start_requests) instead of through
-# the instance's worker thread (execute_requests). "1": every batch; "0": none; unset (or
-# "single"): a batch of one request, i.e. light load, where the loop path saves the worker's two
-# hand-overs (~70 us at c=1); larger batches keep the worker thread, as the loop path was slower
-# at c=64 on the loaded 2-core machine (docs/serving.md, Python models, "Two paths").
+# the instance's worker thread (execute_requests). "0" (the default): none; "1": every batch;
+# "single": a batch of one request (light load), where the loop path saves the worker's two
+# hand-overs (~70 us at c=1). Off by default: the loop path was slower at c=64 on the loaded 2-core
+# machine, and "single" gave smaller batches at c=64 in some runs (docs/serving.md, Python models,
+# "Two paths").
 LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
 DEFAULT_INIT_TIMEOUT_S = 300.0
@@ -118,9 +119,9 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
-        mode = os.environ.get(LOOP_CALL_ENV, "single")
+        mode = os.environ.get(LOOP_CALL_ENV, "0")
         self.loop_calls = mode == "1"  # every batch from the loop
-        self.loop_single = mode not in ("0", "1")  # a batch of one request from the loop
+        self.loop_single = mode == "single"  # a batch of one request from the loop
         try:
             self.stub = self._start()
         except BaseException:
@@ -258,7 +259,7 @@ class PythonInstance:
         (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
 
         False (nothing was sent): the loop path is off for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
-        by default only a batch of one request takes it), the process is being (re)started, a call
+        off by default; ``single``: only a batch of one request), the process is being (re)started, a call
         is in progress or no event loop runs here; run ``execute_requests`` on the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
