@@ -28,6 +28,10 @@ when the session was created and keep normal priority (docs/scoring.md). A lower
 little Python (the outputs' hand-back) at idle priority while holding the GIL; measured, not avoided
 (an unprivileged thread cannot raise its priority again to do that part at normal priority).
 
+Measured (docs/scoring.md, "The idle lane"): where other processes took the CPU it kept the real-time p50
+at ~1x (at normal priority the same lane doubled it), but with the CPU otherwise idle it raised the
+real-time p99 several-fold against co-batching alone: opt-in, not recommended on a CPU node as built.
+
 Public: ``IdleLane``, ``lane_for``, ``lower_this_thread``. Runs on the event loop thread, except
 ``lower_this_thread`` (on the lane's worker threads).
 """

@@ -1,6 +1,7 @@
 """The idle-lane A/B of 2026-12-06 on the loaded shared machine (docs/scoring.md, "The idle lane"): medians of
 the per-round ratios per configuration, from the score_bench JSON files here (rNN-X.json: iteration NN,
-configuration X). Run: python benchmarks/results/lane-ab-2026-12-06/summarize.py"""
+configuration X). Run: python benchmarks/results/lane-ab-2026-12-06/summarize.py [FIRST LAST] (iterations;
+the loaded table of docs/scoring.md is 10 14, the quieter A/C/B runs 20 21)."""
 
 import collections
 import glob
@@ -8,6 +9,7 @@ import json
 import os
 import re
 import statistics
+import sys
 
 HEADER = "| config | pairs | p99 with/without | p50 | req/s | real-time alone req/s | job share | job rows/s mixed/alone |"  # noqa: E501
 
@@ -34,9 +36,10 @@ def line(cfg: str, rs: list[tuple[float, ...]]) -> str:
 
 rows: dict[str, list[tuple[float, ...]]] = collections.defaultdict(list)
 for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "r*-*.json"))):
-    found = re.search(r"r\d+-(\w+)\.json$", path)
-    if found:
-        rows[found.group(1)] += ratios(path)
+    found = re.search(r"r(\d+)-(\w+)\.json$", path)
+    first, last = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (0, 99)
+    if found and first <= int(found.group(1)) <= last:
+        rows[found.group(2)] += ratios(path)
 print(HEADER)
 for cfg, rs in sorted(rows.items()):
     print(line(cfg, rs))
