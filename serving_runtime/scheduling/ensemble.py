@@ -127,19 +127,7 @@ class EnsembleScheduler:
         model = self._resolve(step.model_name, step.version)
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
         _check_step_inputs(self.plan.name, step, model, inputs)
-        batch = request.batch_size
-        if int(model.max_batch_size) > 0 and inputs:
-            batch = int(next(iter(inputs.values())).shape[0])
-        sub = InferenceRequest(
-            inputs=inputs,
-            outputs=tuple(step.output_map),
-            batch_size=batch,
-            priority=request.priority,
-            timeout_us=request.timeout_us,
-            request_id=request.request_id,
-            parameters=dict(request.parameters),
-        )
-        results: dict[str, np.ndarray] = await model.infer(sub)
+        results: dict[str, np.ndarray] = await model.infer(step_request(step, request, model, inputs))
         missing = [name for name in step.output_map if name not in results]
         if missing:
             raise InvalidArgument(f"{step.label(self.plan.name)}: the model returned no output(s) {', '.join(missing)}")
@@ -229,6 +217,26 @@ def _input_rules(model: Any) -> dict[str, _InputRule]:
         _RULES.clear()
     _RULES[id(model)] = (model, rules)
     return rules
+
+
+def step_request(
+    step: Step, request: InferenceRequest, model: Any, inputs: dict[str, np.ndarray]
+) -> InferenceRequest:
+    """The request ``step`` sends to its ``model`` for the ensemble's ``request``: the step's inputs, its
+    outputs, the client's priority, timeout, id and parameters; the batch size of the inputs when the
+    model batches."""
+    batch = request.batch_size
+    if int(model.max_batch_size) > 0 and inputs:
+        batch = int(next(iter(inputs.values())).shape[0])
+    return InferenceRequest(
+        inputs=inputs,
+        outputs=tuple(step.output_map),
+        batch_size=batch,
+        priority=request.priority,
+        timeout_us=request.timeout_us,
+        request_id=request.request_id,
+        parameters=dict(request.parameters),
+    )
 
 
 def _check_step_inputs(ensemble: str, step: Step, model: Any, inputs: Mapping[str, np.ndarray]) -> None:

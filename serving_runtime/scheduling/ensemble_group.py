@@ -259,20 +259,10 @@ async def _step(scheduler: EnsembleScheduler, step: Step, members: list[_Member]
 
 
 def _sub_request(step: Step, member: _Member, model: Any) -> InferenceRequest:
-    request = member.request
+    from shipyard.serving_runtime.scheduling.ensemble import step_request
+
     inputs = {model_input: member.tensors[tensor] for model_input, tensor in step.input_map.items()}
-    batch = request.batch_size
-    if int(model.max_batch_size) > 0 and inputs:
-        batch = int(next(iter(inputs.values())).shape[0])
-    return InferenceRequest(
-        inputs=inputs,
-        outputs=tuple(step.output_map),
-        batch_size=batch,
-        priority=request.priority,
-        timeout_us=request.timeout_us,
-        request_id=request.request_id,
-        parameters=dict(request.parameters),
-    )
+    return step_request(step, member.request, model, inputs)
 
 
 def _takes_groups(model: Any, subs: list[InferenceRequest]) -> bool:
