@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,33 +92,15 @@ class EnsembleScheduler:
 
     async def _run(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         tensors: dict[str, np.ndarray] = dict(request.inputs)
-        waiting = list(self.plan.steps)
-        running: dict[asyncio.Task[dict[str, np.ndarray]], Step] = {}
-        try:
-            while waiting or running:
-                ready = [s for s in waiting if all(t in tensors for t in s.input_map.values())]
-                if len(ready) == 1 and not running:  # the only step that can run: no task needed
-                    step = ready[0]
-                    waiting.remove(step)
-                    results = await self._step(step, request, tensors)
-                    for model_output, tensor in step.output_map.items():
-                        tensors[tensor] = results[model_output]
-                    continue
-                for step in ready:
-                    waiting.remove(step)
-                    task = asyncio.ensure_future(self._step(step, request, tensors))
-                    running[task] = step
-                if not running:  # cannot happen for a planned ensemble; never spin
-                    raise ModelNotReady(f"ensemble {self.plan.name!r}: steps {[s.index for s in waiting]} cannot start")
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    step = running.pop(task)
-                    results = task.result()  # raises the step's error
-                    for model_output, tensor in step.output_map.items():
-                        tensors[tensor] = results[model_output]
-        finally:
-            for task in running:
-                task.cancel()
+
+        async def run(step: Step) -> None:
+            results = await self._step(step, request, tensors)
+            for model_output, tensor in step.output_map.items():
+                tensors[tensor] = results[model_output]
+
+        stuck = await run_steps(self.plan.steps, set(tensors), run)
+        if stuck:  # cannot happen for a planned ensemble; never spin
+            raise stuck_error(self.plan.name, stuck)
         return tensors
 
     async def _step(
@@ -128,9 +110,9 @@ class EnsembleScheduler:
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
         _check_step_inputs(self.plan.name, step, model, inputs)
         results: dict[str, np.ndarray] = await model.infer(step_request(step, request, model, inputs))
-        missing = [name for name in step.output_map if name not in results]
-        if missing:
-            raise InvalidArgument(f"{step.label(self.plan.name)}: the model returned no output(s) {', '.join(missing)}")
+        error = missing_outputs(self.plan.name, step, results)
+        if error is not None:
+            raise error
         return results
 
     async def submit_group(self, requests: Sequence[InferenceRequest]) -> list[Any] | None:
@@ -177,6 +159,49 @@ class EnsembleScheduler:
 
     def close(self) -> None:
         """Nothing to release: the composing models own their instances."""
+
+
+async def run_steps(steps: Sequence[Step], known: set[str], run: Callable[[Step], Awaitable[None]]) -> list[Step]:
+    """Run every step once the tensors it reads are ``known`` (the request's inputs, then each
+    finished step's outputs), independent ones concurrently, the only runnable one without a task;
+    ``run(step)`` does the work. The steps that could never start (none for a planned ensemble
+    whose inputs were all sent); a step's exception ends the run (the others are cancelled)."""
+    waiting = list(steps)
+    running: dict[asyncio.Task[None], Step] = {}
+    try:
+        while waiting or running:
+            ready = [s for s in waiting if all(t in known for t in s.input_map.values())]
+            for step in ready:
+                waiting.remove(step)
+            if len(ready) == 1 and not running:
+                await run(ready[0])
+                known.update(ready[0].output_map.values())
+                continue
+            for step in ready:
+                running[asyncio.ensure_future(run(step))] = step
+            if not running:
+                return waiting
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                step = running.pop(task)
+                task.result()  # raises the step's error
+                known.update(step.output_map.values())
+    finally:
+        for task in running:
+            task.cancel()
+    return []
+
+
+def stuck_error(ensemble: str, stuck: Sequence[Step]) -> ModelNotReady:
+    return ModelNotReady(f"ensemble {ensemble!r}: steps {[s.index for s in stuck]} cannot start")
+
+
+def missing_outputs(ensemble: str, step: Step, results: Mapping[str, np.ndarray]) -> InvalidArgument | None:
+    """The error for a step whose model did not return every output the step maps, or None."""
+    missing = [name for name in step.output_map if name not in results]
+    if not missing:
+        return None
+    return InvalidArgument(f"{step.label(ensemble)}: the model returned no output(s) {', '.join(missing)}")
 
 
 def _in_ensemble(name: str, exc: ServingError) -> ServingError:

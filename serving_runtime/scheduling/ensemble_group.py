@@ -34,7 +34,6 @@ import numpy as np
 
 from shipyard.serving_runtime.errors import (
     BackendError,
-    InvalidArgument,
     ModelNotReady,
     QueueFull,
     RequestCancelled,
@@ -180,40 +179,22 @@ class _Internal(BackendError):
 
 async def _run_steps(scheduler: EnsembleScheduler, members: list[_Member]) -> None:
     """The plan's steps, each as soon as its tensors exist (independent ones concurrently)."""
-    waiting = list(scheduler.plan.steps)
-    done: set[str] = set(members[0].request.inputs)
-    running: dict[asyncio.Task[None], Step] = {}
-    try:
-        while waiting or running:
-            ready = [s for s in waiting if all(t in done for t in s.input_map.values())]
-            for step in ready:
-                waiting.remove(step)
-            if len(ready) == 1 and not running:
-                await _step(scheduler, ready[0], members)
-                done.update(ready[0].output_map.values())
-                continue
-            for step in ready:
-                running[asyncio.ensure_future(_step(scheduler, step, members))] = step
-            if not running:  # as ``submit`` fails: a step whose (optional) input was not sent
-                stuck = [s.index for s in waiting]
-                error = ModelNotReady(f"ensemble {scheduler.plan.name!r}: steps {stuck} cannot start")
-                for member in members:
-                    if member.outcome is None:
-                        member.outcome = error
-                return
-            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                step = running.pop(task)
-                task.result()
-                done.update(step.output_map.values())
-    finally:
-        for task in running:
-            task.cancel()
+    from shipyard.serving_runtime.scheduling.ensemble import run_steps, stuck_error
+
+    async def run(step: Step) -> None:
+        await _step(scheduler, step, members)
+
+    stuck = await run_steps(scheduler.plan.steps, set(members[0].request.inputs), run)
+    if stuck:  # as ``submit`` fails: a step whose (optional) input was not sent
+        error = stuck_error(scheduler.plan.name, stuck)
+        for member in members:
+            if member.outcome is None:
+                member.outcome = error
 
 
 async def _step(scheduler: EnsembleScheduler, step: Step, members: list[_Member]) -> None:
     """Run ``step`` for every member still in the group; each gets its outputs or its error."""
-    from shipyard.serving_runtime.scheduling.ensemble import _check_step_inputs
+    from shipyard.serving_runtime.scheduling.ensemble import _check_step_inputs, missing_outputs
 
     live = [m for m in members if m.outcome is None]
     if not live:
@@ -248,11 +229,9 @@ async def _step(scheduler: EnsembleScheduler, step: Step, members: list[_Member]
         if isinstance(part, BaseException):
             member.outcome = part
             continue
-        missing = [name for name in step.output_map if name not in part]
-        if missing:
-            member.outcome = InvalidArgument(
-                f"{step.label(scheduler.plan.name)}: the model returned no output(s) {', '.join(missing)}"
-            )
+        error = missing_outputs(scheduler.plan.name, step, part)
+        if error is not None:
+            member.outcome = error
             continue
         for model_output, tensor in step.output_map.items():
             member.tensors[tensor] = part[model_output]
