@@ -9,31 +9,30 @@ form the *idle lane*:
 
 - they run only background requests (the lowest priority level), each whole (``max_batch_size`` rows
   at most, as the job sent it): never a real-time one, so nothing real-time ever waits for them;
-- their worker threads run at the OS's idle priority (``background_thread_priority``: ``idle``, the
+- their worker threads compute at the OS's idle priority (``background_thread_priority``: ``idle``, the
   default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19; ``normal`` leaves it, for measuring), so the
   kernel gives their compute only the CPU time that nothing else wants: a real-time batch's compute, the
   event loop and the clients preempt it at once, instead of queueing behind it;
-- the other instances are **reserved** for real-time work: they take no background-only work (no slices,
-  no whole background batches), whether real-time work is recent or not, so a real-time request never
-  waits behind a background batch, not even the first one after a quiet spell. Background rows still ride
-  in their real-time batches with ``background_fill_rows`` (co-batching) and whole small background
-  requests join them up to ``background_share_rows``. A job alone runs on the lane only (at idle priority,
-  but then nothing else wants the CPU); a lane of more instances runs more of its requests at once.
-  Requests the lane cannot take (decoupled, fast-path groups, delayed by a queue policy) go to the
-  real-time instances as before.
+- the other instances are **reserved** for real-time work while it is recent (a real-time batch dispatched
+  or finished within ``background_recent_us``): they take no background-only work then. Background rows
+  still ride in their real-time batches with ``background_fill_rows`` (co-batching) and whole small
+  background requests join them up to ``background_share_rows``. Requests the lane cannot take (decoupled,
+  fast-path groups, delayed by a queue policy) go to the real-time instances as before;
+- **work-conserving**: with no real-time work for ``background_recent_us``, an idle real-time instance
+  *borrows* background work in pieces of ``background_slice_rows`` rows (else ``background_fill_rows``, else
+  ``max_batch_size / 8``; with ``background_slice_us`` the slice sizer's), so a job alone uses every
+  instance, and a real-time request that comes back waits for one piece at most (``IdleLane.borrow``).
 
-With ONNX Runtime at ``intra_op_thread_count: 1`` a run computes on the calling thread, so lowering the
-worker thread lowers the compute; the pool threads of a bigger ``intra_op_thread_count`` were started
-when the session was created and keep normal priority (docs/scoring.md). A lowered thread also runs its
-little Python (the outputs' hand-back) at idle priority while holding the GIL; measured, not avoided
-(an unprivileged thread cannot raise its priority again to do that part at normal priority).
+**The GIL**: a thread that holds the GIL at idle priority and is preempted there stalls every normal thread
+waiting for the GIL (the event loop). So the lane's thread is lowered only inside ``execute``, where ONNX
+Runtime computes with the GIL released, and raised again right after (``ComputePriority``: two system calls,
+~3.5 us per batch measured), where the OS allows raising again (Linux: ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >=
+20, probed when the thread starts); where it does not, the thread stays lowered for good and a warning says
+so. What is left at idle priority with the GIL held is ORT's own wrapping of the inputs and outputs inside
+``run`` (microseconds). With ``intra_op_thread_count`` > 1 ORT's pool threads keep normal priority.
 
-Measured (docs/scoring.md, "The idle lane"): where other processes took the CPU it kept the real-time p50
-at ~1x (at normal priority the same lane doubled it), but with the CPU otherwise idle it raised the
-real-time p99 several-fold against co-batching alone: opt-in, not recommended on a CPU node as built.
-
-Public: ``IdleLane``, ``lane_for``, ``lower_this_thread``. Runs on the event loop thread, except
-``lower_this_thread`` (on the lane's worker threads).
+Public: ``IdleLane``, ``lane_for``, ``lower_this_thread``, ``ComputePriority``. Runs on the event loop thread,
+except ``lower_this_thread`` and ``ComputePriority`` (on the lane's worker threads).
 """
 
 from __future__ import annotations
