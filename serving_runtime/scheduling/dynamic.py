@@ -104,7 +104,7 @@ class DynamicBatcher:
         self._delay_ns = self._batching.max_queue_delay_us * 1000 if self._merge else 0
         self._queue = RequestQueue(queueing or QueueSettings())
         realtime, self._lane = lane_for(instances, self._batching.background if self._merge else None,
-                                        model_name, version, where)  # fmt: skip
+                                        model_name, version, where, self._max_batch)  # fmt: skip
         self._workers = make_workers(realtime, model_name, version)
         self._idle: list[InstanceWorker] = list(reversed(self._workers))  # real-time instances (not the lane's)
         self._workers += self._lane.workers if self._lane is not None else []
@@ -347,6 +347,8 @@ class DynamicBatcher:
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
             if lane is not None and lane.keeps_foreground_free(queue):
+                if self._lend(now):  # the real-time instances borrow background work while real time is quiet
+                    continue
                 break  # background-only work waits for the idle lane
             if slicer is not None and self._idle:
                 plan = slicer.plan(queue, self._foreground_ns, now)
@@ -377,6 +379,8 @@ class DynamicBatcher:
                 batch = Batch(envelopes, decision.batch_size, self._merge)
                 if slicer is not None:  # background rows ride along in a real-time batch (cobatch.py)
                     batch = top_up(batch, slicer, queue, self._max_batch, now)
+                if lane is not None and envelopes[0].level < lane.settings.level:
+                    lane.last_realtime_ns = now  # real-time work is recent: the real-time instances lend nothing
                 self._idle.pop().hand_off(batch, self._handoff_s)
                 continue
             if decision.wait_ns is not None:
@@ -387,6 +391,23 @@ class DynamicBatcher:
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)
+
+    def _lend(self, now: int) -> bool:
+        """Hand an idle real-time instance a piece of background work (``IdleLane.borrow``) when no real-time
+        batch was dispatched or finished for ``background_recent_us``; else wake up when that is so. Whether a
+        piece was dispatched."""
+        lane, slicer = self._lane, self._slicer
+        if not self._idle or lane is None or slicer is None:
+            return False
+        quiet_ns = lane.quiet_from(self._foreground_ns)
+        if now < quiet_ns:
+            self._arm_timer(quiet_ns)
+            return False
+        piece = lane.borrow(self._queue, slicer, now)
+        if piece is None:
+            return False
+        self._idle.pop().hand_off(piece, self._handoff_s)
+        return True
 
     def _deferred_kick(self) -> None:
         self._kick_soon = False
