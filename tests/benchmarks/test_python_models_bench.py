@@ -42,3 +42,27 @@ def test_report_rows_say_whether_each_target_is_met() -> None:
     assert "| 16 | 2,000 | 2,600 | 1,000 | 2.00x |" in table
     assert "| 64 | 3,000 | 3,300 | - | - |" in table
     assert "0 failed `mlp_py` requests (target 0: met)" in table
+
+
+def test_the_c1_probe_times_the_same_model_and_pairs_rounds(tmp_path: Path) -> None:
+    """``benchmarks.py_c1_env`` serves the benchmark's own ``model.py`` with a timer appended (the
+    model is otherwise unchanged), and its summary compares servers round by round."""
+    from benchmarks import py_c1_env
+    from benchmarks.python_models import ORT_MODEL_PY
+
+    repo = py_c1_env._timed_repo(tmp_path / "r", for_triton=False)
+    source = (repo / "mlp_py" / "1" / "model.py").read_text()
+    assert source.startswith(ORT_MODEL_PY.read_text()) and "_timed_run" in source
+    compile(source, "model.py", "exec")
+    assert py_c1_env._names("triton;shipyard:A=1,B=2") == ["triton", "shipyard:A=1,B=2"]
+    assert py_c1_env._names("triton,shipyard") == ["triton", "shipyard"]
+
+    def result(p50: float, ort: float) -> dict[str, float]:
+        return {"p50_ms": p50, "ort_wall_ms": ort, "ort_cpu_ms": ort, "execute_ms": ort + 0.1, "slices": 3.0,
+                "cpu_ms": ort - 1.0, "wait_ms": 0.5}  # fmt: skip
+
+    rounds = {"triton": [result(3.0, 2.0), result(5.0, 4.0)], "shipyard": [result(3.5, 2.0), result(5.3, 4.0)]}
+    summary = py_c1_env._summary(rounds)
+    assert "| triton | 4.000 | 3.000 | 3.000 | 3.100 | 0.900 | 3.0 | -1.000 | 0.500 |" in summary
+    assert "shipyard - triton, client p50, median of the rounds' differences: +0.400 ms" in summary
+    assert "shipyard - triton, outside execute, median of the rounds' differences: +0.400 ms" in summary

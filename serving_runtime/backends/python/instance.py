@@ -35,12 +35,13 @@ from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regr
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
 # Which batches go straight from the event loop to the process (start_requests) instead of through
-# the instance's worker thread (execute_requests). "0" (the default): none; "1": every batch;
-# "single": a batch of one request (light load), where the loop path saves the worker's two
-# hand-overs (~70 us at c=1). Off by default: the loop path was slower at c=64 on the loaded 2-core
-# machine, and "single" gave smaller batches at c=64 in some runs (docs/serving.md, Python models,
-# "Two paths").
+# the instance's worker thread (execute_requests). "auto" (the default): a lone request at light
+# load (a batch of one request, nothing waiting for an instance, and the batch before was one
+# request too), where the loop path saves the worker's two hand-overs; every other batch goes
+# through the worker, which gave bigger batches under load. "0": none; "1": every batch
+# (docs/serving.md, Python models, "Two paths").
 LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
+LOOP_CALL_MODES = ("auto", "0", "1")
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
 DEFAULT_INIT_TIMEOUT_S = 300.0
 FINALIZE_TIMEOUT_S = 10.0
@@ -68,6 +69,15 @@ def response_outputs(tensors: Sequence[tuple[str, str, np.ndarray]], parameters:
     carried = ResponseOutputs(outputs)
     carried.parameters = dict(parameters)
     return carried
+
+
+def loop_call_mode() -> str:
+    """``SHIPYARD_PYTHON_LOOP_CALL`` (auto, 0 or 1); another value is logged and runs as auto."""
+    mode = os.environ.get(LOOP_CALL_ENV, "auto").strip() or "auto"
+    if mode not in LOOP_CALL_MODES:
+        log.warning("%s=%r is not one of %s; using auto", LOOP_CALL_ENV, mode, ", ".join(LOOP_CALL_MODES))
+        return "auto"
+    return mode
 
 
 def _seconds(parameters: Mapping[str, str], key: str, default: float, source: str) -> float:
@@ -119,9 +129,10 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
-        mode = os.environ.get(LOOP_CALL_ENV, "0")
+        mode = loop_call_mode()
         self.loop_calls = mode == "1"  # every batch from the loop
-        self.loop_single = mode == "single"  # a batch of one request from the loop
+        self.loop_lone = mode == "auto"  # a lone request at light load from the loop
+        self._last_batch = 1  # requests in the batch before (auto: a lone one after a lone one)
         try:
             self.stub = self._start()
         except BaseException:
@@ -237,6 +248,7 @@ class PythonInstance:
         if reason is not None:
             return [BackendError(reason) for _ in requests]
         stub = self.stub
+        self._last_batch = len(requests)
         keys = [next(_KEYS) for _ in requests]
         try:
             described = self._describe(requests, keys)
@@ -254,18 +266,21 @@ class PythonInstance:
             self._running.difference_update(keys)
         return self._results(reply, keys, len(requests))
 
-    def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None]) -> bool:
+    def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None], waiting: int = 0) -> bool:
         """Send one formed batch from the event loop, which reads the reply when it arrives
         (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
+        ``waiting``: requests queued for an instance besides this batch.
 
-        False (nothing was sent): the loop path is off for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
-        off by default; ``single``: only a batch of one request), the process is being (re)started, a call
-        is in progress or no event loop runs here; run ``execute_requests`` on the worker thread.
+        False (nothing was sent): the loop path is not for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
+        by default only a lone request at light load, see ``takes_loop_path``), the process is being
+        (re)started, a call is in progress or no event loop runs here; run ``execute_requests`` on
+        the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
             flat, spans = expand(requests)
-            return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)))
-        if self._closed or not (self.loop_calls or (self.loop_single and len(requests) == 1)):
+            return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)), waiting)
+        if self._closed or not self.takes_loop_path(len(requests), waiting):
+            self._last_batch = len(requests)
             return False
         try:
             loop = asyncio.get_running_loop()
@@ -274,6 +289,7 @@ class PythonInstance:
         stub = self.stub
         if not stub.try_begin():
             return False
+        self._last_batch = len(requests)
         keys = [next(_KEYS) for _ in requests]
         try:
             described = self._describe(requests, keys)
@@ -298,6 +314,15 @@ class PythonInstance:
 
         loop_call.start(loop, stub, ("exec", keys[0], described), self.execute_timeout_s, finish)
         return True
+
+    def takes_loop_path(self, size: int, waiting: int) -> bool:
+        """Whether a batch of ``size`` requests, with ``waiting`` more queued, goes from the event
+        loop: every batch (mode 1), none (mode 0), or (auto) a lone request at light load: one
+        request, nothing queued and the batch before was one request too. At c=1 that skips the
+        worker thread's two hand-overs; under load the worker path, which gave bigger batches, stays."""
+        if self.loop_calls:
+            return True
+        return self.loop_lone and size == 1 and waiting == 0 and self._last_batch == 1
 
     def _register(self, requests: Sequence[Any], keys: list[int], stub: StubProcess) -> None:
         """Note the batch's requests as running (decoupled: their responders) with their cancel hooks."""
