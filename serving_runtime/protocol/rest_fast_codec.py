@@ -249,23 +249,62 @@ def check_batched(model: ModelLike, outputs: list[EncodedOutput], requests: int,
 
 
 def answer_all(model: ModelLike, group: list[Pending], outputs: list[EncodedOutput], parameters: Any) -> None:
+    """Split ``outputs`` per request of ``group`` and answer each (``encode_response``'s bytes).
+
+    When every output of a response is binary, its JSON header is the same for every request of
+    the group with the same parsed request (a plan's, ``parse``) and the same item count: the first
+    such response is encoded in full, the others reuse its header with their own rows' bytes."""
     name, version = model.name, str(model.version)
+    if len(group) == 1:
+        _answer(group[0], name, version, outputs, parameters)
+        return
+    total = sum(item.items for item in group)
+    raws: list[Any] = [np.ascontiguousarray(o.data).reshape(-1).view(np.uint8).data for o in outputs]
+    row_bytes = [len(raw) // total if total else 0 for raw in raws]
+    headers: dict[tuple[int, int], bytes | None] = {}  # (id of the parsed request, items) -> its JSON header
     start = 0
     for item in group:
-        if len(group) == 1:
-            mine = outputs
-        else:
-            stop = start + item.items
+        stop = start + item.items
+        key = (id(item.request), item.items)
+        header = headers.get(key)
+        if header is None:
             mine = [EncodedOutput(o.name, o.datatype, (item.items, *o.shape[1:]), o.data[start:stop]) for o in outputs]
-            start = stop
-        assert item.request is not None
-        try:
-            content, json_length = encode_response(name, version, item.request, mine, parameters)
-        except Exception as exc:  # as rest.py's guard would answer it
-            log.exception("unexpected error encoding a REST inference response")
-            _respond(item, 500, _CT_JSON, json_dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}), None)
-            continue
-        _respond(item, 200, _CT_JSON if json_length is None else _CT_BINARY, content, json_length)
+            content = _answer(item, name, version, mine, parameters)
+            if key not in headers:
+                headers[key] = _binary_header(content, mine)
+        else:
+            parts: list[Any] = [header]
+            parts += [raw[start * size : stop * size] for raw, size in zip(raws, row_bytes, strict=True)]
+            _respond(item, 200, _CT_BINARY, b"".join(parts), len(header))
+        start = stop
+
+
+def _answer(
+    item: Pending, name: str, version: str, mine: list[EncodedOutput], parameters: Any
+) -> tuple[bytes, int | None] | None:
+    """Encode and write one response; its (content, JSON header length), None when encoding failed."""
+    assert item.request is not None
+    try:
+        content, json_length = encode_response(name, version, item.request, mine, parameters)
+    except Exception as exc:  # as rest.py's guard would answer it
+        log.exception("unexpected error encoding a REST inference response")
+        _respond(item, 500, _CT_JSON, json_dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}), None)
+        return None
+    _respond(item, 200, _CT_JSON if json_length is None else _CT_BINARY, content, json_length)
+    return content, json_length
+
+
+def _binary_header(encoded: tuple[bytes, int | None] | None, mine: list[EncodedOutput]) -> bytes | None:
+    """The JSON header of a response whose outputs are all binary (its bytes after the header are
+    exactly every output's raw bytes), else None."""
+    if encoded is None:
+        return None
+    content, json_length = encoded
+    if json_length is None or len(content) - json_length != sum(o.data.nbytes for o in mine):
+        return None
+    if any(o.shm is not None or o.datatype == "BYTES" for o in mine):
+        return None
+    return content[:json_length]
 
 
 def fail_all(group: list[Pending], status: int, message: str) -> None:
