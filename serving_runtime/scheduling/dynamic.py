@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
@@ -83,6 +84,11 @@ def _record_failure(stats: ModelStats, request: InferenceRequest, reason: str, e
 
 class DynamicBatcher:
     """A ``Scheduler`` for one model version (see ``scheduling.api.Scheduler``)."""
+
+    # Requests accepted and not finished by every dynamic batcher of this process (its event
+    # loop's thread only): 1 means the process serves one request alone (light load; a Python
+    # model then sends it from the loop, backends/python/instance.py ``takes_loop_path``).
+    process_pending: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -174,6 +180,7 @@ class DynamicBatcher:
                 self.stats.record_failure(exc.reason, 0)
             raise
         self._pending += 1
+        DynamicBatcher.process_pending += 1
         self.stats.pending = self._pending
         if request.group_arrivals_ns is not None:
             request.leave = partial(self._leave, envelope)
@@ -226,6 +233,7 @@ class DynamicBatcher:
         size = request.batch_size
         worker = self._idle.pop()
         self._pending += 1
+        DynamicBatcher.process_pending += 1
         self.stats.pending = self._pending
         batch = Batch([], size, self._merge, requests=[request])
         try:
@@ -331,6 +339,7 @@ class DynamicBatcher:
 
     def _release(self, count: int) -> None:
         self._pending -= count
+        DynamicBatcher.process_pending -= count
         self.stats.pending = self._pending
         if self._pending == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
