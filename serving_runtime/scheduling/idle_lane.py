@@ -7,8 +7,10 @@ so on a busy CPU the job's share and the real-time p99 trade against each other.
 ``background_instances: N`` (``background.py``) the last N instances of the model's ``instance_group``
 form the *idle lane*:
 
-- they run only background requests (the lowest priority level), each whole (``max_batch_size`` rows
-  at most, as the job sent it): never a real-time one, so nothing real-time ever waits for them;
+- they run background requests (the lowest priority level) first, each whole (``max_batch_size`` rows
+  at most, as the job sent it); with no background work they take real-time batches at normal priority
+  (``IdleLane.lend``: where the thread can switch per call), so without a job the model keeps all its
+  instances for real-time traffic;
 - their worker threads compute at the OS's idle priority (``background_thread_priority``: ``idle``, the
   default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19; ``normal`` leaves it, for measuring), so the
   kernel gives their compute only the CPU time that nothing else wants: a real-time batch's compute, the
@@ -49,7 +51,7 @@ import numpy as np
 from shipyard.serving_runtime.backends.base import BackendInstance
 from shipyard.serving_runtime.errors import ModelConfigError
 from shipyard.serving_runtime.scheduling.background import BackgroundSettings
-from shipyard.serving_runtime.scheduling.instances import InstanceWorker
+from shipyard.serving_runtime.scheduling.instances import Batch, InstanceWorker
 from shipyard.serving_runtime.scheduling.queue import Envelope, RequestQueue
 from shipyard.serving_runtime.scheduling.slicing import SliceBatch, Slicer
 
@@ -96,6 +98,7 @@ class ComputePriority:
         self.priority = priority
         self.applied = ""  # "idle" | "nice" | "normal", once probed
         self.per_call = False
+        self.background = True  # the batch being run is background work (set per batch by ``LaneWorker``)
         self.switch_ns = 0  # time spent in the two switches, summed over batches
         self.switches = 0  # batches switched
         self._policy = 0
@@ -134,9 +137,15 @@ class ComputePriority:
         else:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
 
+    @property
+    def can_run_foreground(self) -> bool:
+        """Whether this thread may run real-time work: at normal priority outside ``run``'s lowered calls."""
+        return self.per_call or self.applied == "normal"
+
     def run(self, compute: Callable[[], _T]) -> _T:
-        """``compute()`` at the lane's priority (per call), or as the thread is (not per call)."""
-        if not self.per_call:
+        """``compute()`` at the lane's priority (per call, for background batches: ``background``), or as the
+        thread is."""
+        if not self.per_call or not self.background:
             return compute()
         start = time.perf_counter_ns()
         self._lower()
@@ -188,6 +197,12 @@ class LaneWorker(InstanceWorker):
         self.compute_priority.probe()
         super()._run()
 
+    def run_batch(self, batch: Batch) -> None:
+        """Background work (a ``SliceBatch``: the lane's own) computes lowered; a real-time batch lent to this
+        instance (``IdleLane.lend``) at normal priority."""
+        self.compute_priority.background = isinstance(batch, SliceBatch)
+        super().run_batch(batch)
+
 
 class IdleLane:
     """The lane's workers and which of them are idle; when the real-time instances may borrow background work."""
@@ -212,6 +227,18 @@ class IdleLane:
         is for the lane."""
         first = next(iter(queue), None)
         return first is None or (first.level >= self.settings.level and _lane_can_run(first))
+
+    def can_lend(self) -> bool:
+        """Whether a lane instance is idle and may take a real-time batch (its thread computes real-time work at
+        normal priority: ``ComputePriority.can_run_foreground``). The batcher dispatches background work to the
+        lane first, so an idle lane instance has none it could run."""
+        return any(worker.compute_priority.can_run_foreground for worker in self._idle)
+
+    def lend(self) -> LaneWorker:
+        """An idle lane worker for a real-time batch (``can_lend`` was True); back through ``release``."""
+        worker = next(w for w in reversed(self._idle) if w.compute_priority.can_run_foreground)
+        self._idle.remove(worker)
+        return worker
 
     def quiet_from(self, last_foreground_ns: int) -> int:
         """When real-time work is no longer recent (``background_recent_us`` after the last real-time batch was

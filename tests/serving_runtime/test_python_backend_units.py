@@ -266,8 +266,9 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
 def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(tmp_path: Path) -> None:
     """By default (SHIPYARD_PYTHON_LOOP_CALL unset: auto) requests sent one after another go from
     the event loop to the process (no worker thread on the way); a burst still reaches ``execute``
-    as the batcher's batches, through the worker thread; the first lone request after a batch takes
-    the worker too. Every answer is the model's, and an idle process uses no CPU (it blocks)."""
+    as the batcher's batches, through the worker thread, and so does a lone request while another
+    is pending anywhere in the process. Every answer is the model's, and an idle process uses no
+    CPU (it blocks)."""
     import asyncio
     import json
     import os
@@ -310,11 +311,16 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(tmp_path: P
         assert worker_batches == []  # one after another: every call went from the loop
         await asyncio.gather(*(one(i) for i in range(20)))
         assert sum(worker_batches) == 20 and max(worker_batches) > 1  # a burst: batches, on the worker
-        after_batch = worker_batches[-1] > 1
         worker_batches.clear()
         for i in range(3):
             await one(i)
-        assert worker_batches == ([1] if after_batch else [])  # the first lone one after a batch; then the loop
+        assert worker_batches == []  # alone again: the loop
+        DynamicBatcher.process_pending += 1  # as if another model of the process had a request in flight
+        try:
+            await one(7)
+        finally:
+            DynamicBatcher.process_pending -= 1
+        assert worker_batches == [1]  # not alone in the process: the worker
         await batcher.drain()
 
     def cpu_s() -> float:

@@ -215,6 +215,32 @@ async def test_a_job_alone_uses_every_instance_and_each_row_once() -> None:
     s.close()
 
 
+async def test_an_idle_lane_takes_real_time_work_at_normal_priority() -> None:
+    """With no background work, the lane's instance is not left idle: a real-time request that finds the
+    real-time instance busy runs there, computing at normal priority (the lane computes background work at
+    idle priority); a model with a lane keeps all its instances for real-time traffic when no job runs."""
+    s, realtime, lane = lane_scheduler(lane_config())
+    lane.gate.set()
+    job, a, b = background(100, rows=8)
+    assert_answer(await s.submit(job), a, b)  # the lane's thread has started (and probed its priority)
+    (worker,) = [w for w in s._workers if isinstance(w, LaneWorker)]
+    if not worker.compute_priority.per_call:
+        pytest.skip("the OS does not let the lane's thread raise its priority again: it never takes real-time work")
+    stepped = Stepped(realtime)
+    s._workers[0].instance = stepped
+    first, a1, b1 = add_sub_request(1, rows=1)
+    held = asyncio.ensure_future(s.submit(first))
+    assert await asyncio.to_thread(stepped.waiting.wait, 10)  # the real-time instance holds it
+    second, a2, b2 = add_sub_request(2, rows=2)
+    assert_answer(await asyncio.wait_for(s.submit(second), 10), a2, b2)  # on the lane, while the first is held
+    assert not held.done() and [run[0] for run in lane.runs] == [8, 2]
+    if sys.platform == "linux":
+        assert lane.policies == [os.SCHED_IDLE, os.SCHED_OTHER]
+    stepped.tokens.release(10)
+    assert_answer(await asyncio.wait_for(held, 10), a1, b1)
+    s.close()
+
+
 async def test_co_batching_and_the_lane_share_one_background_request() -> None:
     """With ``background_fill_rows`` too, a real-time batch takes rows of the background request and the lane
     runs the rest: every row once, in order, one answer."""

@@ -30,16 +30,17 @@ from shipyard.serving_runtime.backends.python.errors import error_for_code
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
 from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regroup, run_members
 
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
 # Which batches go straight from the event loop to the process (start_requests) instead of through
 # the instance's worker thread (execute_requests). "auto" (the default): a lone request at light
-# load (a batch of one request, nothing waiting for an instance, and the batch before was one
-# request too), where the loop path saves the worker's two hand-overs; every other batch goes
-# through the worker, which gave bigger batches under load. "0": none; "1": every batch
-# (docs/serving.md, Python models, "Two paths").
+# load (a batch of one request and no other request pending in any dynamic batcher of the
+# process), where the loop path saves the worker's two hand-overs; every other batch goes through
+# the worker, which gave bigger batches under load. "0": none; "1": every batch (docs/serving.md,
+# Python models, "Two paths").
 LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
 LOOP_CALL_MODES = ("auto", "0", "1")
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
@@ -132,7 +133,6 @@ class PythonInstance:
         mode = loop_call_mode()
         self.loop_calls = mode == "1"  # every batch from the loop
         self.loop_lone = mode == "auto"  # a lone request at light load from the loop
-        self._last_batch = 1  # requests in the batch before (auto: a lone one after a lone one)
         try:
             self.stub = self._start()
         except BaseException:
@@ -248,7 +248,6 @@ class PythonInstance:
         if reason is not None:
             return [BackendError(reason) for _ in requests]
         stub = self.stub
-        self._last_batch = len(requests)
         keys = [next(_KEYS) for _ in requests]
         try:
             described = self._describe(requests, keys)
@@ -277,10 +276,11 @@ class PythonInstance:
         the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
+            if not self.loop_calls:  # auto: groups (an ensemble's steps, the fast path) batch better on the worker
+                return False
             flat, spans = expand(requests)
             return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)), waiting)
         if self._closed or not self.takes_loop_path(len(requests), waiting):
-            self._last_batch = len(requests)
             return False
         try:
             loop = asyncio.get_running_loop()
@@ -289,7 +289,6 @@ class PythonInstance:
         stub = self.stub
         if not stub.try_begin():
             return False
-        self._last_batch = len(requests)
         keys = [next(_KEYS) for _ in requests]
         try:
             described = self._describe(requests, keys)
@@ -318,11 +317,13 @@ class PythonInstance:
     def takes_loop_path(self, size: int, waiting: int) -> bool:
         """Whether a batch of ``size`` requests, with ``waiting`` more queued, goes from the event
         loop: every batch (mode 1), none (mode 0), or (auto) a lone request at light load: one
-        request, nothing queued and the batch before was one request too. At c=1 that skips the
-        worker thread's two hand-overs; under load the worker path, which gave bigger batches, stays."""
+        request, nothing queued, and no other request pending in any dynamic batcher of the process
+        (``start_requests`` leaves request groups, an ensemble's steps and the native fast path's,
+        to the worker). At c=1 that skips the worker thread's two hand-overs; under load the worker
+        path, which gave bigger batches, stays."""
         if self.loop_calls:
             return True
-        return self.loop_lone and size == 1 and waiting == 0 and self._last_batch == 1
+        return self.loop_lone and size == 1 and waiting == 0 and DynamicBatcher.process_pending <= 1
 
     def _register(self, requests: Sequence[Any], keys: list[int], stub: StubProcess) -> None:
         """Note the batch's requests as running (decoupled: their responders) with their cancel hooks."""
