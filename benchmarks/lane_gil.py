@@ -18,6 +18,7 @@ at idle priority makes the loop wait until the kernel gives the lane CPU again, 
 normal priority can take many milliseconds: the inversion shows as the loop's p99 and max. Needs Linux; the
 per-call mode needs ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20 (``per_call_applied`` says whether it ran so).
 
+``--switch-cost`` times what the per-call switch adds per batch (both system calls, 20,000 times).
 ``--contention`` measures the other suspected cost instead, with no hogs: real-time-sized ORT calls (5 rows,
 another session of the same model) alone and while the lane computes 128-row batches on the other core, at
 normal and at idle priority. Idle priority cannot help there: if the second session slows the first on a
@@ -146,6 +147,28 @@ def contention(session: Any, name: str, dim: int, rounds: int, calls: int = 400)
               f"p99 {statistics.median(v[1] for v in values):.2f} ms (medians over rounds)")  # fmt: skip
 
 
+def switch_cost(calls: int = 20_000) -> None:
+    """What ``ComputePriority`` adds per batch: both system calls around an empty compute, on a lane-like thread."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        priority = ComputePriority("idle")
+        priority.probe()
+        each = []
+        for _ in range(calls):
+            before = priority.switch_ns
+            priority.run(lambda: None)
+            each.append(priority.switch_ns - before)
+        each.sort()
+        p50, p99 = each[len(each) // 2] / 1e3, each[int(0.99 * len(each))] / 1e3
+        out.update(per_call=priority.per_call, p50_us=p50, p99_us=p99)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    print(json.dumps({"switch_cost": out, "calls": calls}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window-s", type=float, default=3.0)
@@ -153,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="busy processes (default: one per core)")
     parser.add_argument("--python-us", type=float, default=200.0, help="Python the lane runs per batch, GIL held")
     parser.add_argument("--contention", action="store_true", help="measure two sessions' cache contention instead")
+    parser.add_argument("--switch-cost", action="store_true", help="time the per-batch priority switch only")
     args = parser.parse_args(argv)
+    if args.switch_cost:
+        switch_cost()
+        return 0
     session, name, dim = _session()
     if args.contention:
         contention(session, name, dim, args.rounds)
