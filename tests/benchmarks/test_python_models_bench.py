@@ -117,3 +117,11 @@ def test_servers_are_measured_cell_by_cell_in_alternating_order(
         args,  # type: ignore[arg-type]
     )
     assert errors == {"triton": "no tritonserver here"} and set(cells) == {"shipyard"}
+
+
+def test_the_ort_gap_probe_prints_one_row_per_round(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import ort_gap
+
+    assert ort_gap.main(["--rounds", "1", "--runs", "3", "--gap-us", "100"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 8  # five timed blocks
