@@ -356,7 +356,7 @@ class DynamicBatcher:
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
             if lane is not None and lane.keeps_foreground_free(queue):
-                if self._lend(now):  # the real-time instances borrow background work while real time is quiet
+                if self._borrow(now):  # the real-time instances borrow background work while real time is quiet
                     continue
                 break  # background-only work waits for the idle lane
             free = bool(self._idle) or (lane is not None and lane.can_lend())  # the lane takes real-time work idle
@@ -409,7 +409,7 @@ class DynamicBatcher:
         assert self._lane is not None
         return self._lane.lend()
 
-    def _lend(self, now: int) -> bool:
+    def _borrow(self, now: int) -> bool:
         """Hand an idle real-time instance a piece of background work (``IdleLane.borrow``) when no real-time
         batch was dispatched or finished for ``background_recent_us``; else wake up when that is so. Whether a
         piece was dispatched."""

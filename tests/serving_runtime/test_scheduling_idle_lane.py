@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Mapping
@@ -268,3 +270,31 @@ async def test_a_background_request_the_lane_cannot_take_runs_on_the_real_time_i
     assert realtime.runs[-1][0] == 16 and not lane.runs
     lane.gate.set()
     s.close()
+
+
+UNPRIVILEGED_PROBE = """
+import threading
+from shipyard.serving_runtime.scheduling.idle_lane import IdleLane, LaneWorker
+from shipyard.serving_runtime.scheduling.background import BackgroundSettings
+worker = LaneWorker(None, "lane", "idle")
+thread = threading.Thread(target=worker.compute_priority.probe)
+thread.start()
+thread.join()
+lane = IdleLane([worker], BackgroundSettings(level=1, instances=1), 4)
+print(worker.applied, worker.compute_priority.per_call, lane.can_lend())
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
+def test_without_the_privilege_to_raise_again_the_lane_stays_lowered_and_lends_nothing() -> None:
+    """A process without ``CAP_SYS_NICE`` (and ``RLIMIT_NICE`` 0, the default) cannot raise a thread back from
+    ``SCHED_IDLE``: the lane's thread stays lowered for good, says so once, and never takes real-time work
+    (which would then compute at idle priority)."""
+    unprivileged = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", sys.executable, "-c", UNPRIVILEGED_PROBE]  # fmt: skip
+    done = subprocess.run(unprivileged, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["idle", "False", "False"]
+    assert "cannot raise its priority again" in done.stderr and "CAP_SYS_NICE" in done.stderr
