@@ -14,8 +14,9 @@ form the *idle lane*:
 - while real-time work is recent, their worker threads compute at the OS's idle priority (else at normal
   priority: nothing to protect, and other processes cannot starve a job alone; ``SliceBatch.lowered``)
   (``background_thread_priority``: ``idle``, the default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19;
-  ``normal`` leaves it, for measuring), so the kernel gives their compute only the CPU time that nothing else wants: a real-time batch's compute, the
-  event loop and the clients preempt it at once, instead of queueing behind it;
+  ``normal`` leaves it, for measuring), so the kernel gives their compute only the CPU time that nothing else
+  wants: a real-time batch's compute, the event loop and the clients preempt it at once, instead of queueing
+  behind it;
 - the other instances are **reserved** for real-time work while it is recent (a real-time batch dispatched
   or finished within ``background_recent_us``): they take no background-only work then. Background rows
   still ride in their real-time batches with ``background_fill_rows`` (co-batching) and whole small
