@@ -352,11 +352,11 @@ class DynamicBatcher:
         slicer = self._slicer
         lane = self._lane
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # background requests go to the idle lane first (idle_lane.py)
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # background work to the idle lane first
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
             if lane is not None and lane.keeps_foreground_free(queue):
-                if self._lend(now):  # the real-time instances borrow background work while real time is quiet
+                if self._borrow(now):  # the real-time instances borrow background work while real time is quiet
                     continue
                 break  # background-only work waits for the idle lane
             free = bool(self._idle) or (lane is not None and lane.can_lend())  # the lane takes real-time work idle
@@ -397,7 +397,7 @@ class DynamicBatcher:
                 self._arm_timer(now + decision.wait_ns)
             break
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # the rest of a request co-batching took rows of
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # the rest of one co-batching took rows of
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)
@@ -409,7 +409,7 @@ class DynamicBatcher:
         assert self._lane is not None
         return self._lane.lend()
 
-    def _lend(self, now: int) -> bool:
+    def _borrow(self, now: int) -> bool:
         """Hand an idle real-time instance a piece of background work (``IdleLane.borrow``) when no real-time
         batch was dispatched or finished for ``background_recent_us``; else wake up when that is so. Whether a
         piece was dispatched."""

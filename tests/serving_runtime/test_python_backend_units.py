@@ -263,7 +263,9 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     assert instance.restarts == 1
 
 
-def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(tmp_path: Path) -> None:
+def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """By default (SHIPYARD_PYTHON_LOOP_CALL unset: auto) requests sent one after another go from
     the event loop to the process (no worker thread on the way); a burst still reaches ``execute``
     as the batcher's batches, through the worker thread, and so does a lone request while another
@@ -288,6 +290,8 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(tmp_path: P
         "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
         "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
     }  # fmt: skip
+    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     instance = PythonInstance(model, args, {}, ["y"])
     assert instance.loop_lone and not instance.loop_calls  # the default
     worker_batches: list[int] = []
