@@ -18,6 +18,11 @@ shipyard/Triton ratio and the issue's target (>= 1.5x at c=16 and 64 for ``mlp_p
 worse; >= 1.5x at c=64 for ``pipeline``); then the isolation row: ``mlp_py`` under c=16 load
 while ``crashy`` is crashed 20 times, failed ``mlp_py`` requests counted (target 0).
 
+Both servers run at once and each cell is measured on one, then at once on the other (the order
+alternating from cell to cell), so a ratio compares the same minutes of a shared machine's load:
+ONNX Runtime's own run of the MLP drifts by up to 2x between minutes there (docs/serving.md,
+"The c=1 gap, measured from inside the model").
+
 Writes ``python_models.json`` and ``python_models.md`` under ``--out`` (benchmarks/results).
 """
 
@@ -211,46 +216,84 @@ def compute_ceiling(mlp: ModelSpec, concurrency: list[int], seconds: float) -> d
     return sweep
 
 
-def measure_server(
-    start: Callable[[Path, Path], tuple[ServerProcess, int]],
-    repo: Path,
+def _measure_cell(
+    server: ServerProcess, port: int, name: str, spec: ModelSpec, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One closed-loop cell of ``name`` at ``concurrency``, with the average batch of its (MLP) model."""
+    load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=name))
+    step = "mlp_step" if name == "pipeline" else name  # the ensemble's batches: its MLP step's
+    before = _batch_counts(port, step)
+    cell = run_closed_loop(load, concurrency, args.warmup, args.window, args.client_procs, args.client)
+    print(
+        f"  {server.name:12s} {name:9s} c={concurrency:<3d} {cell.throughput:8.0f} inf/s  "
+        f"p50 {cell.p50_ms or 0:.2f} ms  p99 {cell.p99_ms or 0:.2f} ms  errors {cell.errors}",
+        flush=True,
+    )
+    return asdict(cell) | {"avg_batch": _average_batch(before, _batch_counts(port, step))}
+
+
+def _crash_scenario(server: ServerProcess, port: int, mlp: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """``mlp_py`` at c=16 while ``crashy`` is crashed ``args.crashes`` times."""
+    crash: dict[str, Any] = {}
+    crasher = threading.Thread(target=_crash_loop, args=(port, args.crashes, crash), daemon=True)
+    load = LoadSpec("grpc", port, common.grpc_request_bytes(mlp, model_name="mlp_py"))
+    crasher.start()
+    cell = run_closed_loop(load, 16, 0.2, args.crash_window, args.client_procs, args.client)
+    crasher.join(timeout=120)
+    print(
+        f"  {server.name:12s} crash x{crash.get('sent', 0)}: mlp_py {cell.throughput:.0f} inf/s, "
+        f"{cell.errors} failed requests",
+        flush=True,
+    )
+    return {"mlp_py_c16": asdict(cell), "crashy": crash}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def measure_servers(
+    starters: dict[str, Callable[[Path, Path], tuple[ServerProcess, int]]],
+    repos: dict[str, Path],
     workdir: Path,
     mlp: ModelSpec,
     args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Start one server, sweep ``mlp_py`` and ``pipeline``, run the crash scenario, stop it."""
-    server, port = start(repo, workdir)
-    cells: dict[str, Any] = {}
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Start every server, then measure each cell on all of them back to back (the order alternating
+    from cell to cell), so that each ratio compares the same minutes of a shared machine's load; then
+    the crash scenario on each. Returns the cells per server and the servers that failed, with why."""
+    running: dict[str, tuple[ServerProcess, int]] = {}
+    errors: dict[str, str] = {}
+    cells: dict[str, dict[str, Any]] = {}
     try:
-        for name, spec in (("mlp_py", mlp), ("pipeline", _pipeline_spec(mlp))):
-            load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=name))
-            step = "mlp_step" if name == "pipeline" else name  # the ensemble's batches: its MLP step's
+        for name, start in starters.items():
+            try:
+                running[name] = start(repos[name], workdir)
+                cells[name] = {}
+            except Exception as exc:  # one server failing still reports the other
+                errors[name] = _first_line(exc)
+                print(f"  {name}: FAILED: {errors[name]}", flush=True)
+        number = 0
+        for model, spec in (("mlp_py", mlp), ("pipeline", _pipeline_spec(mlp))):
             for concurrency in args.concurrency:
-                before = _batch_counts(port, step)
-                cell = run_closed_loop(load, concurrency, args.warmup, args.window, args.client_procs, args.client)
-                cells[f"{name}/c{concurrency}"] = asdict(cell) | {
-                    "avg_batch": _average_batch(before, _batch_counts(port, step))
-                }
-                print(
-                    f"  {server.name:12s} {name:9s} c={concurrency:<3d} {cell.throughput:8.0f} inf/s  "
-                    f"p50 {cell.p50_ms or 0:.2f} ms  p99 {cell.p99_ms or 0:.2f} ms  errors {cell.errors}",
-                    flush=True,
-                )
-        crash: dict[str, Any] = {}
-        crasher = threading.Thread(target=_crash_loop, args=(port, args.crashes, crash), daemon=True)
-        load = LoadSpec("grpc", port, common.grpc_request_bytes(mlp, model_name="mlp_py"))
-        crasher.start()
-        cell = run_closed_loop(load, 16, 0.2, args.crash_window, args.client_procs, args.client)
-        crasher.join(timeout=120)
-        cells["crash"] = {"mlp_py_c16": asdict(cell), "crashy": crash}
-        print(
-            f"  {server.name:12s} crash x{crash.get('sent', 0)}: mlp_py {cell.throughput:.0f} inf/s, "
-            f"{cell.errors} failed requests",
-            flush=True,
-        )
+                order = [name for name in running if name not in errors]
+                for name in order if number % 2 == 0 else order[::-1]:
+                    server, port = running[name]
+                    try:
+                        cells[name][f"{model}/c{concurrency}"] = _measure_cell(
+                            server, port, model, spec, concurrency, args
+                        )
+                    except Exception as exc:
+                        errors[name] = _first_line(exc)
+                        print(f"  {name}: FAILED: {errors[name]}", flush=True)
+                number += 1
+        for name, (server, port) in running.items():
+            if name not in errors:
+                cells[name]["crash"] = _crash_scenario(server, port, mlp, args)
     finally:
-        server.stop()
-    return cells
+        for server, _ in running.values():
+            server.stop()
+    return cells, errors
 
 
 def _cell(cells: dict[str, Any], key: str) -> CellResult | None:
@@ -366,14 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"servers": {}, "errors": {}, "client": args.client}
     starters = {"triton": _start_triton, "shipyard": _start_shipyard}
     print(f"Python models and ensembles: servers {args.servers}, c={args.concurrency}, client {args.client}")
-    for name in args.servers:
-        repo = write_repository(workdir / f"repo-{name}", mlp, for_triton=name == "triton")
-        try:
-            results["servers"][name] = measure_server(starters[name], repo, workdir, mlp, args)
-        except Exception as exc:  # one server failing still reports the other
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            results["errors"][name] = message
-            print(f"  {name}: FAILED: {message}", flush=True)
+    repos = {
+        name: write_repository(workdir / f"repo-{name}", mlp, for_triton=name == "triton") for name in args.servers
+    }
+    chosen: dict[str, Callable[[Path, Path], tuple[ServerProcess, int]]] = {n: starters[n] for n in args.servers}
+    results["servers"], results["errors"] = measure_servers(chosen, repos, workdir, mlp, args)
     if args.ceiling_seconds > 0:
         results["ceiling"] = compute_ceiling(mlp, args.concurrency, args.ceiling_seconds)
     table = report(results, args.concurrency)

@@ -154,6 +154,17 @@ def mixed(port: int, model: common.ModelSpec, data: Path, work: Path, batch_size
             "batch_ran_throughout": still_running, "same_as_alone": same_as_alone(port, model, data, out)}  # fmt: skip
 
 
+def batch_counts(port: int) -> dict[int, int]:
+    """Executions per batch size so far (the server's statistics): with an idle lane, a job alone shows whole
+    requests (the lane's) and slice-sized pieces (borrowed by the real-time instances)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"{common.LOOPBACK}:{port}")
+    stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    client.close()
+    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats.get("batch_stats", [])}
+
+
 def same_as_alone(port: int, model: common.ModelSpec, data: Path, out: Path, part_rows: int = 1024) -> dict[str, Any]:
     """The co-batched job's predictions against the job alone, by key and bit for bit: the last part the job
     wrote (while the real-time client ran: the job is killed when the window ends), scored again through the
@@ -247,7 +258,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server.wait_ready(targets.http_probe(http_port, "/v2/health/ready"), 120)
         log("batch job alone ...")
         url = f"{common.LOOPBACK}:{grpc_port}"
+        before = batch_counts(grpc_port)
         alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
+        after = batch_counts(grpc_port)
+        alone["batches"] = {size: n - before.get(size, 0) for size, n in after.items() if n - before.get(size, 0)}
         results["alone_served"] = alone
         big = write_dataset(work / "big.parquet", int(alone["rows_per_s"] * (args.warmup_s + args.window_s + 30)),
                             model.inputs[0].dims[-1])  # fmt: skip
@@ -281,6 +295,9 @@ def report(results: dict[str, Any]) -> str:
         f"| shipyard score over gRPC, alone (batch {results['meta']['batch_size'] or 'default'}) | {alone:,.0f} rows/s "
         f" ({alone / limit:.2f}x limit) | "
         f">= {TARGETS['served_vs_inprocess']}x | {alone / limit >= TARGETS['served_vs_inprocess']} |",
+        "| batches while the job ran alone (rows x executions) | "
+        + (", ".join(f"{size} x {n}" for size, n in sorted(results["alone_served"].get("batches", {}).items(),
+                                                            key=lambda item: -int(item[0]))) or "?") + " | | |",
     ]  # fmt: skip
     ratios: dict[Any, list[tuple[float, float]]] = {}
     for number, entry in enumerate(results["rounds"], 1):

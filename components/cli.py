@@ -215,6 +215,8 @@ def publish_cmd(
     io_model: Path = typer.Option(None, "--io-model", help="ONNX file declaring the tensors (needed for .plan)."),
     keep_versions: int = typer.Option(3, "--keep-versions", help="Versions to keep (older ones are removed)."),
     instance_count: int = typer.Option(1, "--instance-count", help="Model instances."),
+    background_instances: int = typer.Option(0, "--background-instances", help="Of those, how many run batch-job "
+                                             "work first at idle CPU priority (the idle lane; opt-in)."),
     model_version: str = MODEL_VERSION,
     tracking_uri: str = TRACKING,
 ) -> None:
@@ -226,7 +228,8 @@ def publish_cmd(
         batching = load_recommendation(batching_from) if batching_from else None
         result = publish_stage(model_file, repository, name, model_uri=model_version, tracking_uri=tracking_uri,
                                max_batch_size=max_batch_size, batching=batching, io_model=io_model,
-                               keep_versions=keep_versions, instance_count=instance_count)  # fmt: skip
+                               keep_versions=keep_versions, instance_count=instance_count,
+                               background_instances=background_instances)  # fmt: skip
         _err(f"published {name} version {result.version} at {result.version_uri}")
         _emit({"version": result.version, "version_uri": result.version_uri,
                "removed_versions": result.removed_versions})  # fmt: skip

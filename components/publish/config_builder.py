@@ -71,6 +71,7 @@ def build_config(
     instance_count: int = 1,
     instance_kind: str = "KIND_CPU",
     parameters: Mapping[str, str] | None = None,
+    background_instances: int = 0,
 ) -> ModelConfig:
     """A ``ModelConfig``: tensors (batch dim stripped when batching), instance group, dynamic batching.
 
@@ -78,15 +79,22 @@ def build_config(
     ``max_batch_size > 1``, plain ``dynamic_batching {}``. Batching configs get two priority levels (requests
     without a priority at level 1; ``shipyard score`` sends level 2, a background level: parameters
     ``background_share_rows``, ``background_slice_rows`` and ``background_fill_rows``; ``parameters`` may
-    override them).
-    Raises: PublishError (a tensor's first dim is not the batch dim, or the runtime rejects the config).
+    override them). ``background_instances`` N > 0 (opt-in, docs/scoring.md "The idle lane"): the last N of the
+    ``instance_count`` CPU instances run batch-job work first, computing at the OS's idle priority.
+    Raises: PublishError (a tensor's first dim is not the batch dim, the idle lane does not fit the instances,
+    or the runtime rejects the config).
     """
     from tritonclient.grpc import model_config_pb2 as pb
 
     from shipyard.serving_runtime.config import new_config, validate_config
     from shipyard.serving_runtime.datatypes import triton_to_config
     from shipyard.serving_runtime.errors import ModelConfigError
-    from shipyard.serving_runtime.scheduling.background import FILL_PARAMETER, SHARE_PARAMETER, SLICE_PARAMETER
+    from shipyard.serving_runtime.scheduling.background import (
+        FILL_PARAMETER,
+        INSTANCES_PARAMETER,
+        SHARE_PARAMETER,
+        SLICE_PARAMETER,
+    )
 
     config = new_config()
     config.name = name
@@ -132,6 +140,9 @@ def build_config(
             delay = batching.get("max_queue_delay_microseconds")
             if delay is not None:
                 config.dynamic_batching.max_queue_delay_microseconds = int(delay)
+    if background_instances:
+        _check_lane(background_instances, instance_count, instance_kind, max_batch_size)
+        config.parameters[INSTANCES_PARAMETER].string_value = str(background_instances)
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
     try:
@@ -139,3 +150,19 @@ def build_config(
     except ModelConfigError as exc:
         raise PublishError(f"the generated config is invalid: {exc}") from exc
     return config
+
+
+def _check_lane(lane: int, count: int, kind: str, max_batch_size: int) -> None:
+    """Raises: PublishError when an idle lane of ``lane`` instances cannot work for this config."""
+    if kind != "KIND_CPU":
+        raise PublishError(
+            f"--background-instances needs CPU instances (the idle lane lowers CPU threads; {kind} gets nothing "
+            "from it): leave it out or publish with KIND_CPU"
+        )
+    if max_batch_size <= 1:
+        raise PublishError("--background-instances needs a batching model (max_batch_size > 1): leave it out")
+    if lane < 0 or lane >= count:
+        raise PublishError(
+            f"--background-instances {lane} needs more instances than that (--instance-count is {count}): "
+            f"use --instance-count {max(lane, 0) + 1} or more"
+        )

@@ -34,13 +34,21 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from shipyard.serving_runtime.errors import ModelNotReady, QueueFull, ServingError
 from shipyard.serving_runtime.protocol.fast_leave import Leaving
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
-from shipyard.serving_runtime.protocol.rest_fast_codec import Pending, Route, answer_all, check_batched, fail_all, parse
+from shipyard.serving_runtime.protocol.rest_fast_codec import (
+    Pending,
+    Route,
+    answer_all,
+    check_batched,
+    fail_all,
+    group_inputs,
+    parse,
+)
+from shipyard.serving_runtime.protocol.rest_fast_head import Heads
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
 from shipyard.serving_runtime.protocol.validate import collect_outputs
@@ -64,6 +72,7 @@ class RestLane:
         self._flush_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._groups: set[Leaving] = set()  # the groups in progress (fast_leave.py)
+        self.heads = Heads()  # heads taken before, by their bytes (rest_fast_head.py)
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -190,12 +199,8 @@ class RestLane:
             if not group:
                 return
             first = group[0]
-        if len(group) == 1:
-            inputs = first.inputs
-        else:
-            inputs = {name: np.concatenate([item.inputs[name] for item in group]) for name in route.order}
         request = InferenceRequest(
-            inputs=inputs,
+            inputs=group_inputs(route.order, group),
             outputs=first.key[1],
             batch_size=sum(item.items for item in group),
             group_arrivals_ns=[item.arrival for item in group],
@@ -270,6 +275,32 @@ def protocol_class(base: type[HttpToolsProtocol], lane: RestLane | None) -> type
     class LaneProtocol(guarded):  # type: ignore[misc,valid-type]
         cycle: Any  # uvicorn's RequestResponseCycle, or the lane's Pending
         body_stalled: Any
+        _open = 0  # messages httptools began and did not complete: 0 between messages
+        _begun = 0  # messages httptools began on this connection
+        _took: Pending | None = None  # the first request the lane took from the read being parsed
+
+        def data_received(self, data: bytes) -> None:
+            if self._open:
+                super().data_received(data)
+                return
+            pending = the_lane.heads.match(self, the_lane.routes, data)  # a head taken before (rest_fast_head.py)
+            if pending is not None:
+                self.cycle = pending
+                self.body_stalled = None
+                if not the_lane.complete(pending):
+                    self.lane_handoff(pending, more_body=False)
+                return
+            begun = self._begun
+            self._took = None
+            super().data_received(data)
+            took, self._took = self._took, None
+            if took is not None and self._begun == begun + 1 and not self._open and self.cycle is took:
+                the_lane.heads.learn(self, took, data)  # this read was one whole request, taken by the lane
+
+        def on_message_begin(self) -> None:
+            self._open += 1
+            self._begun += 1
+            super().on_message_begin()
 
         def on_headers_complete(self) -> None:
             cycle: Any = self.cycle
@@ -279,6 +310,8 @@ def protocol_class(base: type[HttpToolsProtocol], lane: RestLane | None) -> type
             if pending is None:
                 super().on_headers_complete()
                 return
+            if self._took is None:
+                self._took = pending
             self._head_since = None  # http_limits' stamps, as its on_headers_complete sets them
             self._head_bytes = 0
             self._body_since = self.loop.time()
@@ -294,6 +327,7 @@ def protocol_class(base: type[HttpToolsProtocol], lane: RestLane | None) -> type
             super().on_body(body)
 
         def on_message_complete(self) -> None:
+            self._open -= 1
             cycle: Any = self.cycle
             if type(cycle) is Pending and cycle.more_body:
                 cycle.more_body = False

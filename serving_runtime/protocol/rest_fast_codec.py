@@ -59,11 +59,19 @@ class Plan:
     """What a JSON header with binary tensors only parsed to: a request with the same header bytes
     and body length is the same request but for its tensor bytes, so it is not parsed again."""
 
-    __slots__ = ("items", "key", "length", "request", "tensors")
+    __slots__ = ("by_name", "items", "key", "length", "request", "tensors")
 
-    def __init__(self, length: int, items: int, request: DecodedRequest, key: tuple[Any, ...]) -> None:
-        self.length, self.items, self.request, self.key = length, items, request, key
-        self.tensors: list[tuple[str, np.dtype, int, int, tuple[int, ...]]] = []  # name, dtype, count, offset, shape
+    def __init__(
+        self,
+        length: int,
+        items: int,
+        request: DecodedRequest,
+        key: tuple[Any, ...],
+        tensors: list[tuple[str, np.dtype, int, int, tuple[int, ...]]],  # name, dtype, count, offset, shape
+    ) -> None:
+        self.length, self.items, self.request, self.key, self.tensors = length, items, request, key, tensors
+        # name -> (dtype, offset, byte size, shape): where a group finds each request's rows
+        self.by_name = {t[0]: (t[1], t[3], t[2] * t[1].itemsize, t[4]) for t in tensors}
 
 
 class Pending:
@@ -81,6 +89,7 @@ class Pending:
         "keep_alive",
         "key",
         "more_body",
+        "plan",
         "protocol",
         "request",
         "response_complete",
@@ -103,6 +112,7 @@ class Pending:
         self.items = 0
         self.request: DecodedRequest | None = None
         self.key: tuple[Any, ...] = ()
+        self.plan: Plan | None = None  # parsed by a plan: its tensors are read from the body when needed (inputs)
 
 
 _MAX_PLANS = 64  # per route; beyond it the cache starts over (headers that differ per request)
@@ -119,11 +129,37 @@ def parse(pending: Pending, body: bytes) -> bool:
         return _parse_header(pending, body, header)
     if plan.length != len(body):
         return False  # binary sizes are fixed by the header: the ASGI path refuses this body
-    inputs = pending.inputs
-    for name, dtype, count, offset, shape in plan.tensors:
-        inputs[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-    pending.items, pending.request, pending.key = plan.items, plan.request, plan.key
+    pending.items, pending.request, pending.key, pending.plan = plan.items, plan.request, plan.key, plan
     return True
+
+
+def inputs(pending: Pending) -> dict[str, np.ndarray]:
+    """``pending``'s input arrays (views of its body)."""
+    plan = pending.plan
+    if plan is not None and not pending.inputs:
+        body = pending.chunks[0]
+        for name, dtype, count, offset, shape in plan.tensors:
+            pending.inputs[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return pending.inputs
+
+
+def group_inputs(order: tuple[str, ...], group: list[Pending]) -> dict[str, np.ndarray]:
+    """A group's inputs (the keys of ``order``): each one array of its requests' rows, in order.
+    Requests parsed by a plan have their rows' bytes joined, without an array per request."""
+    if len(group) == 1:
+        return inputs(group[0])
+    if any(item.plan is None for item in group):
+        return {name: np.concatenate([inputs(item)[name] for item in group]) for name in order}
+    total = sum(item.items for item in group)
+    joined: dict[str, np.ndarray] = {}
+    for name in order:
+        parts = []
+        for item in group:
+            _, offset, size, _ = item.plan.by_name[name]  # type: ignore[union-attr]
+            parts.append(item.chunks[0][offset : offset + size])
+        dtype, _, _, shape = group[0].plan.by_name[name]  # type: ignore[union-attr]
+        joined[name] = np.frombuffer(b"".join(parts), dtype=dtype).reshape((total, *shape[1:]))
+    return joined
 
 
 def _parse_header(pending: Pending, body: bytes, header: bytes | None) -> bool:
@@ -206,8 +242,7 @@ def _parse_header(pending: Pending, body: bytes, header: bytes | None) -> bool:
     if plan is not None and header is not None:
         if len(route.plans) >= _MAX_PLANS:
             route.plans.clear()
-        recorded = route.plans[header] = Plan(len(body), batch, pending.request, pending.key)
-        recorded.tensors = plan
+        route.plans[header] = Plan(len(body), batch, pending.request, pending.key, plan)
     return True
 
 
@@ -249,23 +284,62 @@ def check_batched(model: ModelLike, outputs: list[EncodedOutput], requests: int,
 
 
 def answer_all(model: ModelLike, group: list[Pending], outputs: list[EncodedOutput], parameters: Any) -> None:
+    """Split ``outputs`` per request of ``group`` and answer each (``encode_response``'s bytes).
+
+    When every output of a response is binary, its JSON header is the same for every request of
+    the group with the same parsed request (a plan's, ``parse``) and the same item count: the first
+    such response is encoded in full, the others reuse its header with their own rows' bytes."""
     name, version = model.name, str(model.version)
+    if len(group) == 1:
+        _answer(group[0], name, version, outputs, parameters)
+        return
+    total = sum(item.items for item in group)
+    raws: list[Any] = [np.ascontiguousarray(o.data).reshape(-1).view(np.uint8).data for o in outputs]
+    row_bytes = [len(raw) // total if total else 0 for raw in raws]
+    headers: dict[tuple[int, int], bytes | None] = {}  # (id of the parsed request, items) -> its JSON header
     start = 0
     for item in group:
-        if len(group) == 1:
-            mine = outputs
-        else:
-            stop = start + item.items
+        stop = start + item.items
+        key = (id(item.request), item.items)
+        header = headers.get(key)
+        if header is None:
             mine = [EncodedOutput(o.name, o.datatype, (item.items, *o.shape[1:]), o.data[start:stop]) for o in outputs]
-            start = stop
-        assert item.request is not None
-        try:
-            content, json_length = encode_response(name, version, item.request, mine, parameters)
-        except Exception as exc:  # as rest.py's guard would answer it
-            log.exception("unexpected error encoding a REST inference response")
-            _respond(item, 500, _CT_JSON, json_dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}), None)
-            continue
-        _respond(item, 200, _CT_JSON if json_length is None else _CT_BINARY, content, json_length)
+            content = _answer(item, name, version, mine, parameters)
+            if key not in headers:
+                headers[key] = _binary_header(content, mine)
+        else:
+            parts: list[Any] = [header]
+            parts += [raw[start * size : stop * size] for raw, size in zip(raws, row_bytes, strict=True)]
+            _respond(item, 200, _CT_BINARY, b"".join(parts), len(header))
+        start = stop
+
+
+def _answer(
+    item: Pending, name: str, version: str, mine: list[EncodedOutput], parameters: Any
+) -> tuple[bytes, int | None] | None:
+    """Encode and write one response; its (content, JSON header length), None when encoding failed."""
+    assert item.request is not None
+    try:
+        content, json_length = encode_response(name, version, item.request, mine, parameters)
+    except Exception as exc:  # as rest.py's guard would answer it
+        log.exception("unexpected error encoding a REST inference response")
+        _respond(item, 500, _CT_JSON, json_dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}), None)
+        return None
+    _respond(item, 200, _CT_JSON if json_length is None else _CT_BINARY, content, json_length)
+    return content, json_length
+
+
+def _binary_header(encoded: tuple[bytes, int | None] | None, mine: list[EncodedOutput]) -> bytes | None:
+    """The JSON header of a response whose outputs are all binary (its bytes after the header are
+    exactly every output's raw bytes), else None."""
+    if encoded is None:
+        return None
+    content, json_length = encoded
+    if json_length is None or len(content) - json_length != sum(o.data.nbytes for o in mine):
+        return None
+    if any(o.shm is not None or o.datatype == "BYTES" for o in mine):
+        return None
+    return content[:json_length]
 
 
 def fail_all(group: list[Pending], status: int, message: str) -> None:

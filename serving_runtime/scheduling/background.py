@@ -22,9 +22,10 @@ parameters it does not know; both 0 or absent: off):
   within that many microseconds (starting from ``background_slice_rows``, else 1, doubling while they fit;
   ``slicing.SliceSizer``), so one setting fits a CPU (where a call's cost grows past a few rows) and a GPU
   (where 128 rows cost about what 8 do);
-- ``background_instances``: the last that many instances of the ``instance_group`` run only background
-  requests, whole, on threads at the OS's idle CPU priority (``background_thread_priority``: ``idle``,
-  ``nice`` or ``normal``), and the others take no background-only work (the idle lane, ``idle_lane.py``).
+- ``background_instances``: the last that many instances of the ``instance_group`` run background
+  requests first, whole, computing at the OS's idle CPU priority (``background_thread_priority``: ``idle``,
+  ``nice`` or ``normal``); the others take no background-only work while real-time work is recent and borrow
+  slice-sized pieces of it when it is not (the idle lane, ``idle_lane.py``).
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
@@ -84,6 +85,11 @@ def _record_failure(stats: ModelStats, request: InferenceRequest, reason: str, e
 class DynamicBatcher:
     """A ``Scheduler`` for one model version (see ``scheduling.api.Scheduler``)."""
 
+    # Requests accepted and not finished by every dynamic batcher of this process (its event
+    # loop's thread only): 1 means the process serves one request alone (light load; a Python
+    # model then sends it from the loop, backends/python/instance.py ``takes_loop_path``).
+    process_pending: ClassVar[int] = 0
+
     def __init__(
         self,
         instances: Sequence[BackendInstance],
@@ -104,7 +110,7 @@ class DynamicBatcher:
         self._delay_ns = self._batching.max_queue_delay_us * 1000 if self._merge else 0
         self._queue = RequestQueue(queueing or QueueSettings())
         realtime, self._lane = lane_for(instances, self._batching.background if self._merge else None,
-                                        model_name, version, where)  # fmt: skip
+                                        model_name, version, where, self._max_batch)  # fmt: skip
         self._workers = make_workers(realtime, model_name, version)
         self._idle: list[InstanceWorker] = list(reversed(self._workers))  # real-time instances (not the lane's)
         self._workers += self._lane.workers if self._lane is not None else []
@@ -174,6 +180,7 @@ class DynamicBatcher:
                 self.stats.record_failure(exc.reason, 0)
             raise
         self._pending += 1
+        DynamicBatcher.process_pending += 1
         self.stats.pending = self._pending
         if request.group_arrivals_ns is not None:
             request.leave = partial(self._leave, envelope)
@@ -226,6 +233,7 @@ class DynamicBatcher:
         size = request.batch_size
         worker = self._idle.pop()
         self._pending += 1
+        DynamicBatcher.process_pending += 1
         self.stats.pending = self._pending
         batch = Batch([], size, self._merge, requests=[request])
         try:
@@ -331,6 +339,7 @@ class DynamicBatcher:
 
     def _release(self, count: int) -> None:
         self._pending -= count
+        DynamicBatcher.process_pending -= count
         self.stats.pending = self._pending
         if self._pending == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -343,21 +352,24 @@ class DynamicBatcher:
         slicer = self._slicer
         lane = self._lane
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # background requests go to the idle lane first (idle_lane.py)
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # background work to the idle lane first
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
             if lane is not None and lane.keeps_foreground_free(queue):
+                if self._borrow(now):  # the real-time instances borrow background work while real time is quiet
+                    continue
                 break  # background-only work waits for the idle lane
-            if slicer is not None and self._idle:
+            free = bool(self._idle) or (lane is not None and lane.can_lend())  # the lane takes real-time work idle
+            if slicer is not None and free:
                 plan = slicer.plan(queue, self._foreground_ns, now)
                 if plan.hold_until_ns is not None:
                     self._arm_timer(plan.hold_until_ns)
                     break
                 if plan.slice is not None:
-                    self._idle.pop().hand_off(plan.slice, self._handoff_s)
+                    self._free_worker().hand_off(plan.slice, self._handoff_s)
                     continue
                 items = plan.items
-            hold_ns = self._refill.hold_until(queue.weight(), now) if self._refill and self._idle else None
+            hold_ns = self._refill.hold_until(queue.weight(), now) if self._refill and free else None
             if hold_ns is not None:
                 self._arm_timer(hold_ns)
                 break
@@ -367,7 +379,7 @@ class DynamicBatcher:
                 max_batch_size=self._max_batch,
                 preferred_batch_sizes=self._preferred,
                 max_queue_delay_ns=self._delay_ns,
-                instance_idle=bool(self._idle),
+                instance_idle=free,
                 next_deadline_ns=queue.next_deadline(),
             )
             if decision.send:
@@ -377,16 +389,42 @@ class DynamicBatcher:
                 batch = Batch(envelopes, decision.batch_size, self._merge)
                 if slicer is not None:  # background rows ride along in a real-time batch (cobatch.py)
                     batch = top_up(batch, slicer, queue, self._max_batch, now)
-                self._idle.pop().hand_off(batch, self._handoff_s)
+                if lane is not None and envelopes[0].level < lane.settings.level:
+                    lane.last_realtime_ns = now  # real-time work is recent: the real-time instances lend nothing
+                self._free_worker().hand_off(batch, self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
             break
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # the rest of a request co-batching took rows of
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # the rest of one co-batching took rows of
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)
+
+    def _free_worker(self) -> InstanceWorker:
+        """An idle real-time instance, else an idle lane instance with no background work to run (``can_lend``)."""
+        if self._idle:
+            return self._idle.pop()
+        assert self._lane is not None
+        return self._lane.lend()
+
+    def _borrow(self, now: int) -> bool:
+        """Hand an idle real-time instance a piece of background work (``IdleLane.borrow``) when no real-time
+        batch was dispatched or finished for ``background_recent_us``; else wake up when that is so. Whether a
+        piece was dispatched."""
+        lane, slicer = self._lane, self._slicer
+        if not self._idle or lane is None or slicer is None:
+            return False
+        quiet_ns = lane.quiet_from(self._foreground_ns)
+        if now < quiet_ns:
+            self._arm_timer(quiet_ns)
+            return False
+        piece = lane.borrow(self._queue, slicer, now)
+        if piece is None:
+            return False
+        self._idle.pop().hand_off(piece, self._handoff_s)
+        return True
 
     def _deferred_kick(self) -> None:
         self._kick_soon = False

@@ -8,8 +8,8 @@ splits the outputs per request and hands the result back to the event loop with 
 event loop for models whose batches take microseconds, see ``dynamic``); a lock per worker keeps
 the instance to one batch at a time and keeps closing from overlapping a batch.
 
-A backend whose ``start_requests`` accepts a batch (Python models with
-``SHIPYARD_PYTHON_LOOP_CALL=1``: their compute runs in another process) takes it on the event loop
+A backend whose ``start_requests`` accepts a batch (Python models: a lone request at light load,
+or every batch with ``SHIPYARD_PYTHON_LOOP_CALL=1``; their compute runs in another process) takes it on the event loop
 itself and answers there (``backends/python/loop_call.py``); its worker thread then only runs
 batches while that process restarts, and closes the instance.
 
@@ -127,7 +127,8 @@ class InstanceWorker:
             on_done(batch)
 
         batch.compute_start_ns = time.monotonic_ns()
-        return bool(start(batch.requests or [envelope.request for envelope in batch.envelopes], done))
+        waiting = self._backlog() if self._backlog is not None else 0
+        return bool(start(batch.requests or [envelope.request for envelope in batch.envelopes], done, waiting))
 
     def run_inline(self, batch: Batch) -> None:
         """Run ``batch`` on the calling thread (the worker must be idle); results or the error are

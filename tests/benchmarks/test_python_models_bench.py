@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.common import load_model_spec
 from benchmarks.loadgen import CellResult
 from benchmarks.python_models import report, write_repository
@@ -42,3 +44,84 @@ def test_report_rows_say_whether_each_target_is_met() -> None:
     assert "| 16 | 2,000 | 2,600 | 1,000 | 2.00x |" in table
     assert "| 64 | 3,000 | 3,300 | - | - |" in table
     assert "0 failed `mlp_py` requests (target 0: met)" in table
+
+
+def test_the_c1_probe_times_the_same_model_and_pairs_rounds(tmp_path: Path) -> None:
+    """``benchmarks.py_c1_env`` serves the benchmark's own ``model.py`` with a timer appended (the
+    model is otherwise unchanged), and its summary compares servers round by round."""
+    from benchmarks import py_c1_env
+    from benchmarks.python_models import ORT_MODEL_PY
+
+    repo = py_c1_env._timed_repo(tmp_path / "r", for_triton=False)
+    source = (repo / "mlp_py" / "1" / "model.py").read_text()
+    assert source.startswith(ORT_MODEL_PY.read_text()) and "_timed_run" in source
+    compile(source, "model.py", "exec")
+    assert py_c1_env._names("triton;shipyard:A=1,B=2") == ["triton", "shipyard:A=1,B=2"]
+    assert py_c1_env._names("triton,shipyard") == ["triton", "shipyard"]
+
+    def result(p50: float, ort: float) -> dict[str, float]:
+        return {"p50_ms": p50, "ort_wall_ms": ort, "ort_cpu_ms": ort, "execute_ms": ort + 0.1, "slices": 3.0,
+                "cpu_ms": ort - 1.0, "wait_ms": 0.5}  # fmt: skip
+
+    rounds = {"triton": [result(3.0, 2.0), result(5.0, 4.0)], "shipyard": [result(3.5, 2.0), result(5.3, 4.0)]}
+    summary = py_c1_env._summary(rounds)
+    assert "| triton | 4.000 | 3.000 | 3.000 | 3.100 | 0.900 | 3.0 | -1.000 | 0.500 |" in summary
+    assert "shipyard - triton, client p50, median of the rounds' differences: +0.400 ms" in summary
+    assert "shipyard - triton, outside execute, median of the rounds' differences: +0.400 ms" in summary
+
+
+def test_servers_are_measured_cell_by_cell_in_alternating_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cell runs on one server and then at once on the other (the order alternating), a server
+    that fails to start is reported and the other still measured, and every server is stopped."""
+    import argparse
+
+    from benchmarks import python_models
+
+    calls: list[tuple[str, str]] = []
+    stopped: list[str] = []
+
+    class Server:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def stop(self) -> None:
+            stopped.append(self.name)
+
+    def cell(server: Server, port: int, model: str, spec: object, c: int, args: object) -> dict[str, object]:
+        calls.append((server.name, f"{model}/c{c}"))
+        return {}
+
+    monkeypatch.setattr(python_models, "_measure_cell", cell)
+    monkeypatch.setattr(python_models, "_crash_scenario", lambda server, *_: {"by": server.name})
+
+    def broken(repo: Path, workdir: Path) -> tuple[Server, int]:
+        raise RuntimeError("no tritonserver here\nmore")
+
+    args = argparse.Namespace(concurrency=[1, 16])
+    mlp = load_model_spec("wide_mlp")
+    starters = {"triton": lambda repo, work: (Server("t"), 1), "shipyard": lambda repo, work: (Server("s"), 2)}
+    cells, errors = python_models.measure_servers(
+        starters, {"triton": tmp_path, "shipyard": tmp_path}, tmp_path, mlp, args
+    )  # type: ignore[arg-type]
+    assert errors == {}
+    assert [name for name, _ in calls] == ["t", "s", "s", "t", "t", "s", "s", "t"]
+    assert [key for _, key in calls[::2]] == ["mlp_py/c1", "mlp_py/c16", "pipeline/c1", "pipeline/c16"]
+    assert cells["shipyard"]["crash"] == {"by": "s"} and sorted(stopped) == ["s", "t"]
+    cells, errors = python_models.measure_servers(
+        {"triton": broken, "shipyard": starters["shipyard"]},
+        {"triton": tmp_path, "shipyard": tmp_path},
+        tmp_path,
+        mlp,
+        args,  # type: ignore[arg-type]
+    )
+    assert errors == {"triton": "no tritonserver here"} and set(cells) == {"shipyard"}
+
+
+def test_the_ort_gap_probe_prints_one_row_per_round(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import ort_gap
+
+    assert ort_gap.main(["--rounds", "1", "--runs", "3", "--gap-us", "100"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 8  # five timed blocks

@@ -168,3 +168,24 @@ async def test_published_model_is_served_with_the_same_predictions(
         assert served.config.parameters["mlflow_model_uri"].string_value == "models:/digits/1"
     finally:
         await manager.shutdown()
+
+
+def test_the_idle_lane_is_opt_in_and_checked(tmp_path: Path, digits_onnx: Path) -> None:
+    """``--background-instances`` (opt-in: docs/scoring.md, "The idle lane") writes the lane's parameter into a
+    config the runtime's scheduler reads; one that cannot work is refused with one line naming the fix."""
+    from shipyard.serving_runtime.scheduling.batching import settings_from_config
+
+    repo = tmp_path / "repo"
+    publish(digits_onnx, repo, "digits", max_batch_size=32)
+    assert "background_instances" not in load_config(repo / "digits" / "config.pbtxt").parameters  # not by default
+    publish(digits_onnx, repo, "digits", max_batch_size=32, instance_count=2, background_instances=1)
+    config = load_config(repo / "digits" / "config.pbtxt")
+    assert config.instance_group[0].count == 2 and config.parameters["background_instances"].string_value == "1"
+    batching, _ = settings_from_config(config, "digits")
+    assert batching.background is not None and batching.background.instances == 1
+    with pytest.raises(PublishError, match="use --instance-count 2 or more"):
+        publish(digits_onnx, repo, "digits", max_batch_size=32, background_instances=1)
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine")
+    with pytest.raises(PublishError, match="needs CPU instances"):
+        publish(plan, repo, "plan", io_model=digits_onnx, max_batch_size=8, instance_count=2, background_instances=1)

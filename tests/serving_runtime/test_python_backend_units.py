@@ -206,7 +206,7 @@ class TritonPythonModel:
 @pytest.mark.parametrize("loop_calls", [False, True])
 def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_calls: bool) -> None:
     """The dynamic batcher hands a Python model's batches to its process through the instance's
-    worker thread, or (SHIPYARD_PYTHON_LOOP_CALL=1) from the event loop with no thread on the way;
+    worker thread (SHIPYARD_PYTHON_LOOP_CALL=0), or (=1) from the event loop with no thread on the way;
     either way a dead process fails only its batch, and while it restarts the worker thread runs
     the next one, which waits for initialize."""
     import asyncio
@@ -228,7 +228,7 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
         "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
     }  # fmt: skip
     instance = PythonInstance(model, args, {}, ["y"])
-    instance.loop_calls = loop_calls
+    instance.loop_calls, instance.loop_lone = loop_calls, False
     on_threads: list[str] = []
     through_thread = instance.execute_requests
 
@@ -263,41 +263,93 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     assert instance.restarts == 1
 
 
-def test_the_stubs_spin_for_the_next_call_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With SHIPYARD_PYTHON_STUB_SPIN_US the process polls for the next call after answering one,
-    then blocks: calls are answered as usual, and an idle process stops using the CPU."""
+def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default (SHIPYARD_PYTHON_LOOP_CALL unset: auto) requests sent one after another go from
+    the event loop to the process (no worker thread on the way); a burst still reaches ``execute``
+    as the batcher's batches, through the worker thread, and so does a lone request while another
+    is pending anywhere in the process. Every answer is the model's, and an idle process uses no
+    CPU (it blocks)."""
+    import asyncio
     import json
     import os
+    import threading
     import time
 
     from shipyard.serving_runtime.backends.python.instance import PythonInstance
     from shipyard.serving_runtime.scheduling.api import InferenceRequest
+    from shipyard.serving_runtime.scheduling.batching import BatchingSettings
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    monkeypatch.setenv("SHIPYARD_PYTHON_STUB_SPIN_US", "50000")  # 50 ms, long enough to see
-    model = tmp_path / "1" / "model.py"
-    model.parent.mkdir()
+    model = tmp_path / "echo" / "1" / "model.py"
+    model.parent.mkdir(parents=True)
     model.write_text(ECHO_MODEL)
     args = {
-        "model_config": json.dumps({"name": "m"}), "model_instance_kind": "CPU", "model_instance_name": "m_0",
-        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "m",
+        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
+        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
+        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
     }  # fmt: skip
+    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     instance = PythonInstance(model, args, {}, ["y"])
+    assert instance.loop_lone and not instance.loop_calls  # the default
+    worker_batches: list[int] = []
+    through_thread = instance.execute_requests
+
+    def counted(requests: list[InferenceRequest]) -> list[object]:
+        assert threading.current_thread() is not threading.main_thread()
+        worker_batches.append(len(requests))
+        return through_thread(requests)
+
+    instance.execute_requests = counted  # type: ignore[method-assign]
+    batcher = DynamicBatcher([instance], "echo", 1, BatchingSettings(max_batch_size=8))
+
+    async def one(value: float) -> None:
+        result = await batcher.submit(InferenceRequest({"x": np.full((1, 3), value, np.float32)}))
+        np.testing.assert_array_equal(result["y"], np.full((1, 3), 2 * value, np.float32))
+
+    async def main() -> None:
+        for i in range(5):
+            await one(i)
+        assert worker_batches == []  # one after another: every call went from the loop
+        await asyncio.gather(*(one(i) for i in range(20)))
+        assert sum(worker_batches) == 20 and max(worker_batches) > 1  # a burst: batches, on the worker
+        worker_batches.clear()
+        for i in range(3):
+            await one(i)
+        assert worker_batches == []  # alone again: the loop
+        DynamicBatcher.process_pending += 1  # as if another model of the process had a request in flight
+        try:
+            await one(7)
+        finally:
+            DynamicBatcher.process_pending -= 1
+        assert worker_batches == [1]  # not alone in the process: the worker
+        await batcher.drain()
 
     def cpu_s() -> float:
         fields = Path(f"/proc/{instance.stub.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     try:
-        for value in range(5):
-            (result,) = instance.execute_requests([InferenceRequest({"x": np.full((1, 2), value, np.float32)})])
-            assert not isinstance(result, Exception)
-            np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * value, np.float32))
-        time.sleep(0.2)  # past the spin
+        asyncio.run(main())
         before = cpu_s()
-        time.sleep(1.0)
-        assert cpu_s() - before < 0.1  # blocked, not spinning
+        time.sleep(0.5)
+        assert cpu_s() - before < 0.05  # idle: blocked in recv, not polling
     finally:
-        instance.close()
+        batcher.close()
+
+
+def test_a_bad_loop_call_setting_is_named_and_runs_as_auto(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shipyard.serving_runtime.backends.python.instance import loop_call_mode
+
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "single")
+    assert loop_call_mode() == "auto"
+    assert "SHIPYARD_PYTHON_LOOP_CALL='single' is not one of auto, 0, 1; using auto" in caplog.text
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "0")
+    assert loop_call_mode() == "0"
 
 
 def test_single_mode_sends_a_lone_request_from_the_loop_and_a_batch_through_the_thread(tmp_path: Path) -> None:

@@ -30,17 +30,19 @@ from shipyard.serving_runtime.backends.python.errors import error_for_code
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
 from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
+from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 from shipyard.serving_runtime.scheduling.group import RequestGroup, expand, regroup, run_members
 
 log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
 # Which batches go straight from the event loop to the process (start_requests) instead of through
-# the instance's worker thread (execute_requests). "0" (the default): none; "1": every batch;
-# "single": a batch of one request (light load), where the loop path saves the worker's two
-# hand-overs (~70 us at c=1). Off by default: the loop path was slower at c=64 on the loaded 2-core
-# machine, and "single" gave smaller batches at c=64 in some runs (docs/serving.md, Python models,
-# "Two paths").
+# the instance's worker thread (execute_requests). "auto" (the default): a lone request at light
+# load (a batch of one request and no other request pending in any dynamic batcher of the
+# process), where the loop path saves the worker's two hand-overs; every other batch goes through
+# the worker, which gave bigger batches under load. "0": none; "1": every batch (docs/serving.md,
+# Python models, "Two paths").
 LOOP_CALL_ENV = "SHIPYARD_PYTHON_LOOP_CALL"
+LOOP_CALL_MODES = ("auto", "0", "1")
 DEFAULT_EXECUTE_TIMEOUT_S = 300.0
 DEFAULT_INIT_TIMEOUT_S = 300.0
 FINALIZE_TIMEOUT_S = 10.0
@@ -68,6 +70,15 @@ def response_outputs(tensors: Sequence[tuple[str, str, np.ndarray]], parameters:
     carried = ResponseOutputs(outputs)
     carried.parameters = dict(parameters)
     return carried
+
+
+def loop_call_mode() -> str:
+    """``SHIPYARD_PYTHON_LOOP_CALL`` (auto, 0 or 1); another value is logged and runs as auto."""
+    mode = os.environ.get(LOOP_CALL_ENV, "auto").strip() or "auto"
+    if mode not in LOOP_CALL_MODES:
+        log.warning("%s=%r is not one of %s; using auto", LOOP_CALL_ENV, mode, ", ".join(LOOP_CALL_MODES))
+        return "auto"
+    return mode
 
 
 def _seconds(parameters: Mapping[str, str], key: str, default: float, source: str) -> float:
@@ -119,9 +130,9 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
-        mode = os.environ.get(LOOP_CALL_ENV, "0")
+        mode = loop_call_mode()
         self.loop_calls = mode == "1"  # every batch from the loop
-        self.loop_single = mode == "single"  # a batch of one request from the loop
+        self.loop_lone = mode == "auto"  # a lone request at light load from the loop
         try:
             self.stub = self._start()
         except BaseException:
@@ -254,18 +265,22 @@ class PythonInstance:
             self._running.difference_update(keys)
         return self._results(reply, keys, len(requests))
 
-    def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None]) -> bool:
+    def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None], waiting: int = 0) -> bool:
         """Send one formed batch from the event loop, which reads the reply when it arrives
         (``loop_call``); ``done`` then gets, on the loop, what ``execute_requests`` would return.
+        ``waiting``: requests queued for an instance besides this batch.
 
-        False (nothing was sent): the loop path is off for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
-        off by default; ``single``: only a batch of one request), the process is being (re)started, a call
-        is in progress or no event loop runs here; run ``execute_requests`` on the worker thread.
+        False (nothing was sent): the loop path is not for this batch (``SHIPYARD_PYTHON_LOOP_CALL``:
+        by default only a lone request at light load, see ``takes_loop_path``), the process is being
+        (re)started, a call is in progress or no event loop runs here; run ``execute_requests`` on
+        the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
+            if not self.loop_calls:  # auto: groups (an ensemble's steps, the fast path) batch better on the worker
+                return False
             flat, spans = expand(requests)
-            return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)))
-        if self._closed or not (self.loop_calls or (self.loop_single and len(requests) == 1)):
+            return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)), waiting)
+        if self._closed or not self.takes_loop_path(len(requests), waiting):
             return False
         try:
             loop = asyncio.get_running_loop()
@@ -298,6 +313,17 @@ class PythonInstance:
 
         loop_call.start(loop, stub, ("exec", keys[0], described), self.execute_timeout_s, finish)
         return True
+
+    def takes_loop_path(self, size: int, waiting: int) -> bool:
+        """Whether a batch of ``size`` requests, with ``waiting`` more queued, goes from the event
+        loop: every batch (mode 1), none (mode 0), or (auto) a lone request at light load: one
+        request, nothing queued, and no other request pending in any dynamic batcher of the process
+        (``start_requests`` leaves request groups, an ensemble's steps and the native fast path's,
+        to the worker). At c=1 that skips the worker thread's two hand-overs; under load the worker
+        path, which gave bigger batches, stays."""
+        if self.loop_calls:
+            return True
+        return self.loop_lone and size == 1 and waiting == 0 and DynamicBatcher.process_pending <= 1
 
     def _register(self, requests: Sequence[Any], keys: list[int], stub: StubProcess) -> None:
         """Note the batch's requests as running (decoupled: their responders) with their cancel hooks."""

@@ -18,11 +18,9 @@ import inspect
 import json
 import os
 import queue
-import select
 import socket
 import sys
 import threading
-import time
 import traceback
 from concurrent.futures import Future
 from typing import Any
@@ -32,10 +30,6 @@ from shipyard.serving_runtime.backends.python.ipc import Channel, ChannelClosed
 from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader, TensorRef
 
 MODULE_NAME = "triton_python_backend_utils"
-# Microseconds the stub polls for the next call after answering one, before it blocks (a bounded
-# spin, as Triton's stub does on its message queue): saves the process's wake-up when calls
-# follow each other closely; costs that much CPU when they do not. 0 (the default): no spin.
-SPIN_ENV = "SHIPYARD_PYTHON_STUB_SPIN_US"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -201,24 +195,6 @@ class StubRuntime:
             self._cancelled = {key for key in self._cancelled if key > last_key}
 
 
-def _spin_ns() -> int:
-    """``SHIPYARD_PYTHON_STUB_SPIN_US`` in ns (0: off, the default; bad values: off)."""
-    try:
-        return max(0, int(float(os.environ.get(SPIN_ENV, "0")) * 1000))
-    except ValueError:
-        return 0
-
-
-def _spin_until_readable(poller: select.poll, spin_ns: int) -> None:
-    """Poll the call socket without blocking for up to ``spin_ns``, yielding the CPU between polls
-    (bounded: then the caller blocks in ``recv`` as usual)."""
-    end = time.monotonic_ns() + spin_ns
-    while not poller.poll(0):
-        if time.monotonic_ns() >= end:
-            return
-        os.sched_yield()
-
-
 class Stub:
     """``channel``: the server's calls, answered on the main thread; ``events``: what the model
     sends on its own (``runtime``) and the server's answers to it (read by a thread)."""
@@ -264,13 +240,7 @@ class Stub:
 
     def run(self) -> int:
         threading.Thread(target=self.read, name="stub-reader", daemon=True).start()
-        spin_ns = _spin_ns()
-        poller = select.poll()
-        poller.register(self.channel.sock, select.POLLIN)
-        spin = False
         while True:
-            if spin:  # the next call often follows the reply closely: catch it without a wake-up
-                _spin_until_readable(poller, spin_ns)
             try:
                 message = self.channel.recv()
             except ChannelClosed:
@@ -281,7 +251,6 @@ class Stub:
                     self.channel.send(self.init(message[1], message[2]))
                 elif kind == "exec":
                     self.channel.send(self.execute(message[1], message[2]))
-                    spin = spin_ns > 0
                 elif kind == "autocomplete":
                     self.channel.send(self.autocomplete(message[1], message[2]))
                 elif kind == "fini":
