@@ -352,7 +352,7 @@ class DynamicBatcher:
         slicer = self._slicer
         lane = self._lane
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # background requests go to the idle lane first (idle_lane.py)
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # background work to the idle lane first
         while len(queue) or (slicer is not None and slicer.has_work()):
             items: Iterable[Envelope] = queue
             if lane is not None and lane.keeps_foreground_free(queue):
@@ -397,7 +397,7 @@ class DynamicBatcher:
                 self._arm_timer(now + decision.wait_ns)
             break
         if lane is not None and slicer is not None:
-            lane.dispatch(queue, slicer, now)  # the rest of a request co-batching took rows of
+            lane.dispatch(queue, slicer, now, self._foreground_ns)  # the rest of one co-batching took rows of
         if rejected:  # answered after the queue work, outside the decision loop
             timeout = RequestTimeout(f"request timed out in the queue of {self._where} before it ran")
             self._fail(rejected, timeout)

@@ -11,10 +11,12 @@ form the *idle lane*:
   at most, as the job sent it); with no background work they take real-time batches at normal priority
   (``IdleLane.lend``: where the thread can switch per call), so without a job the model keeps all its
   instances for real-time traffic;
-- their worker threads compute at the OS's idle priority (``background_thread_priority``: ``idle``, the
-  default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19; ``normal`` leaves it, for measuring), so the
-  kernel gives their compute only the CPU time that nothing else wants: a real-time batch's compute, the
-  event loop and the clients preempt it at once, instead of queueing behind it;
+- while real-time work is recent, their worker threads compute at the OS's idle priority (else at normal
+  priority: nothing to protect, and other processes cannot starve a job alone; ``SliceBatch.lowered``)
+  (``background_thread_priority``: ``idle``, the default, is Linux ``SCHED_IDLE``; ``nice`` is nice 19;
+  ``normal`` leaves it, for measuring), so the kernel gives their compute only the CPU time that nothing else
+  wants: a real-time batch's compute, the event loop and the clients preempt it at once, instead of queueing
+  behind it;
 - the other instances are **reserved** for real-time work while it is recent (a real-time batch dispatched
   or finished within ``background_recent_us``): they take no background-only work then. Background rows
   still ride in their real-time batches with ``background_fill_rows`` (co-batching) and whole small
@@ -198,9 +200,10 @@ class LaneWorker(InstanceWorker):
         super()._run()
 
     def run_batch(self, batch: Batch) -> None:
-        """Background work (a ``SliceBatch``: the lane's own) computes lowered; a real-time batch lent to this
-        instance (``IdleLane.lend``) at normal priority."""
-        self.compute_priority.background = isinstance(batch, SliceBatch)
+        """Background work (a ``SliceBatch``: the lane's own) computes lowered while real-time work is recent
+        (``SliceBatch.lowered``); a real-time batch lent to this instance (``IdleLane.lend``) at normal
+        priority."""
+        self.compute_priority.background = isinstance(batch, SliceBatch) and batch.lowered
         super().run_batch(batch)
 
 
@@ -259,9 +262,12 @@ class IdleLane:
         rows = slicer.sizer.rows if self.settings.slice_ns else self.borrow_rows
         return state.next_slice(rows)
 
-    def dispatch(self, queue: RequestQueue, slicer: Slicer, now_ns: int) -> None:
+    def dispatch(self, queue: RequestQueue, slicer: Slicer, now_ns: int, last_foreground_ns: int) -> None:
         """Give each idle lane worker a background request: the rest of the one being run in parts (a rider
-        of real-time batches, or borrowed), else the first queued one that can run in parts."""
+        of real-time batches, or borrowed), else the first queued one that can run in parts. It computes at
+        the lane's idle priority while real-time work is recent, else at normal priority (nothing real-time to
+        protect then, and a job alone is not starved by other processes)."""
+        lowered = now_ns < self.quiet_from(last_foreground_ns)
         while self._idle:
             state = slicer.head()
             if state is None:
@@ -269,7 +275,9 @@ class IdleLane:
                 if envelope is None:
                     return
                 state = slicer.adopt_envelope(queue, envelope, now_ns)
-            self._idle.pop().hand_off(state.next_slice(state.remaining))
+            batch = state.next_slice(state.remaining)
+            batch.lowered = lowered
+            self._idle.pop().hand_off(batch)
 
 
 def _first_background(queue: RequestQueue, level: int) -> Envelope | None:

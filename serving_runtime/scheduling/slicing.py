@@ -115,6 +115,7 @@ class SliceBatch(Batch):
 
     sliced: SlicedRequest | None = None
     start: int = 0
+    lowered: bool = True  # on the idle lane: computed at its idle priority (False: no real-time work is recent)
 
 
 @dataclass(frozen=True)
