@@ -34,13 +34,20 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from shipyard.serving_runtime.errors import ModelNotReady, QueueFull, ServingError
 from shipyard.serving_runtime.protocol.fast_leave import Leaving
 from shipyard.serving_runtime.protocol.http_limits import HttpLimits
-from shipyard.serving_runtime.protocol.rest_fast_codec import Pending, Route, answer_all, check_batched, fail_all, parse
+from shipyard.serving_runtime.protocol.rest_fast_codec import (
+    Pending,
+    Route,
+    answer_all,
+    check_batched,
+    fail_all,
+    group_inputs,
+    parse,
+)
 from shipyard.serving_runtime.protocol.rest_fast_head import Heads
 from shipyard.serving_runtime.protocol.service import InferenceService
 from shipyard.serving_runtime.protocol.types import ModelLike
@@ -192,12 +199,8 @@ class RestLane:
             if not group:
                 return
             first = group[0]
-        if len(group) == 1:
-            inputs = first.inputs
-        else:
-            inputs = {name: np.concatenate([item.inputs[name] for item in group]) for name in route.order}
         request = InferenceRequest(
-            inputs=inputs,
+            inputs=group_inputs(route.order, group),
             outputs=first.key[1],
             batch_size=sum(item.items for item in group),
             group_arrivals_ns=[item.arrival for item in group],

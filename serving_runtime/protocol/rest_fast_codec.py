@@ -59,11 +59,19 @@ class Plan:
     """What a JSON header with binary tensors only parsed to: a request with the same header bytes
     and body length is the same request but for its tensor bytes, so it is not parsed again."""
 
-    __slots__ = ("items", "key", "length", "request", "tensors")
+    __slots__ = ("by_name", "items", "key", "length", "request", "tensors")
 
-    def __init__(self, length: int, items: int, request: DecodedRequest, key: tuple[Any, ...]) -> None:
-        self.length, self.items, self.request, self.key = length, items, request, key
-        self.tensors: list[tuple[str, np.dtype, int, int, tuple[int, ...]]] = []  # name, dtype, count, offset, shape
+    def __init__(
+        self,
+        length: int,
+        items: int,
+        request: DecodedRequest,
+        key: tuple[Any, ...],
+        tensors: list[tuple[str, np.dtype, int, int, tuple[int, ...]]],  # name, dtype, count, offset, shape
+    ) -> None:
+        self.length, self.items, self.request, self.key, self.tensors = length, items, request, key, tensors
+        # name -> (dtype, offset, byte size, shape): where a group finds each request's rows
+        self.by_name = {t[0]: (t[1], t[3], t[2] * t[1].itemsize, t[4]) for t in tensors}
 
 
 class Pending:
@@ -81,6 +89,7 @@ class Pending:
         "keep_alive",
         "key",
         "more_body",
+        "plan",
         "protocol",
         "request",
         "response_complete",
@@ -103,6 +112,7 @@ class Pending:
         self.items = 0
         self.request: DecodedRequest | None = None
         self.key: tuple[Any, ...] = ()
+        self.plan: Plan | None = None  # parsed by a plan: its tensors are read from the body when needed (inputs)
 
 
 _MAX_PLANS = 64  # per route; beyond it the cache starts over (headers that differ per request)
@@ -119,11 +129,37 @@ def parse(pending: Pending, body: bytes) -> bool:
         return _parse_header(pending, body, header)
     if plan.length != len(body):
         return False  # binary sizes are fixed by the header: the ASGI path refuses this body
-    inputs = pending.inputs
-    for name, dtype, count, offset, shape in plan.tensors:
-        inputs[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
-    pending.items, pending.request, pending.key = plan.items, plan.request, plan.key
+    pending.items, pending.request, pending.key, pending.plan = plan.items, plan.request, plan.key, plan
     return True
+
+
+def inputs(pending: Pending) -> dict[str, np.ndarray]:
+    """``pending``'s input arrays (views of its body)."""
+    plan = pending.plan
+    if plan is not None and not pending.inputs:
+        body = pending.chunks[0]
+        for name, dtype, count, offset, shape in plan.tensors:
+            pending.inputs[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return pending.inputs
+
+
+def group_inputs(order: tuple[str, ...], group: list[Pending]) -> dict[str, np.ndarray]:
+    """A group's inputs (the keys of ``order``): each one array of its requests' rows, in order.
+    Requests parsed by a plan have their rows' bytes joined, without an array per request."""
+    if len(group) == 1:
+        return inputs(group[0])
+    if any(item.plan is None for item in group):
+        return {name: np.concatenate([inputs(item)[name] for item in group]) for name in order}
+    total = sum(item.items for item in group)
+    joined: dict[str, np.ndarray] = {}
+    for name in order:
+        parts = []
+        for item in group:
+            _, offset, size, _ = item.plan.by_name[name]  # type: ignore[union-attr]
+            parts.append(item.chunks[0][offset : offset + size])
+        dtype, _, _, shape = group[0].plan.by_name[name]  # type: ignore[union-attr]
+        joined[name] = np.frombuffer(b"".join(parts), dtype=dtype).reshape((total, *shape[1:]))
+    return joined
 
 
 def _parse_header(pending: Pending, body: bytes, header: bytes | None) -> bool:
@@ -206,8 +242,7 @@ def _parse_header(pending: Pending, body: bytes, header: bytes | None) -> bool:
     if plan is not None and header is not None:
         if len(route.plans) >= _MAX_PLANS:
             route.plans.clear()
-        recorded = route.plans[header] = Plan(len(body), batch, pending.request, pending.key)
-        recorded.tensors = plan
+        route.plans[header] = Plan(len(body), batch, pending.request, pending.key, plan)
     return True
 
 
