@@ -116,5 +116,5 @@ def test_a_bad_window_is_reported_and_the_default_used(monkeypatch: pytest.Monke
     monkeypatch.setenv("SHIPYARD_GRPC_COALESCE_US", "soon")
     assert native_grpc.coalesce_us() == native_grpc.DEFAULT_COALESCE_US
     assert "SHIPYARD_GRPC_COALESCE_US='soon' is not a number of microseconds" in caplog.text
-    monkeypatch.setenv("SHIPYARD_GRPC_COALESCE_US", "0")
-    assert native_grpc.coalesce_us() == 0
+    monkeypatch.setenv("SHIPYARD_GRPC_COALESCE_US", "300")
+    assert native_grpc.coalesce_us() == 300
