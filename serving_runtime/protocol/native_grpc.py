@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,29 @@ def unavailable_reason() -> str | None:
     except ImportError as exc:
         return str(exc)
     return None
+
+
+COALESCE_ENV = "SHIPYARD_GRPC_COALESCE_US"
+DEFAULT_COALESCE_US = 200
+
+
+def coalesce_us() -> int:
+    """How long (µs) the fast path may hold a request under load so that it joins the next group
+    (``SHIPYARD_GRPC_COALESCE_US``, default 200; 0 turns it off; docs/serving.md, "Coalescing
+    arrivals"). A value that is not an integer from 0 to 100000 is reported in one warning and the
+    default is used."""
+    raw = os.environ.get(COALESCE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_COALESCE_US
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100_000:
+        log.warning("%s=%r is not a number of microseconds from 0 to 100000; using %d (unset it to silence this)",
+                    COALESCE_ENV, raw, DEFAULT_COALESCE_US)  # fmt: skip
+        return DEFAULT_COALESCE_US
+    return value
 
 
 def connection_cap_reason() -> str | None:
@@ -157,6 +181,8 @@ class NativeGrpcFrontend:
                 self._fast = FastPath(self._native, service)
                 self._infer_method = self._table[index]
                 self._native.enable_fast(index)
+                if hasattr(self._native, "set_coalesce_us"):  # a module built before it: never holds
+                    self._native.set_coalesce_us(coalesce_us())
 
     @property
     def fast_path(self) -> bool:
@@ -184,14 +210,23 @@ class NativeGrpcFrontend:
         except RuntimeError as exc:
             raise OSError(str(exc)) from None
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._native.fileno(), self._drain)
+        for fd in self._fds():
+            self._loop.add_reader(fd, self._drain)
         return port
+
+    def _fds(self) -> list[int]:
+        """The descriptors that wake the loop: messages and groups, and the coalescing deadline."""
+        fds = [self._native.fileno()]
+        if hasattr(self._native, "timer_fileno"):
+            fds.append(self._native.timer_fileno())
+        return fds
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls; answer those in progress for up to ``grace_s`` s, then cancel the rest."""
         await asyncio.to_thread(self._native.shutdown, grace_s)
         if self._loop is not None:
-            self._loop.remove_reader(self._native.fileno())
+            for fd in self._fds():
+                self._loop.remove_reader(fd)
             self._drain()  # the cancellations of calls still running at the deadline
         for task in list(self._calls.values()):
             task.cancel()

@@ -666,16 +666,23 @@ def _gc_collected(server: ServerProcess) -> float:
 def test_finished_groups_are_freed_without_the_cyclic_collector(servers: tuple[ServerProcess, ServerProcess]) -> None:
     """A fast-path group's objects go as soon as it is answered (reference counting): with a reference
     cycle per group, the collector ran on the event loop every few hundred groups (1.6 ms each at
-    c=64 on a tiny model) and freed thousands of objects in 1,500 requests."""
+    c=64 on a tiny model) and freed thousands of objects in 1,500 requests.
+
+    Two windows, the better one counts: the earlier tests' HTTP connections leave garbage of their own
+    (uvicorn's protocol objects, ~25 per connection), which one collection may free inside either
+    window, depending on where the allocation count stands (a collection can start inside the
+    ``/metrics`` request that reads the count); a cycle per group fills both windows."""
     fast, _ = servers
     _infer(fast, "batched", inputs=_inputs(1, 0.0))  # registers it
     client = grpcclient.InferenceServerClient(fast.grpc_host)
+    windows = []
     try:
-        before = _gc_collected(fast)
         inputs = _inputs(1, 2.0)
-        for _ in range(1500):
-            client.infer("batched", inputs)
-        collected = _gc_collected(fast) - before
+        for _ in range(2):
+            before = _gc_collected(fast)
+            for _ in range(1500):
+                client.infer("batched", inputs)
+            windows.append(_gc_collected(fast) - before)
     finally:
         client.close()
-    assert collected < 1000, f"the collector freed {collected:.0f} objects over 1,500 fast-path requests"
+    assert min(windows) < 1000, f"the collector freed {windows} objects over two windows of 1,500 fast-path requests"
