@@ -182,7 +182,11 @@ class NativeGrpcFrontend:
                 self._infer_method = self._table[index]
                 self._native.enable_fast(index)
                 if hasattr(self._native, "set_coalesce_us"):  # a module built before it: never holds
-                    self._native.set_coalesce_us(coalesce_us())
+                    window = coalesce_us()
+                    self._native.set_coalesce_us(window)
+                    if window:
+                        log.info("gRPC fast path: requests under load are held up to %d µs to share a group "
+                                 "(%s)", window, COALESCE_ENV)  # fmt: skip
 
     @property
     def fast_path(self) -> bool:
