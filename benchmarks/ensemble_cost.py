@@ -88,9 +88,9 @@ def measure(concurrency: int, seconds: float, client: str, extra: list[str], wor
     finally:
         server.stop()
     threads = []
-    for key, (name, on_cpu, waiting) in after.items():
+    for key, (name, on_cpu, waiting, _) in after.items():
         if key in before:
-            _, on0, wait0 = before[key]
+            _, on0, wait0, _ = before[key]
             role = "server" if key[0] == server.pid else f"child {key[0]}"
             name = f"{name} (main)" if key[0] == key[1] else name
             threads.append((role, name, key[1], (on_cpu - on0) / 1e9 / elapsed, (waiting - wait0) / 1e9 / elapsed))

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import common, python_models
 from benchmarks.loadgen import LoadSpec, run_closed_loop
-from benchmarks.threads import _children
+from benchmarks.threads import _children, sample
 
 # Appended to the model's own source: times ORT's run and execute, flushes to a file beside model.py.
 _TIMER = """
@@ -121,24 +121,6 @@ def _process_facts(pid: int) -> dict[str, Any]:
     return facts
 
 
-def _sample(pids: list[int]) -> dict[tuple[int, int], tuple[str, int, int, int]]:
-    """Per thread of ``pids``: name, ns on a CPU, ns waiting for one, times it was put on a CPU."""
-    out = {}
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                on_cpu, waiting, slices = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
-            except OSError:
-                continue
-            out[(pid, int(tid))] = (name, int(on_cpu), int(waiting), int(slices))
-    return out
-
-
 def _read_times(repo: Path) -> list[list[int]]:
     rows = []
     for path in (repo / "mlp_py" / "1").glob("times-*.jsonl"):
@@ -162,9 +144,9 @@ def _round(server: common.ServerProcess, port: int, repo: Path, seconds: float) 
     loader.start()
     time.sleep(0.6 + seconds * 0.2)
     pids = [server.pid, *_descendants(server.pid)]
-    before, t0 = _sample(pids), time.monotonic()
+    before, t0 = sample(pids), time.monotonic()
     time.sleep(seconds * 0.5)
-    after, elapsed = _sample(pids), time.monotonic() - t0
+    after, elapsed = sample(pids), time.monotonic() - t0
     loader.join()
     time.sleep(0.3)
     times = _read_times(repo)

@@ -31,7 +31,7 @@ from typing import Any
 from benchmarks import common, reference_targets, report, targets
 from benchmarks.loadgen import CLIENTS, CellResult, run_closed_loop
 
-Sample = dict[tuple[int, int], tuple[str, int, int]]  # (pid, tid) -> (name, on-CPU ns, waiting ns)
+Sample = dict[tuple[int, int], tuple[str, int, int, int]]  # (pid, tid) -> (name, on-CPU ns, waiting ns, times run)
 
 
 def _children(pid: int) -> list[int]:
@@ -50,7 +50,7 @@ def _children(pid: int) -> list[int]:
 
 
 def sample(pids: list[int]) -> Sample:
-    """On-CPU and run-queue nanoseconds of every thread of ``pids``."""
+    """Per thread of ``pids``: name, nanoseconds on a CPU, nanoseconds waiting for one, times it was put on a CPU."""
     out: Sample = {}
     for pid in pids:
         try:
@@ -62,10 +62,10 @@ def sample(pids: list[int]) -> Sample:
                 with open(f"/proc/{pid}/task/{tid}/comm") as f:
                     name = f.read().strip()
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    on_cpu, waiting, _ = f.read().split()
+                    on_cpu, waiting, slices = f.read().split()
             except OSError:
                 continue
-            out[(pid, int(tid))] = (name, int(on_cpu), int(waiting))
+            out[(pid, int(tid))] = (name, int(on_cpu), int(waiting), int(slices))
     return out
 
 
@@ -124,10 +124,10 @@ def measure(
     cell = result["cell"]
     rate = cell.throughput
     threads: list[dict[str, Any]] = []
-    for key, (name, on_cpu, waiting) in after.items():
+    for key, (name, on_cpu, waiting, _) in after.items():
         if key not in before:
             continue
-        _, on0, wait0 = before[key]
+        _, on0, wait0, _ = before[key]
         run_share = (on_cpu - on0) / 1e9 / elapsed
         wait_share = (waiting - wait0) / 1e9 / elapsed
         threads.append({"pid": key[0], "tid": key[1], "name": name, "cpu": run_share, "wait": wait_share})
