@@ -6,12 +6,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from shipyard.serving_runtime.backends.python import batch_codec, pb_utils
 from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader
+
+if TYPE_CHECKING:
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
 
 
 def test_tensors_round_trip_through_shared_memory(tmp_path: object) -> None:
@@ -203,6 +207,23 @@ class TritonPythonModel:
 """
 
 
+def _echo_instance(tmp_path: Path) -> PythonInstance:
+    """A PythonInstance of ``ECHO_MODEL`` (max_batch_size 8, output ``y``) in ``tmp_path``."""
+    import json
+
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+
+    model = tmp_path / "echo" / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text(ECHO_MODEL)
+    args = {
+        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
+        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
+        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
+    }  # fmt: skip
+    return PythonInstance(model, args, {}, ["y"])
+
+
 @pytest.mark.parametrize("loop_calls", [False, True])
 def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_calls: bool) -> None:
     """The dynamic batcher hands a Python model's batches to its process through the instance's
@@ -210,24 +231,14 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
     either way a dead process fails only its batch, and while it restarts the worker thread runs
     the next one, which waits for initialize."""
     import asyncio
-    import json
     import threading
 
-    from shipyard.serving_runtime.backends.python.instance import PythonInstance
     from shipyard.serving_runtime.errors import BackendError
     from shipyard.serving_runtime.scheduling.api import InferenceRequest
     from shipyard.serving_runtime.scheduling.batching import BatchingSettings
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    model = tmp_path / "echo" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(ECHO_MODEL)
-    config = {"name": "echo", "backend": "python", "max_batch_size": 8}
-    args = {
-        "model_config": json.dumps(config), "model_instance_kind": "CPU", "model_instance_name": "echo_0",
-        "model_instance_device_id": "0", "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
-    }  # fmt: skip
-    instance = PythonInstance(model, args, {}, ["y"])
+    instance = _echo_instance(tmp_path)
     instance.loop_calls, instance.loop_lone = loop_calls, False
     on_threads: list[str] = []
     through_thread = instance.execute_requests
@@ -272,27 +283,17 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
     is pending anywhere in the process. Every answer is the model's, and an idle process uses no
     CPU (it blocks)."""
     import asyncio
-    import json
     import os
     import threading
     import time
 
-    from shipyard.serving_runtime.backends.python.instance import PythonInstance
     from shipyard.serving_runtime.scheduling.api import InferenceRequest
     from shipyard.serving_runtime.scheduling.batching import BatchingSettings
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    model = tmp_path / "echo" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(ECHO_MODEL)
-    args = {
-        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
-        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
-        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
-    }  # fmt: skip
     monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
-    instance = PythonInstance(model, args, {}, ["y"])
+    instance = _echo_instance(tmp_path)
     assert instance.loop_lone and not instance.loop_calls  # the default
     worker_batches: list[int] = []
     through_thread = instance.execute_requests
@@ -352,28 +353,21 @@ def test_a_bad_loop_call_setting_is_named_and_runs_as_auto(
     assert loop_call_mode() == "0"
 
 
-def test_single_mode_sends_a_lone_request_from_the_loop_and_a_batch_through_the_thread(tmp_path: Path) -> None:
-    """SHIPYARD_PYTHON_LOOP_CALL=single: a batch of one request goes from the event loop to the
-    process (no worker thread on the way), a batch of several through the instance's thread."""
+def test_by_default_a_lone_request_goes_from_the_loop_and_a_batch_through_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default (auto) a batch of one request sent alone goes from the event loop to the process
+    (no worker thread on the way), and a burst reaches the instance's thread only as batches of several."""
     import asyncio
-    import json
     import threading
 
-    from shipyard.serving_runtime.backends.python.instance import PythonInstance
     from shipyard.serving_runtime.scheduling.api import InferenceRequest
     from shipyard.serving_runtime.scheduling.batching import BatchingSettings
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    model = tmp_path / "echo" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(ECHO_MODEL)
-    args = {
-        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
-        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
-        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
-    }  # fmt: skip
-    instance = PythonInstance(model, args, {}, ["y"])
-    instance.loop_single = True
+    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
+    instance = _echo_instance(tmp_path)
     sizes_on_thread: list[int] = []
     through_thread = instance.execute_requests
 
