@@ -55,7 +55,7 @@ from shipyard.serving_runtime.errors import ModelConfigError
 from shipyard.serving_runtime.scheduling.background import BackgroundSettings
 from shipyard.serving_runtime.scheduling.instances import Batch, InstanceWorker
 from shipyard.serving_runtime.scheduling.queue import Envelope, RequestQueue
-from shipyard.serving_runtime.scheduling.slicing import SliceBatch, Slicer
+from shipyard.serving_runtime.scheduling.slicing import SliceBatch, SlicedRequest, Slicer
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -253,12 +253,9 @@ class IdleLane:
         next ``borrow_rows`` rows (the slice sizer's with ``background_slice_us``) of the request being run in
         parts, else of the first queued one the lane could run; None when there is none. A real-time request
         that arrives meanwhile waits for one such piece at most."""
-        state = slicer.head()
+        state = self._running(queue, slicer, now_ns)
         if state is None:
-            envelope = _first_background(queue, self.settings.level)
-            if envelope is None:
-                return None
-            state = slicer.adopt_envelope(queue, envelope, now_ns)
+            return None
         rows = slicer.sizer.rows if self.settings.slice_ns else self.borrow_rows
         return state.next_slice(rows)
 
@@ -269,15 +266,23 @@ class IdleLane:
         protect then, and a job alone is not starved by other processes)."""
         lowered = now_ns < self.quiet_from(last_foreground_ns)
         while self._idle:
-            state = slicer.head()
+            state = self._running(queue, slicer, now_ns)
             if state is None:
-                envelope = _first_background(queue, self.settings.level)
-                if envelope is None:
-                    return
-                state = slicer.adopt_envelope(queue, envelope, now_ns)
+                return
             batch = state.next_slice(state.remaining)
             batch.lowered = lowered
             self._idle.pop().hand_off(batch)
+
+    def _running(self, queue: RequestQueue, slicer: Slicer, now_ns: int) -> SlicedRequest | None:
+        """The background request being run in parts, else the first queued one the lane can run (now run in
+        parts), else None."""
+        state = slicer.head()
+        if state is None:
+            envelope = _first_background(queue, self.settings.level)
+            if envelope is None:
+                return None
+            state = slicer.adopt_envelope(queue, envelope, now_ns)
+        return state
 
 
 def _first_background(queue: RequestQueue, level: int) -> Envelope | None:
