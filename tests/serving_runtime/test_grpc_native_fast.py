@@ -8,6 +8,7 @@ statistics and Prometheus count every request; a reload or unload never serves a
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -488,10 +489,24 @@ def _slow(server: ServerProcess, model: str, rows: int, seed: float, priority: i
     return "OK", ""
 
 
+def _cpu_s(server: ServerProcess) -> float:
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_until_running(server: ServerProcess, cpu_before: float) -> None:
+    """Until the idle server has burned 50 ms of CPU since ``cpu_before``: the blocker is running (a
+    fixed sleep let a blocker delayed on a loaded machine start after the requests meant to queue)."""
+    deadline = time.monotonic() + 10
+    while _cpu_s(server) - cpu_before < 0.05:
+        assert time.monotonic() < deadline, "the blocker never started running"
+        time.sleep(0.005)
+
+
 def _behind_a_blocker(server: ServerProcess, model: str, waves: list[list[tuple[str, int, int]]]) -> dict[str, Any]:
     """A 64-row request occupies the model's one instance (~0.4 s); meanwhile each wave of (tag, rows,
-    priority) requests is sent 0.1 s after the previous one. Each tag's answer, and ``order``: the tags
-    in the order their answers came."""
+    priority) requests is sent, the first once the blocker runs, the next 0.1 s after the previous one.
+    Each tag's answer, and ``order``: the tags in the order their answers came."""
     answers: dict[str, Any] = {"order": []}
 
     def one(tag: str, rows: int, priority: int) -> None:
@@ -502,9 +517,12 @@ def _behind_a_blocker(server: ServerProcess, model: str, waves: list[list[tuple[
     if "ModelInfer fast path on" in server.log():
         _registered(server, model)
     with ThreadPoolExecutor(16) as pool:
+        cpu = _cpu_s(server)
         futures = [pool.submit(one, "blocker", 64, 0)]
-        for wave in waves:
-            time.sleep(0.1)
+        _wait_until_running(server, cpu)
+        for i, wave in enumerate(waves):
+            if i:
+                time.sleep(0.1)
             futures += [pool.submit(one, *request) for request in wave]
         for future in futures:
             future.result()
