@@ -129,6 +129,8 @@ async def test_real_time_requests_overtake_a_background_request_on_the_idle_lane
         assert worker.compute_priority.switches == (1 if worker.compute_priority.per_call else 0)
         own = next(t for t in threading.enumerate() if t.name == "add_sub-v1-i0").native_id
         assert own is not None and os.sched_getscheduler(own) == os.SCHED_OTHER
+        with open(f"/proc/self/task/{lane.threads[0]}/comm") as comm:  # named in the OS too (top -H, py-spy)
+            assert comm.read().strip() == "add_sub-v1-bg0"
     stats = s.stats
     assert stats.inference_count == rows + 48 and s.pending_count() == 0
     s.close()
