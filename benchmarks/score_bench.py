@@ -17,7 +17,8 @@ publish step writes). Results: ``score.json`` and ``score.md`` in ``--out``.
 
 ``--background-instances 1`` adds the idle lane (``serving_runtime/scheduling/idle_lane.py``): a second
 instance that runs only the job's requests, on a thread at the OS's idle CPU priority (``--thread-priority``);
-``--fill-rows 0`` turns co-batching off; ``--scorer-nice 0`` runs the job's client at normal priority.
+``--fill-rows 0`` turns co-batching off; ``--scorer-nice 0`` runs the job's client at normal priority; ``--no-lend``
+keeps the lane for the job only (``background_lend 0``); ``--profile`` adds where the CPU went in each window.
 """
 
 from __future__ import annotations
@@ -247,7 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
                   "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us,
                   "background_fill_rows": args.fill_rows, "background_instances": args.background_instances,
-                  "background_thread_priority": args.thread_priority if args.background_instances else ""}  # fmt: skip
+                  "background_thread_priority": args.thread_priority if args.background_instances else "",
+                  "background_lend": "0" if args.no_lend and args.background_instances else ""}  # fmt: skip
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background,
@@ -399,6 +401,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "of that many more instances for background work only (0: none)")  # fmt: skip
     parser.add_argument("--thread-priority", default="idle", choices=("idle", "nice", "normal"),
                         help="background_thread_priority of the idle lane's threads")  # fmt: skip
+    parser.add_argument("--no-lend", action="store_true", help="background_lend 0: the idle lane takes no "
+                        "real-time work (real-time has the same instances with and without the job)")  # fmt: skip
     parser.add_argument("--holdoff-us", type=int, default=0, help="background_holdoff_us (default 0: none)")
     parser.add_argument("--workdir", default="/tmp/shipyard-score-bench")
     parser.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "score"))
