@@ -6,7 +6,9 @@
 Starts the target as ``make bench`` does, loads it, and reads ``/proc/<pid>/task/<tid>/schedstat``
 (time on a CPU, time waiting for one) for every thread of the server and its child processes over
 the middle of the window, plus the load generator's own CPU. Prints, per thread, the share of one
-CPU it ran and waited, and its CPU per request; then the server's and the client's CPU per request.
+CPU it ran and waited, its CPU per request and how many times per request it was put on a CPU
+(``runs/req``: its wake-ups, each a hand-off from another thread or a poll that returned); then the
+server's and the client's CPU per request and the server's wake-ups per request.
 
 On this 2-core machine a thread that runs ~100% of a CPU (plus its wait) is the bottleneck; when
 the threads' running shares add up to ~200% the machine is. For shipyard it also prints how big the
@@ -120,18 +122,10 @@ def measure(
         time.sleep(seconds)
         after, elapsed = sample(pids), time.monotonic() - t0
         loader.join()
-        sizes = batch_sizes(target.ports["rest"], model.name) if target_name == "shipyard" else []
+        sizes = batch_sizes(target.ports["rest"], model.name) if target_name in ("shipyard", "triton") else []
     cell = result["cell"]
     rate = cell.throughput
-    threads: list[dict[str, Any]] = []
-    for key, (name, on_cpu, waiting, _) in after.items():
-        if key not in before:
-            continue
-        _, on0, wait0, _ = before[key]
-        run_share = (on_cpu - on0) / 1e9 / elapsed
-        wait_share = (waiting - wait0) / 1e9 / elapsed
-        threads.append({"pid": key[0], "tid": key[1], "name": name, "cpu": run_share, "wait": wait_share})
-    threads.sort(key=lambda t: -t["cpu"])
+    threads = per_thread(before, after, elapsed)
     server_cpu = sum(t["cpu"] for t in threads)
     client_us = report.client_us_per_request(cell.as_dict())
     return {
@@ -142,6 +136,29 @@ def measure(
         "client_us_per_request": client_us,
         "batch_sizes": sizes,
     }
+
+
+def per_thread(before: Sample, after: Sample, elapsed: float) -> list[dict[str, Any]]:
+    """Per thread seen in both samples, busiest first: its share of one CPU on it (``cpu``) and
+    waiting for one (``wait``), and how many times a second it was put on a CPU (``runs_per_s``:
+    wake-ups, plus preemptions on a busy machine)."""
+    threads: list[dict[str, Any]] = []
+    for key, (name, on_cpu, waiting, runs) in after.items():
+        if key not in before:
+            continue
+        _, on0, wait0, runs0 = before[key]
+        threads.append(
+            {
+                "pid": key[0],
+                "tid": key[1],
+                "name": name,
+                "cpu": (on_cpu - on0) / 1e9 / elapsed,
+                "wait": (waiting - wait0) / 1e9 / elapsed,
+                "runs_per_s": (runs - runs0) / elapsed,
+            }
+        )
+    threads.sort(key=lambda t: -t["cpu"])
+    return threads
 
 
 BATCH_BUCKETS = ((1, 1), (2, 4), (5, 16), (17, 64), (65, 1 << 30))
@@ -205,19 +222,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.target} {args.protocol} {args.model} c={args.concurrency} ({args.client} client): "
         f"{rate:,.0f} req/s, p50 {cell.p50_ms or 0:.2f} ms, p99 {cell.p99_ms or 0:.2f} ms, errors {cell.errors}"
     )
-    print(f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s}")
+    print(f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s} {'runs/req':>8s}")
     for t in out["threads"]:
         if t["cpu"] < 0.005:
             continue
         label = f"{t['name']} ({t['tid']}{', main' if t['tid'] == t['pid'] else ''})"
         per_request = t["cpu"] / rate * 1e6 if rate else 0.0
-        print(f"{label:28s} {t['cpu'] * 100:6.1f}% {t['wait'] * 100:7.1f}% {per_request:7.1f}")
+        runs = t["runs_per_s"] / rate if rate else 0.0
+        print(f"{label:28s} {t['cpu'] * 100:6.1f}% {t['wait'] * 100:7.1f}% {per_request:7.1f} {runs:8.2f}")
     server_us = out["server_us_per_request"]
     client_us = out["client_us_per_request"]
     print(
         f"server: {out['server_cpu'] * 100:.0f}% of one CPU, "
         f"{'—' if server_us is None else f'{server_us:.0f}'} µs per request; client: "
-        f"{'—' if client_us is None else f'{client_us:.0f}'} µs per request"
+        f"{'—' if client_us is None else f'{client_us:.0f}'} µs per request; "
+        f"server wake-ups per request: {sum(t['runs_per_s'] for t in out['threads']) / rate if rate else 0:.1f}"
     )
     for line in batch_lines(out["batch_sizes"]):
         print(line)

@@ -547,3 +547,16 @@ def test_threads_prints_the_executions_by_batch_size() -> None:
     assert lines[1] == "  batch 1        80% of executions,   16% of items"
     assert lines[-1] == "  batch 17-64    10% of executions,   78% of items"
     assert threads.batch_lines([]) == []
+
+
+def test_threads_counts_each_threads_cpu_and_wake_ups() -> None:
+    from benchmarks import threads
+
+    before = {(1, 1): ("python", 1_000_000_000, 0, 100), (1, 2): ("grpc-writer", 0, 0, 5), (1, 3): ("gone", 0, 0, 1)}
+    after = {(1, 1): ("python", 1_500_000_000, 250_000_000, 300), (1, 2): ("grpc-writer", 100_000_000, 0, 2_005),
+             (1, 4): ("new", 5, 5, 5)}  # fmt: skip
+    rows = threads.per_thread(before, after, 2.0)
+    assert [(r["name"], r["cpu"], r["wait"], r["runs_per_s"]) for r in rows] == [
+        ("python", 0.25, 0.125, 100.0),
+        ("grpc-writer", 0.05, 0.0, 1000.0),
+    ]

@@ -243,7 +243,9 @@ def test_requests_whose_clients_leave_a_queued_group_never_reach_execute(
         executes_before = len(_executes(server))
         with ThreadPoolExecutor(12) as pool:
             blocker = pool.submit(_infer, server, inputs=_x(1, -2.0), request_id="blocker", client_timeout=30)
-            time.sleep(0.3)
+            server.wait_until(  # (a fixed sleep let a blocker delayed on a loaded machine group with the others)
+                lambda s=server, n=executes_before: len(_executes(s)) > n, 10, "the blocker in execute"
+            )
             jobs = [(f"left{i}", 0.6) for i in range(4)] + [(f"stay{i}", 30.0) for i in range(4)]
             futures = {
                 tag: pool.submit(_infer, server, inputs=_x(2, stay_first if tag == "stay0" else 5.0, i), request_id=tag,
@@ -252,13 +254,17 @@ def test_requests_whose_clients_leave_a_queued_group_never_reach_execute(
             }  # fmt: skip
             answers = {tag: future.result() for tag, future in futures.items()}
             assert isinstance(blocker.result(), bytes)
-        time.sleep(0.3)
-        after = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
+
+        def counted(client: Any = client, before: Any = before) -> dict[str, int]:
+            after = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
+            return {
+                w: int(after.get(w, {}).get("count", 0)) - int(before.get(w, {}).get("count", 0))
+                for w in ("success", "fail")
+            }
+
+        server.wait_until(lambda: sum(counted().values()) >= 9, 10, "the statistics of all nine requests")
+        counts = counted()
         client.close()
-        counts = {
-            w: int(after.get(w, {}).get("count", 0)) - int(before.get(w, {}).get("count", 0))
-            for w in ("success", "fail")
-        }
         server.wait_until(lambda s=server, n=executes_before: sum(_executes(s)[n:]) >= 5, 10, "the execute log lines")
         time.sleep(0.2)
         got.append((answers, counts, sum(_executes(server)[executes_before:])))
