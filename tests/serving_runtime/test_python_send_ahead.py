@@ -142,10 +142,12 @@ def test_send_ahead_is_off_by_default_and_turned_on_with_1(tmp_path: Path, monke
         instance.close()
 
 
-def test_the_next_batch_is_written_a_little_before_the_current_one_ends() -> None:
+def test_the_next_batch_is_written_a_little_before_the_current_one_ends_when_it_is_full() -> None:
     rule = ahead.SendAhead()
     assert rule.send_at(1_000) is None  # nothing timed yet
-    rule.finished(4_000_000)
+    rule.finished(4_000_000, 8)
     assert rule.send_at(1_000) == 1_000 + 4_000_000 - int(4_000_000 * ahead.LEAD_FRACTION)
-    rule.finished(100_000_000)
+    assert not rule.full(7, 128) and rule.full(8, 128)  # as many queued as the last batch held
+    assert rule.full(4, 4)  # or the most a batch may hold
+    rule.finished(100_000_000, 8)
     assert rule.send_at(0) == 100_000_000 - ahead.LEAD_MAX_NS  # bounded lead
