@@ -25,7 +25,8 @@ parameters it does not know; both 0 or absent: off):
 - ``background_instances``: the last that many instances of the ``instance_group`` run background
   requests first, whole, computing at the OS's idle CPU priority (``background_thread_priority``: ``idle``,
   ``nice`` or ``normal``); the others take no background-only work while real-time work is recent and borrow
-  slice-sized pieces of it when it is not (the idle lane, ``idle_lane.py``).
+  slice-sized pieces of it when it is not (the idle lane, ``idle_lane.py``); ``background_lend: 0`` keeps the
+  lane for background work only (by default an idle lane instance takes real-time batches).
 
 Public: ``BackgroundSettings``, ``background_from_config(config, priority_levels)``.
 Pure: no clock or loop; the batcher passes the times in.
@@ -48,6 +49,7 @@ FILL_PARAMETER = "background_fill_rows"
 INSTANCES_PARAMETER = "background_instances"
 THREAD_PRIORITY_PARAMETER = "background_thread_priority"
 THREAD_PRIORITIES = ("idle", "nice", "normal")
+LEND_PARAMETER = "background_lend"
 DEFAULT_RECENT_US = 100_000
 _UNLIMITED = 1 << 62
 
@@ -73,6 +75,7 @@ class BackgroundSettings:
     fill_rows: int = 0  # 0: real-time batches are not topped up with background rows
     instances: int = 0  # the idle lane's instances (the last of the group; 0: none)
     thread_priority: str = "idle"  # the idle lane's threads: ``THREAD_PRIORITIES``
+    lend: bool = True  # an idle lane instance takes real-time batches (``background_lend``)
 
     def slicing(self, last_foreground_ns: int, now_ns: int) -> bool:
         """Whether background batches are cut to ``slice_rows`` now (higher-level work is recent)."""
@@ -161,7 +164,21 @@ def background_from_config(config: Any, priority_levels: int, where: str) -> Bac
         fill_rows=fill_rows,
         instances=instances,
         thread_priority=thread_priority,
+        lend=_lend(config, where, instances),
     )
+
+
+def _lend(config: Any, where: str, instances: int) -> bool:
+    if LEND_PARAMETER not in config.parameters:
+        return True
+    value = config.parameters[LEND_PARAMETER].string_value
+    if value not in ("0", "1"):
+        raise ModelConfigError(f"{where}: parameters {LEND_PARAMETER!r} must be 1 (an idle lane instance takes "
+                               f"real-time batches) or 0 (background work only), got {value!r}")  # fmt: skip
+    if not instances:
+        raise ModelConfigError(f"{where}: parameters {LEND_PARAMETER!r} needs {INSTANCES_PARAMETER!r}; set it or "
+                               "remove this")  # fmt: skip
+    return value == "1"
 
 
 def _thread_priority(config: Any, where: str, instances: int) -> str:

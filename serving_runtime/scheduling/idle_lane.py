@@ -233,9 +233,9 @@ class IdleLane:
 
     def can_lend(self) -> bool:
         """Whether a lane instance is idle and may take a real-time batch (its thread computes real-time work at
-        normal priority: ``ComputePriority.can_run_foreground``). The batcher dispatches background work to the
-        lane first, so an idle lane instance has none it could run."""
-        return any(worker.compute_priority.can_run_foreground for worker in self._idle)
+        normal priority: ``ComputePriority.can_run_foreground``); never with ``background_lend: 0``. The batcher
+        dispatches background work to the lane first, so an idle lane instance has none it could run."""
+        return self.settings.lend and any(worker.compute_priority.can_run_foreground for worker in self._idle)
 
     def lend(self) -> LaneWorker:
         """An idle lane worker for a real-time batch (``can_lend`` was True); back through ``release``."""

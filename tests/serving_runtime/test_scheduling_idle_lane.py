@@ -32,10 +32,12 @@ from shipyard.serving_runtime.scheduling.idle_lane import LaneWorker
 from shipyard.zoo import onnx_model
 
 
-def lane_config(recent_us: int = 10_000_000, instances: int = 1, fill: int = 0, priority: str = "idle") -> str:
+def lane_config(
+    recent_us: int = 10_000_000, instances: int = 1, fill: int = 0, priority: str = "idle", lend: str = ""
+) -> str:
     params = {"background_instances": instances, "background_recent_us": recent_us, "background_slice_rows": 4,
               "background_fill_rows": fill, "background_thread_priority": priority,
-              "background_share_rows": 0}  # fmt: skip
+              "background_share_rows": 0, **({"background_lend": lend} if lend else {})}  # fmt: skip
     text = "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
     return ADD_SUB.format(mbs=64).replace(
         "dynamic_batching { }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n" + text
@@ -107,6 +109,12 @@ def test_lane_parameters_from_config() -> None:
         background_from_config(parse_config_text(no_lane), 2, "m")
     with pytest.raises(ModelConfigError, match="'background_instances' is 2 but the instance_group has 2"):
         lane_scheduler(lane_config(instances=2))
+    assert rules.lend and background_from_config(parse_config_text(lane_config(lend="0")), 2, "m").lend is False
+    with pytest.raises(ModelConfigError, match=r"'background_lend' must be 1 .* or 0 .*, got 'no'"):
+        background_from_config(parse_config_text(lane_config(lend="no")), 2, "m")
+    with pytest.raises(ModelConfigError, match="'background_lend' needs 'background_instances'"):
+        background_from_config(parse_config_text(no_lane.replace("background_thread_priority", "background_lend")
+                                                 .replace('"idle"', '"0"')), 2, "m")  # fmt: skip
 
 
 async def test_real_time_requests_overtake_a_background_request_on_the_idle_lane() -> None:
@@ -129,6 +137,8 @@ async def test_real_time_requests_overtake_a_background_request_on_the_idle_lane
         assert worker.compute_priority.switches == (1 if worker.compute_priority.per_call else 0)
         own = next(t for t in threading.enumerate() if t.name == "add_sub-v1-i0").native_id
         assert own is not None and os.sched_getscheduler(own) == os.SCHED_OTHER
+        with open(f"/proc/self/task/{lane.threads[0]}/comm") as comm:  # named in the OS too (top -H, py-spy)
+            assert comm.read().strip() == "add_sub-v1-bg0"
     stats = s.stats
     assert stats.inference_count == rows + 48 and s.pending_count() == 0
     s.close()
@@ -244,6 +254,31 @@ async def test_an_idle_lane_takes_real_time_work_at_normal_priority() -> None:
         assert lane.policies == [os.SCHED_IDLE, os.SCHED_OTHER]
     stepped.tokens.release(10)
     assert_answer(await asyncio.wait_for(held, 10), a1, b1)
+    s.close()
+
+
+async def test_with_lending_off_the_idle_lane_takes_no_real_time_work() -> None:
+    """``background_lend: 0``: the lane is for background work only; a real-time request that finds the real-time
+    instance busy waits for it, even with the lane idle (the real-time side keeps one instance, with or without a
+    job: what the benchmark compares)."""
+    s, realtime, lane = lane_scheduler(lane_config(lend="0"))
+    lane.gate.set()
+    job, a, b = background(100, rows=8)
+    assert_answer(await s.submit(job), a, b)  # the lane's thread has started
+    stepped = Stepped(realtime)
+    s._workers[0].instance = stepped
+    first, a1, b1 = add_sub_request(1, rows=1)
+    held = asyncio.ensure_future(s.submit(first))
+    assert await asyncio.to_thread(stepped.waiting.wait, 10)  # the real-time instance holds it
+    second, a2, b2 = add_sub_request(2, rows=2)
+    waiting = asyncio.ensure_future(s.submit(second))
+    for _ in range(20):  # the batcher has seen it (queued, not on the idle lane)
+        await asyncio.sleep(0)
+    assert len(s._queue) == 1 and not waiting.done() and [run[0] for run in lane.runs] == [8]
+    stepped.tokens.release(10)
+    assert_answer(await asyncio.wait_for(held, 10), a1, b1)
+    assert_answer(await asyncio.wait_for(waiting, 10), a2, b2)
+    assert [run[0] for run in lane.runs] == [8], "the lane ran real-time work with lending off"
     s.close()
 
 
