@@ -13,10 +13,9 @@
 //
 // Threads: grpc's callback threads run the reactors; Python threads call take() and send(). send()
 // only queues the answer: one writer thread of ours hands answers to grpc, so the event loop's
-// thread never runs grpc's transport work with the GIL held (grpc runs queued transport work inline
-// in whichever thread starts an operation). A fast-path group's answers are the exception: the
-// thread that completes the group writes them itself, the GIL released, unless the writer is busy
-// (FastBatch::Complete). The reactors' own lock is never held while calling into grpc.
+// thread never runs grpc's transport work (grpc runs queued transport work, and reactions, inline
+// in whichever thread starts an operation). The reactors' own lock is never held while calling into
+// grpc.
 //
 // The fast path for ModelInfer (fast_infer.h): once Python registers a model, plain valid requests
 // for it are parsed and grouped here and reach Python as whole groups (take_batches()), answered
@@ -404,21 +403,6 @@ class Frontend final : public grpc::CallbackGenericService {
     if (wake) answers_cv_.notify_one();
   }
 
-  // Hands answers to grpc on the calling thread when the writer thread is idle with nothing queued
-  // (one context switch less per group: waking it cost more than the writes it did), else queues
-  // them behind its work. The caller holds no lock and not the GIL (FastBatch::Complete).
-  void DeliverOrQueue(std::deque<Answer>& answers) {
-    if (answers.empty()) return;
-    {
-      std::lock_guard<std::mutex> lock(answers_mu_);
-      if (!writer_idle_ || !answers_.empty()) {
-        for (auto& answer : answers) answers_.push_back(std::move(answer));
-        return;  // the writer is awake: it takes these after the ones in hand
-      }
-    }
-    Deliver(answers);
-  }
-
   void Forget(uint64_t id) {
     {
       std::lock_guard<std::mutex> lock(calls_mu_);
@@ -729,11 +713,9 @@ class FastBatch {
 
   // ``outputs``: (name, datatype, C-contiguous array) per output the backend returned, in the
   // order a request that names no outputs gets them. Splits rows per request (a group of one
-  // request sends the arrays whole), serializes each response and hands them to grpc, the GIL
-  // released: with ``now`` on this thread (an instance thread: docs/serving.md "Latency at
-  // concurrency 1"), else on this thread too when the writer thread is idle (the event loop's
-  // thread: one thread wake-up less per group, "Wake-ups and hand-offs per request"), or queued
-  // for the writer while it is busy.
+  // request sends the arrays whole), serializes and queues each response for the writer thread,
+  // or with ``now`` hands them to grpc on this thread (an instance thread, never the event loop's:
+  // one thread wake-up less per answer, docs/serving.md "Latency at concurrency 1").
   void Complete(const py::list& outputs, bool now) {
     Claim();
     auto& group = *group_;
@@ -795,7 +777,7 @@ class FastBatch {
     if (now) {
       frontend_->Deliver(answers);
     } else {
-      frontend_->DeliverOrQueue(answers);
+      frontend_->QueueAnswers(answers);
     }
   }
 
