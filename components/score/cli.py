@@ -11,6 +11,8 @@ import sys
 
 import typer
 
+DEFAULT_SERVED_NICE = 10  # shipyard score --url lowers itself to this nice value unless --nice says otherwise
+
 
 def register_commands(app: typer.Typer) -> None:
     """Add ``score`` to ``app``."""
@@ -46,9 +48,20 @@ def register_commands(app: typer.Typer) -> None:
                                          "(UNAVAILABLE, queue full) before the run fails."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
         tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs."),
+        nice: int = typer.Option(None, "--nice", help="Run this process at this nice value (0-19; default 10 with "
+                                 "--url: a batch job's client yields the CPU it may share with the server and its "
+                                 "real-time clients; 0 in this process). Never raises priority."),
     ) -> None:  # fmt: skip
         """Score a data set with a served model (or in this process) into resumable Parquet output."""
         from shipyard.components.score import ScoreError, score
+        from shipyard.components.score.cpu_priority import MAX_NICE, lower_process
+
+        if nice is None:
+            nice = DEFAULT_SERVED_NICE if url else 0
+        if not 0 <= nice <= MAX_NICE:
+            print(f"error: --nice must be 0-{MAX_NICE}, got {nice}", file=sys.stderr)
+            raise typer.Exit(2)
+        applied = lower_process(nice) if nice else None
 
         try:
             summary = score(input_uri, output, model, url=url, repository=repository, model_version=model_version,
@@ -60,4 +73,6 @@ def register_commands(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         print(f"scored {summary['rows_scored']:,} rows ({summary['rows_resumed']:,} resumed) in "
               f"{summary['seconds']:.1f} s -> {summary['output']}", file=sys.stderr)  # fmt: skip
+        if applied is not None:
+            summary["nice"] = applied
         print(json.dumps(summary, indent=2))

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 _CANCELLED = "request cancelled by the client before it finished"
 # A step's group waits for the others of its turn of the event loop (``RequestGroup.formed``):
 # the groups of one batch of the step before reach the next step together and batch as one.
+# Unless it is a later step and the ensemble has no other group in flight (c=1): none can join
+# it, so it starts at once (``_alone``).
 # SHIPYARD_ENSEMBLE_JOIN=0: each group starts an idle instance at once (for A/B runs).
 JOIN_ENV = "SHIPYARD_ENSEMBLE_JOIN"
 
@@ -220,7 +222,7 @@ async def _step(scheduler: EnsembleScheduler, step: Step, members: list[_Member]
         return
     parts: list[Any] | None = None
     if _takes_groups(model, subs):
-        parts = await _as_group(model, going, subs)
+        parts = await _as_group(model, going, subs, _alone(scheduler, step, members))
     if parts is None:
         parts = await _each(model, going, subs)
     for member, part in zip(going, parts, strict=True):
@@ -235,6 +237,16 @@ async def _step(scheduler: EnsembleScheduler, step: Step, members: list[_Member]
             continue
         for model_output, tensor in step.output_map.items():
             member.tensors[tensor] = part[model_output]
+
+
+def _alone(scheduler: EnsembleScheduler, step: Step, members: list[_Member]) -> bool:
+    """True when no other group can join this one at ``step``: the ensemble has no other group in
+    flight (c=1) and the step reads another step's outputs (a first step's group waits for the
+    rest of its turn of the event loop, where other groups may arrive from the client)."""
+    if scheduler.pending_count() != len(members):
+        return False
+    producers = scheduler.plan.producers
+    return any(producers.get(tensor, -1) >= 0 for tensor in step.input_map.values())
 
 
 def _sub_request(step: Step, member: _Member, model: Any) -> InferenceRequest:
@@ -265,9 +277,13 @@ def _takes_groups(model: Any, subs: list[InferenceRequest]) -> bool:
     )
 
 
-async def _as_group(model: Any, going: list[_Member], subs: list[InferenceRequest]) -> list[Any] | None:
+async def _as_group(
+    model: Any, going: list[_Member], subs: list[InferenceRequest], alone: bool = False
+) -> list[Any] | None:
     """``subs`` as one ``RequestGroup`` of ``model``; each member's outputs or error, or None when
-    the model's queue refused the group (the caller queues them one by one)."""
+    the model's queue refused the group (the caller queues them one by one). ``alone``: the
+    ensemble has no other group in flight, so the group is formed (an idle instance starts it at
+    once) instead of waiting for the rest of its turn of the event loop."""
     first = subs[0]
     if len(subs) == 1:
         inputs = dict(first.inputs)
@@ -283,7 +299,7 @@ async def _as_group(model: Any, going: list[_Member], subs: list[InferenceReques
         timeout_us=first.timeout_us,
         group_arrivals_ns=[now] * len(subs),
         members=list(subs),  # a member that leaves is taken out of this list
-        formed=os.environ.get(JOIN_ENV, "1") == "0",
+        formed=alone or os.environ.get(JOIN_ENV, "1") == "0",
     )
     for member, sub in zip(going, subs, strict=True):
         member.running.append((group, sub))

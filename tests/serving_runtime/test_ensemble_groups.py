@@ -374,3 +374,47 @@ def test_requests_whose_clients_leave_while_their_step_group_is_queued_leave_it(
         assert delta["post"] == {"success": 5, "fail": 4}, delta
         assert executed == 5  # post's execute saw the blocker and the four that stayed
     assert got[0] == got[1]
+
+
+async def test_a_lone_clients_python_steps_go_from_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At c=1 (one client, requests one after another) each Python step's group of one request
+    goes from the event loop to the model's process and back (as a lone plain request does), not
+    through the instance's worker thread; two clients at once take the worker again. The answers
+    are the models' either way."""
+    import threading
+
+    from shipyard.serving_runtime.manager import ModelManager
+    from shipyard.serving_runtime.scheduling import InferenceRequest
+    from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+
+    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
+    manager = ModelManager([_repository(tmp_path / "repo")], "none")
+    await manager.start()
+    on_worker: list[str] = []
+    try:
+        for name in ("pre", "post"):
+            instance = manager.get(name).scheduler._workers[0].instance
+            through_thread = instance.execute_requests
+
+            def counted(requests: list[Any], name: str = name, through: Any = through_thread) -> list[Any]:
+                if threading.current_thread() is not threading.main_thread():
+                    on_worker.append(name)
+                return through(requests)
+
+            monkeypatch.setattr(instance, "execute_requests", counted)
+        chain = manager.get("chain").scheduler
+
+        async def one(value: float) -> None:
+            [answer] = await chain.submit_group([InferenceRequest({"IN": np.full((1, 4), value, np.float32)})])
+            np.testing.assert_array_equal(answer["OUT"], np.full((1, 4), (value + 1) * 20, np.float32))
+
+        for i in range(4):
+            await one(float(i))
+        assert on_worker == []  # every Python step went from the loop
+        await asyncio.gather(one(5.0), one(6.0))
+        assert on_worker, "two clients at once: the worker thread, where batches form"
+    finally:
+        await manager.shutdown()

@@ -272,8 +272,10 @@ async def test_with_lending_off_the_idle_lane_takes_no_real_time_work() -> None:
     assert await asyncio.to_thread(stepped.waiting.wait, 10)  # the real-time instance holds it
     second, a2, b2 = add_sub_request(2, rows=2)
     waiting = asyncio.ensure_future(s.submit(second))
-    for _ in range(20):  # the batcher has seen it (queued, not on the idle lane)
-        await asyncio.sleep(0)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not len(s._queue) and asyncio.get_running_loop().time() < deadline:  # the batcher has it (queued)
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)  # a lane that lends would have taken it by now (it is idle); none does here
     assert len(s._queue) == 1 and not waiting.done() and [run[0] for run in lane.runs] == [8]
     stepped.tokens.release(10)
     assert_answer(await asyncio.wait_for(held, 10), a1, b1)

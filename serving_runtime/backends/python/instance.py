@@ -276,7 +276,9 @@ class PythonInstance:
         the worker thread.
         """
         if any(isinstance(request, RequestGroup) for request in requests):
-            if not self.loop_calls:  # auto: groups (an ensemble's steps, the fast path) batch better on the worker
+            # auto: groups (an ensemble's steps, the fast path) batch better on the worker, but for a
+            # lone group of one request at light load, as for a lone request (``takes_loop_path``)
+            if not self.loop_calls and (len(requests) > 1 or len(requests[0].members) > 1):
                 return False
             flat, spans = expand(requests)
             return self.start_requests(flat, lambda results: done(regroup(requests, spans, results)), waiting)
@@ -318,9 +320,9 @@ class PythonInstance:
         """Whether a batch of ``size`` requests, with ``waiting`` more queued, goes from the event
         loop: every batch (mode 1), none (mode 0), or (auto) a lone request at light load: one
         request, nothing queued, and no other request pending in any dynamic batcher of the process
-        (``start_requests`` leaves request groups, an ensemble's steps and the native fast path's,
-        to the worker). At c=1 that skips the worker thread's two hand-overs; under load the worker
-        path, which gave bigger batches, stays."""
+        (``start_requests`` leaves request groups of more than one request, an ensemble's steps and
+        the native fast path's, to the worker). At c=1 that skips the worker thread's two
+        hand-overs; under load the worker path, which gave bigger batches, stays."""
         if self.loop_calls:
             return True
         return self.loop_lone and size == 1 and waiting == 0 and DynamicBatcher.process_pending <= 1

@@ -106,6 +106,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path, runtime: Runtime) -> No
         (["nosuch://b/x.parquet", "-o", out, "-m", "affine", "--url", runtime.grpc_url], "protocol 'nosuch'"),
         ([source, "-o", "nosuch://b/out", "-m", "affine", "--url", runtime.grpc_url], "protocol 'nosuch'"),
         ([source, "-o", out, "-m", "affine", "--url", "ftp://h:1"], "--url 'ftp://h:1'"),
+        ([source, "-o", out, "-m", "affine", "--url", runtime.grpc_url, "--nice", "20"], "--nice must be 0-19"),
     ]
     for args, message in cases:
         result = _cli(*args, "-q")
@@ -143,6 +144,7 @@ def test_killed_scorer_resumes_without_duplicates_or_losses(tmp_path: Path, runt
     assert final.returncode == 0, final.stderr
     summary = json.loads(final.stdout)
     assert summary["rows_resumed"] > 0 and summary["rows_resumed"] + summary["rows_scored"] == rows
+    assert summary["nice"] == 10, "shipyard score --url did not lower itself (default --nice 10)"
     table = read_output(str(out))
     assert len(set(table.column("id").to_pylist())) == table.num_rows == rows
     check_predictions(table, x, keys)
