@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        time.sleep(0.05)
+        time.sleep(0.2)
         out = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
