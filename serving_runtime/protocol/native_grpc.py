@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,29 +49,6 @@ def unavailable_reason() -> str | None:
     except ImportError as exc:
         return str(exc)
     return None
-
-
-COALESCE_ENV = "SHIPYARD_GRPC_COALESCE_US"
-DEFAULT_COALESCE_US = 0  # off: no gain measured on the shared 2-core machine (docs/serving.md)
-
-
-def coalesce_us() -> int:
-    """How long (µs) the fast path may hold a request under load so that it joins the next group
-    (``SHIPYARD_GRPC_COALESCE_US``, default 0: off; docs/serving.md, "Coalescing
-    arrivals"). A value that is not an integer from 0 to 100000 is reported in one warning and the
-    default is used."""
-    raw = os.environ.get(COALESCE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_COALESCE_US
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 100_000:
-        log.warning("%s=%r is not a number of microseconds from 0 to 100000; using %d (unset it to silence this)",
-                    COALESCE_ENV, raw, DEFAULT_COALESCE_US)  # fmt: skip
-        return DEFAULT_COALESCE_US
-    return value
 
 
 def connection_cap_reason() -> str | None:
@@ -181,12 +157,6 @@ class NativeGrpcFrontend:
                 self._fast = FastPath(self._native, service)
                 self._infer_method = self._table[index]
                 self._native.enable_fast(index)
-                if hasattr(self._native, "set_coalesce_us"):  # a module built before it: never holds
-                    window = coalesce_us()
-                    self._native.set_coalesce_us(window)
-                    if window:
-                        log.info("gRPC fast path: requests under load are held up to %d µs to share a group "
-                                 "(%s)", window, COALESCE_ENV)  # fmt: skip
 
     @property
     def fast_path(self) -> bool:
@@ -219,11 +189,8 @@ class NativeGrpcFrontend:
         return port
 
     def _fds(self) -> list[int]:
-        """The descriptors that wake the loop: messages and groups, and the coalescing deadline."""
-        fds = [self._native.fileno()]
-        if hasattr(self._native, "timer_fileno"):
-            fds.append(self._native.timer_fileno())
-        return fds
+        """The descriptors that wake the loop: messages and groups."""
+        return [self._native.fileno()]
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls; answer those in progress for up to ``grace_s`` s, then cancel the rest."""

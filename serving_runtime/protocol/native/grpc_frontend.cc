@@ -28,7 +28,6 @@
 #include <pybind11/stl.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -102,7 +101,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
     if (finish) {
       finish_pending_ = true;
       final_ = std::move(status);
-      Answered();
     }
     Pump(lock);
   }
@@ -115,7 +113,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
       writes_.clear();
       if (!finish_started_) {
         finish_started_ = true;
-        Answered();
         lock.unlock();
         Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
       }
@@ -125,9 +122,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
   }
   void OnCancel() override;
   void OnDone() override;
-  // The call's final status has been decided (answered, cancelled or broken): it no longer counts
-  // as waiting for an answer (Frontend::unanswered_, which coalescing reads). Once per call.
-  void Answered();
 
  private:
   // Starts the next write or the finish; called with mu_ held, returns with it released.
@@ -161,7 +155,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
   const int method_;
   const bool streaming_;
   std::atomic<int> refs_{1};  // grpc's, dropped in OnDone; plus one per send() in progress
-  std::atomic<bool> open_{true};  // not yet Answered()
   grpc::ByteBuffer read_buf_;
   std::mutex mu_;
   std::deque<grpc::ByteBuffer> writes_;
@@ -185,11 +178,6 @@ class Frontend final : public grpc::CallbackGenericService {
     for (auto& name : streaming) methods_[name] = {index++, true};
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (event_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-    timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (timer_fd_ < 0) {
-      close(event_fd_);
-      throw std::runtime_error(std::string("timerfd_create: ") + std::strerror(errno));
-    }
     writer_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "grpc-writer");  // as benchmarks/threads.py lists it
       WriterLoop();
@@ -203,7 +191,6 @@ class Frontend final : public grpc::CallbackGenericService {
     }
     StopWriter();
     close(event_fd_);
-    close(timer_fd_);
   }
 
   // idle_timeout_ms, max_connections: --grpc-idle-timeout-secs, --grpc-max-connections (0: none). The
@@ -254,7 +241,6 @@ class Frontend final : public grpc::CallbackGenericService {
               " gRPC calls in progress, its limit (--grpc-max-concurrent-rpcs); retry later"));
     }
     uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    unanswered_.fetch_add(1, std::memory_order_relaxed);
     auto* call = new Call(this, id, found->second.first, found->second.second);
     {
       std::lock_guard<std::mutex> lock(calls_mu_);
@@ -278,44 +264,6 @@ class Frontend final : public grpc::CallbackGenericService {
       ssize_t n = write(event_fd_, &one, sizeof one);
       (void)n;
     }
-  }
-
-  // Adaptive coalescing of fast-path requests (docs/serving.md, "Coalescing arrivals"): a request
-  // that joins a group which can still grow, while other calls wait for an answer and the loop took
-  // groups less than coalesce_ns_ ago, does not wake the loop at once: the timer fd wakes it at
-  // last take + coalesce_ns_, unless something else wakes it first. So under load the loop takes
-  // groups at most about once per coalesce_ns_ and runs each with the requests of that window;
-  // at concurrency 1 (no other call waits for an answer) and after a quiet spell it is woken at once.
-  // Called with events_mu_ held.
-  void SignalFast(const fastinfer::Group& group, int64_t now_ns) {
-    if (signalled_) return;
-    const auto& sig = *group.sig;
-    const bool can_grow = group.items < sig.max_batch && sig.max_requests != 1;
-    const int64_t deadline = last_take_ns_ + coalesce_ns_;
-    if (coalesce_ns_ <= 0 || !can_grow || now_ns >= deadline || unanswered_.load(std::memory_order_relaxed) <= 1) {
-      Signal();
-      return;
-    }
-    if (timer_armed_) return;
-    timer_armed_ = true;
-    itimerspec when{};
-    when.it_value.tv_sec = deadline / 1000000000;
-    when.it_value.tv_nsec = deadline % 1000000000;
-    if (timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &when, nullptr) != 0) {
-      timer_armed_ = false;
-      Signal();
-    }
-  }
-
-  // Python: hold fast-path requests up to ``us`` microseconds under load (0: never).
-  void SetCoalesce(int64_t us) {
-    if (us < 0 || us > 100000) throw std::invalid_argument("coalescing takes 0 to 100000 microseconds");
-    std::lock_guard<std::mutex> lock(events_mu_);
-    coalesce_ns_ = us * 1000;
-  }
-  int64_t coalesce_us() {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    return coalesce_ns_ / 1000;
   }
 
   // The fast path: true when ``buffer`` was a plain valid ModelInfer request for a registered
@@ -375,9 +323,8 @@ class Frontend final : public grpc::CallbackGenericService {
         group->sig = sig;
         group->key = parsed.key;
       }
-      const int64_t arrival = request.arrival_ns;
       fastinfer::Append(*group, parsed, std::move(request));
-      SignalFast(*group, arrival);
+      Signal();
     }
     buffer->Clear();
     return true;
@@ -435,7 +382,6 @@ class Frontend final : public grpc::CallbackGenericService {
     std::vector<std::unique_ptr<fastinfer::Group>> groups;
     std::lock_guard<std::mutex> lock(events_mu_);
     groups.swap(groups_);
-    if (!groups.empty()) last_take_ns_ = NowNs();
     return groups;
   }
 
@@ -475,12 +421,6 @@ class Frontend final : public grpc::CallbackGenericService {
       uint64_t count;
       ssize_t n = read(event_fd_, &count, sizeof count);
       (void)n;
-      if (timer_armed_) {
-        timer_armed_ = false;
-        itimerspec off{};
-        timerfd_settime(timer_fd_, 0, &off, nullptr);
-        n = read(timer_fd_, &count, sizeof count);  // an expiry not yet read
-      }
     }
     py::list out(events.size());
     size_t i = 0;
@@ -523,7 +463,6 @@ class Frontend final : public grpc::CallbackGenericService {
   }
 
   int fd() const { return event_fd_; }
-  int timer_fd() const { return timer_fd_; }
 
  private:
   // Hands queued answers to grpc, a batch at a time, until StopWriter().
@@ -576,7 +515,6 @@ class Frontend final : public grpc::CallbackGenericService {
 
  public:
   int inflight() const { return inflight_.load(); }
-  void CallAnswered() { unanswered_.fetch_sub(1, std::memory_order_relaxed); }
   uint64_t refused() const { return refused_.load(); }
 
  private:
@@ -604,10 +542,8 @@ class Frontend final : public grpc::CallbackGenericService {
   std::unordered_map<std::string, std::pair<int, bool>> methods_;
   std::unique_ptr<grpc::Server> server_;
   int event_fd_ = -1;
-  int timer_fd_ = -1;          // the coalescing deadline (SignalFast)
   std::atomic<bool> stopping_{false};
   std::atomic<int> inflight_{0};
-  std::atomic<int> unanswered_{0};  // calls whose final status is not yet decided (Call::Answered)
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> next_id_{1};
   std::mutex calls_mu_;
@@ -620,9 +556,6 @@ class Frontend final : public grpc::CallbackGenericService {
   std::atomic<bool> fast_any_{false};
   std::atomic<int> fast_method_{-1};
   bool signalled_ = false;
-  bool timer_armed_ = false;   // timer_fd_ set to wake the loop at last_take_ns_ + coalesce_ns_
-  int64_t coalesce_ns_ = 0;    // set_coalesce_us
-  int64_t last_take_ns_ = 0;   // when the loop last took groups (steady clock)
   std::mutex answers_mu_;
   std::condition_variable answers_cv_;
   std::deque<Answer> answers_;
@@ -657,7 +590,6 @@ void Call::OnCancel() {
     std::unique_lock<std::mutex> lock(mu_);
     if (!finish_started_) {
       finish_started_ = true;
-      Answered();
       writes_.clear();
       lock.unlock();
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
@@ -666,12 +598,7 @@ void Call::OnCancel() {
   frontend_->Push(id_, kCancel, method_, nullptr);
 }
 
-void Call::Answered() {
-  if (open_.exchange(false, std::memory_order_relaxed)) frontend_->CallAnswered();
-}
-
 void Call::OnDone() {
-  Answered();
   frontend_->Forget(id_);
   Unref();
 }
@@ -926,9 +853,6 @@ PYBIND11_MODULE(_grpc_native, m) {
            py::arg("message") = "")
       .def("shutdown", &Frontend::Shutdown, py::arg("grace_s"))
       .def("fileno", &Frontend::fd)
-      .def("timer_fileno", &Frontend::timer_fd)
-      .def("set_coalesce_us", &Frontend::SetCoalesce, py::arg("us"))
-      .def_property_readonly("coalesce_us", &Frontend::coalesce_us)
       .def_property_readonly("inflight", &Frontend::inflight)
       .def_property_readonly("refused", &Frontend::refused)
       .def("enable_fast", &Frontend::EnableFast, py::arg("method"))
