@@ -130,7 +130,6 @@ def _install() -> None:
                     stamps["send0"] = now()
                     send()
 
-                timed.before_post = getattr(send, "before_post", False)  # type: ignore[attr-defined]
                 return timed
 
             return wrapped

@@ -344,13 +344,9 @@ class _EarlyAnswer:
                 return None
             self._claimed = True
         batch = self._batch
-        hold = _holds_gil(batch)
 
         def send() -> None:
             try:
-                if hold:  # grpc writes it on this thread, no other Python thread running meanwhile
-                    batch.complete(outputs, now=True, hold_gil=True)
-                    return
                 try:
                     batch.complete(outputs, now=True)  # grpc writes it on this thread
                 except TypeError:  # a module built before ``now``: the writer thread sends it
@@ -359,21 +355,7 @@ class _EarlyAnswer:
                 log.exception("answering a fast-path group failed")
                 batch.fail(_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
-        send.before_post = hold  # type: ignore[attr-defined]  # instances.answer_early
         return send
-
-
-def _holds_gil(batch: Any) -> bool:
-    """Whether this build's ``FastBatch.complete`` can keep the GIL while it writes (``hold_gil``);
-    a module built before it cannot, and its answers are then sent after the post, as before."""
-    kind = type(batch)
-    known = _HOLDS_GIL.get(kind)
-    if known is None:
-        known = _HOLDS_GIL[kind] = "hold_gil" in (getattr(kind, "complete", None).__doc__ or "")
-    return known
-
-
-_HOLDS_GIL: dict[type, bool] = {}
 
 
 def _outputs(entry: _Entry, model: ModelLike, batch: Any, results: Mapping[str, np.ndarray]) -> list[Any]:

@@ -167,15 +167,12 @@ class InstanceWorker:
                 with self._use:
                     self.run_batch(item)
                 senders = answer_early(item) if self._backlog is None or not self._backlog() else []
-                first = bool(senders) and all(getattr(send, "before_post", False) for send in senders)
-                for send in senders if first else ():  # hold the GIL through the write (answer_early)
-                    send()
                 try:
                     assert self._post is not None and self._on_done is not None
                     self._post(self._on_done, item)
                 except RuntimeError:  # the event loop is closed: nobody is waiting any more
                     log.debug("event loop closed; dropping results of a batch on %s", self.name)
-                for send in () if first else senders:
+                for send in senders:
                     send()
         finally:
             self._close_instance()
@@ -227,11 +224,9 @@ def answer_early(batch: Batch) -> list[Callable[[], None]]:
     (``InferenceRequest.answer_early``: the native gRPC fast path), to call right after the batch's
     completion was posted to the event loop: that post queues the statistics and futures ahead of
     anything the client can send once it has its answer, and the answer skips the loop's wake-up
-    and turn (docs/serving.md, "Latency at concurrency 1"). Senders marked ``before_post`` are
-    called before the post instead: they keep the GIL until the answer is with grpc, so the post
-    still comes first for the loop, and the loop is not woken (to take this thread's CPU) before
-    the write. Only while no request waits for an instance: under load this thread starts the next
-    batch and the loop answers, as before. Never raises."""
+    and turn (docs/serving.md, "Latency at concurrency 1"). Only while no request waits for an
+    instance: under load this thread starts the next batch and the loop answers, as before.
+    Never raises."""
     if batch.error is not None:
         return []
     senders = []

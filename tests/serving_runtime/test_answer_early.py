@@ -57,30 +57,6 @@ def test_answered_on_the_instance_thread_after_the_completion_is_posted() -> Non
     asyncio.run(main())
 
 
-def test_a_sender_marked_before_post_answers_before_the_completion_is_posted() -> None:
-    # native_fast's sender keeps the GIL while grpc writes, so the loop is posted to after the write
-    # (and is not woken to take the instance's CPU first); nothing of the loop's side has run then
-    async def main() -> None:
-        instance = FakeInstance(compute_s=0.002)
-        batcher = scheduler([instance])
-        at_send: list[tuple[str, int]] = []
-
-        def early(outputs: dict[str, np.ndarray]) -> Callable[[], None]:
-            def send() -> None:
-                at_send.append((threading.current_thread().name, batcher.stats.success.as_dict()["count"]))
-
-            send.before_post = True  # type: ignore[attr-defined]
-            return send
-
-        result = await batcher.submit(_group([1.0, 2.0], early))
-        assert at_send == [("m-v1-i0", 0)]  # on the instance's thread, before the group was counted
-        assert batcher.stats.success.as_dict()["count"] == 2
-        np.testing.assert_array_equal(result["y"][:, 0], [2.0, 4.0])
-        batcher.close()
-
-    asyncio.run(main())
-
-
 def test_a_failed_batch_is_not_answered_early() -> None:
     async def main() -> None:
         batcher = scheduler([FakeInstance(compute_s=0.002)])

@@ -38,7 +38,6 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -716,15 +715,9 @@ class FastBatch {
   // order a request that names no outputs gets them. Splits rows per request (a group of one
   // request sends the arrays whole), serializes and queues each response for the writer thread,
   // or with ``now`` hands them to grpc on this thread (an instance thread, never the event loop's:
-  // one thread wake-up less per answer, docs/serving.md "Latency at concurrency 1"). The GIL is
-  // released for the split, serialization and hand-over, unless ``hold_gil`` (with ``now``): then
-  // no other Python thread runs until the answers are with grpc and this call has returned, so
-  // that the caller can post the batch's completion to the loop after the write and still ahead of
-  // anything the client sends next, and the loop, not woken before, cannot take this thread's CPU
-  // while it writes.
-  void Complete(const py::list& outputs, bool now, bool hold_gil) {
+  // one thread wake-up less per answer, docs/serving.md "Latency at concurrency 1").
+  void Complete(const py::list& outputs, bool now) {
     Claim();
-    if (hold_gil && !now) throw std::invalid_argument("hold_gil needs now=True");
     auto& group = *group_;
     const auto& sig = *group.sig;
     const bool whole = group.requests.size() == 1;
@@ -756,8 +749,7 @@ class FastBatch {
     std::vector<int> all(views.size());
     for (size_t j = 0; j < all.size(); ++j) all[j] = static_cast<int>(j);
     done_ = true;
-    std::optional<py::gil_scoped_release> release;
-    if (!hold_gil) release.emplace();
+    py::gil_scoped_release release;
     std::deque<Answer> answers;
     int64_t start = 0;
     std::vector<int> selected;
@@ -877,7 +869,7 @@ PYBIND11_MODULE(_grpc_native, m) {
       .def_property_readonly("arrivals", &FastBatch::arrivals)
       .def_property_readonly("outputs", &FastBatch::outputs)
       .def("inputs", &FastBatch::Inputs)
-      .def("complete", &FastBatch::Complete, py::arg("outputs"), py::arg("now") = false, py::arg("hold_gil") = false)
+      .def("complete", &FastBatch::Complete, py::arg("outputs"), py::arg("now") = false)
       .def("fail", &FastBatch::Fail, py::arg("code"), py::arg("message"))
       .def("fallback", &FastBatch::FallbackChecked)
       .def_property_readonly("rows", &FastBatch::rows)
