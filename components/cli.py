@@ -217,6 +217,9 @@ def publish_cmd(
     instance_count: int = typer.Option(1, "--instance-count", help="Model instances."),
     background_instances: int = typer.Option(0, "--background-instances", help="Of those, how many run batch-job "
                                              "work first at idle CPU priority (the idle lane; opt-in)."),
+    background_lend: bool = typer.Option(True, "--background-lend/--no-background-lend", help="Whether an idle "
+                                         "lane instance takes real-time batches (--no-background-lend: batch work "
+                                         "only: real-time traffic has the same instances with and without a job)."),
     model_version: str = MODEL_VERSION,
     tracking_uri: str = TRACKING,
 ) -> None:
@@ -229,7 +232,8 @@ def publish_cmd(
         result = publish_stage(model_file, repository, name, model_uri=model_version, tracking_uri=tracking_uri,
                                max_batch_size=max_batch_size, batching=batching, io_model=io_model,
                                keep_versions=keep_versions, instance_count=instance_count,
-                               background_instances=background_instances)  # fmt: skip
+                               background_instances=background_instances,
+                               background_lend=background_lend)  # fmt: skip
         _err(f"published {name} version {result.version} at {result.version_uri}")
         _emit({"version": result.version, "version_uri": result.version_uri,
                "removed_versions": result.removed_versions})  # fmt: skip

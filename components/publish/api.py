@@ -38,6 +38,7 @@ def publish(
     parameters: Mapping[str, str] | None = None,
     serve_versions: Sequence[int] | None = None,
     background_instances: int = 0,
+    background_lend: bool = True,
 ) -> PublishResult:
     """Publish ``model_file`` (``.onnx`` or ``.plan``) as the next version of ``model_name`` in ``repository``.
 
@@ -48,7 +49,8 @@ def publish(
     KIND_GPU for a plan and KIND_CPU otherwise. ``mlflow_model_uri`` goes into the config ``parameters``
     (key ``mlflow_model_uri``) so the server's metadata points back to the model version. ``serve_versions``: a
     ``version_policy { specific { versions } }`` (a canary keeps the stable version loaded beside the new one).
-    ``background_instances``: the idle lane (``build_config``; opt-in).
+    ``background_instances``: the idle lane (``build_config``; opt-in); ``background_lend`` False keeps it for
+    batch work only.
     Raises: PublishError (unknown format, no tensor information, invalid config, filesystem failure).
     """
     path = Path(model_file)
@@ -78,7 +80,7 @@ def publish(
     config = build_config(
         model_name, platform, inputs, outputs, max_batch_size=max_batch, batching=rec or None,
         instance_count=instance_count, instance_kind=kind, parameters=params,
-        background_instances=background_instances,
+        background_instances=background_instances, background_lend=background_lend,
     )  # fmt: skip
     if serve_versions:
         config.version_policy.specific.versions.extend(sorted(set(serve_versions)))

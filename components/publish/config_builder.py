@@ -72,6 +72,7 @@ def build_config(
     instance_kind: str = "KIND_CPU",
     parameters: Mapping[str, str] | None = None,
     background_instances: int = 0,
+    background_lend: bool = True,
 ) -> ModelConfig:
     """A ``ModelConfig``: tensors (batch dim stripped when batching), instance group, dynamic batching.
 
@@ -80,7 +81,8 @@ def build_config(
     without a priority at level 1; ``shipyard score`` sends level 2, a background level: parameters
     ``background_share_rows``, ``background_slice_rows`` and ``background_fill_rows``; ``parameters`` may
     override them). ``background_instances`` N > 0 (opt-in, docs/scoring.md "The idle lane"): the last N of the
-    ``instance_count`` CPU instances run batch-job work first, computing at the OS's idle priority.
+    ``instance_count`` CPU instances run batch-job work first, computing at the OS's idle priority;
+    ``background_lend`` False writes ``background_lend: 0`` (the lane takes no real-time work).
     Raises: PublishError (a tensor's first dim is not the batch dim, the idle lane does not fit the instances,
     or the runtime rejects the config).
     """
@@ -92,6 +94,7 @@ def build_config(
     from shipyard.serving_runtime.scheduling.background import (
         FILL_PARAMETER,
         INSTANCES_PARAMETER,
+        LEND_PARAMETER,
         SHARE_PARAMETER,
         SLICE_PARAMETER,
     )
@@ -143,6 +146,11 @@ def build_config(
     if background_instances:
         _check_lane(background_instances, instance_count, instance_kind, max_batch_size)
         config.parameters[INSTANCES_PARAMETER].string_value = str(background_instances)
+        if not background_lend:
+            config.parameters[LEND_PARAMETER].string_value = "0"
+    elif not background_lend:
+        raise PublishError("--no-background-lend needs --background-instances (it keeps the idle lane for batch "
+                           "work only): add it or leave this out")  # fmt: skip
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
     try:

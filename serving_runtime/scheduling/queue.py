@@ -153,10 +153,6 @@ class RequestQueue:
     def __len__(self) -> int:
         return self._size
 
-    def weight(self) -> int:
-        """Client requests queued (a group of the native gRPC fast path counts each of its requests)."""
-        return sum(self._live)
-
     def push(self, envelope: Envelope) -> None:
         """Queue ``envelope`` at its priority; sets its level and deadline.
 

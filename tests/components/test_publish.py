@@ -183,6 +183,15 @@ def test_the_idle_lane_is_opt_in_and_checked(tmp_path: Path, digits_onnx: Path) 
     assert config.instance_group[0].count == 2 and config.parameters["background_instances"].string_value == "1"
     batching, _ = settings_from_config(config, "digits")
     assert batching.background is not None and batching.background.instances == 1
+    assert "background_lend" not in config.parameters and batching.background.lend  # lends by default
+    publish(digits_onnx, repo, "digits", max_batch_size=32, instance_count=2, background_instances=1,
+            background_lend=False)  # fmt: skip
+    config = load_config(repo / "digits" / "config.pbtxt")
+    assert config.parameters["background_lend"].string_value == "0"
+    batching, _ = settings_from_config(config, "digits")
+    assert batching.background is not None and not batching.background.lend
+    with pytest.raises(PublishError, match="--no-background-lend needs --background-instances"):
+        publish(digits_onnx, repo, "digits", max_batch_size=32, background_lend=False)
     with pytest.raises(PublishError, match="use --instance-count 2 or more"):
         publish(digits_onnx, repo, "digits", max_batch_size=32, background_instances=1)
     plan = tmp_path / "model.plan"
