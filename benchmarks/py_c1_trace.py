@@ -319,7 +319,8 @@ def serve(out: Path, argv: list[str]) -> int:
     def summarize(*_: Any) -> None:
         out.write_text(_summary(stub_out))
         if profiler is not None and profile_out:
-            profiler.dump_stats(profile_out)  # since the start (clear() stops it collecting)
+            profiler.dump_stats(profile_out)  # since the start; dumping stops it: on again
+            profiler.enable()
 
     signal.signal(signal.SIGUSR1, summarize)
     atexit.register(lambda: out.write_text(_summary(stub_out)))

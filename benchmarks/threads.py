@@ -7,7 +7,9 @@ Starts the target as ``make bench`` does, loads it, and reads ``/proc/<pid>/task
 (time on a CPU, time waiting for one) for every thread of the server and its child processes over
 the middle of the window, plus the load generator's own CPU. Prints, per thread, the share of one
 CPU it ran and waited, its CPU per request and how many times per request it was put on a CPU
-(``runs/req``: its wake-ups, each a hand-off from another thread or a poll that returned); then the
+(``runs/req``: its wake-ups, each a hand-off from another thread or a poll that returned, plus
+preemptions; split into ``slept`` (it waited for something: a lock, a condition, I/O) and
+``preempt`` (another thread took its CPU) from ``/proc/.../status``); then the
 server's and the client's CPU per request and the server's wake-ups per request.
 
 On this 2-core machine a thread that runs ~100% of a CPU (plus its wait) is the bottleneck; when
@@ -71,6 +73,31 @@ def sample(pids: list[int]) -> Sample:
     return out
 
 
+Switches = dict[tuple[int, int], tuple[int, int]]  # (pid, tid) -> (voluntary, involuntary) context switches
+
+
+def switches(pids: list[int]) -> Switches:
+    """Per thread of ``pids``: how many times it gave up its CPU itself (slept: waited for a lock, a
+    condition, I/O) and how many times it was preempted (``/proc/.../status``)."""
+    out: Switches = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+                out[(pid, int(tid))] = (
+                    int(fields["voluntary_ctxt_switches"]),
+                    int(fields["nonvoluntary_ctxt_switches"]),
+                )
+            except (OSError, KeyError, ValueError):
+                continue
+    return out
+
+
 def measure(
     target_name: str,
     model_name: str,
@@ -118,14 +145,14 @@ def measure(
         loader.start()
         time.sleep(warmup_s + margin_s + 1.0)  # client start-up, warm-up, then into the window
         pids = [target.server.pid, *_children(target.server.pid)]
-        before, t0 = sample(pids), time.monotonic()
+        before, switched0, t0 = sample(pids), switches(pids), time.monotonic()
         time.sleep(seconds)
-        after, elapsed = sample(pids), time.monotonic() - t0
+        after, switched1, elapsed = sample(pids), switches(pids), time.monotonic() - t0
         loader.join()
         sizes = batch_sizes(target.ports["rest"], model.name) if target_name in ("shipyard", "triton") else []
     cell = result["cell"]
     rate = cell.throughput
-    threads = per_thread(before, after, elapsed)
+    threads = per_thread(before, after, elapsed, switched0, switched1)
     server_cpu = sum(t["cpu"] for t in threads)
     client_us = report.client_us_per_request(cell.as_dict())
     return {
@@ -138,10 +165,17 @@ def measure(
     }
 
 
-def per_thread(before: Sample, after: Sample, elapsed: float) -> list[dict[str, Any]]:
+def per_thread(
+    before: Sample,
+    after: Sample,
+    elapsed: float,
+    switched0: Switches | None = None,
+    switched1: Switches | None = None,
+) -> list[dict[str, Any]]:
     """Per thread seen in both samples, busiest first: its share of one CPU on it (``cpu``) and
-    waiting for one (``wait``), and how many times a second it was put on a CPU (``runs_per_s``:
-    wake-ups, plus preemptions on a busy machine)."""
+    waiting for one (``wait``), how many times a second it was put on a CPU (``runs_per_s``:
+    wake-ups, plus preemptions on a busy machine) and, given ``switches`` before and after, how
+    many times a second it slept (``sleeps_per_s``) and was preempted (``preempted_per_s``)."""
     threads: list[dict[str, Any]] = []
     for key, (name, on_cpu, waiting, runs) in after.items():
         if key not in before:
@@ -157,6 +191,10 @@ def per_thread(before: Sample, after: Sample, elapsed: float) -> list[dict[str, 
                 "runs_per_s": (runs - runs0) / elapsed,
             }
         )
+        if switched0 and switched1 and key in switched0 and key in switched1:
+            (v0, n0), (v1, n1) = switched0[key], switched1[key]
+            threads[-1]["sleeps_per_s"] = (v1 - v0) / elapsed
+            threads[-1]["preempted_per_s"] = (n1 - n0) / elapsed
     threads.sort(key=lambda t: -t["cpu"])
     return threads
 
@@ -222,14 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.target} {args.protocol} {args.model} c={args.concurrency} ({args.client} client): "
         f"{rate:,.0f} req/s, p50 {cell.p50_ms or 0:.2f} ms, p99 {cell.p99_ms or 0:.2f} ms, errors {cell.errors}"
     )
-    print(f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s} {'runs/req':>8s}")
+    header = f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s} {'runs/req':>8s}"
+    print(f"{header} {'slept':>6s} {'preempt':>7s}")
     for t in out["threads"]:
         if t["cpu"] < 0.005:
             continue
         label = f"{t['name']} ({t['tid']}{', main' if t['tid'] == t['pid'] else ''})"
         per_request = t["cpu"] / rate * 1e6 if rate else 0.0
         runs = t["runs_per_s"] / rate if rate else 0.0
-        print(f"{label:28s} {t['cpu'] * 100:6.1f}% {t['wait'] * 100:7.1f}% {per_request:7.1f} {runs:8.2f}")
+        slept = t.get("sleeps_per_s", 0.0) / rate if rate else 0.0
+        preempted = t.get("preempted_per_s", 0.0) / rate if rate else 0.0
+        print(
+            f"{label:28s} {t['cpu'] * 100:6.1f}% {t['wait'] * 100:7.1f}% {per_request:7.1f} {runs:8.2f} "
+            f"{slept:6.2f} {preempted:7.2f}"
+        )
     server_us = out["server_us_per_request"]
     client_us = out["client_us_per_request"]
     print(

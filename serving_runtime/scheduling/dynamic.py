@@ -69,6 +69,8 @@ _UNLIMITED = 1 << 62
 INLINE_MAX_COMPUTE_NS = 50_000
 INLINE_ESTIMATE_GROWTH = 1.05
 INLINE_STALL_NS = 500_000
+# A lone ensemble step (``RequestGroup.lone``, c=1) runs inline up to this compute (``_runs_lone_inline``).
+LONE_INLINE_MAX_COMPUTE_NS = 4_000_000
 # Hand the GIL to an instance thread at dispatch (see ``instances``) only while batches compute
 # for at least this long: for a trivial model the loop's time matters more than the worker's start.
 HANDOFF_MIN_COMPUTE_NS = 1_000_000
@@ -170,6 +172,8 @@ class DynamicBatcher:
             and not len(self._queue)
         ):
             return self._run_inline(request, now)
+        if getattr(request, "lone", False) and self._runs_lone_inline(size):
+            return self._run_inline(request, now)
         key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
         if request.group_arrivals_ns is not None:
@@ -228,6 +232,24 @@ class DynamicBatcher:
             self._release(1)
             set_exception(envelope.future, RequestCancelled("request cancelled by the client before it finished"))
         return True
+
+    def _runs_lone_inline(self, size: int) -> bool:
+        """Whether a lone ensemble step's group (``RequestGroup.lone``: c=1) runs on the event loop:
+        its model runs inline (``inline_safe``; ONNX Runtime releases the GIL while it computes),
+        nothing else is pending in any dynamic batcher of the process, an instance is idle and its
+        batches have been taking at most ``LONE_INLINE_MAX_COMPUTE_NS``. That saves the two thread
+        hand-overs (loop -> worker -> loop) and the task's resume; the loop is held for the compute,
+        as the hand-over already holds it for up to ``HANDOFF_TIMEOUT_S`` (docs/serving.md,
+        "The ensemble at c=1")."""
+        item_ns = self._item_ns
+        return (
+            self._inline
+            and DynamicBatcher.process_pending == 0
+            and item_ns is not None
+            and item_ns * size <= LONE_INLINE_MAX_COMPUTE_NS
+            and bool(self._idle)
+            and not len(self._queue)
+        )
 
     def _run_inline(self, request: InferenceRequest, enqueue_ns: int) -> dict[str, np.ndarray]:
         """Run ``request`` on an idle instance on this (the event loop's) thread."""

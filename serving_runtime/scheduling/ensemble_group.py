@@ -52,6 +52,10 @@ _CANCELLED = "request cancelled by the client before it finished"
 # it, so it starts at once (``_alone``).
 # SHIPYARD_ENSEMBLE_JOIN=0: each group starts an idle instance at once (for A/B runs).
 JOIN_ENV = "SHIPYARD_ENSEMBLE_JOIN"
+# Such a lone group of a model that runs inline runs on the event loop when nothing else is
+# pending (``RequestGroup.lone``, ``DynamicBatcher._runs_lone_inline``); SHIPYARD_ENSEMBLE_INLINE=0
+# sends it to the instance's thread as before (for A/B runs).
+INLINE_ENV = "SHIPYARD_ENSEMBLE_INLINE"
 
 
 class _Member:
@@ -300,6 +304,7 @@ async def _as_group(
         group_arrivals_ns=[now] * len(subs),
         members=list(subs),  # a member that leaves is taken out of this list
         formed=alone or os.environ.get(JOIN_ENV, "1") == "0",
+        lone=alone and os.environ.get(INLINE_ENV, "1") != "0",
     )
     for member, sub in zip(going, subs, strict=True):
         member.running.append((group, sub))

@@ -560,3 +560,18 @@ def test_threads_counts_each_threads_cpu_and_wake_ups() -> None:
         ("python", 0.25, 0.125, 100.0),
         ("grpc-writer", 0.05, 0.0, 1000.0),
     ]
+
+
+def test_threads_splits_switches_into_sleeps_and_preemptions() -> None:
+    import os
+
+    from benchmarks import threads
+
+    before = {(1, 1): ("python", 0, 0, 10)}
+    after = {(1, 1): ("python", 0, 0, 40)}
+    rows = threads.per_thread(before, after, 2.0, {(1, 1): (10, 0)}, {(1, 1): (30, 10)})
+    assert (rows[0]["sleeps_per_s"], rows[0]["preempted_per_s"]) == (10.0, 5.0)
+    assert "sleeps_per_s" not in threads.per_thread(before, after, 2.0)[0]  # no switch counts: left out
+    own = threads.switches([os.getpid()])  # this process's threads, read from /proc
+    assert (os.getpid(), os.getpid()) in own
+    assert all(v >= 0 and n >= 0 for v, n in own.values())

@@ -381,16 +381,21 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
 ) -> None:
     """At c=1 (one client, requests one after another) each Python step's group of one request
     goes from the event loop to the model's process and back (as a lone plain request does), not
-    through the instance's worker thread; two clients at once take the worker again. The answers
-    are the models' either way."""
+    through the instance's worker thread, and the ONNX step runs on the event loop itself (once its
+    compute time is known); two clients at once take the worker threads again. The answers are the
+    models' either way."""
     import threading
 
     from shipyard.serving_runtime.manager import ModelManager
-    from shipyard.serving_runtime.scheduling import InferenceRequest
+    from shipyard.serving_runtime.scheduling import InferenceRequest, dynamic
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
     monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.delenv("SHIPYARD_ENSEMBLE_INLINE", raising=False)
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
+    # as for a model that computes for longer than a tiny model's inline run (the 4-float ONNX
+    # model here would otherwise run on the loop whatever the load: dynamic.py's module docstring)
+    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 0)
     manager = ModelManager([_repository(tmp_path / "repo")], "none")
     await manager.start()
     on_worker: list[str] = []
@@ -405,6 +410,15 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
                 return through(requests)
 
             monkeypatch.setattr(instance, "execute_requests", counted)
+        onnx = manager.get("double").scheduler._workers[0].instance
+        onnx_execute = onnx.execute
+        onnx_threads: list[bool] = []  # per ONNX step: on the event loop's (main) thread
+
+        def execute(*args: Any) -> Any:
+            onnx_threads.append(threading.current_thread() is threading.main_thread())
+            return onnx_execute(*args)
+
+        monkeypatch.setattr(onnx, "execute", execute)
         chain = manager.get("chain").scheduler
 
         async def one(value: float) -> None:
@@ -414,7 +428,10 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
         for i in range(4):
             await one(float(i))
         assert on_worker == []  # every Python step went from the loop
+        assert onnx_threads[1:] == [True] * 3  # the first one measured its compute on the worker
+        onnx_threads.clear()
         await asyncio.gather(one(5.0), one(6.0))
         assert on_worker, "two clients at once: the worker thread, where batches form"
+        assert onnx_threads == [False]  # one batch of both, on the worker
     finally:
         await manager.shutdown()

@@ -129,6 +129,11 @@ def test_concurrent_requests_reach_execute_one_by_one_with_their_own_answers(
     _registered(fast)
     client = grpcclient.InferenceServerClient(fast.grpc_host)
     before = client.get_inference_statistics("py_each", as_json=True)["model_stats"][0]
+    # the model's log lines reach the server's log through another thread: every execution so far
+    # logged before counting (else the registration's line, late on a loaded machine, counts here)
+    fast.wait_until(
+        lambda: len(_executes(fast)) >= int(before["execution_count"]), 10, "the execute log lines so far"
+    )
     executes_before = len(_executes(fast))
     count = 240
     with ThreadPoolExecutor(24) as pool:
