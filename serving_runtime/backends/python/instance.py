@@ -144,7 +144,7 @@ class PythonInstance:
     def _start(self) -> StubProcess:
         self._generation += 1
         prefix = f"{self.prefix}-{self._generation}"
-        stub = StubProcess(prefix, self.reader, self._on_message, self._on_exit)
+        stub = StubProcess(prefix, self.reader, self._on_message, self._on_exit, self.pool.prefix + "-")
         where = f"{self.model_path}: initialize of instance {self.name!r}"
         try:
             reply = stub.call(("init", str(self.model_path), self.args), self.init_timeout_s)

@@ -68,7 +68,10 @@ class StubProcess:
         reader: SlabReader,
         on_message: Callable[[tuple[Any, ...]], None],
         on_exit: Callable[[StubProcess], None],
+        server_files: str = "",
     ) -> None:
+        """``server_files``: the name prefix of the slabs the server writes for this instance,
+        which the process removes (with its own) if the server dies without removing them."""
         self.prefix = prefix
         self.reader = reader
         self._on_message = on_message
@@ -77,9 +80,10 @@ class StubProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         events, child_events = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = (child.fileno(), child_events.fileno())
+        argv = [sys.executable, "-m", STUB_MODULE, "--fd", str(fds[0]), "--events", str(fds[1]), "--prefix", prefix]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", STUB_MODULE, "--fd", str(fds[0]), "--events", str(fds[1]), "--prefix", prefix],
+                argv + (["--server-files", server_files] if server_files else []),
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 **_OWN_PROCESS_GROUP,

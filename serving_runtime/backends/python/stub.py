@@ -21,13 +21,14 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import Future
 from typing import Any
 
 from shipyard.serving_runtime.backends.python import batch_codec, pb_utils
 from shipyard.serving_runtime.backends.python.ipc import Channel, ChannelClosed
-from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader, TensorRef
+from shipyard.serving_runtime.backends.python.shm import SlabPool, SlabReader, TensorRef, remove_files
 
 MODULE_NAME = "triton_python_backend_utils"
 
@@ -199,8 +200,11 @@ class Stub:
     """``channel``: the server's calls, answered on the main thread; ``events``: what the model
     sends on its own (``runtime``) and the server's answers to it (read by a thread)."""
 
-    def __init__(self, channel: Channel, events: Channel, runtime: StubRuntime) -> None:
+    def __init__(self, channel: Channel, events: Channel, runtime: StubRuntime, files: tuple[str, ...] = ()) -> None:
+        """``files``: name prefixes of the shared-memory slabs to remove if the server dies."""
         self.channel = channel
+        self.files = files
+        self.parent = os.getppid()
         self.events = events
         self.runtime = runtime
         self.model: Any = None
@@ -221,7 +225,21 @@ class Stub:
                     self.runtime.on_cancel(message[1])
         except ChannelClosed:
             # The server closed the channel or died: end now, even while the model is running.
+            self.remove_orphaned_files()
             os._exit(0)
+
+    def remove_orphaned_files(self) -> None:
+        """When the server died (killed: it could not remove its slabs), remove this instance's
+        slabs, its own and the server's, from ``/dev/shm``, which would otherwise keep them until
+        reboot. The server's exit closes the channel just before this process is handed to a new
+        parent, so wait a little for that; a server that merely closed the channel is alive and
+        removes them itself. Unlinking leaves existing mappings intact."""
+        deadline = time.monotonic() + 1.0
+        while os.getppid() == self.parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != self.parent:
+            for prefix in self.files:
+                remove_files(prefix)
 
     def load_class(self, path: str) -> Any:
         directory = os.path.dirname(path)
@@ -244,6 +262,7 @@ class Stub:
             try:
                 message = self.channel.recv()
             except ChannelClosed:
+                self.remove_orphaned_files()
                 return 0
             kind = message[0]
             try:
@@ -345,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--prefix", required=True)
+    parser.add_argument("--server-files", default="", help="name prefix of the server's slabs for this instance")
     options = parser.parse_args(argv)
     channel = Channel(socket.socket(fileno=options.fd))
     events = Channel(socket.socket(fileno=options.events))
@@ -354,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     pb_utils._runtime = runtime
     sys.modules[MODULE_NAME] = pb_utils
     try:
-        return Stub(channel, events, runtime).run()
+        files = (options.prefix + "-", *([options.server_files] if options.server_files else []))
+        return Stub(channel, events, runtime, files).run()
     finally:
         pool.close()
         reader.close()
