@@ -259,3 +259,19 @@ def metric_value(server: ServerProcess, name: str, model: str, version: str) -> 
     match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', body.decode(), re.M)
     assert match, f"no {name} for {model} {version}"
     return float(match.group(1))
+
+
+def python_instance(tmp_path: Path, name: str, source: str) -> Any:
+    """A ``PythonInstance`` of the model ``source`` named ``name`` (max_batch_size 8, output ``y``) in
+    ``tmp_path``: its own process, no server."""
+    from shipyard.serving_runtime.backends.python.instance import PythonInstance
+
+    model = tmp_path / name / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text(source)
+    args = {
+        "model_config": json.dumps({"name": name, "backend": "python", "max_batch_size": 8}),
+        "model_instance_kind": "CPU", "model_instance_name": f"{name}_0", "model_instance_device_id": "0",
+        "model_repository": str(tmp_path), "model_version": "1", "model_name": name,
+    }  # fmt: skip
+    return PythonInstance(model, args, {}, ["y"])

@@ -209,19 +209,10 @@ class TritonPythonModel:
 
 def _echo_instance(tmp_path: Path) -> PythonInstance:
     """A PythonInstance of ``ECHO_MODEL`` (max_batch_size 8, output ``y``) in ``tmp_path``."""
-    import json
+    from server_harness import python_instance
 
-    from shipyard.serving_runtime.backends.python.instance import PythonInstance
-
-    model = tmp_path / "echo" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(ECHO_MODEL)
-    args = {
-        "model_config": json.dumps({"name": "echo", "backend": "python", "max_batch_size": 8}),
-        "model_instance_kind": "CPU", "model_instance_name": "echo_0", "model_instance_device_id": "0",
-        "model_repository": str(tmp_path), "model_version": "1", "model_name": "echo",
-    }  # fmt: skip
-    return PythonInstance(model, args, {}, ["y"])
+    instance: PythonInstance = python_instance(tmp_path, "echo", ECHO_MODEL)
+    return instance
 
 
 @pytest.mark.parametrize("loop_calls", [False, True])

@@ -5,11 +5,11 @@ and a process that dies with a batch written ahead fails both batches' requests 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from server_harness import python_instance
 
 from shipyard.serving_runtime.backends.python.instance import PythonInstance
 from shipyard.serving_runtime.errors import BackendError
@@ -38,15 +38,7 @@ class TritonPythonModel:
 
 
 def _instance(tmp_path: Path) -> PythonInstance:
-    model = tmp_path / "slow" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(SLOW_ECHO)
-    args = {
-        "model_config": json.dumps({"name": "slow", "backend": "python", "max_batch_size": 8}),
-        "model_instance_kind": "CPU", "model_instance_name": "slow_0", "model_instance_device_id": "0",
-        "model_repository": str(tmp_path), "model_version": "1", "model_name": "slow",
-    }  # fmt: skip
-    instance = PythonInstance(model, args, {}, ["y"])
+    instance: PythonInstance = python_instance(tmp_path, "slow", SLOW_ECHO)
     instance.loop_lone = False  # every batch through the worker thread, as under load
     return instance
 
