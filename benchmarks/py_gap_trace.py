@@ -53,40 +53,10 @@ def _install() -> None:
 
         return wrapped
 
-    def send_ahead(orig: Any) -> Any:
-        def wrapped(self: Any, batch: Any) -> Any:
-            batch.stamps = {"kick": now(), "size": batch.size, "ahead": 1}
-            _LOCAL.stamps = batch.stamps
-            try:
-                return orig(self, batch)
-            finally:
-                _LOCAL.stamps = None
-
-        return wrapped
-
-    def stub_send_ahead(orig: Any) -> Any:
-        def wrapped(self: Any, message: Any) -> Any:
-            stamps = getattr(_LOCAL, "stamps", None)
-            if stamps is not None:
-                stamps["send"] = stamps["worker"] = now()
-            return orig(self, message)
-
-        return wrapped
-
-    def read_ahead(orig: Any) -> Any:
-        def wrapped(self: Any, timeout_s: Any) -> Any:
-            reply = orig(self, timeout_s)
-            stamps = getattr(_LOCAL, "stamps", None)
-            if stamps is not None:
-                stamps["recvd"] = now()
-            return reply
-
-        return wrapped
-
     def run_batch(orig: Any) -> Any:
         def wrapped(self: Any, batch: Any) -> Any:
             stamps = getattr(batch, "stamps", None)
-            if stamps is not None and "ahead" not in stamps:
+            if stamps is not None:
                 stamps["worker"] = now()
             _LOCAL.stamps = stamps
             try:
@@ -141,9 +111,6 @@ def _install() -> None:
 
     _patch(instances.InstanceWorker, "hand_off", hand_off)
     _patch(instances.InstanceWorker, "run_batch", run_batch)
-    _patch(instances.InstanceWorker, "send_ahead", send_ahead)
-    _patch(process.StubProcess, "send_ahead", stub_send_ahead)
-    _patch(process.StubProcess, "read_ahead", read_ahead)
     _patch(instance.PythonInstance, "_describe", describe)
     _patch(process.StubProcess, "call", call)
     _patch(instance.PythonInstance, "_results", results)
@@ -183,13 +150,6 @@ def _summary(stub_out: Path) -> str:
         lines.append(
             f"{a_side}.{a_key:>8s} -> {b_side}.{b_key:<8s} p50 {statistics.median(d) / 1e3:8.1f} us "
             f"mean {statistics.mean(d) / 1e3:8.1f} us"
-        )
-    ahead = [(a, b) for a, b in pairs if "ahead" in b]
-    if ahead:
-        early = [a["s_model"] - b["send"] for a, b in ahead]
-        lines.append(
-            f"written ahead: {len(ahead)} of {len(pairs)} batches; written before the batch before ended: "
-            f"{sum(e > 0 for e in early) / len(early):.0%}, by p50 {statistics.median(early) / 1e3:.1f} us"
         )
     gap = [b["s_req"] - a["s_model"] for a, b in pairs]
     busy = sum(r["s_model"] - r["s_req"] for r in rows) / (rows[-1]["s_model"] - rows[0]["s_req"])

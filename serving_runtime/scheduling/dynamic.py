@@ -40,7 +40,6 @@ from shipyard.serving_runtime.errors import (
     RequestTimeout,
     ServingError,
 )
-from shipyard.serving_runtime.scheduling.ahead import ahead_for
 from shipyard.serving_runtime.scheduling.api import InferenceRequest
 from shipyard.serving_runtime.scheduling.batch import shape_key
 from shipyard.serving_runtime.scheduling.batching import BatchingSettings
@@ -131,8 +130,6 @@ class DynamicBatcher:
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
         background = self._background if self._merge else None  # only a batch dimension can be cut
         self._slicer = Slicer(background, self._release, self._max_batch) if background is not None else None
-        self._ahead = ahead_for(instances, self._merge, self._lane is None and self._slicer is None)  # ahead.py
-        self._ahead_timer: asyncio.TimerHandle | None = None
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -335,9 +332,6 @@ class DynamicBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._ahead_timer is not None:
-            self._ahead_timer.cancel()
-            self._ahead_timer = None
         dropped = self._queue.drop_all() + (self._slicer.abandon() if self._slicer is not None else [])
         if dropped:
             self._fail(dropped, ModelNotReady(f"{self._where} was unloaded before the request ran; retry"))
@@ -414,8 +408,6 @@ class DynamicBatcher:
                 if lane is not None and envelopes[0].level < lane.settings.level:
                     lane.last_realtime_ns = now  # real-time work is recent: the real-time instances lend nothing
                 self._free_worker().hand_off(batch, self._handoff_s)
-                if self._ahead is not None:
-                    self._arm_ahead(now)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
@@ -427,46 +419,6 @@ class DynamicBatcher:
 
     def _reject(self, rejected: list[Envelope]) -> None:
         self._fail(rejected, RequestTimeout(f"request timed out in the queue of {self._where} before it ran"))
-
-    def _arm_ahead(self, start_ns: int) -> None:
-        """Write the next batch a little before the one that started at ``start_ns`` ends (ahead.py)."""
-        assert self._ahead is not None and self._loop is not None
-        when = self._ahead.send_at(start_ns)
-        if when is None:
-            return
-        if self._ahead_timer is not None:
-            self._ahead_timer.cancel()
-        self._ahead_timer = self._loop.call_later(max(when - time.monotonic_ns(), 0) / 1e9, self._on_ahead)
-
-    def _on_ahead(self) -> None:
-        """The busy instance's batch is about to end: form the next from what is queued, as for an
-        idle instance, and have it written to the model's process now (ahead.py)."""
-        self._ahead_timer = None
-        ahead = self._ahead
-        if self._closed or ahead is None or ahead.batch is not None or self._idle:
-            return
-        if not ahead.full(len(self._queue), self._max_batch):
-            return  # a smaller batch now would split the callers: the usual path takes them when the instance is free
-        queue = self._queue
-        now = time.monotonic_ns()
-        rejected = queue.expire(now)
-        decision = decide(
-            queue,
-            now,
-            max_batch_size=self._max_batch,
-            preferred_batch_sizes=self._preferred,
-            max_queue_delay_ns=self._delay_ns,
-            instance_idle=True,
-            next_deadline_ns=queue.next_deadline(),
-        )
-        if decision.send:
-            envelopes = queue.pop(decision.send)
-            for envelope in envelopes:
-                envelope.dispatch_ns = now
-            ahead.batch = Batch(envelopes, decision.batch_size, self._merge)
-            self._workers[0].send_ahead(ahead.batch)
-        if rejected:
-            self._reject(rejected)
 
     def _free_worker(self) -> InstanceWorker:
         """An idle real-time instance, else an idle lane instance with no background work to run (``can_lend``)."""
@@ -514,20 +466,10 @@ class DynamicBatcher:
     def _on_batch_done(self, batch: Batch) -> None:
         assert batch.worker is not None
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
-        ahead = self._ahead
         if self._lane is not None and self._lane.owns(batch.worker):
             self._lane.release(batch.worker)
-        elif ahead is not None and ahead.batch is not None:  # the batch written ahead runs now (ahead.py)
-            ahead.batch = None
-            ahead.finished(compute_ns, len(batch.envelopes))
-            self._arm_ahead(batch.compute_end_ns)
         else:
             self._idle.append(batch.worker)
-            if ahead is not None:
-                ahead.finished(compute_ns, len(batch.envelopes))
-                if self._ahead_timer is not None:
-                    self._ahead_timer.cancel()
-                    self._ahead_timer = None
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
         if self._background is not None and any(e.level < self._background.level for e in batch.envelopes):
             self._foreground_ns = time.monotonic_ns()

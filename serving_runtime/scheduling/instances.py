@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -55,7 +54,6 @@ class Batch:
     # Per request: its outputs, or its own error (backends with ``execute_requests``).
     results: list[dict[str, np.ndarray] | ServingError] = field(default_factory=list)
     error: ServingError | None = None
-    ahead: Any = None  # what the backend's ``send_ahead`` returned: the batch's call is written (ahead.py)
     compute_start_ns: int = 0
     compute_end_ns: int = 0
 
@@ -82,7 +80,6 @@ class InstanceWorker:
         self._entered = threading.Event()  # set when the current batch has entered the backend
         self._use = threading.Lock()  # one batch at a time on the instance, and never during close
         self._closed = False
-        self._on_loop = False  # a batch runs on the event loop (``start_requests``): nothing is sent ahead
 
     def start(
         self,
@@ -117,17 +114,6 @@ class InstanceWorker:
         else:
             self._inbox.put(batch)
 
-    def send_ahead(self, batch: Batch) -> None:
-        """Give this worker, busy with a batch, the one to run next (event loop). A backend with
-        ``send_ahead`` (Python models) writes its call to the model's process now, so the process
-        starts it the moment it has answered the current one (``scheduling/ahead.py``); the worker
-        then only reads its reply. Otherwise, or when the backend declines, it runs as usual."""
-        batch.worker = self
-        send = getattr(self.instance, "send_ahead", None)
-        if send is not None and not self._on_loop:
-            batch.ahead = send(batch.requests or [envelope.request for envelope in batch.envelopes])
-        self._inbox.put(batch)
-
     def _start_on_loop(self, start: Callable[..., bool], batch: Batch) -> bool:
         """A backend that computes in another process (Python models: ``start_requests``) gets the
         batch on this thread, the event loop's, and answers on it: no worker thread in between.
@@ -136,18 +122,13 @@ class InstanceWorker:
         assert on_done is not None
 
         def done(results: list[dict[str, np.ndarray] | ServingError]) -> None:
-            self._on_loop = False
             batch.results = results
             batch.compute_end_ns = time.monotonic_ns()
             on_done(batch)
 
         batch.compute_start_ns = time.monotonic_ns()
         waiting = self._backlog() if self._backlog is not None else 0
-        self._on_loop = True
-        if not start(batch.requests or [envelope.request for envelope in batch.envelopes], done, waiting):
-            self._on_loop = False
-            return False
-        return True
+        return bool(start(batch.requests or [envelope.request for envelope in batch.envelopes], done, waiting))
 
     def run_inline(self, batch: Batch) -> None:
         """Run ``batch`` on the calling thread (the worker must be idle); results or the error are
@@ -206,10 +187,7 @@ class InstanceWorker:
                 if batch.handoff:  # it waits on another process without the GIL: release the loop now
                     self._entered.set()
                 try:
-                    if batch.ahead is not None:  # its call was written while the last batch ran
-                        batch.results = self.instance.finish_ahead(batch.ahead)  # type: ignore[attr-defined]
-                    else:
-                        batch.results = by_request(requests)
+                    batch.results = by_request(requests)
                 finally:
                     batch.compute_end_ns = time.monotonic_ns()
                 return

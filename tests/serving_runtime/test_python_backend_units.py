@@ -295,13 +295,6 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
         return through_thread(requests)
 
     instance.execute_requests = counted  # type: ignore[method-assign]
-    finish_ahead = instance.finish_ahead
-
-    def counted_ahead(sent: tuple[object, list[int]]) -> list[object]:  # a batch written ahead (ahead.py)
-        worker_batches.append(len(sent[1]))
-        return finish_ahead(sent)  # type: ignore[arg-type]
-
-    instance.finish_ahead = counted_ahead  # type: ignore[assignment,method-assign]
     batcher = DynamicBatcher([instance], "echo", 1, BatchingSettings(max_batch_size=8))
 
     async def one(value: float) -> None:

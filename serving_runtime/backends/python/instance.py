@@ -27,7 +27,6 @@ import numpy as np
 
 from shipyard.serving_runtime.backends.python import batch_codec, loop_call
 from shipyard.serving_runtime.backends.python.errors import error_for_code
-from shipyard.serving_runtime.backends.python.ipc import ChannelClosed
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
 from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
@@ -264,49 +263,6 @@ class PythonInstance:
         finally:
             self._running.difference_update(keys)
         return self._results(reply, keys, len(requests))
-
-    def send_ahead(self, requests: Sequence[Any]) -> tuple[StubProcess, list[int]] | None:
-        """Write the call of the batch that follows the one in execute (event loop; the instance's
-        worker thread waits for that one's reply), so that the process starts it the moment it
-        has answered the other, without waiting for the reply to travel through the server and a
-        new call to come back (``scheduling/ahead.py``). ``finish_ahead`` (the worker thread)
-        reads its reply. None: not written (decoupled models, request groups, every batch on the
-        loop, the process restarting, shared memory full): the worker runs the batch as usual."""
-        if self.decoupled or self.loop_calls or self._closed or not self.stub.alive:
-            return None
-        if any(isinstance(request, RequestGroup) for request in requests):
-            return None
-        stub = self.stub
-        keys = [next(_KEYS) for _ in requests]
-        try:
-            described = self._describe(requests, keys)
-        except (ShmError, ServingError, ValueError):
-            return None
-        self._register(requests, keys, stub)
-        try:
-            stub.send_ahead(("exec", keys[0], described))
-        except ChannelClosed:
-            self._running.difference_update(keys)
-            return None
-        return stub, keys
-
-    def finish_ahead(self, sent: tuple[StubProcess, list[int]]) -> list[dict[str, np.ndarray] | ServingError]:
-        """What ``execute_requests`` returns, for a batch ``send_ahead`` wrote (the worker thread,
-        after the batch before it). Never raises."""
-        stub, keys = sent
-        try:
-            reply = stub.read_ahead(self.execute_timeout_s)
-            if reply[1] != keys[0]:  # out of step: no later call may trust the channel
-                stub.kill()
-                raise StubDied(f"the process answered call {reply[1]!r} instead of {keys[0]}")
-        except StubDied:
-            return [BackendError(self._death_message(stub)) for _ in keys]
-        except CallTimeout:
-            stub.kill()
-            return [BackendError(self._timeout_message()) for _ in keys]
-        finally:
-            self._running.difference_update(keys)
-        return self._results(reply, keys, len(keys))
 
     def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None], waiting: int = 0) -> bool:
         """Send one formed batch from the event loop, which reads the reply when it arrives

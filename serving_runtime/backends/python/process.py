@@ -154,23 +154,6 @@ class StubProcess:
             raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
         return reply
 
-    # -- a call written ahead: while the instance thread waits for one call's reply, the event
-    # -- loop writes the next call; the process reads it the moment it has answered the first.
-
-    def send_ahead(self, message: tuple[Any, ...]) -> None:
-        """Write a call's message now, while another call may be waiting for its reply (the
-        channel's send lock keeps frames whole). ``read_ahead`` then reads its reply, after the
-        replies of the calls written before it. Raises: ChannelClosed (the process is gone)."""
-        if not self.alive:
-            raise ChannelClosed("the process has ended")
-        self.channel.send(message)
-
-    def read_ahead(self, timeout_s: float | None) -> tuple[Any, ...]:
-        """The reply of the oldest call written by ``send_ahead`` whose reply nobody read (every
-        call before it has been answered and read). Raises: as ``call``."""
-        with self._call_lock:
-            return self._reply(timeout_s)
-
     # -- a call driven by an event loop (``loop_call``): begin, send, then read when readable --
 
     def try_begin(self) -> bool:
