@@ -133,23 +133,14 @@ class StubProcess:
                 raise StubDied(self.exit_reason())
             try:
                 self.channel.send(message)
+                self.channel.sock.settimeout(timeout_s)
+                reply = self.channel.recv()
+            except TimeoutError:
+                raise CallTimeout(f"no answer in {timeout_s:g} s") from None
             except ChannelClosed:
-                self.alive = False
+                self.alive = False  # before the event reader notices: the next call restarts it
                 self._wait_exit()
                 raise StubDied(self.exit_reason()) from None
-            return self._reply(timeout_s)
-
-    def _reply(self, timeout_s: float | None) -> tuple[Any, ...]:
-        """Read the next call's reply (the call lock is held). Raises: as ``call``."""
-        try:
-            self.channel.sock.settimeout(timeout_s)
-            reply = self.channel.recv()
-        except TimeoutError:
-            raise CallTimeout(f"no answer in {timeout_s:g} s") from None
-        except ChannelClosed:
-            self.alive = False  # before the event reader notices: the next call restarts it
-            self._wait_exit()
-            raise StubDied(self.exit_reason()) from None
         if reply[0] not in _REPLIES:
             raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
         return reply
