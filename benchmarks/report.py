@@ -103,13 +103,19 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def round_concurrency(row: dict[str, Any]) -> int:
+    """The concurrency of one row of the interleaved rounds (rows of runs before ``--round-concurrency``
+    were all at c=64)."""
+    return int(row.get("concurrency", TOP_C))
+
+
 def _round_ratios(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per ``ROUND_RATIOS`` key: shipyard's throughput over the reference's, one value per round in
-    which both were measured (the two ran minutes apart at most), and their median."""
+    """Per ``ROUND_RATIOS`` key: shipyard's throughput over the reference's at c=64, one value per
+    round in which both were measured (the two ran minutes apart at most), and their median."""
     out: dict[str, dict[str, Any]] = {}
     by_round: dict[tuple[int, str, str], float] = {}
     for row in rounds:
-        if row.get("completed"):
+        if row.get("completed") and round_concurrency(row) == TOP_C:
             by_round[(row["round"], row["model"], row["target"])] = float(row["throughput"])
     round_ids = sorted({r for r, _, _ in by_round})
     for key, (model, reference, _target) in ROUND_RATIOS.items():
@@ -548,31 +554,36 @@ def _rounds_lines(results: dict[str, Any]) -> list[str]:
         return []
     round_ids = sorted({row["round"] for row in rounds})
     count = len(round_ids)
+    levels = sorted({round_concurrency(row) for row in rounds})
     lines = [
         "",
-        f"## Interleaved rounds (gRPC, c={TOP_C})",
+        f"## Interleaved rounds (gRPC, c={', '.join(map(str, levels))})",
         "",
-        f"Every target up at once; {count} rounds, each measuring every target and model once, the targets "
-        "in a rotated order, so that a ratio compares measurements seconds to minutes apart, not a sweep apart.",
+        f"Every target up at once; {count} rounds, each measuring every target and model once at each "
+        "concurrency, the targets in a rotated order, so that a ratio compares measurements seconds to minutes "
+        "apart, not a sweep apart. The issue targets are decided on the medians of these rounds.",
         "",
     ]
     if round_ratios:
         lines += [
-            "| ratio | " + " | ".join(f"round {i + 1}" for i in range(count)) + " | median |",
+            f"| ratio (c={TOP_C}) | " + " | ".join(f"round {i + 1}" for i in range(count)) + " | median |",
             "| --- |" + " ---: |" * (count + 1),
         ]
         for key, entry in round_ratios.items():
             values = [fmt(v, 3) for v in entry["values"]] + ["—"] * (count - len(entry["values"]))
             lines.append(f"| {key} | " + " | ".join(values) + f" | {fmt(entry['median'], 3)} |")
         lines.append("")
-    lines += ["| model | target | " + " | ".join(f"round {i + 1} inf/s" for i in range(count)) + " |"]
-    lines.append("| --- | --- |" + " ---: |" * count)
-    table: dict[tuple[str, str], dict[int, str]] = {}
-    for row in rounds:
+    from benchmarks import report_native
+
+    lines += report_native.round_lines(results, count)
+    lines += ["| model | target | c | " + " | ".join(f"round {i + 1} inf/s" for i in range(count)) + " |"]
+    lines.append("| --- | --- | ---: |" + " ---: |" * count)
+    table: dict[tuple[str, str, int], dict[int, str]] = {}
+    for row in sorted(rounds, key=round_concurrency):
         value = fmt(float(row["throughput"])) if row.get("completed") else f"errors {row.get('errors', '?')}"
-        table.setdefault((row["model"], row["target"]), {})[row["round"]] = value
-    for (model, target), per_round in table.items():
-        lines.append(f"| {model} | {target} | " + " | ".join(per_round.get(r, "—") for r in round_ids) + " |")
+        table.setdefault((row["model"], row["target"], round_concurrency(row)), {})[row["round"]] = value
+    for (model, target, c), per_round in table.items():
+        lines.append(f"| {model} | {target} | {c} | " + " | ".join(per_round.get(r, "—") for r in round_ids) + " |")
     from benchmarks import report_rounds
 
     return lines + report_rounds.lines(results)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from benchmarks.report import TOP_C, round_concurrency
+
 PIP_TARGET = "shipyard-pip"
 SOURCE_TARGET = "shipyard"
 
@@ -37,7 +39,7 @@ def pip_vs_source(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ``within_noise``; empty when the rounds had no ``shipyard-pip``."""
     by_round: dict[tuple[str, str], dict[int, float]] = {}
     for row in rounds:
-        if row.get("completed") and row["target"] in (PIP_TARGET, SOURCE_TARGET):
+        if row.get("completed") and row["target"] in (PIP_TARGET, SOURCE_TARGET) and round_concurrency(row) == TOP_C:
             by_round.setdefault((row["model"], row["target"]), {})[row["round"]] = float(row["throughput"])
     out: dict[str, dict[str, Any]] = {}
     for model in sorted({m for m, _ in by_round}):

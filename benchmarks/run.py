@@ -17,6 +17,7 @@ import argparse
 import atexit
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from benchmarks.loadgen import CLIENTS, CellResult, LoadSpec, run_closed_loop
 DEFAULT_MODELS = ("wide_mlp", "add_sub", "resnet_cnn")
 QUICK_MODELS = ("wide_mlp", "add_sub")
 CONCURRENCY = (1, 16, 64)
+ROUND_CONCURRENCY = CONCURRENCY  # the interleaved rounds: every concurrency an issue target names
 OVERLOAD_MODEL = "wide_mlp"
 OVERLOAD_QUEUE = 256
 # The overload runs twice: the burst from one connection per client process (a few greedy clients,
@@ -79,7 +81,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="interleaved rounds of the c=64 gRPC cells after the sweep, every target up at once (default 3; quick 0)",
+        help="interleaved rounds of the gRPC cells after the sweep, every target up at once (default 3; quick 0); "
+        "the issue targets are decided on their medians",
+    )
+    parser.add_argument(
+        "--round-concurrency",
+        default=",".join(map(str, ROUND_CONCURRENCY)),
+        help="the concurrencies each interleaved round measures (default 1,16,64: every concurrency an issue "
+        "target names; one cell alone swings by 30%% or more between runs on this machine)",
     )
     parser.add_argument(
         "--shipyard-grpc-frontend",
@@ -131,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown target(s) {unknown}; choose from {', '.join(targets.TARGET_NAMES)}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.round_concurrency = [int(c) for c in args.round_concurrency.split(",") if c]
+    if any(c < 1 for c in args.round_concurrency):
+        parser.error(f"--round-concurrency must be positive integers, got {args.round_concurrency}")
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5)
     args.window = args.window if args.window is not None else (1.5 if args.quick else 4.0)
     args.rounds = args.rounds if args.rounds is not None else (0 if args.quick else 3)
@@ -187,6 +199,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "shipyard_args": args.shipyard_args,  # the C++ HTTP client with "native" since it was added
         "shipyard_published": args.shipyard_published,
         "rounds": args.rounds,
+        "round_concurrency": args.round_concurrency,
         "rounds_pause_others": args.pause_others,
         "shipyard_python": args.shipyard_python,
         "note": note,
@@ -300,13 +313,12 @@ def run_target(
 def run_rounds(
     names: list[str], models: list[ModelSpec], workdir: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """Start every target in ``names`` at once, then ``args.rounds`` times measure each (model,
-    target) at gRPC c=64, rotating the targets' order each round; stop them. Returns one row per
-    measurement.
+    """Start every target in ``names`` at once, then ``args.rounds`` times measure each (concurrency
+    of ``args.round_concurrency``, model, target) over gRPC, rotating the targets' order each round;
+    stop them. Returns one row per measurement.
 
     Raises: RuntimeError when a target does not start or dies; TargetUnavailable.
     """
-    c = report.TOP_C
     workdir.mkdir(parents=True, exist_ok=True)
     started = [build_target(name, models, workdir, args) for name in names]
     rows: list[dict[str, Any]] = []
@@ -315,11 +327,12 @@ def run_rounds(
             stack.enter_context(common.running(target.server))
         for target in started:
             target.server.wait_ready(target.probe, target.startup_timeout_s)
-        log(f"[rounds] {', '.join(names)} up; {args.rounds} rounds at gRPC c={c}")
+        levels = ", ".join(map(str, args.round_concurrency))
+        log(f"[rounds] {', '.join(names)} up; {args.rounds} rounds at gRPC c={levels}")
         for number in range(args.rounds):
             shift = number % len(started)
             order = started[shift:] + started[:shift]
-            for model in models:
+            for c, model in itertools.product(args.round_concurrency, models):
                 for target in order:
                     if not target.server.alive():
                         raise RuntimeError(f"{target.name} died during the rounds; log:\n{target.server.log_tail()}")
@@ -328,6 +341,7 @@ def run_rounds(
                     rows.append(
                         {
                             "round": number,
+                            "concurrency": c,
                             "model": model.name,
                             "target": target.name,
                             **cell.as_dict(),
@@ -335,7 +349,8 @@ def run_rounds(
                         }
                     )
                     log(
-                        f"  round {number + 1} {target.name:12s} {model.name:10s} {cell.throughput:9.0f} inf/s  "
+                        f"  round {number + 1} {target.name:12s} {model.name:10s} c={c:<3d} "
+                        f"{cell.throughput:9.0f} inf/s  "
                         f"p99 {_ms(cell.p99_ms)}  errors {cell.errors}  other targets' CPU "
                         + ", ".join(f"{name} {share:.1%}" for name, share in others_cpu.items())
                     )

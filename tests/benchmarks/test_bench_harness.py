@@ -354,8 +354,55 @@ def test_interleaved_rounds_give_per_round_ratios_and_a_median_check(tmp_path: P
     assert "wide_mlp: shipyard / MLServer" not in saved["round_ratios"]  # never measured
     markdown = paths["md"].read_text()
     assert "| add_sub: shipyard / stock KServe | 1.600 | 1.400 | 1.520 | — | 1.520 |" in markdown
-    assert "| add_sub | kserve | 4,000 | 4,000 | 5,000 | errors ? |" in markdown
+    assert "| add_sub | kserve | 64 | 4,000 | 4,000 | 5,000 | errors ? |" in markdown  # rows without a c: c=64
     assert "## Interleaved rounds" in report.summary_markdown(markdown)
+
+
+def test_issue_21_targets_are_decided_on_the_medians_of_rounds_at_every_concurrency(tmp_path: Path) -> None:
+    """A sweep cell that swings (wide_mlp c=16: 0.9x Triton in the sweep) does not decide a target the
+    interleaved rounds measured: their median does, at c=1 (p50), c=16 and c=64 (throughput)."""
+
+    def row(number: int, c: int, target: str, throughput: float, p50: float) -> dict:
+        return {
+            "round": number, "concurrency": c, "model": "wide_mlp", "target": target,
+            "throughput": throughput, "p50_ms": p50, "completed": 1000,
+        }  # fmt: skip
+
+    results = {
+        "meta": {"cpus": 2},
+        "targets": {},
+        "cells": [
+            _cell("shipyard", "grpc", "wide_mlp", 1, 300.0, 3.3, 4.0),
+            _cell("triton", "grpc", "wide_mlp", 1, 400.0, 2.5, 3.0),  # sweep p50 ratio 1.32: would fail
+            _cell("shipyard", "grpc", "wide_mlp", 16, 1800.0, 8.0, 12.0),
+            _cell("triton", "grpc", "wide_mlp", 16, 2000.0, 7.0, 11.0),  # sweep 0.9x: would fail
+            _cell("shipyard", "grpc", "wide_mlp", 64, 3000.0, 20.0, 30.0),
+            _cell("triton", "grpc", "wide_mlp", 64, 2000.0, 30.0, 40.0),
+        ],
+        "rounds": [
+            row(0, 1, "shipyard", 400.0, 2.4), row(0, 1, "triton", 380.0, 2.6),  # p50 0.923
+            row(1, 1, "shipyard", 390.0, 2.5), row(1, 1, "triton", 390.0, 2.5),  # 1.0
+            row(2, 1, "triton", 400.0, 2.4), row(2, 1, "shipyard", 350.0, 2.9),  # 1.208
+            row(0, 16, "shipyard", 2800.0, 5.0), row(0, 16, "triton", 2000.0, 7.0),  # 1.4
+            row(1, 16, "shipyard", 2400.0, 6.0), row(1, 16, "triton", 2000.0, 7.0),  # 1.2
+            row(2, 16, "triton", 2000.0, 7.0), row(2, 16, "shipyard", 2700.0, 5.5),  # 1.35
+            row(0, 64, "shipyard", 3000.0, 20.0), row(0, 64, "triton", 2000.0, 30.0),  # 1.5
+        ],
+    }  # fmt: skip
+    paths = report.write_reports(results, tmp_path)
+    checks = {c["name"]: c for c in json.loads(paths["json"].read_text())["checks"] if c.get("issue") == 21}
+    c16 = checks["wide_mlp: shipyard / Triton, median of 3 interleaved rounds (gRPC, c=16)"]
+    assert c16["value"] == pytest.approx(1.35) and c16["pass"] is True
+    c1 = checks["wide_mlp: c=1 p50 shipyard / Triton, median of 3 interleaved rounds (gRPC)"]
+    assert c1["value"] == pytest.approx(1.0) and c1["pass"] is True
+    c64 = checks["wide_mlp: shipyard / Triton, median of 1 interleaved round (gRPC, c=64)"]
+    assert c64["value"] == pytest.approx(1.5) and c64["pass"] is True
+    assert not any(name.startswith("wide_mlp: shipyard / Triton (gRPC") for name in checks)  # no sweep verdicts
+    assert "wide_mlp: c=1 p50 shipyard / Triton (gRPC)" not in checks
+    markdown = paths["md"].read_text()
+    assert "## Interleaved rounds (gRPC, c=1, 16, 64)" in markdown
+    assert "| wide_mlp throughput | 16 | 1.400 | 1.200 | 1.350 | 1.350 |" in markdown
+    assert "| wide_mlp p50 | 1 | 0.923 | 1.000 | 1.208 | 1.000 |" in markdown
 
 
 def test_both_overload_scenarios_get_checks_and_sections(tmp_path: Path) -> None:
