@@ -41,6 +41,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
         pytest.skip("the native gRPC module predates FastBatch.answer_each; rebuild it with `make native`")
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO, repo, dirs_exist_ok=True)
+    _SERVED["repo"] = repo
     started: list[ServerProcess] = []
     previous = os.environ.get(native_fast_python.PYTHON_MODELS_ENV)
     os.environ[native_fast_python.PYTHON_MODELS_ENV] = "1"  # off by default; the servers inherit it
@@ -63,6 +64,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
             os.environ[native_fast_python.PYTHON_MODELS_ENV] = previous
         for server in started:
             server.stop()
+
+
+_SERVED: dict[str, Path] = {}  # "repo": the repository both servers serve (the fixture's copy)
+
+
+def _release(request_id: str) -> None:
+    """Ends the wait of the request ``request_id`` that ``py_each`` holds in ``execute`` (mode -6)."""
+    (_SERVED["repo"] / "py_each" / "1" / f"{request_id}.release").touch()
 
 
 def _x(rows: int, first: float, seed: float = 0.0, name: str = "X") -> list[Any]:
@@ -235,19 +244,29 @@ def test_an_ensembles_concurrent_requests_are_each_run_and_counted(
 def test_requests_whose_clients_leave_a_queued_group_never_reach_execute(
     servers: tuple[ServerProcess, ServerProcess], stay_first: float
 ) -> None:
-    """Behind a busy instance (a request that waits 1.5 s in ``execute``), requests whose deadline
-    passes while they wait leave their group: ``execute`` never sees them, they count as CANCELED,
-    and the requests that stayed get the Python path's bytes (joined outputs, or each answered on
-    its own when one returns response parameters), with the same counts as the Python path."""
+    """Behind a busy instance (a request held in ``execute`` until every client that leaves has left),
+    requests whose deadline passes while they wait leave their group: ``execute`` never sees them, they
+    count as CANCELED, and the requests that stayed get the Python path's bytes (joined outputs, or each
+    answered on its own when one returns response parameters), with the same counts as the Python path.
+    (A blocker of a fixed 1.5 s let a request that a starved machine sent or cancelled late miss it: flaky.)"""
     fast, _ = servers
     _registered(fast)
     got = []
-    for server in servers:
+    for number, server in enumerate(servers):
         client = grpcclient.InferenceServerClient(server.grpc_host)
         before = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
         executes_before = len(_executes(server))
+        blocker_id = f"blocker-{stay_first}-{number}"
+
+        def counted(client: Any = client, before: Any = before) -> dict[str, int]:
+            after = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
+            return {
+                w: int(after.get(w, {}).get("count", 0)) - int(before.get(w, {}).get("count", 0))
+                for w in ("success", "fail")
+            }
+
         with ThreadPoolExecutor(12) as pool:
-            blocker = pool.submit(_infer, server, inputs=_x(1, -2.0), request_id="blocker", client_timeout=30)
+            blocker = pool.submit(_infer, server, inputs=_x(1, -6.0), request_id=blocker_id, client_timeout=30)
             server.wait_until(  # (a fixed sleep let a blocker delayed on a loaded machine group with the others)
                 lambda s=server, n=executes_before: len(_executes(s)) > n, 10, "the blocker in execute"
             )
@@ -257,15 +276,11 @@ def test_requests_whose_clients_leave_a_queued_group_never_reach_execute(
                                  client_timeout=timeout)
                 for i, (tag, timeout) in enumerate(jobs)
             }  # fmt: skip
+            # the blocker holds the instance until the server has counted every leaving request (CANCELED)
+            server.wait_until(lambda: counted()["fail"] >= 4, 10, "the four leaving requests counted")
+            _release(blocker_id)
             answers = {tag: future.result() for tag, future in futures.items()}
             assert isinstance(blocker.result(), bytes)
-
-        def counted(client: Any = client, before: Any = before) -> dict[str, int]:
-            after = client.get_inference_statistics("py_each", "1", as_json=True)["model_stats"][0]["inference_stats"]
-            return {
-                w: int(after.get(w, {}).get("count", 0)) - int(before.get(w, {}).get("count", 0))
-                for w in ("success", "fail")
-            }
 
         server.wait_until(lambda: sum(counted().values()) >= 9, 10, "the statistics of all nine requests")
         counts = counted()
