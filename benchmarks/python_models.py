@@ -34,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -405,10 +406,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mlp = common.load_model_spec("wide_mlp")
-    workdir = args.out / "python-models-work"
+    # the servers' repositories and logs: outside the source tree (under benchmarks/, mypy and ruff would
+    # read the generated model.py files), as benchmarks.run's work directory
+    workdir = Path(tempfile.mkdtemp(prefix="shipyard-python-models-"))
     results: dict[str, Any] = {"servers": {}, "errors": {}, "client": args.client}
     starters = {"triton": _start_triton, "shipyard": _start_shipyard}
-    print(f"Python models and ensembles: servers {args.servers}, c={args.concurrency}, client {args.client}")
+    print(f"Python models and ensembles: servers {args.servers}, c={args.concurrency}, client {args.client}; "
+          f"work dir {workdir}")  # fmt: skip
     repos = {
         name: write_repository(workdir / f"repo-{name}", mlp, for_triton=name == "triton") for name in args.servers
     }

@@ -546,6 +546,9 @@ _SUMMARY_SECTIONS = (
 )
 
 
+ROUNDS_TARGET_TABLE = "| model | target | c | "  # the header's start of the rounds' per-target table
+
+
 def _rounds_lines(results: dict[str, Any]) -> list[str]:
     """The interleaved rounds: each ratio per round and its median, then each target's throughput."""
     rounds = results.get("rounds") or []
@@ -576,7 +579,7 @@ def _rounds_lines(results: dict[str, Any]) -> list[str]:
     from benchmarks import report_native
 
     lines += report_native.round_lines(results, count)
-    lines += ["| model | target | c | " + " | ".join(f"round {i + 1} inf/s" for i in range(count)) + " |"]
+    lines += [ROUNDS_TARGET_TABLE + " | ".join(f"round {i + 1} inf/s" for i in range(count)) + " |"]
     lines.append("| --- | --- | ---: |" + " ---: |" * count)
     table: dict[tuple[str, str, int], dict[int, str]] = {}
     for row in sorted(rounds, key=round_concurrency):
@@ -593,10 +596,12 @@ def summary_markdown(markdown: str) -> str:
     """The report's opening paragraph and its Targets, checks and Ratios sections (for the top-level README)."""
     kept: list[str] = []
     keep = True
+    per_target = False  # the rounds' per-target throughput table: in benchmarks/README.md only
     for line in markdown.splitlines():
         if line.startswith("## "):
             keep = line.startswith(_SUMMARY_SECTIONS)
-        if keep:
+        per_target = line.startswith(ROUNDS_TARGET_TABLE) or (per_target and line.startswith("|"))
+        if keep and not per_target:
             kept.append(line)
     kept += [
         "",
