@@ -253,7 +253,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repo = write_repository(work / "repo", model, background)
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background,
-            "scorer_nice": args.scorer_nice, "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg())}  # fmt: skip
+            "scorer_nice": args.scorer_nice, "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "autogroup": autogroup_state()}  # fmt: skip
     results: dict[str, Any] = {"meta": meta, "inprocess_limit": limit}
     inproc = run_scorer(score_argv(data, work / "inproc", "--repository", str(repo), batch_size=batch))
     results["alone_inprocess"] = inproc
@@ -289,6 +290,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def autogroup_state() -> str:
+    """Whether the kernel groups CPU time by session ("on", "off" or "unknown"; ``sched_autogroup_enabled``).
+
+    With it on, the idle lane's ``SCHED_IDLE`` yields only to the server's own threads: the server runs in
+    a session of its own, so against the real-time client's session its group competes at equal weight and
+    the lane takes half a core from the client when both want it (docs/scoring.md, "Session 15"). In a
+    container the server is in a cgroup, where autogroup does not apply and the pod's weight does the same.
+    """
+    try:
+        value = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "unknown"
+    return {"0": "off", "1": "on"}.get(value, "unknown")
+
+
 def report(results: dict[str, Any]) -> str:
     limit = results["inprocess_limit"]["best"]
     alone = results["alone_served"]["rows_per_s"]
@@ -296,7 +312,8 @@ def report(results: dict[str, Any]) -> str:
         f"# Batch scoring next to real-time traffic ({MODEL}, {results['meta']['rows']} rows)", "",
         "Server background rules: " + (", ".join(f"{k} {v}" for k, v in results["meta"]["background"].items() if v)
                                         or "none") + f"; scorer nice {results['meta'].get('scorer_nice', '?')}; "
-        f"load average at the start {results['meta'].get('loadavg', '?')}", "",
+        f"load average at the start {results['meta'].get('loadavg', '?')}; "
+        f"kernel autogroup {results['meta'].get('autogroup', '?')}", "",
         "| measurement | value | target | pass |", "|---|---|---|---|",
         f"| in-process limit (batch {results['inprocess_limit']['best_batch']}) | {limit:,.0f} rows/s | | |",
         f"| shipyard score --repository (in-process) | {results['alone_inprocess']['rows_per_s']:,.0f} rows/s "
