@@ -12,8 +12,10 @@
    input rows, no duplicate keys.
 
 The server is ``python -m shipyard.serving_runtime`` with the wide MLP at max_batch_size 128, one instance,
-one ONNX Runtime thread, ``dynamic_batching { priority_levels: 2 default_priority_level: 1 }`` (what the
-publish step writes). Results: ``score.json`` and ``score.md`` in ``--out``.
+one ONNX Runtime thread, ``dynamic_batching { priority_levels: 2 default_priority_level: 1 }`` and the
+background level's rows (what the publish step writes: slices and fill sized from the cost curve that step 1
+measures, ``published_rows``; ``--slice-rows``, ``--fill-rows`` and ``--share-rows`` set them instead).
+Results: ``score.json`` and ``score.md`` in ``--out``.
 
 ``--background-instances 1`` adds the idle lane (``serving_runtime/scheduling/idle_lane.py``): a second
 instance that runs only the job's requests, on a thread at the OS's idle CPU priority (``--thread-priority``);
@@ -39,16 +41,9 @@ from typing import Any
 from benchmarks import common, score_profile, targets
 from benchmarks.loadgen import run_closed_loop
 from benchmarks.score_profile import WindowProbe
-from shipyard.components.publish.config_builder import (
-    BACKGROUND_FILL_DIVISOR,
-    BACKGROUND_SHARE_DIVISOR,
-    BACKGROUND_SLICE_DIVISOR,
-)
 
 MODEL = "wide_mlp"
-SLICE_ROWS = 128 // BACKGROUND_SLICE_DIVISOR  # what the publish step writes for max_batch_size 128
-SHARE_ROWS = 128 // BACKGROUND_SHARE_DIVISOR
-FILL_ROWS = 128 // BACKGROUND_FILL_DIVISOR
+MAX_BATCH = 128
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
 
 
@@ -234,6 +229,21 @@ def kill_and_restart(
             "distinct_keys": distinct, "input_rows": rows, "ok": len(keys) == distinct == rows}  # fmt: skip
 
 
+def published_rows(sweep: dict[str, float]) -> tuple[int, int, int]:
+    """(share, slice, fill) rows that the publish step writes for the wide MLP at max_batch_size 128 from a
+    validation profile like the in-process ``sweep`` (batch size -> inf/s; a call's time = batch / rate):
+    ``recommend_batching``'s ``background_rows`` through ``background_rows_for``."""
+    from shipyard.components.publish.config_builder import background_rows_for
+    from shipyard.components.validate.profile import ProfileRow, background_rows
+
+    rows = []
+    for size, rate in sweep.items():
+        if rate > 0:
+            ms = 1000.0 * int(size) / rate
+            rows.append(ProfileRow(int(size), 1, ms, ms, ms, rate))
+    return background_rows_for(MAX_BATCH, background_rows(rows, MAX_BATCH) if rows else 0)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.run import measure_inprocess
 
@@ -244,6 +254,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     limit = measure_inprocess(model, args.inprocess_s)
     batch = int(args.batch_size)  # 0: shipyard score's defaults
     log(f"in-process limit {limit['best']:.0f} inf/s at batch {limit['best_batch']}; batch {batch or 'default'}")
+    share, slice_rows, fill = published_rows(limit["sweep"])
+    args.share_rows = share if args.share_rows is None else args.share_rows
+    args.slice_rows = slice_rows if args.slice_rows is None else args.slice_rows
+    args.fill_rows = fill if args.fill_rows is None else args.fill_rows
     data = write_dataset(work / "data.parquet", args.rows, model.inputs[0].dims[-1])
     background = {"background_holdoff_us": args.holdoff_us, "background_share_rows": args.share_rows,
                   "background_slice_rows": args.slice_rows, "background_slice_us": args.slice_us,
@@ -400,15 +414,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="real-time load client (auto: the C++ client when built, `make bench-client`: it "
         "leaves the 2-core machine's CPU to the server and the batch job)",
     )
-    parser.add_argument(
-        "--slice-rows",
-        type=int,
-        default=SLICE_ROWS,
-        help=f"background_slice_rows (0: off; default {SLICE_ROWS}, what the publish step writes)",
-    )
-    parser.add_argument("--fill-rows", type=int, default=FILL_ROWS, help="background_fill_rows: real-time "
-                        f"batches topped up with job rows to it (0: off; default {FILL_ROWS}: published)")  # fmt: skip
-    parser.add_argument("--share-rows", type=int, default=SHARE_ROWS, help=f"background_share_rows ({SHARE_ROWS})")
+    published = "default: what the publish step writes from the in-process cost curve (published_rows)"
+    parser.add_argument("--slice-rows", type=int, default=None, help=f"background_slice_rows (0: off; {published})")
+    parser.add_argument("--fill-rows", type=int, default=None, help="background_fill_rows: real-time batches topped "
+                        f"up with job rows to it (0: off; {published})")  # fmt: skip
+    parser.add_argument("--share-rows", type=int, default=None, help=f"background_share_rows ({published})")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of real-time alone / with the job")
     parser.add_argument("--scorer-nice", type=int, default=10, help="niceness of the batch job next to the "
                         "real-time client (0: none; its client would run on its own machine)")  # fmt: skip

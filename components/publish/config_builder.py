@@ -1,7 +1,8 @@
 """Build the ``config.pbtxt`` for a published model, through the runtime's own format code.
 
 Public: ``TensorInfo``, ``onnx_io(path) -> (inputs, outputs)``, ``build_config(name, platform, inputs, outputs, *,
-max_batch_size, batching=None, instance_count=1, instance_kind="KIND_CPU", parameters=None) -> ModelConfig``.
+max_batch_size, batching=None, instance_count=1, instance_kind="KIND_CPU", parameters=None) -> ModelConfig``,
+``background_rows_for(max_batch_size, measured=None) -> (share, slice, fill)``.
 The config is validated with ``shipyard.serving_runtime.config.validate_config`` before anything is written.
 """
 
@@ -79,8 +80,9 @@ def build_config(
     ``batching``: ``preferred_batch_size`` (int or list) and ``max_queue_delay_microseconds``; when None and
     ``max_batch_size > 1``, plain ``dynamic_batching {}``. Batching configs get two priority levels (requests
     without a priority at level 1; ``shipyard score`` sends level 2, a background level: parameters
-    ``background_share_rows``, ``background_slice_rows`` and ``background_fill_rows``; ``parameters`` may
-    override them). ``background_instances`` N > 0 (opt-in, docs/scoring.md "The idle lane"): the last N of the
+    ``background_share_rows``, ``background_slice_rows`` and ``background_fill_rows``, from ``batching``'s
+    measured ``background_rows`` when it has one, ``background_rows_for``; ``parameters`` may override them).
+    ``background_instances`` N > 0 (opt-in, docs/scoring.md "The idle lane"): the last N of the
     ``instance_count`` CPU instances run batch-job work first, computing at the OS's idle priority;
     ``background_lend`` False writes ``background_lend: 0`` (the lane takes no real-time work).
     Raises: PublishError (a tensor's first dim is not the batch dim, the idle lane does not fit the instances,
@@ -129,10 +131,11 @@ def build_config(
         # level 2 is a background level (serving_runtime/scheduling/background.py): it joins a real-time
         # batch with a few rows at most, and while real-time work is recent it runs in slices of a few rows
         # (docs/scoring.md: why no hold-off)
-        config.parameters[SHARE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SHARE_DIVISOR))
-        config.parameters[SLICE_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_SLICE_DIVISOR))
+        share, slice_rows, fill = background_rows_for(max_batch_size, (batching or {}).get("background_rows"))
+        config.parameters[SHARE_PARAMETER].string_value = str(share)
+        config.parameters[SLICE_PARAMETER].string_value = str(slice_rows)
         # and its rows ride along in real-time batches up to the size of a slice (co-batching, docs/scoring.md)
-        config.parameters[FILL_PARAMETER].string_value = str(max(1, max_batch_size // BACKGROUND_FILL_DIVISOR))
+        config.parameters[FILL_PARAMETER].string_value = str(fill)
         if batching:
             preferred = batching.get("preferred_batch_size")
             if preferred:
@@ -158,6 +161,21 @@ def build_config(
     except ModelConfigError as exc:
         raise PublishError(f"the generated config is invalid: {exc}") from exc
     return config
+
+
+def background_rows_for(max_batch_size: int, measured: Any = None) -> tuple[int, int, int]:
+    """(share, slice, fill) rows of the background level for ``max_batch_size``.
+
+    ``measured``: the validation's ``background_rows`` (``recommend_batching``: the largest batch whose call
+    costs at most 1.25x a one-row call on the target), which slices and the fill then use, the share at most
+    that; 0 or None (not profiled): ``max_batch_size`` / 16, / 8 and / 8.
+    """
+    share = max(1, max_batch_size // BACKGROUND_SHARE_DIVISOR)
+    rows = int(measured or 0)
+    if rows > 0:
+        rows = min(rows, max_batch_size)
+        return min(share, rows), rows, rows
+    return share, max(1, max_batch_size // BACKGROUND_SLICE_DIVISOR), max(1, max_batch_size // BACKGROUND_FILL_DIVISOR)
 
 
 def _check_lane(lane: int, count: int, kind: str, max_batch_size: int) -> None:

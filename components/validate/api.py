@@ -98,6 +98,7 @@ class ValidationReport:
                 "max_batch_size": rec.max_batch_size,
                 "preferred_batch_size": rec.preferred_batch_size,
                 "max_queue_delay_microseconds": rec.max_queue_delay_microseconds,
+                "background_rows": rec.background_rows,
                 "latency_budget_ms": rec.latency_budget_ms,
             }
         return tags

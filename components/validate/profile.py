@@ -6,7 +6,13 @@ The idea of Triton's Model Analyzer, built in: time the model alone at batch 1, 
 - ``preferred_batch_size``: the smallest batch within the budget reaching 90% of the best throughput there;
 - ``max_queue_delay_microseconds``: twice the p95 time of a preferred batch (requests gather while the
   instance is busy anyway), but never more than half the budget left after executing a ``max_batch_size``
-  batch (p95), so queue wait plus execution stays inside the budget; capped at 100 ms.
+  batch (p95), so queue wait plus execution stays inside the budget; capped at 100 ms;
+- ``background_rows`` (batch scoring next to real-time traffic, docs/scoring.md): the largest profiled batch
+  whose p50 is within ``BACKGROUND_COST_FACTOR`` (1.25x) of the smallest batch's, at most ``max_batch_size``.
+  The publish step sizes the background level's slices and co-batching fill with it, so a real-time batch
+  topped up with batch-job rows, or waiting behind one slice of them, costs at most 1.25x its own call. Where
+  a call costs about the same for 1 row as for many (a GPU, a weight-bound CPU model) that is many rows;
+  where each row adds its own compute (a compute-bound CPU model) it is a few.
 
 Public: ``ProfileRow``, ``BatchingRecommendation``, ``batch_sizes_up_to(max_batch) -> list[int]``,
 ``profile_runner(runner, sample, *, batch_sizes, warmup=3, min_iterations=5, max_seconds_per_batch=0.5)
@@ -27,6 +33,7 @@ from shipyard.components.validate.runners import Runner
 
 PREFERRED_FRACTION = 0.9
 MAX_QUEUE_DELAY_US = 100_000
+BACKGROUND_COST_FACTOR = 1.25  # a batch topped up with batch-job rows costs at most this much more
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class BatchingRecommendation:
     max_queue_delay_microseconds: int
     latency_budget_ms: float
     reason: str
+    background_rows: int = 0  # 0: not measured (validation.json files written before it); the publish step's defaults
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +126,7 @@ def recommend_batching(rows: Sequence[ProfileRow], latency_budget_ms: float) -> 
             f"even batch {first.batch_size} takes {first.p95_ms:.2f} ms (p95) > budget {latency_budget_ms} ms: "
             "no batching; raise the budget or use a faster target",
         )  # fmt: skip
+    background = background_rows(ordered, feasible[-1].batch_size)
     best = max(r.throughput for r in feasible)
     preferred = next(r for r in feasible if r.throughput >= PREFERRED_FRACTION * best)
     largest = feasible[-1]
@@ -126,6 +135,21 @@ def recommend_batching(rows: Sequence[ProfileRow], latency_budget_ms: float) -> 
     reason = (
         f"batch {largest.batch_size} is the largest within {latency_budget_ms:g} ms (p95 {largest.p95_ms:.2f} ms); "
         f"batch {preferred.batch_size} reaches {preferred.throughput:.0f}/s, >= {PREFERRED_FRACTION:.0%} of the best "
-        f"{best:.0f}/s; queue delay = min(2 x p95 of the preferred batch, half the remaining {slack_ms:.2f} ms)"
+        f"{best:.0f}/s; queue delay = min(2 x p95 of the preferred batch, half the remaining {slack_ms:.2f} ms); "
+        f"batch-job rows per real-time batch or slice: {background} (the largest batch within "
+        f"{BACKGROUND_COST_FACTOR:g}x of batch {ordered[0].batch_size}'s p50)"
     )
-    return BatchingRecommendation(largest.batch_size, preferred.batch_size, delay_us, latency_budget_ms, reason)
+    return BatchingRecommendation(
+        largest.batch_size, preferred.batch_size, delay_us, latency_budget_ms, reason, background
+    )
+
+
+def background_rows(rows: Sequence[ProfileRow], max_batch_size: int) -> int:
+    """The largest profiled batch, at most ``max_batch_size``, whose p50 is within ``BACKGROUND_COST_FACTOR``
+    of the smallest profiled batch's p50 (see the module docstring); at least 1."""
+    ordered = sorted(rows, key=lambda r: r.batch_size)
+    if not ordered:
+        return 1
+    bound = BACKGROUND_COST_FACTOR * ordered[0].p50_ms
+    within = [r.batch_size for r in ordered if r.p50_ms <= bound and r.batch_size <= max_batch_size]
+    return max(within, default=1)

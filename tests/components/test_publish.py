@@ -50,6 +50,24 @@ def test_layout_config_versions_and_retention(tmp_path: Path, digits_onnx: Path)
     assert publish(digits_onnx, (tmp_path / "repo").as_uri(), "digits", keep_versions=None).version == 4
 
 
+def test_measured_background_rows_size_the_batch_jobs_slices_and_fill(tmp_path: Path, digits_onnx: Path) -> None:
+    """A recommendation that measured the cost curve (``background_rows``) sets slices and fill to it, the
+    share at most that; without one the publish step's divisors stay (the test above)."""
+    from shipyard.components.validate import BatchingRecommendation
+
+    def background(**batching: object) -> dict[str, str]:
+        publish(digits_onnx, tmp_path / "repo", "digits", batching=batching, keep_versions=None)
+        config = load_config(tmp_path / "repo" / "digits" / "config.pbtxt")
+        return {k.removeprefix("background_"): v.string_value for k, v in config.parameters.items()
+                if k.startswith("background_")}  # fmt: skip
+
+    rec = BatchingRecommendation(64, 16, 400, 20.0, "measured", background_rows=2)
+    assert background(**rec.as_dict()) == {"share_rows": "2", "slice_rows": "2", "fill_rows": "2"}
+    gpu_like = background(max_batch_size=64, background_rows=16)
+    assert gpu_like == {"share_rows": "4", "slice_rows": "16", "fill_rows": "16"}
+    assert background(max_batch_size=8, background_rows=32) == {"share_rows": "1", "slice_rows": "8", "fill_rows": "8"}
+
+
 def test_object_store_writes_the_completion_marker_last(digits_onnx: Path) -> None:
     import fsspec
 

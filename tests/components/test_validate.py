@@ -84,3 +84,29 @@ def test_recommendation_respects_the_latency_budget() -> None:
     assert 0 < rec.max_queue_delay_microseconds <= 250  # half of the 0.5 ms left
     tight = recommend_batching(rows, latency_budget_ms=0.5)
     assert tight.max_batch_size == 1 and tight.max_queue_delay_microseconds == 0 and "no batching" in tight.reason
+
+
+def test_batch_job_rows_follow_the_cost_curve() -> None:
+    """A real-time batch topped up with batch-job rows (or waiting behind a slice) may cost 1.25x a one-row
+    call at most: many rows where a call costs the same at any batch (a GPU), a few where each row adds
+    compute (the wide MLP on a compute-bound CPU: 1.9, 2.2, 2.5, 3.5 ms ...)."""
+    flat = [_row(1, 1.0), _row(2, 1.0), _row(4, 1.02), _row(8, 1.1), _row(16, 1.24), _row(32, 1.7), _row(64, 3.0)]
+    assert recommend_batching(flat, latency_budget_ms=50).background_rows == 16
+    assert recommend_batching(flat, latency_budget_ms=1.5).background_rows == 16
+    capped = recommend_batching(flat, latency_budget_ms=1.05)  # the largest batch within the budget is 4
+    assert (capped.max_batch_size, capped.background_rows) == (4, 4)
+    compute = [_row(1, 1.9), _row(2, 2.2), _row(4, 2.5), _row(8, 3.5), _row(16, 4.7), _row(32, 8.0)]
+    rec = recommend_batching(compute, latency_budget_ms=50)
+    assert (rec.max_batch_size, rec.background_rows) == (32, 2)
+    assert "batch-job rows per real-time batch or slice: 2" in rec.reason
+
+
+def test_a_recommendation_saved_before_background_rows_still_loads(tmp_path: Path) -> None:
+    import json
+
+    from shipyard.components.validate import load_recommendation
+
+    saved = {"max_batch_size": 32, "preferred_batch_size": 16, "max_queue_delay_microseconds": 400,
+             "latency_budget_ms": 20.0, "reason": "older"}  # fmt: skip
+    (tmp_path / "validation.json").write_text(json.dumps({"recommendation": saved}))
+    assert load_recommendation(tmp_path / "validation.json").background_rows == 0  # the publish step's defaults
