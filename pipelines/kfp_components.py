@@ -135,7 +135,7 @@ def validate_model(
         if data.get("accuracy_candidate") is not None:
             metrics.log_metric("accuracy", float(data["accuracy_candidate"]))
         rec = data.get("recommendation") or {}
-        for key in ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds"):
+        for key in ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds", "background_rows"):
             if key in rec:
                 metrics.log_metric(f"recommended_{key}", rec[key] if not isinstance(rec[key], list) else rec[key][0])
         return bool(data["passed"])
