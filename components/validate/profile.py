@@ -126,10 +126,10 @@ def recommend_batching(rows: Sequence[ProfileRow], latency_budget_ms: float) -> 
             f"even batch {first.batch_size} takes {first.p95_ms:.2f} ms (p95) > budget {latency_budget_ms} ms: "
             "no batching; raise the budget or use a faster target",
         )  # fmt: skip
-    background = background_rows(ordered, feasible[-1].batch_size)
     best = max(r.throughput for r in feasible)
     preferred = next(r for r in feasible if r.throughput >= PREFERRED_FRACTION * best)
     largest = feasible[-1]
+    background = background_rows(ordered, largest.batch_size)
     slack_ms = max(0.0, latency_budget_ms - largest.p95_ms)
     delay_us = int(min(slack_ms * 500.0, preferred.p95_ms * 2000.0, MAX_QUEUE_DELAY_US))
     reason = (
