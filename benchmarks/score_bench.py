@@ -39,12 +39,27 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common, score_profile, targets
+from benchmarks.cpu_meter import MachineCPU
 from benchmarks.loadgen import run_closed_loop
 from benchmarks.score_profile import WindowProbe
 
 MODEL = "wide_mlp"
 MAX_BATCH = 128
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
+SCORER_START_S = 2.0  # `shipyard score` importing and connecting: not yet scoring
+REALTIME_YIELD = 0.8  # a closed loop whose latencies grow 1.25x (the p99 target) runs at >= 1 / 1.25 of its rate
+
+
+def capacity_bound(capacity: float, realtime_use: float, limit_rows_per_s: float, alone_rows_per_s: float
+                   ) -> tuple[float, float]:  # fmt: skip
+    """An upper bound on the share of its alone throughput a batch job can get next to real-time traffic, from
+    one resource (the machine's cores, or the model's instances' compute time): what real-time leaves of
+    ``capacity``, each unit computing rows at the in-process limit (the best any row can cost: the session
+    alone, the best batch, nothing else), over the job's alone rows/s. Then the same if real-time gave up
+    ``1 - REALTIME_YIELD`` of its use, all that the p99 target lets a closed loop lose."""
+    untouched = max(0.0, capacity - realtime_use) * limit_rows_per_s / alone_rows_per_s
+    yielding = max(0.0, capacity - REALTIME_YIELD * realtime_use) * limit_rows_per_s / alone_rows_per_s
+    return untouched, yielding
 
 
 def log(message: str) -> None:
@@ -124,7 +139,11 @@ def realtime(port: int, model: common.ModelSpec, args: argparse.Namespace, score
     probe = None
     if args.profile:  # per-thread CPU and batch costs over the window's middle (benchmarks/score_profile.py)
         probe = WindowProbe(args.server_pid, port, MODEL, args.warmup_s, args.window_s, scorer_pid).start()
-    cell = run_closed_loop(spec, args.concurrency, args.warmup_s, args.window_s, client=args.client).as_dict()
+    computed, started = compute_seconds(port), time.monotonic()
+    with MachineCPU() as meter:
+        cell = run_closed_loop(spec, args.concurrency, args.warmup_s, args.window_s, client=args.client).as_dict()
+    cell["machine_cores"] = meter.cores(skip_start=args.warmup_s + 0.5, skip_end=0.25)  # the window, every process
+    cell["instance_busy"] = (compute_seconds(port) - computed) / (time.monotonic() - started)  # warm-up included
     if probe is not None:
         cell["profile"] = probe.result()
     return cell
@@ -155,6 +174,11 @@ def mixed(port: int, model: common.ModelSpec, data: Path, work: Path, batch_size
         scorer.wait(10)
     return {"realtime": cell, "batch_rows_per_s": (rows1 - rows0) / (t1 - t0), "batch_size": batch_size,
             "batch_ran_throughout": still_running, "same_as_alone": same_as_alone(port, model, data, out)}  # fmt: skip
+
+
+def compute_seconds(port: int) -> float:
+    """The model's compute time so far, every execution on every instance (statistics' ``batch_stats``)."""
+    return sum(ns for _, ns in score_profile._stats(port, MODEL)["batches"].values()) / 1e9
 
 
 def batch_counts(port: int) -> dict[int, int]:
@@ -268,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = {"model": MODEL, "rows": args.rows, "batch_size": batch, "window_s": args.window_s,
             "concurrency": args.concurrency, "client": args.client, "background": background,
             "scorer_nice": args.scorer_nice, "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-            "autogroup": autogroup_state()}  # fmt: skip
+            "autogroup": autogroup_state(), "cpus": os.cpu_count()}  # fmt: skip
     results: dict[str, Any] = {"meta": meta, "inprocess_limit": limit}
     inproc = run_scorer(score_argv(data, work / "inproc", "--repository", str(repo), batch_size=batch))
     results["alone_inprocess"] = inproc
@@ -283,8 +307,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.server_pid = server.pid
         log("batch job alone ...")
         url = f"{common.LOOPBACK}:{grpc_port}"
-        before = batch_counts(grpc_port)
-        alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
+        before, computed = batch_counts(grpc_port), compute_seconds(grpc_port)
+        with MachineCPU() as meter:
+            alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
+        alone["machine_cores"] = meter.cores(skip_start=SCORER_START_S, skip_end=0.5)  # past the scorer's imports
+        alone["instance_busy"] = (compute_seconds(grpc_port) - computed) / (meter.ended - meter.started)
         after = batch_counts(grpc_port)
         alone["batches"] = {size: n - before.get(size, 0) for size, n in after.items() if n - before.get(size, 0)}
         results["alone_served"] = alone
@@ -366,6 +393,7 @@ def report(results: dict[str, Any]) -> str:
             f"| batch job next to real-time / alone (batch {size}), median of {len(pairs)} (range {spread_s}) | "
             f"{share:.2f}x | >= {TARGETS['batch_share']}x | {share >= TARGETS['batch_share']} |",
         ]  # fmt: skip
+    lines += capacity_lines(results)
     same = [cell["same_as_alone"] for entry in results["rounds"] for cell in entry["mixed"] if "same_as_alone" in cell]
     if same:
         rows, identical = sum(c["rows"] for c in same), all(c["identical"] is not False for c in same)
@@ -390,6 +418,33 @@ def report(results: dict[str, Any]) -> str:
             for cell in entry["mixed"]:
                 lines += score_profile.lines(f"round {number}: with the job", cell["realtime"].get("profile", {}))
     return "\n".join(lines) + "\n"
+
+
+def capacity_lines(results: dict[str, Any]) -> list[str]:
+    """The report's rows for ``capacity_bound`` (the machine's cores, the instances' compute time), for what
+    was measured in every real-time window."""
+    meta = results["meta"]
+    limit, alone = results["inprocess_limit"]["best"], results["alone_served"]["rows_per_s"]
+    resources = (
+        ("machine_cores", "cores", float(meta.get("cpus") or os.cpu_count() or 1), "every process, /proc/stat"),
+        ("instance_busy", "instances' compute time", float(1 + int(meta["background"].get("background_instances")
+                                                                   or 0)), "the model's batch_stats"),
+    )  # fmt: skip
+    lines = []
+    for key, what, capacity, source in resources:
+        realtime = [entry["realtime_alone"].get(key) for entry in results["rounds"]]
+        if not realtime or None in realtime:
+            continue
+        used = statistics.median(realtime)
+        untouched, yielding = capacity_bound(capacity, used, limit, alone)
+        lines.append(
+            f"| {what} left for the job: ({capacity:g} - real-time alone's {used:.2f} ({source}), median of "
+            f"{len(realtime)} windows) x the in-process limit / the job alone's rows/s | at most {untouched:.2f}x "
+            f"its alone throughput with real-time untouched; {yielding:.2f}x if real-time gave up "
+            f"{1 - REALTIME_YIELD:.0%} | >= {TARGETS['batch_share']}x reachable | "
+            f"{yielding >= TARGETS['batch_share']} |"
+        )
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -125,3 +125,18 @@ def test_the_ort_gap_probe_prints_one_row_per_round(capsys: pytest.CaptureFixtur
     assert ort_gap.main(["--rounds", "1", "--runs", "3", "--gap-us", "100"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 8  # five timed blocks
+
+
+def test_the_stub_profile_counts_onnx_runtime_and_names_the_rest() -> None:
+    from benchmarks.stub_profile import fold
+
+    raw = (
+        "thread (1): MainThread;main (stub.py:378);execute (model.py:41);Session.run (onnxruntime/x.py:406) 80\n"
+        "thread (1): MainThread;main (stub.py:378);send (ipc.py:36) 15\n"
+        "thread (1): MainThread;main (stub.py:378);_respond (model.py:61) 5\n"
+        "garbage line\n"
+    )
+    folded = fold(raw)
+    assert folded["samples"] == 100
+    assert folded["in_run"] == 80
+    assert folded["other"] == [("send (ipc.py:36)", 15), ("_respond (model.py:61)", 5)]
