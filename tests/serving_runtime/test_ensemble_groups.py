@@ -379,8 +379,9 @@ def test_requests_whose_clients_leave_while_their_step_group_is_queued_leave_it(
 async def test_a_lone_clients_python_steps_go_from_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At c=1 (one client, requests one after another) each Python step's group of one request
-    goes from the event loop to the model's process and back (as a lone plain request does), not
+    """With SHIPYARD_PYTHON_LOOP_CALL=auto, at c=1 (one client, requests one after another) each Python
+    step's group of one request goes from the event loop to the model's process and back (as a lone
+    plain request does), not
     through the instance's worker thread, and the ONNX step runs on the event loop itself (once its
     compute time is known); two clients at once take the worker threads again. The answers are the
     models' either way."""
@@ -390,7 +391,7 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
     from shipyard.serving_runtime.scheduling import InferenceRequest, dynamic
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "auto")
     monkeypatch.delenv("SHIPYARD_ENSEMBLE_INLINE", raising=False)
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     # as for a model that computes for longer than a tiny model's inline run (the 4-float ONNX

@@ -268,7 +268,7 @@ def test_batches_reach_the_process_and_survive_a_restart(tmp_path: Path, loop_ca
 def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By default (SHIPYARD_PYTHON_LOOP_CALL unset: auto) requests sent one after another go from
+    """With SHIPYARD_PYTHON_LOOP_CALL=auto (the default of sessions 11-15) requests sent one after another go from
     the event loop to the process (no worker thread on the way); a burst still reaches ``execute``
     as the batcher's batches, through the worker thread, and so does a lone request while another
     is pending anywhere in the process. Every answer is the model's, and an idle process uses no
@@ -282,10 +282,10 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
     from shipyard.serving_runtime.scheduling.batching import BatchingSettings
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "auto")
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     instance = _echo_instance(tmp_path)
-    assert instance.loop_lone and not instance.loop_calls  # the default
+    assert instance.loop_lone and not instance.loop_calls
     worker_batches: list[int] = []
     through_thread = instance.execute_requests
 
@@ -335,22 +335,24 @@ def test_lone_requests_skip_the_worker_thread_and_bursts_still_batch(
         batcher.close()
 
 
-def test_a_bad_loop_call_setting_is_named_and_runs_as_auto(
+def test_a_bad_loop_call_setting_is_named_and_runs_as_the_default(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from shipyard.serving_runtime.backends.python.instance import loop_call_mode
 
     monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "single")
-    assert loop_call_mode() == "auto"
-    assert "SHIPYARD_PYTHON_LOOP_CALL='single' is not one of auto, 0, 1; using auto" in caplog.text
-    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "0")
     assert loop_call_mode() == "0"
+    assert "SHIPYARD_PYTHON_LOOP_CALL='single' is not one of auto, 0, 1; using 0" in caplog.text
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "auto")
+    assert loop_call_mode() == "auto"
+    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL")
+    assert loop_call_mode() == "0"  # by default every batch goes through the instance's thread
 
 
-def test_by_default_a_lone_request_goes_from_the_loop_and_a_batch_through_the_thread(
+def test_in_auto_mode_a_lone_request_goes_from_the_loop_and_a_batch_through_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By default (auto) a batch of one request sent alone goes from the event loop to the process
+    """With SHIPYARD_PYTHON_LOOP_CALL=auto a batch of one request sent alone goes from the event loop to the process
     (no worker thread on the way), and a burst reaches the instance's thread only as batches of several."""
     import asyncio
     import threading
@@ -359,7 +361,7 @@ def test_by_default_a_lone_request_goes_from_the_loop_and_a_batch_through_the_th
     from shipyard.serving_runtime.scheduling.batching import BatchingSettings
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
-    monkeypatch.delenv("SHIPYARD_PYTHON_LOOP_CALL", raising=False)
+    monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "auto")
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     instance = _echo_instance(tmp_path)
     sizes_on_thread: list[int] = []
