@@ -37,7 +37,7 @@ log = logging.getLogger("shipyard.serving_runtime.backends.python")
 
 # Which batches go straight from the event loop to the process (start_requests) instead of through
 # the instance's worker thread (execute_requests). "0" (the default since session 16): none, every
-# batch through the worker, which measured 4-10% lower c=1 p50 than "auto" on a quiet machine and
+# batch through the worker, whose c=1 p50 beat "auto" in three of four quiet A/B runs and which
 # gave bigger batches under load. "auto" (the default of sessions 11-15): a lone request at light
 # load (a batch of one request and no other request pending in any dynamic batcher of the
 # process), saving the worker's two hand-overs; "1": every batch (docs/serving.md, Python models,
