@@ -1,8 +1,8 @@
 """How many of the machine's cores were busy over a stretch of time (``/proc/stat``, every process).
 
 ``score_bench`` uses it to bound what a batch job can get next to real-time traffic: the cores the real-time
-client and server leave idle, over the cores the job used alone (docs/scoring.md, "Session 16"). Linux only;
-elsewhere the meter reads nothing and ``cores`` returns None.
+client and server leave idle, each computing rows at the in-process limit (docs/scoring.md, "Session 16").
+Linux only; elsewhere the meter reads nothing and ``cores`` returns None.
 """
 
 from __future__ import annotations

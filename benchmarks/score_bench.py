@@ -46,7 +46,6 @@ from benchmarks.score_profile import WindowProbe
 MODEL = "wide_mlp"
 MAX_BATCH = 128
 TARGETS = {"served_vs_inprocess": 0.8, "p99_ratio": 1.25, "batch_share": 0.5}
-SCORER_START_S = 2.0  # `shipyard score` importing and connecting: not yet scoring
 REALTIME_YIELD = 0.8  # a closed loop whose latencies grow 1.25x (the p99 target) runs at >= 1 / 1.25 of its rate
 
 
@@ -307,11 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.server_pid = server.pid
         log("batch job alone ...")
         url = f"{common.LOOPBACK}:{grpc_port}"
-        before, computed = batch_counts(grpc_port), compute_seconds(grpc_port)
-        with MachineCPU() as meter:
-            alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
-        alone["machine_cores"] = meter.cores(skip_start=SCORER_START_S, skip_end=0.5)  # past the scorer's imports
-        alone["instance_busy"] = (compute_seconds(grpc_port) - computed) / (meter.ended - meter.started)
+        before = batch_counts(grpc_port)
+        alone = run_scorer(score_argv(data, work / "alone", "--url", url, batch_size=batch))
         after = batch_counts(grpc_port)
         alone["batches"] = {size: n - before.get(size, 0) for size, n in after.items() if n - before.get(size, 0)}
         results["alone_served"] = alone

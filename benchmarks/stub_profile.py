@@ -36,19 +36,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, python_models
+from benchmarks import common, python_models, score_profile
 from benchmarks.loadgen import LoadSpec, run_closed_loop
-from benchmarks.threads import _children
 
 RUN_FRAME = "Session.run"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...)."""
-    found: list[int] = []
-    for child in _children(pid):
-        found += [child, *descendants(child)]
-    return found
 
 
 def fold(raw: str) -> dict[str, Any]:
@@ -74,20 +65,15 @@ def fold(raw: str) -> dict[str, Any]:
 
 
 def compute_ns(port: int, name: str) -> tuple[int, int, int] | None:
-    """(compute_infer ns, inference_count, execution_count) of ``name`` from the server's statistics."""
+    """(compute_infer ns, rows, executions) of ``name`` so far, from its statistics' ``batch_stats`` (per
+    execution: ``inference_stats`` adds a batch's time once per request in it); None without statistics."""
     try:
-        from tritonclient.grpc import InferenceServerClient
-
-        client = InferenceServerClient(f"{common.LOOPBACK}:{port}")
-        try:
-            entry = client.get_inference_statistics(model_name=name, as_json=True)["model_stats"][0]
-        finally:
-            client.close()
-        # per execution, not per request (inference_stats adds a batch's time once per request in it)
-        compute = sum(int(batch.get("compute_infer", {}).get("ns", 0)) for batch in entry.get("batch_stats", []))
-        return compute, int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+        batches = score_profile._stats(port, name)["batches"]
     except Exception:  # a diagnostic column: a server without statistics still reports the rest
         return None
+    compute = sum(ns for _, ns in batches.values())
+    rows = sum(size * count for size, (count, _) in batches.items())
+    return compute, rows, sum(count for count, _ in batches.values())
 
 
 def spy_argv(spy: str, rate: int, seconds: int, output: Path, pid: int) -> list[str]:
@@ -108,7 +94,7 @@ def profile_server(name: str, spy: str | None, args: argparse.Namespace, workdir
     try:
         load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=args.model))
         run_closed_loop(load, args.concurrency, 1.0, 2.0, 2, args.client)  # warm-up
-        stubs = [pid for pid in descendants(server.pid) if pid != server.pid] if spy else []
+        stubs = score_profile._children(server.pid) if spy else []  # the model processes (and theirs)
         spy_seconds = max(1, int(args.seconds) - 1)
         recorders = [
             subprocess.Popen(

@@ -381,10 +381,9 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
 ) -> None:
     """With SHIPYARD_PYTHON_LOOP_CALL=auto, at c=1 (one client, requests one after another) each Python
     step's group of one request goes from the event loop to the model's process and back (as a lone
-    plain request does), not
-    through the instance's worker thread, and the ONNX step runs on the event loop itself (once its
-    compute time is known); two clients at once take the worker threads again. The answers are the
-    models' either way."""
+    plain request does), not through the instance's worker thread, and the ONNX step runs on the event
+    loop itself (once its compute time is known); two clients at once take the worker threads again.
+    The answers are the models' either way."""
     import threading
 
     from shipyard.serving_runtime.manager import ModelManager
