@@ -148,8 +148,10 @@ class Promoter:
         return get_client(self.settings.tracking_uri)
 
     def _tag(self, name: str, version: int, **tags: str) -> None:
+        """Set ``tags`` on the version, the status last: one MLflow call per tag, so a reader that sees the
+        new status (a test, a dashboard, ``shipyard`` itself) also finds the reason that goes with it."""
         client = self._client()
-        for key, value in tags.items():
+        for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS_TAG):
             client.set_model_version_tag(name, str(version), key, value)
 
     # --- prepare ---
