@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.target} {args.protocol} {args.model} c={args.concurrency} ({args.client} client): "
         f"{rate:,.0f} req/s, p50 {cell.p50_ms or 0:.2f} ms, p99 {cell.p99_ms or 0:.2f} ms, errors {cell.errors}"
     )
+    for sample in sorted(set(cell.error_samples))[:3]:
+        print(f"  error: {sample}")
     header = f"{'thread':28s} {'on CPU':>7s} {'waiting':>8s} {'µs/req':>7s} {'runs/req':>8s}"
     print(f"{header} {'slept':>6s} {'preempt':>7s}")
     for t in out["threads"]:

@@ -21,6 +21,7 @@ from shipyard.serving_runtime.config import parse_config_text
 from shipyard.serving_runtime.errors import BackendError
 from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler, dynamic
 from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
+from shipyard.serving_runtime.scheduling.inline_cost import ComputeEstimate
 from shipyard.zoo import onnx_model
 
 
@@ -129,9 +130,12 @@ async def test_a_request_too_large_for_the_loop_goes_to_the_instance_thread() ->
     instance = ThreadRecording(compute_s=0.0)
     s = make(instance)
     await s.submit(req(0))
-    s._item_ns = dynamic.INLINE_MAX_COMPUTE_NS / 4  # as if measured: a quarter of the inline budget per item
-    await s.submit(req(1, rows=2))  # 2 items: within the budget, inline
-    s._item_ns = dynamic.INLINE_MAX_COMPUTE_NS / 4
+    quarter = dynamic.INLINE_MAX_COMPUTE_NS // 4
+    s._cost = ComputeEstimate(1.05)
+    s._cost.observe(quarter, 1)  # as if measured: a lone item costs a quarter of the inline budget
+    await s.submit(req(1, rows=2))  # 2 items, none of that size seen: at most 2 quarters, inline
+    s._cost = ComputeEstimate(1.05)
+    s._cost.observe(quarter, 1)
     await s.submit(req(2, rows=8))  # 8 items: twice the budget, on the instance thread
     loop_thread = threading.get_ident()
     assert [(run[0] == loop_thread, run[1]) for run in instance.runs[1:]] == [(True, 2), (False, 8)]
@@ -208,4 +212,43 @@ async def test_models_without_dynamic_batching_run_inline_one_by_one() -> None:
     for v, out in enumerate(results):
         np.testing.assert_array_equal(out["y"], np.full((2, 4), 2.0 * v, np.float32))
     assert instance.runs == [(threading.get_ident(), 2)] * 5  # each alone, each inline
+    s.close()
+
+
+async def test_a_fixed_cost_model_runs_large_groups_inline_once_their_size_has_run() -> None:
+    """A tiny model costs the same per call whatever its rows: once a batch of 8 has run (on the
+    instance thread: 8 lone-item costs would exceed the budget), further batches of 8 run inline,
+    and lone requests stay inline between them (each size is estimated on its own: with one per-item
+    figure, the lone requests' cost moved it up until the next group of 8 went to the thread)."""
+    instance = ThreadRecording(compute_s=0.0003)  # 0.3 ms a call: 1 ms budget for one, not for 8x
+    s = make(instance)
+    await warm(s, instance)
+    loop_thread = threading.get_ident()
+    await s.submit(req(1, rows=8))  # predicted from lone items: 2.4 ms, on the thread
+    for i in range(3):
+        await s.submit(req(i, rows=8))
+        for j in range(30):  # many lone requests between groups (a single per-item figure drifted up)
+            await s.submit(req(j))
+    inline = [(run[0] == loop_thread, run[1]) for run in instance.runs]
+    assert inline[0] == (False, 8)
+    assert all(on_loop for on_loop, _ in inline[1:]), inline
+    s.close()
+
+
+async def test_a_caller_awaiting_inline_requests_in_a_loop_lets_other_tasks_run() -> None:
+    """An inline request returns without suspending its caller; a loop of them must still let the
+    event loop run other tasks (here: the one that tells it to stop), so after a bounded number
+    of inline requests in one turn the next takes the queue and suspends."""
+    instance = ThreadRecording()
+    s = make(instance)
+    await warm(s, instance)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(stop.set)
+    sent = 0
+    while not stop.is_set() and sent < 10_000:
+        await s.submit(req(sent))
+        sent += 1
+    assert stop.is_set() and sent <= 2 * dynamic.INLINE_PER_TURN, sent
+    assert instance.runs[0][0] == threading.get_ident()  # they did run inline until then
     s.close()
