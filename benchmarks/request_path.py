@@ -63,9 +63,9 @@ def main() -> None:
     parser.add_argument("--no-inline", action="store_true", help="never run tiny models on the event loop")
     args = parser.parse_args()
     if args.no_inline:
-        from shipyard.serving_runtime.scheduling import dynamic
+        from shipyard.serving_runtime.scheduling import inline as inline_rule
 
-        dynamic.INLINE_MAX_COMPUTE_NS = -1
+        inline_rule.INLINE_MAX_COMPUTE_NS = -1
     import uvloop
 
     rate, cpu_us = uvloop.run(measure(args.model, args.concurrency, args.seconds))

@@ -10,14 +10,9 @@ gather into the next batch.
 With ``merge=False`` the same machinery runs requests one by one (the scheduler for models
 without ``dynamic_batching``).
 
-Tiny models run inline: when an instance is idle, nothing is queued, no queue delay is set, the
-instance declares ``inline_safe`` (CPU ONNX Runtime sessions do) and its batches have been taking
-at most ``INLINE_MAX_COMPUTE_NS`` for this request's size, ``submit`` runs the request on the
-event loop thread at once. Handing a batch to a thread and back costs the loop more than such a
-model's compute (docs/serving.md, "Tiny models run inline"). The cost is estimated per size class
-(``inline_cost.py``): a tiny model's fixed per-call cost does not grow with its rows, so a group of
-64 items runs inline as a lone item does, and a stall (an inline batch that took more than
-``INLINE_STALL_NS``) moves the model back to its thread at once.
+Tiny models run inline: ``submit`` runs a request on the event loop thread at once, and ``_kick`` a
+batch formed from the queue, when an instance is idle and ``inline.py``'s rule says the batch fits
+(docs/serving.md, "Tiny models run inline").
 """
 
 from __future__ import annotations
@@ -47,7 +42,7 @@ from shipyard.serving_runtime.scheduling.cobatch import CoBatch, top_up
 from shipyard.serving_runtime.scheduling.decision import decide
 from shipyard.serving_runtime.scheduling.group import drop_member
 from shipyard.serving_runtime.scheduling.idle_lane import lane_for
-from shipyard.serving_runtime.scheduling.inline_cost import ComputeEstimate
+from shipyard.serving_runtime.scheduling.inline import LONE_INLINE_MAX_COMPUTE_NS, InlineRule
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
 from shipyard.serving_runtime.scheduling.queue import (
     QUEUED,
@@ -63,16 +58,6 @@ from shipyard.serving_runtime.stats import ModelStats
 log = logging.getLogger(__name__)
 
 _UNLIMITED = 1 << 62
-# Inline execution on the event loop (see the module docstring): the longest a request may be
-# expected to compute there, the growth of the per-item estimate per slower batch, and the compute
-# time of an inline batch that switches inlining off at once.
-INLINE_MAX_COMPUTE_NS = 50_000
-INLINE_ESTIMATE_GROWTH = 1.05
-INLINE_STALL_NS = 500_000
-# Inline requests per turn of the event loop before the rest take the queue (``_inline_turn``).
-INLINE_PER_TURN = 64
-# A lone ensemble step (``RequestGroup.lone``, c=1) runs inline up to this compute (``_runs_lone_inline``).
-LONE_INLINE_MAX_COMPUTE_NS = 4_000_000
 # Hand the GIL to an instance thread at dispatch (see ``instances``) only while batches compute
 # for at least this long: for a trivial model the loop's time matters more than the worker's start.
 HANDOFF_MIN_COMPUTE_NS = 1_000_000
@@ -127,9 +112,7 @@ class DynamicBatcher:
         self._drained: asyncio.Future[None] | None = None
         self._kick_soon = False
         self._handoff_s = 0.0  # HANDOFF_TIMEOUT_S while the last batch computed >= HANDOFF_MIN_COMPUTE_NS
-        self._inline = self._delay_ns == 0 and all(getattr(i, "inline_safe", False) for i in instances)
-        self._cost = ComputeEstimate(INLINE_ESTIMATE_GROWTH)  # expected compute by batch size (inline_cost.py)
-        self._inline_count = 0  # inline requests in this turn of the loop (``_inline_turn``)
+        self._inline = InlineRule(self._delay_ns == 0 and all(getattr(i, "inline_safe", False) for i in instances))
         self._background = self._batching.background
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
         background = self._background if self._merge else None  # only a batch dimension can be cut
@@ -164,11 +147,9 @@ class DynamicBatcher:
                 f"request batch size {size} exceeds max_batch_size {self._max_batch} of {self._where}"
             )
         now = time.monotonic_ns()
-        if self._inline and self._idle and not len(self._queue):
-            expected = self._cost.predict(size)
-            if expected is not None and expected <= INLINE_MAX_COMPUTE_NS and self._inline_turn(loop):
-                return self._run_inline(request, now)
-        if getattr(request, "lone", False) and self._runs_lone_inline(size) and self._inline_turn(loop):
+        if self._idle and not len(self._queue) and self._inline.fits(size) and self._inline.take_turn(loop):
+            return self._run_inline(request, now)
+        if getattr(request, "lone", False) and self._runs_lone_inline(size) and self._inline.take_turn(loop):
             return self._run_inline(request, now)
         key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
@@ -229,23 +210,6 @@ class DynamicBatcher:
             set_exception(envelope.future, RequestCancelled("request cancelled by the client before it finished"))
         return True
 
-    def _inline_turn(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether another request may run inline in this turn of the loop. A request that runs
-        inline returns without suspending its caller, so a caller awaiting requests one after
-        another (``while not stop.is_set(): await model.infer(...)``) would never let the loop run
-        anything else, the task that sets ``stop`` included. After ``INLINE_PER_TURN`` inline
-        requests in one turn the rest take the queue, whose future suspends the caller (and a
-        batch formed from the queue still runs inline in ``_kick``, on a later callback)."""
-        if self._inline_count == 0:
-            loop.call_soon(self._new_turn)
-        elif self._inline_count >= INLINE_PER_TURN:
-            return False
-        self._inline_count += 1
-        return True
-
-    def _new_turn(self) -> None:
-        self._inline_count = 0
-
     def _runs_lone_inline(self, size: int) -> bool:
         """Whether a lone ensemble step's group (``RequestGroup.lone``: c=1) runs on the event loop:
         its model runs inline (``inline_safe``; ONNX Runtime releases the GIL while it computes),
@@ -254,10 +218,9 @@ class DynamicBatcher:
         hand-overs (loop -> worker -> loop) and the task's resume; the loop is held for the compute,
         as the hand-over already holds it for up to ``HANDOFF_TIMEOUT_S`` (docs/serving.md,
         "The ensemble at c=1")."""
-        if not (self._inline and DynamicBatcher.process_pending == 0 and self._idle and not len(self._queue)):
+        if not (DynamicBatcher.process_pending == 0 and self._idle and not len(self._queue)):
             return False
-        expected = self._cost.predict(size)
-        return expected is not None and expected <= LONE_INLINE_MAX_COMPUTE_NS
+        return self._inline.fits(size, LONE_INLINE_MAX_COMPUTE_NS)
 
     def _run_inline(self, request: InferenceRequest, enqueue_ns: int) -> dict[str, np.ndarray]:
         """Run ``request`` on an idle instance on this (the event loop's) thread."""
@@ -272,7 +235,7 @@ class DynamicBatcher:
         finally:
             self._idle.append(worker)
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
-        self._observe_compute(compute_ns, size, inline=True)
+        self._inline.observe(compute_ns, size, inline=True)
         end = time.monotonic_ns()
         background = self._background
         if background is not None and self._queue.settings.level_index(request.priority) < background.level:
@@ -291,9 +254,6 @@ class DynamicBatcher:
         if isinstance(result, ServingError):
             raise result
         return result
-
-    def _observe_compute(self, compute_ns: int, size: int, inline: bool = False) -> None:
-        self._cost.observe(compute_ns, size, stall=inline and compute_ns > INLINE_STALL_NS)
 
     def pending_count(self) -> int:
         """Requests accepted and not yet finished (queued or executing)."""
@@ -426,14 +386,11 @@ class DynamicBatcher:
 
     def _ran_queued_inline(self, batch: Batch) -> bool:
         """Run a batch formed from the queue on this (the loop's) thread when the model runs inline
-        and its expected compute for this size is within ``INLINE_MAX_COMPUTE_NS``. Without this a
+        and its expected compute for this size fits (``InlineRule.fits``). Without this a
         tiny model, once one batch went to its thread, stayed there: requests arriving meanwhile
         queue, and each batch's end dispatched the next to the thread (at add_sub gRPC c=64 the
         instance thread ran a third of the batches, each paying the hand-over both ways)."""
-        if not (self._inline and self._lane is None and self._slicer is None and self._idle):
-            return False
-        expected = self._cost.predict(batch.size)
-        if expected is None or expected > INLINE_MAX_COMPUTE_NS:
+        if not (self._lane is None and self._slicer is None and self._idle and self._inline.fits(batch.size)):
             return False
         worker = self._idle.pop()
         worker.run_inline(batch)
@@ -498,8 +455,8 @@ class DynamicBatcher:
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
         if self._background is not None and any(e.level < self._background.level for e in batch.envelopes):
             self._foreground_ns = time.monotonic_ns()
-        if self._inline:
-            self._observe_compute(compute_ns, batch.size, inline=inline)
+        if self._inline.enabled:
+            self._inline.observe(compute_ns, batch.size, inline=inline)
         sliced = self._slicer.done(batch, compute_ns) if isinstance(batch, SliceBatch) and self._slicer else None
         riders = batch.finish(self._slicer, compute_ns) if isinstance(batch, CoBatch) and self._slicer else []
         if not self._closed and not inline:

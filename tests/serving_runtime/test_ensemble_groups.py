@@ -387,15 +387,15 @@ async def test_a_lone_clients_python_steps_go_from_the_event_loop(
     import threading
 
     from shipyard.serving_runtime.manager import ModelManager
-    from shipyard.serving_runtime.scheduling import InferenceRequest, dynamic
+    from shipyard.serving_runtime.scheduling import InferenceRequest, inline
     from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 
     monkeypatch.setenv("SHIPYARD_PYTHON_LOOP_CALL", "auto")
     monkeypatch.delenv("SHIPYARD_ENSEMBLE_INLINE", raising=False)
     monkeypatch.setattr(DynamicBatcher, "process_pending", 0)  # whatever other tests left behind
     # as for a model that computes for longer than a tiny model's inline run (the 4-float ONNX
-    # model here would otherwise run on the loop whatever the load: dynamic.py's module docstring)
-    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 0)
+    # model here would otherwise run on the loop whatever the load: scheduling/inline.py's docstring)
+    monkeypatch.setattr(inline, "INLINE_MAX_COMPUTE_NS", 0)
     manager = ModelManager([_repository(tmp_path / "repo")], "none")
     await manager.start()
     on_worker: list[str] = []

@@ -19,7 +19,7 @@ from shipyard.serving_runtime.backends.base import Device, InstanceSettings
 from shipyard.serving_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from shipyard.serving_runtime.config import parse_config_text
 from shipyard.serving_runtime.errors import BackendError
-from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler, dynamic
+from shipyard.serving_runtime.scheduling import InferenceRequest, create_scheduler, inline
 from shipyard.serving_runtime.scheduling.dynamic import DynamicBatcher
 from shipyard.serving_runtime.scheduling.inline_cost import ComputeEstimate
 from shipyard.zoo import onnx_model
@@ -65,8 +65,8 @@ output {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }}
 def steady(monkeypatch: pytest.MonkeyPatch) -> None:
     """Budgets a loaded CI machine cannot upset: the fake (microseconds) is always within 1 ms,
     the 2 ms "slow" fake never is, and only a 10 ms inline batch counts as a stall."""
-    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 1_000_000)
-    monkeypatch.setattr(dynamic, "INLINE_STALL_NS", 10_000_000)
+    monkeypatch.setattr(inline, "INLINE_MAX_COMPUTE_NS", 1_000_000)
+    monkeypatch.setattr(inline, "INLINE_STALL_NS", 10_000_000)
 
 
 def make(instance: ThreadRecording, batching: str = "dynamic_batching { }") -> DynamicBatcher:
@@ -130,12 +130,12 @@ async def test_a_request_too_large_for_the_loop_goes_to_the_instance_thread() ->
     instance = ThreadRecording(compute_s=0.0)
     s = make(instance)
     await s.submit(req(0))
-    quarter = dynamic.INLINE_MAX_COMPUTE_NS // 4
-    s._cost = ComputeEstimate(1.05)
-    s._cost.observe(quarter, 1)  # as if measured: a lone item costs a quarter of the inline budget
+    quarter = inline.INLINE_MAX_COMPUTE_NS // 4
+    s._inline.cost = ComputeEstimate(1.05)
+    s._inline.cost.observe(quarter, 1)  # as if measured: a lone item costs a quarter of the inline budget
     await s.submit(req(1, rows=2))  # 2 items, none of that size seen: at most 2 quarters, inline
-    s._cost = ComputeEstimate(1.05)
-    s._cost.observe(quarter, 1)
+    s._inline.cost = ComputeEstimate(1.05)
+    s._inline.cost.observe(quarter, 1)
     await s.submit(req(2, rows=8))  # 8 items: twice the budget, on the instance thread
     loop_thread = threading.get_ident()
     assert [(run[0] == loop_thread, run[1]) for run in instance.runs[1:]] == [(True, 2), (False, 8)]
@@ -249,6 +249,6 @@ async def test_a_caller_awaiting_inline_requests_in_a_loop_lets_other_tasks_run(
     while not stop.is_set() and sent < 10_000:
         await s.submit(req(sent))
         sent += 1
-    assert stop.is_set() and sent <= 2 * dynamic.INLINE_PER_TURN, sent
+    assert stop.is_set() and sent <= 2 * inline.INLINE_PER_TURN, sent
     assert instance.runs[0][0] == threading.get_ident()  # they did run inline until then
     s.close()

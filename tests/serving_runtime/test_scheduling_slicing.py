@@ -194,9 +194,9 @@ class InlineInstance(FakeInstance):
 async def test_a_real_time_request_run_inline_counts_as_recent_real_time_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small model runs a lone real-time request on the event loop (no batch ends on a worker): a
     background request too big to run inline, right after it, is still cut into slices."""
-    from shipyard.serving_runtime.scheduling import dynamic
+    from shipyard.serving_runtime.scheduling import inline
 
-    monkeypatch.setattr(dynamic, "INLINE_MAX_COMPUTE_NS", 20_000_000)  # 1 row (~2 ms) inline, 32 rows (~64 ms) not
+    monkeypatch.setattr(inline, "INLINE_MAX_COMPUTE_NS", 20_000_000)  # 1 row (~2 ms) inline, 32 rows (~64 ms) not
     instance = InlineInstance(compute_s=0.002)
     s = scheduler([instance], mbs=32, extra=SLICED.format(rows=8, recent_us=10_000_000))
     check(await s.submit(request(1, priority=2)), 1)  # background work (not real time): a first cost estimate
