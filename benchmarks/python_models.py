@@ -45,6 +45,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.common import LOOPBACK, ModelSpec, ServerProcess, TensorSpec
 from benchmarks.loadgen import CLIENTS, CellResult, LoadSpec, run_closed_loop
+from benchmarks.report import update_readme
 
 HERE = Path(__file__).resolve().parent
 ORT_MODEL_PY = common.REPO_ROOT / "examples" / "python_models" / "onnx_runtime_model.py"
@@ -382,6 +383,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", choices=CLIENTS, default="native")
     parser.add_argument("--servers", default="triton,shipyard", help="comma-separated: triton, shipyard")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md's table alone")
     parser.add_argument(
         "--ceiling-seconds", type=float, default=1.0, help="seconds per batch size of the compute ceiling (0: skip)"
     )
@@ -425,7 +427,25 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "python_models.json").write_text(json.dumps(results, indent=2))
     (args.out / "python_models.md").write_text(table)
     print(table)
+    if not args.no_readme and args.out.resolve() == DEFAULT_OUT.resolve():
+        update_readme(common.REPO_ROOT / "README.md", readme_block(table, argv), README_MARKERS)
     return 1 if results["errors"] else 0
+
+
+# The README's copy of the table, rewritten by each run into benchmarks/results (``make bench``).
+README_MARKERS = ("<!-- bench:python-models:start -->", "<!-- bench:python-models:end -->")
+
+
+def readme_block(table: str, argv: list[str] | None) -> str:
+    """The table with the run's time, commit and command above it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    command = " ".join(["python -m benchmarks.python_models", *(sys.argv[1:] if argv is None else argv)])
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"Run {when}, commit `{commit}`; command `{command.strip()}`.\n\n{table}"
 
 
 if __name__ == "__main__":

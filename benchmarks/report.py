@@ -520,18 +520,19 @@ README_START = "<!-- bench:latest:start -->"
 README_END = "<!-- bench:latest:end -->"
 
 
-def update_readme(readme: Path, markdown: str) -> bool:
-    """Put ``markdown`` (the report, headings demoted one level) between the README's markers.
+def update_readme(readme: Path, markdown: str, markers: tuple[str, str] = (README_START, README_END)) -> bool:
+    """Put ``markdown`` (the report, headings demoted one level) between the README's ``markers``.
 
     Returns False (and leaves the file alone) when the markers are missing.
     """
     text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+    opening, closing = markers
+    start, end = text.find(opening), text.find(closing)
     if start < 0 or end < start:
         return False
     body = [line for line in markdown.splitlines() if not line.startswith("# ")]
     body = ["#" + line if line.startswith("## ") else line for line in body]
-    new = text[: start + len(README_START)] + "\n" + "\n".join(body).strip() + "\n" + text[end:]
+    new = text[: start + len(opening)] + "\n" + "\n".join(body).strip() + "\n" + text[end:]
     _atomic_text(readme, new)
     return True
 

@@ -140,3 +140,22 @@ def test_the_stub_profile_counts_onnx_runtime_and_names_the_rest() -> None:
     assert folded["samples"] == 100
     assert folded["in_run"] == 80
     assert folded["other"] == [("send (ipc.py:36)", 15), ("_respond (model.py:61)", 5)]
+
+
+def test_the_readme_copy_of_the_table_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
+    """``make bench`` rewrites the README's Python-model table; the text around it stays, and the
+    main table's block (other markers) is not touched."""
+    from benchmarks import python_models
+    from benchmarks import report as bench_report
+
+    start, end = python_models.README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"intro\n{bench_report.README_START}\nmain\n{bench_report.README_END}\n{start}\nold\n{end}\nafter\n"
+    )
+    block = python_models.readme_block("| model | c |\n|---|---|\n| mlp_py | 16 |\n", ["--quick"])
+    assert bench_report.update_readme(readme, block, python_models.README_MARKERS)
+    text = readme.read_text()
+    assert "old" not in text and "| mlp_py | 16 |" in text and "`python -m benchmarks.python_models --quick`" in text
+    assert text.startswith(f"intro\n{bench_report.README_START}\nmain\n") and text.endswith(f"{end}\nafter\n")
+    assert not bench_report.update_readme(tmp_path / "README.md", block, ("<!-- nowhere -->", end))
