@@ -24,6 +24,18 @@ LOOPBACK = "127.0.0.1"
 GRPC_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def git_commit() -> str:
+    """The checkout's short commit for a report's header ("unknown" outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 _ORT_TO_TRITON = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",

@@ -489,14 +489,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.inprocess:  # child mode
@@ -513,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
     results: dict[str, Any] = {
         "meta": {
-            "gpu": gpu, "backend": args.backend, "instances": args.instances, "commit": _commit(),
+            "gpu": gpu, "backend": args.backend, "instances": args.instances, "commit": common.git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "warmup_s": args.warmup,
             "window_s": args.window, "client_procs": args.client_procs, "concurrency": concurrency,
             "command": "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -438,11 +438,7 @@ README_MARKERS = ("<!-- bench:python-models:start -->", "<!-- bench:python-model
 
 def readme_block(table: str, argv: list[str] | None) -> str:
     """The table with the run's time, commit and command above it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = common.git_commit()
     command = " ".join(["python -m benchmarks.python_models", *(sys.argv[1:] if argv is None else argv)])
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"Run {when}, commit `{commit}`; command `{command.strip()}`.\n\n{table}"

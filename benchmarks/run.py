@@ -161,16 +161,6 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
     load1 = os.getloadavg()[0]
@@ -184,7 +174,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.run", *(shlex.quote(a) for a in argv)]),
-        "commit": _commit(),
+        "commit": common.git_commit(),
         "cpus": cpus,
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "load_average_at_start": load1,

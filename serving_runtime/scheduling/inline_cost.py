@@ -32,11 +32,6 @@ class ComputeEstimate:
         self._growth = growth
         self._per_item: dict[int, float] = {}  # size class -> estimated compute per item, ns
 
-    @property
-    def known(self) -> bool:
-        """Whether any batch has been observed."""
-        return bool(self._per_item)
-
     def observe(self, compute_ns: int, size: int, stall: bool = False) -> None:
         """A batch of ``size`` items computed for ``compute_ns``; ``stall``: take it as the new
         estimate of its class at once (an inline batch that held the loop too long)."""

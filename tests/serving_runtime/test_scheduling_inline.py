@@ -229,9 +229,9 @@ async def test_a_fixed_cost_model_runs_large_groups_inline_once_their_size_has_r
         await s.submit(req(i, rows=8))
         for j in range(30):  # many lone requests between groups (a single per-item figure drifted up)
             await s.submit(req(j))
-    inline = [(run[0] == loop_thread, run[1]) for run in instance.runs]
-    assert inline[0] == (False, 8)
-    assert all(on_loop for on_loop, _ in inline[1:]), inline
+    placed = [(run[0] == loop_thread, run[1]) for run in instance.runs]
+    assert placed[0] == (False, 8)
+    assert all(on_loop for on_loop, _ in placed[1:]), placed
     s.close()
 
 
