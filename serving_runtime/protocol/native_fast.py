@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,8 @@ from shipyard.serving_runtime.traffic import canary_of
 log = logging.getLogger(__name__)
 
 _INTERNAL = int(grpc.StatusCode.INTERNAL.value[0])
+# "0": the only call in progress never runs on the event loop (``FastPath.run``; an A/B switch).
+LONE_ENV = "SHIPYARD_FAST_LONE_INLINE"
 
 
 def ineligible(model: ModelLike, version: str = "") -> str | None:
@@ -145,6 +148,7 @@ class FastPath:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._members = native_fast_python.Members()  # Python models' requests in progress
         self._groups: set[Leaving] = set()  # the groups in progress (fast_leave.py)
+        self._lone_inline = os.environ.get(LONE_ENV, "1") != "0"
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -218,11 +222,16 @@ class FastPath:
 
     def run(self, batches: list[Any]) -> None:
         """Start each group the native frontend handed over (on the event loop): at once, up to its
-        first wait, so that it reaches its batcher on this turn of the loop (``eager.py``)."""
+        first wait, so that it reaches its batcher on this turn of the loop (``eager.py``).
+
+        A group of one request while that is the only call in progress (c=1) is ``lone``: a model that
+        runs inline may compute it on the loop (``DynamicBatcher._runs_lone_inline``) instead of handing
+        it to its instance's thread and back (docs/serving.md, "The only call at c=1")."""
         loop = asyncio.get_running_loop()
+        lone = self._lone_inline and len(batches) == 1 and batches[0].count == 1 and self._native.inflight == 1
         for batch in batches:
             try:
-                task = start_eagerly(loop, self._run(batch))
+                task = start_eagerly(loop, self._run(batch, lone))
             except Exception:  # _run answers its own errors; never expected
                 log.exception("starting a fast-path group failed")
                 continue
@@ -230,7 +239,7 @@ class FastPath:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: Any) -> None:
+    async def _run(self, batch: Any, lone: bool = False) -> None:
         served = self._served(batch.handle)
         if served is None:
             batch.fallback()
@@ -240,7 +249,11 @@ class FastPath:
         if group is not None:
             self._members.add(batch, group)
         request = group or InferenceRequest(
-            inputs=batch.inputs(), outputs=batch.outputs, batch_size=batch.items, group_arrivals_ns=batch.arrivals
+            inputs=batch.inputs(),
+            outputs=batch.outputs,
+            batch_size=batch.items,
+            group_arrivals_ns=batch.arrivals,
+            lone=lone,
         )
         leaving = Leaving(request, batch, _batch_rows)
         self._groups.add(leaving)

@@ -102,6 +102,7 @@ class DynamicBatcher:
                                         model_name, version, where, self._max_batch)  # fmt: skip
         self._workers = make_workers(realtime, model_name, version)
         self._idle: list[InstanceWorker] = list(reversed(self._workers))  # real-time instances (not the lane's)
+        self._one_instance = len(self._workers) == 1
         self._workers += self._lane.workers if self._lane is not None else []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -149,7 +150,7 @@ class DynamicBatcher:
         now = time.monotonic_ns()
         if self._idle and not len(self._queue) and self._inline.fits(size) and self._inline.take_turn(loop):
             return self._run_inline(request, now)
-        if getattr(request, "lone", False) and self._runs_lone_inline(size) and self._inline.take_turn(loop):
+        if request.lone and self._runs_lone_inline(size) and self._inline.take_turn(loop):
             return self._run_inline(request, now)
         key = shape_key(request.inputs) if self._merge else object()  # object(): never merges
         envelope = Envelope(request, loop.create_future(), now, size, key)
@@ -211,14 +212,18 @@ class DynamicBatcher:
         return True
 
     def _runs_lone_inline(self, size: int) -> bool:
-        """Whether a lone ensemble step's group (``RequestGroup.lone``: c=1) runs on the event loop:
-        its model runs inline (``inline_safe``; ONNX Runtime releases the GIL while it computes),
-        nothing else is pending in any dynamic batcher of the process, an instance is idle and its
-        batches have been taking at most ``LONE_INLINE_MAX_COMPUTE_NS``. That saves the two thread
-        hand-overs (loop -> worker -> loop) and the task's resume; the loop is held for the compute,
-        as the hand-over already holds it for up to ``HANDOFF_TIMEOUT_S`` (docs/serving.md,
-        "The ensemble at c=1")."""
-        if not (DynamicBatcher.process_pending == 0 and self._idle and not len(self._queue)):
+        """Whether a lone request (``InferenceRequest.lone``: an ensemble's step at c=1, or the native
+        gRPC fast path's only call in progress) runs on the event loop: its model runs inline
+        (``inline_safe``; ONNX Runtime releases the GIL while it computes) on its one real-time
+        instance (a request arriving meanwhile would wait for that instance anyway), nothing else is
+        pending in any dynamic batcher of the process, the instance is idle and its batches have been
+        taking at most ``LONE_INLINE_MAX_COMPUTE_NS``. That saves the two thread hand-overs (loop ->
+        worker -> loop) and the task's resume; the loop is held for the compute, as the hand-over
+        already holds it for up to ``HANDOFF_TIMEOUT_S`` (docs/serving.md, "The ensemble at c=1",
+        "The only call at c=1")."""
+        if not (
+            DynamicBatcher.process_pending == 0 and self._one_instance and self._idle and not len(self._queue)
+        ):
             return False
         return self._inline.fits(size, LONE_INLINE_MAX_COMPUTE_NS)
 

@@ -33,13 +33,10 @@ class RequestGroup(InferenceRequest):
     ``formed``: the group is a batch already (the fast path's: an idle instance starts it at
     once); False (an ensemble step's): it waits, as a request does, for the others that arrive on
     the same turn of the event loop (the other groups of the step before's batch) to join it.
-    ``lone``: see below."""
+    ``lone``: ``InferenceRequest``'s, set for an ensemble's step at c=1."""
 
     members: list[InferenceRequest] = field(default_factory=list)
     formed: bool = True
-    # An ensemble's step at c=1 (``ensemble_group._alone``): with nothing else pending in the
-    # process, a model that runs inline may run it on the event loop (``DynamicBatcher.submit``).
-    lone: bool = False
 
 
 def make_group(

@@ -252,3 +252,40 @@ async def test_a_caller_awaiting_inline_requests_in_a_loop_lets_other_tasks_run(
     assert stop.is_set() and sent <= 2 * inline.INLINE_PER_TURN, sent
     assert instance.runs[0][0] == threading.get_ident()  # they did run inline until then
     s.close()
+
+
+def lone(value: float) -> InferenceRequest:
+    """The only request in progress (the native gRPC fast path's only call, an ensemble's step at c=1)."""
+    request = req(value)
+    request.lone = True
+    return request
+
+
+async def test_the_only_request_in_progress_runs_on_the_loop_when_its_model_has_one_instance() -> None:
+    instance = ThreadRecording(compute_s=0.002)  # too slow for the 1 ms inline budget, within the lone one
+    s = make(instance)
+    loop_thread = threading.get_ident()
+    await s.submit(lone(0))  # the cost is not known yet: the instance thread measures it
+    out = await s.submit(lone(1))
+    np.testing.assert_array_equal(out["y"], np.full((1, 4), 2.0, np.float32))
+    await s.submit(req(2))  # another caller's request: not lone, so the instance thread
+    pending = asyncio.create_task(s.submit(req(3)))
+    await asyncio.sleep(0)  # queued (the instance thread runs it)
+    await s.submit(lone(4))  # marked lone, but another request is pending: the instance thread
+    await pending
+    on_loop = [run[0] == loop_thread for run in instance.runs]
+    assert on_loop[:3] == [False, True, False] and not any(on_loop[3:]), on_loop
+    assert sum(run[1] for run in instance.runs) == 5  # 3 and 4 may share a batch
+    assert s.stats.success.count == 5 and s.pending_count() == 0
+    s.close()
+
+
+async def test_the_only_request_in_progress_keeps_to_its_thread_when_the_model_has_two_instances() -> None:
+    instances = [ThreadRecording(compute_s=0.002), ThreadRecording(compute_s=0.002)]
+    config = parse_config_text(CONFIG.format(batching="dynamic_batching { }"))
+    s = create_scheduler(config, instances, "m", 1)
+    assert isinstance(s, DynamicBatcher)
+    for i in range(4):
+        await s.submit(lone(i))
+    assert threading.get_ident() not in {run[0] for i in instances for run in i.runs}
+    s.close()
