@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -288,3 +289,53 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_runs(tmp_path: Path)
         assert _slow_infer(client, 120).as_numpy("y").shape == (64, 512)
     finally:
         assert server.stop() == 0
+
+
+def _writer_threads() -> set[int]:
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "grpc-writer":
+                    found.add(int(tid))
+        except OSError:
+            pass
+    return found
+
+
+async def _affinity_after(d: Driver, calls: list[asyncio.Future[Any]], answered: list[int], writer: int) -> set[int]:
+    """Answer ``answered``; once as many of ``calls`` are done, the writer thread's affinity."""
+    done_before = sum(call.done() for call in calls)
+    for call_id in answered:
+        d.native.send(call_id, b"ok")
+    for _ in range(250):
+        if sum(call.done() for call in calls) == done_before + len(answered):
+            break
+        await asyncio.sleep(0.02)
+    return os.sched_getaffinity(writer)
+
+
+@needs_native
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("follow", ["1", "0"])
+async def test_under_load_the_writer_runs_on_the_event_loops_cpu(follow: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more than one call in progress the writer thread is pinned to the CPU the event loop last
+    took events on (answers go out when the loop yields it); with one call it may run anywhere again.
+    ``SHIPYARD_GRPC_WRITER_FOLLOWS_LOOP=0`` leaves it alone."""
+    monkeypatch.setenv("SHIPYARD_GRPC_WRITER_FOLLOWS_LOOP", follow)
+    allowed = os.sched_getaffinity(0)
+    before = _writer_threads()
+    async with driver() as d, channel(d.port) as ch:
+        (writer,) = _writer_threads() - before
+        assert os.sched_getaffinity(writer) == allowed
+        calls = [asyncio.ensure_future(ch.unary_unary(UNARY)(b"x", timeout=10)) for _ in range(5)]
+        ids = [(await d.next())[0] for _ in range(5)]
+        under_load = await _affinity_after(d, calls, ids[:4], writer)  # the fifth call stays in progress
+        assert sum(call.done() for call in calls) == 4
+        alone = await _affinity_after(d, calls, ids[4:], writer)  # the only call in progress
+        assert [await call for call in calls] == [b"ok"] * 5
+    if follow == "1":
+        assert len(under_load) == 1 and under_load < allowed, under_load
+    else:
+        assert under_load == allowed
+    assert alone == allowed

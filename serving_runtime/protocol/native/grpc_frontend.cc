@@ -27,11 +27,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -180,6 +182,7 @@ class Frontend final : public grpc::CallbackGenericService {
     if (event_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     writer_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "grpc-writer");  // as benchmarks/threads.py lists it
+      if (sched_getaffinity(0, sizeof writer_allowed_, &writer_allowed_) != 0) CPU_ZERO(&writer_allowed_);
       WriterLoop();
     });
   }
@@ -379,6 +382,7 @@ class Frontend final : public grpc::CallbackGenericService {
   }
 
   std::vector<std::unique_ptr<fastinfer::Group>> TakeGroups() {
+    NoteLoopCpu();
     std::vector<std::unique_ptr<fastinfer::Group>> groups;
     std::lock_guard<std::mutex> lock(events_mu_);
     groups.swap(groups_);
@@ -413,6 +417,7 @@ class Frontend final : public grpc::CallbackGenericService {
 
   // Every event since the last take(), as (id, kind, method, payload bytes or None).
   py::list Take() {
+    NoteLoopCpu();
     std::deque<Event> events;
     {
       std::lock_guard<std::mutex> lock(events_mu_);
@@ -479,6 +484,7 @@ class Frontend final : public grpc::CallbackGenericService {
         if (answers_.empty()) return;  // stopping, and nothing left to write
         batch.swap(answers_);
       }
+      FollowLoop();
       Deliver(batch);
       batch.clear();
     }
@@ -503,6 +509,36 @@ class Frontend final : public grpc::CallbackGenericService {
   }
 
  private:
+
+  // The event loop's thread (take(), take_batches()): remember its CPU for the writer.
+  void NoteLoopCpu() {
+    if (follow_loop_) loop_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
+  }
+
+  // On the writer thread, under load (more than one call in progress): run on the CPU the event
+  // loop last ran on, so that answers go out when the loop yields that CPU, many at a time, instead
+  // of waking another CPU for each completion (docs/serving.md, "The writer shares the event loop's
+  // CPU"). At one call in progress the writer runs wherever it may, at once. Only the writer is
+  // pinned, and it moves when the loop does; the loop and every other thread keep their affinity.
+  void FollowLoop() {
+    if (!follow_loop_) return;
+    const int cpu = inflight_.load(std::memory_order_relaxed) > 1 ? loop_cpu_.load(std::memory_order_relaxed) : -1;
+    if (cpu == writer_cpu_ || cpu >= CPU_SETSIZE) return;
+    cpu_set_t set;
+    if (cpu < 0) {
+      set = writer_allowed_;
+    } else {
+      if (!CPU_ISSET(cpu, &writer_allowed_)) return;
+      CPU_ZERO(&set);
+      CPU_SET(cpu, &set);
+    }
+    if (sched_setaffinity(0, sizeof set, &set) == 0) writer_cpu_ = cpu;
+  }
+
+  static bool FollowLoopFromEnv() {
+    const char* value = std::getenv("SHIPYARD_GRPC_WRITER_FOLLOWS_LOOP");
+    return value == nullptr || std::string(value) != "0";
+  }
 
   void StopWriter() {
     {
@@ -556,6 +592,10 @@ class Frontend final : public grpc::CallbackGenericService {
   std::atomic<bool> fast_any_{false};
   std::atomic<int> fast_method_{-1};
   bool signalled_ = false;
+  const bool follow_loop_ = FollowLoopFromEnv();
+  std::atomic<int> loop_cpu_{-1};
+  int writer_cpu_ = -1;            // the writer thread's only: the CPU it is pinned to, -1: none
+  cpu_set_t writer_allowed_{};     // the writer thread's only: its affinity when it started
   std::mutex answers_mu_;
   std::condition_variable answers_cv_;
   std::deque<Answer> answers_;
