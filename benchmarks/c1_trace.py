@@ -10,7 +10,10 @@ task started (``task``), reached the batcher (``submit``), was handed to the ins
 (``kick``), which woke (``worker``) and computed (``cstart`` .. ``cend``); then either the instance
 thread answered (``prep0``: ``answer_early`` called; ``send0``: the answer goes to grpc on that
 thread) or the loop took the batch's completion (``done_cb``), resumed the task (``resumed``) and
-answered (``end``: after ``complete``, which queues the answer for the writer thread). The
+answered (``end``: after ``complete``, which queues the answer for the writer thread). The only
+call in progress on a one-instance model computes on the loop instead (``inline``, then ``cstart``
+.. ``cend`` on the loop's thread; ``SHIPYARD_FAST_LONE_INLINE=0`` in the environment traces the
+instance thread's path). The
 client's own p50 is printed beside it: the difference is grpc's read and write path, the writer
 thread and the client. Figures from a loaded machine are inflated, but the stages compare.
 ``--server`` is the traced server's own entry point (used by the command above).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import collections
 import itertools
 import os
 import signal
@@ -56,10 +60,10 @@ def _install() -> None:
         return wrapped
 
     def run(orig: Any) -> Any:
-        async def wrapped(self: Any, batch: Any) -> None:
+        async def wrapped(self: Any, batch: Any, *args: Any) -> None:
             stamps = {"arrival": batch.arrivals[0], "drain": _CURRENT.get("drain", 0), "task": now()}
             _CURRENT["stamps"] = stamps
-            await orig(self, batch)
+            await orig(self, batch, *args)
             stamps["end"] = now()
             _ROWS.append(stamps)
 
@@ -87,8 +91,12 @@ def _install() -> None:
 
     def run_batch(orig: Any) -> Any:
         def wrapped(self: Any, batch: Any) -> None:
-            stamps = getattr(batch, "trace_stamps", {})
-            stamps["worker"] = now()
+            stamps = getattr(batch, "trace_stamps", None)
+            if stamps is None:  # not handed off: run inline, on the loop's thread, for the current group
+                stamps = _CURRENT.get("stamps", {})
+                stamps["inline"] = now()
+            else:
+                stamps["worker"] = now()
             orig(self, batch)
             stamps["cstart"], stamps["cend"] = batch.compute_start_ns, batch.compute_end_ns
 
@@ -143,7 +151,10 @@ def _summary() -> str:
     _ROWS.clear()
     if not rows:
         return "no traced requests\n"
-    keys = [key for key in rows[-1] if all(key in row for row in rows)]
+    # the requests that took the most common path (e.g. not the first one, which measures the cost)
+    common_path = collections.Counter(frozenset(row) for row in rows).most_common(1)[0][0]
+    rows = [row for row in rows if frozenset(row) == common_path]
+    keys = list(common_path)
     order = sorted(keys, key=lambda k: statistics.median(row[k] - row["arrival"] for row in rows))
     lines = [f"requests traced: {len(rows)}"]
     for a, b in itertools.pairwise(order):
