@@ -54,7 +54,7 @@ PRIO_BOUNDED_CONFIG = BATCHED_CONFIG.replace('name: "batched"', 'name: "prio_bou
     "priority_queue_policy { key: 1 value: { max_queue_size: 3 } } }",
 )
 
-# slow_onnx: 64 rows take ~0.4 s, 33 rows ~0.2 s on one thread of this machine, one instance
+# slow_onnx: 64 rows take 0.17-0.4 s, 33 rows ~0.1-0.2 s on one thread of these machines, one instance
 SLOW_PRIO_CONFIG = """
 name: "{name}"
 platform: "onnxruntime_onnx"
@@ -160,9 +160,11 @@ def _repository(root: Path) -> Path:
     write_model(root, "published", {1: simple_onnx(100.0)}, _published_config("published"))
     write_model(root, "prio_bounded", {1: simple_onnx(100.0)}, PRIO_BOUNDED_CONFIG)
     write_model(root, "lowdefault", {1: slow_onnx()}, LOW_DEFAULT_CONFIG)
-    write_model(root, "timeout", {1: slow_onnx()}, TIMEOUT_CONFIG)
+    # 3x deeper: the blocker must outlast a 100 ms queue timeout started after it has run 50 ms of CPU
+    # and the wave's connections are set up (the default depth's 64 rows took 0.17 s on a fast VM)
+    write_model(root, "timeout", {1: slow_onnx(depth=3000)}, TIMEOUT_CONFIG)
     write_model(root, "slowbounded", {1: slow_onnx()}, SLOW_BOUNDED_CONFIG)
-    write_model(root, "delay", {1: slow_onnx()}, DELAY_CONFIG)
+    write_model(root, "delay", {1: slow_onnx(depth=3000)}, DELAY_CONFIG)
     write_model(root, "background", {1: slow_onnx()}, BACKGROUND_CONFIG)
     write_model(root, "bgdefault", {1: simple_onnx(0.0)}, BACKGROUND_DEFAULT_CONFIG)
     write_model(root, "leave", {1: slow_onnx()}, LEAVE_CONFIG)
