@@ -54,7 +54,7 @@ class InferenceRequest:
     # False when the group is no longer queued (``DynamicBatcher._leave``, ``protocol/fast_leave``).
     leave: Callable[[int, int, int], bool] | None = None
     # The only request in progress in the process (an ensemble's step at c=1, ``ensemble_group._alone``;
-    # the native gRPC fast path's only call, ``native_fast.lone``): with nothing else pending, a model
+    # the native gRPC fast path's only call, ``native_fast.FastPath.run``): with nothing else pending, a model
     # that runs inline may run it on the event loop (``DynamicBatcher._runs_lone_inline``).
     lone: bool = False
 
