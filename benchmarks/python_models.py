@@ -310,25 +310,31 @@ def _batch(cells: dict[str, Any], key: str) -> str:
 
 def ceiling_lines(results: dict[str, Any], concurrency: list[int]) -> list[str]:
     """The one-instance compute ceiling of ``mlp_py`` per c, and what it allows against Triton."""
-    sweep, t = results.get("ceiling"), results["servers"].get("triton", {})
+    sweep = results.get("ceiling")
+    t, s = results["servers"].get("triton", {}), results["servers"].get("shipyard", {})
     if not sweep:
         return []
     lines = [
         "",
         "One-instance compute ceiling of `mlp_py` (`python -m benchmarks.inprocess`: the same ONNX file, one"
         " intra-op thread, no server): both servers run one instance of this session, so no server can pass"
-        " these rows.",
+        " these rows. The last column is the share of the c/2 ceiling that 1.5x Triton's rate would take (100%"
+        " or more: out of reach for a server with no queue delay).",
         "",
-        "| c | ceiling at batch c/2, inf/s | at batch c | Triton inf/s | ceiling (c/2) / Triton |",
-        "|---:|---:|---:|---:|---:|",
+        "| c | ceiling at batch c/2, inf/s | at batch c | Triton inf/s | ceiling (c/2) / Triton"
+        " | shipyard / ceiling (c/2) | 1.5x Triton / ceiling (c/2) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in concurrency:
-        half, full, a = sweep.get(str(max(1, c // 2))), sweep.get(str(c)), _cell(t, f"mlp_py/c{c}")
+        half, full = sweep.get(str(max(1, c // 2))), sweep.get(str(c))
+        a, b = _cell(t, f"mlp_py/c{c}"), _cell(s, f"mlp_py/c{c}")
         if half is None or full is None:
             continue
         ratio = f"{half / a.throughput:.2f}x" if a and a.throughput else "-"
         triton = f"{a.throughput:,.0f}" if a else "-"
-        lines.append(f"| {c} | {half:,.0f} | {full:,.0f} | {triton} | {ratio} |")
+        ours = f"{b.throughput / half:.0%}" if b and half else "-"
+        needed = f"{1.5 * a.throughput / half:.0%}" if a and half else "-"
+        lines.append(f"| {c} | {half:,.0f} | {full:,.0f} | {triton} | {ratio} | {ours} | {needed} |")
     return lines
 
 

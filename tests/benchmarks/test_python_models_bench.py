@@ -41,8 +41,9 @@ def test_report_rows_say_whether_each_target_is_met() -> None:
     assert "| mlp_py | 16 | 1,000 | 1,400 | 1.40x | 10.00 | 8.00 | 4.4 / - | >= 1.5x | NO |" in table
     assert "| pipeline | 64 | 800 | 1,300 | 1.62x | 50.00 | 30.00 | - / - | >= 1.5x | yes |" in table
     # the compute ceiling: batch c/2 against Triton's measured throughput (c=64: no Triton cell here)
-    assert "| 16 | 2,000 | 2,600 | 1,000 | 2.00x |" in table
-    assert "| 64 | 3,000 | 3,300 | - | - |" in table
+    # and how much of it shipyard used, and 1.5x Triton would take
+    assert "| 16 | 2,000 | 2,600 | 1,000 | 2.00x | 70% | 75% |" in table
+    assert "| 64 | 3,000 | 3,300 | - | - | - | - |" in table
     assert "0 failed `mlp_py` requests (target 0: met)" in table
 
 
