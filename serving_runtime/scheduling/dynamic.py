@@ -18,6 +18,7 @@ batch formed from the queue, when an instance is idle and ``inline.py``'s rule s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,7 @@ from shipyard.serving_runtime.scheduling.group import drop_member
 from shipyard.serving_runtime.scheduling.idle_lane import lane_for
 from shipyard.serving_runtime.scheduling.inline import LONE_INLINE_MAX_COMPUTE_NS, InlineRule
 from shipyard.serving_runtime.scheduling.instances import HANDOFF_TIMEOUT_S, Batch, InstanceWorker, make_workers
+from shipyard.serving_runtime.scheduling.prefetch import PrefetchRule, prefetch_on
 from shipyard.serving_runtime.scheduling.queue import (
     QUEUED,
     Envelope,
@@ -118,6 +120,13 @@ class DynamicBatcher:
         self._foreground_ns = 0  # when a batch holding higher-level requests than the background last finished
         background = self._background if self._merge else None  # only a batch dimension can be cut
         self._slicer = Slicer(background, self._release, self._max_batch) if background is not None else None
+        self._prefetch = PrefetchRule(
+            self._delay_ns == 0
+            and self._lane is None
+            and self._slicer is None
+            and all(worker.can_prefetch for worker in self._workers)
+            and prefetch_on()
+        )
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -379,11 +388,15 @@ class DynamicBatcher:
                 if lane is not None and envelopes[0].level < lane.settings.level:
                     lane.last_realtime_ns = now  # real-time work is recent: the real-time instances lend nothing
                 if not self._ran_queued_inline(batch):
-                    self._free_worker().hand_off(batch, self._handoff_s)
+                    worker = self._free_worker()
+                    worker.started_ns, worker.current_size = now, batch.size
+                    worker.hand_off(batch, self._handoff_s)
                 continue
             if decision.wait_ns is not None:
                 self._arm_timer(now + decision.wait_ns)
             break
+        if self._prefetch.enabled and len(queue) and not self._idle:
+            self._send_ahead(now)
         if lane is not None and slicer is not None:
             lane.dispatch(queue, slicer, now, self._foreground_ns)  # the rest of one co-batching took rows of
         if rejected:  # answered after the queue work, outside the decision loop
@@ -401,6 +414,46 @@ class DynamicBatcher:
         worker.run_inline(batch)
         self._on_batch_done(batch, inline=True)
         return True
+
+    def _send_ahead(self, now: int) -> None:
+        """Requests wait and every instance is busy: form each busy instance's next batch shortly before
+        its current one is expected to end and send it ahead (``prefetch``); wake up then if not yet."""
+        queue = self._queue
+        for worker in self._workers:
+            if not len(queue):
+                return
+            if not worker.prefetch_open():
+                continue
+            window = self._prefetch.window_ns(worker.started_ns, worker.current_size)
+            if window is None or now > window[1]:  # unknown cost, or running long: keep the requests queued
+                continue
+            if now < window[0]:
+                self._arm_timer(window[0])
+                continue
+
+            def make(at_least: int = worker.current_size) -> Batch | None:
+                decision = decide(
+                    queue,
+                    now,
+                    max_batch_size=self._max_batch,
+                    preferred_batch_sizes=self._preferred,
+                    max_queue_delay_ns=0,
+                    instance_idle=True,
+                    next_deadline_ns=queue.next_deadline(),
+                )
+                # never smaller than the batch it follows: a closed loop's callers come back as the batch
+                # before was answered, so a part of them sent ahead would split them into smaller batches;
+                # and not request groups (an ensemble's steps, the native fast path), which cannot be sent
+                if not decision.send or decision.batch_size < at_least:
+                    return None
+                if any(e.request.group_arrivals_ns is not None for e in itertools.islice(queue, decision.send)):
+                    return None
+                envelopes = queue.pop(decision.send)
+                for envelope in envelopes:
+                    envelope.dispatch_ns = now
+                return Batch(envelopes, decision.batch_size, self._merge)
+
+            worker.prefetch(make)
 
     def _reject(self, rejected: list[Envelope]) -> None:
         self._fail(rejected, RequestTimeout(f"request timed out in the queue of {self._where} before it ran"))
@@ -453,10 +506,14 @@ class DynamicBatcher:
         queue itself, so this does not kick)."""
         assert batch.worker is not None
         compute_ns = batch.compute_end_ns - batch.compute_start_ns
-        if self._lane is not None and self._lane.owns(batch.worker):
+        if batch.followed is not None:  # its worker goes straight on with the batch sent ahead
+            batch.worker.started_ns, batch.worker.current_size = batch.compute_end_ns, batch.followed.size
+        elif self._lane is not None and self._lane.owns(batch.worker):
             self._lane.release(batch.worker)
         else:
             self._idle.append(batch.worker)
+        if batch.error is None:
+            self._prefetch.observe(batch.size, compute_ns)
         self._handoff_s = HANDOFF_TIMEOUT_S if compute_ns >= HANDOFF_MIN_COMPUTE_NS else 0.0
         if self._background is not None and any(e.level < self._background.level for e in batch.envelopes):
             self._foreground_ns = time.monotonic_ns()

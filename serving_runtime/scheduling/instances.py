@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,12 @@ class Batch:
     error: ServingError | None = None
     compute_start_ns: int = 0
     compute_end_ns: int = 0
+    # Sent ahead (``InstanceWorker.prefetch``): what the instance's ``presend`` returned (None: not
+    # sent, the worker runs the batch as usual); ``followed``: the batch sent ahead of this one's end,
+    # which the worker runs next (the instance stays busy).
+    prefetched: bool = False
+    pending: Any = None
+    followed: Batch | None = None
 
 
 _STOP = object()
@@ -80,6 +87,17 @@ class InstanceWorker:
         self._entered = threading.Event()  # set when the current batch has entered the backend
         self._use = threading.Lock()  # one batch at a time on the instance, and never during close
         self._closed = False
+        # Sending the next batch ahead (``prefetch``): under ``_next_lock``, whether this thread runs a
+        # batch and will look for a next one after it, and that next one.
+        self._next_lock = threading.Lock()
+        self._running = False
+        self._next: Batch | None = None
+        self.can_prefetch = callable(getattr(instance, "presend", None)) and bool(
+            getattr(instance, "prefetchable", False)
+        )
+        # The batch this worker computes, as the dynamic batcher last knew it (loop thread only).
+        self.started_ns = 0
+        self.current_size = 0
 
     def start(
         self,
@@ -113,6 +131,34 @@ class InstanceWorker:
             self._entered.wait(handoff_s)
         else:
             self._inbox.put(batch)
+
+    def prefetch_open(self) -> bool:
+        """Whether ``prefetch`` may take a batch now (a racy read: ``prefetch`` decides under its lock)."""
+        return self.can_prefetch and self._running and self._next is None
+
+    def prefetch(self, make: Callable[[], Batch | None]) -> Batch | None:
+        """While this worker runs a batch and has none after it, ``make()`` the next batch and send it to
+        the instance ahead (``presend``: Python models write it to their process's socket, which reads
+        it once it has answered the current one); this thread runs it right after the current one,
+        which is then ``followed`` by it. None (``make`` not called, or it made nothing) when the
+        current batch has just ended: the batcher dispatches as usual."""
+        with self._next_lock:
+            if not self.prefetch_open():
+                return None
+            batch = make()
+            if batch is None:
+                return None
+            batch.worker = self
+            batch.prefetched = True
+            requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+            presend = getattr(self.instance, "presend", None)
+            try:
+                batch.pending = presend(requests) if presend is not None else None
+            except Exception:  # not sent: the worker runs it the usual way after the current one
+                log.exception("sending a batch ahead to instance %s failed", self.name)
+                batch.pending = None
+            self._next = batch
+            return batch
 
     def _start_on_loop(self, start: Callable[..., bool], batch: Batch) -> bool:
         """A backend that computes in another process (Python models: ``start_requests``) gets the
@@ -160,26 +206,48 @@ class InstanceWorker:
         name_os_thread(self.name)
         try:
             while True:
-                item = self._inbox.get()
-                if item is _STOP:
+                taken = self._inbox.get()
+                if taken is _STOP:
                     return
-                assert isinstance(item, Batch)
-                with self._use:
-                    self.run_batch(item)
-                senders = answer_early(item) if self._backlog is None or not self._backlog() else []
-                try:
-                    assert self._post is not None and self._on_done is not None
-                    self._post(self._on_done, item)
-                except RuntimeError:  # the event loop is closed: nobody is waiting any more
-                    log.debug("event loop closed; dropping results of a batch on %s", self.name)
-                for send in senders:
-                    send()
+                assert isinstance(taken, Batch)
+                item: Batch | None = taken
+                if self.can_prefetch:
+                    with self._next_lock:
+                        self._running = True
+                while item is not None:
+                    with self._use:
+                        self.run_batch(item)
+                    if self.can_prefetch:
+                        with self._next_lock:  # the batch sent ahead of this one's end, if any, runs next
+                            item.followed, self._next = self._next, None
+                            self._running = item.followed is not None
+                    self._finished(item)
+                    item = item.followed
         finally:
             self._close_instance()
+
+    def _finished(self, item: Batch) -> None:
+        """Hand a finished batch to the event loop (and answer its early requests)."""
+        senders = answer_early(item) if self._backlog is None or not self._backlog() else []
+        try:
+            assert self._post is not None and self._on_done is not None
+            self._post(self._on_done, item)
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            log.debug("event loop closed; dropping results of a batch on %s", self.name)
+        for send in senders:
+            send()
 
     def run_batch(self, batch: Batch) -> None:
         """Merge, execute, split; store results or the error on ``batch``. Never raises."""
         requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+        if batch.pending is not None:  # sent ahead (``prefetch``): its process is on it, or about to be
+            batch.compute_start_ns = time.monotonic_ns()
+            try:
+                batch.results = self.instance.finish_presend(requests, batch.pending)  # type: ignore[attr-defined]
+            finally:
+                batch.pending = None
+                batch.compute_end_ns = time.monotonic_ns()
+            return
         by_request = getattr(self.instance, "execute_requests", None)
         try:
             if by_request is not None:  # the backend takes the requests as a list (Python models)

@@ -27,6 +27,7 @@ import numpy as np
 
 from shipyard.serving_runtime.backends.python import batch_codec, loop_call
 from shipyard.serving_runtime.backends.python.errors import error_for_code
+from shipyard.serving_runtime.backends.python.ipc import ChannelClosed
 from shipyard.serving_runtime.backends.python.process import CallTimeout, StubDied, StubProcess
 from shipyard.serving_runtime.backends.python.shm import ShmError, SlabPool, SlabReader
 from shipyard.serving_runtime.errors import BackendError, ModelLoadError, ServingError
@@ -133,6 +134,9 @@ class PythonInstance:
         self.unavailable: str | None = None
         self._last_try = 0.0
         self.restarts = 0
+        # a batch may be sent to the process while the one before it runs (``presend``); not for
+        # decoupled models, whose responses stream while they run
+        self.prefetchable = not self.decoupled
         mode = loop_call_mode()
         self.loop_calls = mode == "1"  # every batch from the loop
         self.loop_lone = mode == "auto"  # a lone request at light load from the loop
@@ -257,16 +261,57 @@ class PythonInstance:
         except (ShmError, ServingError, ValueError) as exc:
             return [BackendError(str(exc)) for _ in requests]
         self._register(requests, keys, stub)
+        message = ("exec", keys[0], described)
+        return self._answered(stub, keys, len(requests), lambda: stub.call(message, self.execute_timeout_s))
+
+    def _answered(
+        self, stub: StubProcess, keys: list[int], count: int, read: Callable[[], tuple[Any, ...]]
+    ) -> list[Any]:
+        """What ``execute_requests`` returns for a batch whose reply ``read()`` waits for on this thread."""
         try:
-            reply = stub.call(("exec", keys[0], described), self.execute_timeout_s)
+            reply = read()
         except StubDied:
-            return [BackendError(self._death_message(stub)) for _ in requests]
+            return [BackendError(self._death_message(stub)) for _ in range(count)]
         except CallTimeout:
             stub.kill()
-            return [BackendError(self._timeout_message()) for _ in requests]
+            return [BackendError(self._timeout_message()) for _ in range(count)]
         finally:
             self._running.difference_update(keys)
-        return self._results(reply, keys, len(requests))
+        return self._results(reply, keys, count)
+
+    def presend(self, requests: Sequence[Any]) -> tuple[StubProcess, list[int]] | None:
+        """Send a batch to the process while the batch before it runs there (``InstanceWorker.prefetch``,
+        from the event loop): the process reads it once it has answered that one. What
+        ``finish_presend`` needs, or None when nothing was sent (request groups, a closed instance, a
+        process that is gone or restarting, tensors that do not fit): the worker then runs the batch with
+        ``execute_requests`` as usual."""
+        if self._closed or any(isinstance(request, RequestGroup) for request in requests):
+            return None
+        stub = self.stub
+        if not stub.alive:
+            return None
+        keys = [next(_KEYS) for _ in requests]
+        try:
+            described = self._describe(requests, keys)
+        except (ShmError, ServingError, ValueError):
+            return None
+        self._register(requests, keys, stub)
+        try:
+            stub.send_call(("exec", keys[0], described))
+        except ChannelClosed:
+            self._running.difference_update(keys)
+            return None
+        return stub, keys
+
+    def finish_presend(self, requests: Sequence[Any], pending: tuple[StubProcess, list[int]]) -> list[Any]:
+        """The results of a batch ``presend`` sent, read on the worker thread after the batch before it.
+        When that process ended (or was killed) before it could start the batch, the batch runs again
+        with ``execute_requests``, on the restarted process. Never raises."""
+        stub, keys = pending
+        if stub is not self.stub or not stub.alive:
+            self._running.difference_update(keys)
+            return self.execute_requests(requests)
+        return self._answered(stub, keys, len(requests), lambda: stub.receive(self.execute_timeout_s))
 
     def start_requests(self, requests: Sequence[Any], done: Callable[[list[Any]], None], waiting: int = 0) -> bool:
         """Send one formed batch from the event loop, which reads the reply when it arrives

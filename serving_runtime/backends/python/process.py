@@ -145,6 +145,28 @@ class StubProcess:
             raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
         return reply
 
+    def receive(self, timeout_s: float | None) -> tuple[Any, ...]:
+        """Read the reply of a call whose message was sent ahead (``send_call`` without the slot, while
+        the call before it was in progress), on this thread, once that call's reply has been read.
+
+        Raises: StubDied, CallTimeout (as ``call``).
+        """
+        with self._call_lock:
+            if not self.alive:
+                raise StubDied(self.exit_reason())
+            try:
+                self.channel.sock.settimeout(timeout_s)
+                reply = self.channel.recv()
+            except TimeoutError:
+                raise CallTimeout(f"no answer in {timeout_s:g} s") from None
+            except ChannelClosed:
+                self.alive = False
+                self._wait_exit()
+                raise StubDied(self.exit_reason()) from None
+        if reply[0] not in _REPLIES:
+            raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
+        return reply
+
     # -- a call driven by an event loop (``loop_call``): begin, send, then read when readable --
 
     def try_begin(self) -> bool:
@@ -157,7 +179,8 @@ class StubProcess:
         return True
 
     def send_call(self, message: tuple[Any, ...]) -> None:
-        """Send a call's message (the slot is taken). Raises: ChannelClosed."""
+        """Send a call's message (the slot is taken, or the call before it is in progress and its reply
+        is read first: ``receive``). Raises: ChannelClosed."""
         self.channel.send(message)
 
     def read_reply(self) -> tuple[Any, ...]:
