@@ -127,6 +127,9 @@ class DynamicBatcher:
             and all(worker.can_prefetch for worker in self._workers)
             and prefetch_on()
         )
+        if not self._prefetch.enabled:  # the workers then skip its bookkeeping around each batch
+            for worker in self._workers:
+                worker.can_prefetch = False
         self.stats = ModelStats(model_name, version)
         self._where = where
 
@@ -379,13 +382,11 @@ class DynamicBatcher:
                 next_deadline_ns=queue.next_deadline(),
             )
             if decision.send:
-                envelopes = queue.pop(decision.send)
-                for envelope in envelopes:
-                    envelope.dispatch_ns = now
-                batch = Batch(envelopes, decision.batch_size, self._merge)
+                batch = self._pop_batch(decision.send, decision.batch_size, now)
+                first = batch.envelopes[0]
                 if slicer is not None:  # background rows ride along in a real-time batch (cobatch.py)
                     batch = top_up(batch, slicer, queue, self._max_batch, now)
-                if lane is not None and envelopes[0].level < lane.settings.level:
+                if lane is not None and first.level < lane.settings.level:
                     lane.last_realtime_ns = now  # real-time work is recent: the real-time instances lend nothing
                 if not self._ran_queued_inline(batch):
                     worker = self._free_worker()
@@ -448,12 +449,16 @@ class DynamicBatcher:
                     return None
                 if any(e.request.group_arrivals_ns is not None for e in itertools.islice(queue, decision.send)):
                     return None
-                envelopes = queue.pop(decision.send)
-                for envelope in envelopes:
-                    envelope.dispatch_ns = now
-                return Batch(envelopes, decision.batch_size, self._merge)
+                return self._pop_batch(decision.send, decision.batch_size, now)
 
             worker.prefetch(make)
+
+    def _pop_batch(self, count: int, size: int, now: int) -> Batch:
+        """The first ``count`` queued requests (``size`` items), dispatched ``now``, as a batch."""
+        envelopes = self._queue.pop(count)
+        for envelope in envelopes:
+            envelope.dispatch_ns = now
+        return Batch(envelopes, size, self._merge)
 
     def _reject(self, rejected: list[Envelope]) -> None:
         self._fail(rejected, RequestTimeout(f"request timed out in the queue of {self._where} before it ran"))

@@ -60,9 +60,12 @@ class Batch:
     # Sent ahead (``InstanceWorker.prefetch``): what the instance's ``presend`` returned (None: not
     # sent, the worker runs the batch as usual); ``followed``: the batch sent ahead of this one's end,
     # which the worker runs next (the instance stays busy).
-    prefetched: bool = False
     pending: Any = None
     followed: Batch | None = None
+
+    def request_list(self) -> list[InferenceRequest]:
+        """The batch's requests: ``requests`` (inline batches), else its envelopes'."""
+        return self.requests or [envelope.request for envelope in self.envelopes]
 
 
 _STOP = object()
@@ -92,6 +95,7 @@ class InstanceWorker:
         self._next_lock = threading.Lock()
         self._running = False
         self._next: Batch | None = None
+        # the instance can take a batch ahead (its batcher turns this off when it sends nothing ahead)
         self.can_prefetch = callable(getattr(instance, "presend", None)) and bool(
             getattr(instance, "prefetchable", False)
         )
@@ -149,11 +153,8 @@ class InstanceWorker:
             if batch is None:
                 return None
             batch.worker = self
-            batch.prefetched = True
-            requests = batch.requests or [envelope.request for envelope in batch.envelopes]
-            presend = getattr(self.instance, "presend", None)
             try:
-                batch.pending = presend(requests) if presend is not None else None
+                batch.pending = self.instance.presend(batch.request_list())  # type: ignore[attr-defined]
             except Exception:  # not sent: the worker runs it the usual way after the current one
                 log.exception("sending a batch ahead to instance %s failed", self.name)
                 batch.pending = None
@@ -174,7 +175,7 @@ class InstanceWorker:
 
         batch.compute_start_ns = time.monotonic_ns()
         waiting = self._backlog() if self._backlog is not None else 0
-        return bool(start(batch.requests or [envelope.request for envelope in batch.envelopes], done, waiting))
+        return bool(start(batch.request_list(), done, waiting))
 
     def run_inline(self, batch: Batch) -> None:
         """Run ``batch`` on the calling thread (the worker must be idle); results or the error are
@@ -239,7 +240,7 @@ class InstanceWorker:
 
     def run_batch(self, batch: Batch) -> None:
         """Merge, execute, split; store results or the error on ``batch``. Never raises."""
-        requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+        requests = batch.request_list()
         if batch.pending is not None:  # sent ahead (``prefetch``): its process is on it, or about to be
             batch.compute_start_ns = time.monotonic_ns()
             try:
@@ -298,7 +299,7 @@ def answer_early(batch: Batch) -> list[Callable[[], None]]:
     if batch.error is not None:
         return []
     senders = []
-    requests = batch.requests or [envelope.request for envelope in batch.envelopes]
+    requests = batch.request_list()
     for request, result in zip(requests, batch.results, strict=False):
         early = request.answer_early
         if early is None or isinstance(result, ServingError):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchmarks import common, python_models, score_profile, stub_profile
-from benchmarks.loadgen import LoadSpec, run_closed_loop
+from thread_cpu import serve
+
+from benchmarks import score_profile, stub_profile
+from benchmarks.loadgen import run_closed_loop
 
 BOTH = {0, 1}
 FREE = {"stub": BOTH, "loop": BOTH, "writer": BOTH, "rest": BOTH}
@@ -50,12 +51,7 @@ def pin(pid: int, cpus: set[int], role: str | None = None) -> None:
 def main() -> None:
     concurrency = int(sys.argv[1])
     model = sys.argv[2] if len(sys.argv) > 2 else "mlp_py"
-    mlp = common.load_model_spec("wide_mlp")
-    work = Path(tempfile.mkdtemp(prefix="pin-stub-"))
-    repo = python_models.write_repository(work / "repo", mlp, for_triton=False)
-    server, port = python_models._start_shipyard(repo, work)
-    spec = python_models._pipeline_spec(mlp) if model == "pipeline" else mlp
-    load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=model))
+    server, port, load = serve(model)  # the script's directory is on sys.path
     step = "mlp_step" if model == "pipeline" else "mlp_py"
     try:
         seconds = WINDOW_S * len(PLANS) * 2 + 6

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common, python_models, score_profile
 from benchmarks.loadgen import CellResult, LoadSpec, run_closed_loop
@@ -38,15 +39,20 @@ def snapshot(pids: list[int]) -> dict[Key, tuple[str, int, int]]:
     return out
 
 
-def main() -> None:
-    concurrency = int(sys.argv[1])
-    model = sys.argv[2] if len(sys.argv) > 2 else "mlp_py"
+def serve(model: str) -> tuple[Any, int, LoadSpec]:
+    """shipyard serving ``benchmarks.python_models``' repository: (server, its gRPC port, ``model``'s load)."""
     mlp = common.load_model_spec("wide_mlp")
-    work = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
+    work = Path(tempfile.mkdtemp(prefix="session20-"))
     repo = python_models.write_repository(work / "repo", mlp, for_triton=False)
     server, port = python_models._start_shipyard(repo, work)
     spec = python_models._pipeline_spec(mlp) if model == "pipeline" else mlp
-    load = LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=model))
+    return server, port, LoadSpec("grpc", port, common.grpc_request_bytes(spec, model_name=model))
+
+
+def main() -> None:
+    concurrency = int(sys.argv[1])
+    model = sys.argv[2] if len(sys.argv) > 2 else "mlp_py"
+    server, _, load = serve(model)
     try:
         cells: list[CellResult] = []
         loader = threading.Thread(

@@ -128,22 +128,7 @@ class StubProcess:
         Raises: StubDied (the process ended first), CallTimeout (no reply in ``timeout_s``; the
         channel is out of step: ``kill`` the process).
         """
-        with self._call_lock:
-            if not self.alive:
-                raise StubDied(self.exit_reason())
-            try:
-                self.channel.send(message)
-                self.channel.sock.settimeout(timeout_s)
-                reply = self.channel.recv()
-            except TimeoutError:
-                raise CallTimeout(f"no answer in {timeout_s:g} s") from None
-            except ChannelClosed:
-                self.alive = False  # before the event reader notices: the next call restarts it
-                self._wait_exit()
-                raise StubDied(self.exit_reason()) from None
-        if reply[0] not in _REPLIES:
-            raise StubDied(f"the process sent {reply[0]!r} instead of a reply")
-        return reply
+        return self._exchange(message, timeout_s)
 
     def receive(self, timeout_s: float | None) -> tuple[Any, ...]:
         """Read the reply of a call whose message was sent ahead (``send_call`` without the slot, while
@@ -151,16 +136,22 @@ class StubProcess:
 
         Raises: StubDied, CallTimeout (as ``call``).
         """
+        return self._exchange(None, timeout_s)
+
+    def _exchange(self, message: tuple[Any, ...] | None, timeout_s: float | None) -> tuple[Any, ...]:
+        """``call`` (``message`` sent first) or ``receive`` (None: it was sent already)."""
         with self._call_lock:
             if not self.alive:
                 raise StubDied(self.exit_reason())
             try:
+                if message is not None:
+                    self.channel.send(message)
                 self.channel.sock.settimeout(timeout_s)
                 reply = self.channel.recv()
             except TimeoutError:
                 raise CallTimeout(f"no answer in {timeout_s:g} s") from None
             except ChannelClosed:
-                self.alive = False
+                self.alive = False  # before the event reader notices: the next call restarts it
                 self._wait_exit()
                 raise StubDied(self.exit_reason()) from None
         if reply[0] not in _REPLIES:
